@@ -1,0 +1,108 @@
+"""The ``hpatool`` command line: a thin Typer app over the library.
+
+Errors are translated once, here: an ``HpaToolError`` becomes one line on stderr and its exit
+code (1 bad data / failed work, 2 bad usage); anything unexpected becomes one line too, with
+the traceback only under ``--debug`` (or ``HPATOOL_DEBUG=1``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from hpatool import __version__
+from hpatool.errors import HpaToolError
+
+
+class _Group(TyperGroup):
+    """Root group: turns exceptions from any subcommand into one clean line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from hpatool.cli._console import print_error
+
+        try:
+            return super().invoke(ctx)
+        except HpaToolError as exc:
+            if _debug(ctx):
+                raise
+            print_error(exc.message)
+            raise click.exceptions.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            if _debug(ctx):
+                raise
+            print_error("interrupted")
+            raise click.exceptions.Exit(130) from None
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            if _debug(ctx):
+                raise
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            print_error(f"unexpected {type(exc).__name__}: {text} (rerun with --debug for details)")
+            raise click.exceptions.Exit(1) from None
+
+
+def _debug(ctx: click.Context) -> bool:
+    return bool(ctx.meta.get("hpatool.debug")) or os.environ.get("HPATOOL_DEBUG", "") not in ("", "0")
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="hpatool",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"hpatool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    home: Annotated[
+        Path | None,
+        typer.Option("--home", help="Registry home folder (default: $HPATOOL_HOME, else the user data dir).",
+                     show_default=False),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Human Protein Atlas image classification, from label CSVs to a Kaggle submission.
+
+    One tool from label CSVs and the public HPA image server to a trained 4-channel CNN and a
+    submission; every command shares one dataset registry (see --home).
+
+    Example: hpatool demo
+    """
+    ctx.meta["hpatool.home"] = home
+    ctx.meta["hpatool.debug"] = debug
+
+
+def _register() -> None:
+    # Command modules import only typer and the light parts of hpatool at module level; heavy
+    # libraries (torch, pandas, matplotlib) are imported inside the commands.
+    from hpatool.cli import datasets, stats, synth
+
+    app.add_typer(datasets.app, name="datasets")
+    for module in (stats, synth):
+        module.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    app(prog_name="hpatool")

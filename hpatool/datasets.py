@@ -1,0 +1,190 @@
+"""Registering datasets (from a label CSV and/or an image folder) and verifying their images."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hpatool._io import ProgressFn, sha256_file
+from hpatool.errors import DataError, NotFound, UsageError
+from hpatool.ids import COLOURS, channel_path, id_problem
+from hpatool.labels import load_label_csv
+from hpatool.registry import KINDS, DatasetRecord, Registry, check_name
+
+_CHANNEL_FILE = re.compile(r"^(?P<id>.+)_(?P<colour>red|green|blue|yellow)\.png$")
+
+
+def scan_folder(root: Path) -> list[str]:
+    """Sample ids of a folder of ``<Id>_<colour>.png`` files, sorted.
+
+    An id counts if any of its four channel files is there (``verify`` reports missing ones).
+    Unsafe names are an error naming the file.
+    """
+    if not root.is_dir():
+        raise NotFound(f"{root}: no such folder; give the folder holding <Id>_<colour>.png files")
+    ids: set[str] = set()
+    for entry in os.scandir(root):
+        m = _CHANNEL_FILE.match(entry.name)
+        if not m:
+            continue
+        problem = id_problem(m.group("id"))
+        if problem:
+            raise DataError(f"{root / entry.name}: unsafe or invalid Id {m.group('id')!r}: {problem}")
+        ids.add(m.group("id"))
+    if not ids:
+        raise DataError(
+            f"{root}: no <Id>_<colour>.png files (colours: {', '.join(COLOURS)}); "
+            "convert raw images with 'hpatool preprocess' first"
+        )
+    return sorted(ids)
+
+
+def add_dataset(
+    reg: Registry,
+    name: str,
+    *,
+    labels: Path | None = None,
+    root: Path | None = None,
+    kind: str | None = None,
+) -> DatasetRecord:
+    """Register ``name`` from a label CSV, an image folder, or both.
+
+    With a CSV the CSV defines the samples (and their order); ``root`` only says where their
+    images are (they may not exist yet). Without a CSV the samples are the ids found in ``root``,
+    unlabelled. The kind defaults to ``train`` for a CSV with ``Target`` and ``test`` otherwise.
+    Everything is checked before the registry is touched.
+    """
+    check_name(name)
+    if kind is not None and kind not in KINDS:
+        raise UsageError(f"invalid --kind {kind!r}; use one of {', '.join(KINDS)}")
+    if labels is None and root is None:
+        raise UsageError("give --labels CSV, --root DIR, or both")
+    reg.ensure_new(name)  # fail before reading a large CSV
+    root_abs = root.expanduser().resolve() if root is not None else None
+    if root_abs is not None and not root_abs.is_dir():
+        raise NotFound(f"{root}: no such folder; --root must be the folder holding the images")
+    labels_path = labels_sha = None
+    if labels is not None:
+        table = load_label_csv(labels)
+        ids = table.ids
+        targets: list[tuple[int, ...] | None] = list(table.targets)
+        labels_path = str(labels.expanduser().resolve())
+        labels_sha = sha256_file(labels)
+        has_target = table.labelled
+    else:
+        assert root_abs is not None
+        ids = scan_folder(root_abs)
+        targets = [None] * len(ids)
+        has_target = False
+    resolved_kind = kind or ("train" if has_target else "test")
+    return reg.create_dataset(
+        name,
+        resolved_kind,
+        ids,
+        targets,
+        root=root_abs,
+        labels_path=labels_path,
+        labels_sha256=labels_sha,
+    )
+
+
+@dataclass(frozen=True)
+class Failure:
+    id: str
+    colour: str
+    path: str
+    problem: str
+
+
+@dataclass
+class VerifyReport:
+    dataset: str
+    root: Path
+    checked: int = 0
+    failed_samples: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    sizes: Counter[tuple[int, int]] = field(default_factory=Counter)
+
+    @property
+    def ok(self) -> int:
+        return self.checked - self.failed_samples
+
+
+def _check_sample(root: Path, sample_id: str) -> tuple[list[Failure], tuple[int, int] | None]:
+    from PIL import Image
+
+    failures: list[Failure] = []
+    sizes: dict[str, tuple[int, int]] = {}
+    for colour in COLOURS:
+        path = channel_path(root, sample_id, colour)
+        try:
+            with Image.open(path) as img:
+                img.load()
+                if img.mode != "L":
+                    failures.append(
+                        Failure(sample_id, colour, str(path),
+                                f"mode {img.mode}, expected 8-bit greyscale (L)")
+                    )
+                sizes[colour] = img.size
+        except FileNotFoundError:
+            failures.append(Failure(sample_id, colour, str(path), "missing"))
+        except Exception as exc:  # noqa: BLE001 - any decoder error is a failure to report
+            failures.append(Failure(sample_id, colour, str(path), f"does not decode ({exc})"))
+    distinct = set(sizes.values())
+    if len(distinct) > 1:
+        text = ", ".join(f"{c} {w}x{h}" for c, (w, h) in sizes.items())
+        failures.append(
+            Failure(sample_id, "all", str(root / sample_id), f"channels differ in size ({text})")
+        )
+    size = next(iter(distinct)) if len(distinct) == 1 else None
+    return failures, size
+
+
+def verify_dataset(
+    reg: Registry,
+    name: str,
+    *,
+    size: int | None = None,
+    workers: int | None = None,
+    progress: ProgressFn | None = None,
+) -> VerifyReport:
+    """Check that every sample has four channel files that decode, are 8-bit greyscale and have
+    one size: ``size``×``size`` if given, else the size most samples have."""
+    record = reg.dataset(name)
+    if record.root is None:
+        raise UsageError(
+            f"dataset {name!r} has no image folder (labels only); register it with --root DIR "
+            "or download its images first"
+        )
+    if not record.root.is_dir():
+        raise DataError(f"dataset {name!r}: image folder {record.root} does not exist")
+    samples = reg.samples(name)
+    root = record.root
+    report = VerifyReport(dataset=name, root=root)
+    per_sample: list[tuple[str, list[Failure], tuple[int, int] | None]] = []
+    total = len(samples)
+    n_workers = workers or min(8, (os.cpu_count() or 1) * 2)
+    with ThreadPoolExecutor(max_workers=n_workers) as pool:
+        results = pool.map(lambda s: _check_sample(root, s.id), samples, chunksize=16)
+        for i, (sample, (fails, sz)) in enumerate(zip(samples, results, strict=True), 1):
+            per_sample.append((sample.id, fails, sz))
+            if sz is not None:
+                report.sizes[sz] += 1
+            if progress:
+                progress(i, total)
+    expected = (size, size) if size else (report.sizes.most_common(1)[0][0] if report.sizes else None)
+    for sample_id, fails, sz in per_sample:
+        report.checked += 1
+        if sz is not None and expected is not None and sz != expected:
+            fails = [*fails, Failure(
+                sample_id, "all", str(root / sample_id),
+                f"size {sz[0]}x{sz[1]}, expected {expected[0]}x{expected[1]}",
+            )]
+        if fails:
+            report.failed_samples += 1
+            report.failures.extend(fails)
+    return report

@@ -1,0 +1,413 @@
+"""The dataset registry: one SQLite file under the hpatool home.
+
+Home: ``--home`` > ``HPATOOL_HOME`` > the platform's user data dir. WAL journal, a busy timeout
+so that concurrent commands wait instead of failing, and a schema version in
+``PRAGMA user_version`` with ordered migrations. Each command does its writes in one
+``transaction()``, so a failed command leaves the registry as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from hpatool.errors import AlreadyExists, DataError, NotFound, UsageError
+
+REGISTRY_FILE = "registry.sqlite"
+BUSY_TIMEOUT_S = 60.0
+KINDS = ("train", "test", "external")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+# Ordered migrations: MIGRATIONS[i] takes the schema from version i to i + 1.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE datasets (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL CHECK (kind IN ('train', 'test', 'external')),
+        root TEXT,
+        labels_path TEXT,
+        labels_sha256 TEXT,
+        parent TEXT,
+        provenance TEXT NOT NULL DEFAULT '{}',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE samples (
+        dataset_id INTEGER NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        sample_id TEXT NOT NULL,
+        target TEXT,
+        status TEXT,
+        PRIMARY KEY (dataset_id, sample_id)
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX samples_order ON samples(dataset_id, idx);
+    CREATE TABLE splits (
+        dataset_id INTEGER PRIMARY KEY REFERENCES datasets(id) ON DELETE CASCADE,
+        folds INTEGER NOT NULL,
+        seed INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE folds (
+        dataset_id INTEGER NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,
+        sample_id TEXT NOT NULL,
+        fold INTEGER NOT NULL,
+        PRIMARY KEY (dataset_id, sample_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        arch TEXT NOT NULL,
+        datasets TEXT NOT NULL,
+        fold INTEGER,
+        config TEXT NOT NULL DEFAULT '{}',
+        best_f1 REAL,
+        best_epoch INTEGER,
+        epochs_done INTEGER NOT NULL DEFAULT 0,
+        out_dir TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'running',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def resolve_home(home: str | Path | None = None) -> Path:
+    """``home`` if given, else ``$HPATOOL_HOME``, else the platform's user data dir."""
+    if home:
+        return Path(home).expanduser()
+    env = os.environ.get("HPATOOL_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("hpatool", appauthor=False))
+
+
+def check_name(name: str, what: str = "dataset") -> str:
+    if not _NAME.match(name or ""):
+        raise UsageError(
+            f"invalid {what} name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    id: int
+    name: str
+    kind: str
+    root: Path | None
+    labels_path: str | None
+    labels_sha256: str | None
+    parent: str | None
+    provenance: dict[str, Any]
+    created_at: str
+    updated_at: str
+    samples: int
+    labelled: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "root": str(self.root) if self.root else None,
+            "labels": self.labels_path,
+            "labels_sha256": self.labels_sha256,
+            "parent": self.parent,
+            "provenance": self.provenance,
+            "samples": self.samples,
+            "labelled": self.labelled,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    target: tuple[int, ...] | None
+    status: str | None = None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    name: str
+    arch: str
+    datasets: list[str]
+    fold: int | None
+    config: dict[str, Any]
+    best_f1: float | None
+    best_epoch: int | None
+    epochs_done: int
+    out_dir: Path
+    status: str
+    created_at: str
+    updated_at: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "datasets": self.datasets,
+            "fold": self.fold,
+            "config": self.config,
+            "best_f1": self.best_f1,
+            "best_epoch": self.best_epoch,
+            "epochs_done": self.epochs_done,
+            "out_dir": str(self.out_dir),
+            "status": self.status,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+def _target(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    return tuple(int(v) for v in text.split())
+
+
+@dataclass
+class Registry:
+    """An open registry. Use as a context manager, or call ``close()``."""
+
+    home: Path
+    conn: sqlite3.Connection = field(repr=False)
+
+    @classmethod
+    def open(cls, home: str | Path | None = None) -> Registry:
+        home_path = resolve_home(home)
+        if home_path.exists() and not home_path.is_dir():
+            raise UsageError(f"hpatool home {home_path} is a file; give a folder with --home")
+        try:
+            home_path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot create hpatool home {home_path}: {exc.strerror}; choose another with --home"
+            ) from None
+        path = home_path / REGISTRY_FILE
+        try:
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.DatabaseError as exc:
+            raise DataError(f"registry {path} cannot be opened ({exc}); move it aside") from None
+        reg = cls(home=home_path, conn=conn)
+        reg._migrate(path)
+        return reg
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def path(self) -> Path:
+        return self.home / REGISTRY_FILE
+
+    def _migrate(self, path: Path) -> None:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise DataError(
+                f"registry {path} has schema version {version}, newer than this hpatool's "
+                f"{SCHEMA_VERSION}; upgrade hpatool"
+            )
+        with self.transaction():
+            # Re-read inside the write lock: another process may have migrated meanwhile.
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            for i in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[i].split(";"):
+                    if statement.strip():
+                        self.conn.execute(statement)
+            self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``): all of it lands, or none of it."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    # ---------------------------------------------------------------- datasets
+
+    _DATASET_SELECT = """
+        SELECT d.id, d.name, d.kind, d.root, d.labels_path, d.labels_sha256, d.parent,
+               d.provenance, d.created_at, d.updated_at,
+               (SELECT COUNT(*) FROM samples s WHERE s.dataset_id = d.id),
+               (SELECT COUNT(*) FROM samples s WHERE s.dataset_id = d.id AND s.target IS NOT NULL)
+        FROM datasets d
+    """
+
+    @staticmethod
+    def _dataset_row(row: Sequence[Any]) -> DatasetRecord:
+        return DatasetRecord(
+            id=row[0],
+            name=row[1],
+            kind=row[2],
+            root=Path(row[3]) if row[3] else None,
+            labels_path=row[4],
+            labels_sha256=row[5],
+            parent=row[6],
+            provenance=json.loads(row[7] or "{}"),
+            created_at=row[8],
+            updated_at=row[9],
+            samples=row[10],
+            labelled=row[11],
+        )
+
+    def datasets(self) -> list[DatasetRecord]:
+        rows = self.conn.execute(self._DATASET_SELECT + " ORDER BY d.name").fetchall()
+        return [self._dataset_row(r) for r in rows]
+
+    def has_dataset(self, name: str) -> bool:
+        row = self.conn.execute("SELECT 1 FROM datasets WHERE name = ?", (name,)).fetchone()
+        return row is not None
+
+    def ensure_new(self, name: str) -> None:
+        """Raise ``AlreadyExists`` if a dataset called ``name`` is registered."""
+        if self.has_dataset(name):
+            raise AlreadyExists(
+                f"dataset {name!r} already exists in {self.path}; choose another name or "
+                f"run 'hpatool datasets remove {name}' first"
+            )
+
+    def dataset(self, name: str) -> DatasetRecord:
+        row = self.conn.execute(self._DATASET_SELECT + " WHERE d.name = ?", (name,)).fetchone()
+        if row is None:
+            names = [r[0] for r in self.conn.execute("SELECT name FROM datasets ORDER BY name")]
+            known = ", ".join(names) if names else "none yet; add one with 'hpatool datasets add'"
+            raise NotFound(f"unknown dataset {name!r} in {self.path} (known: {known})")
+        return self._dataset_row(row)
+
+    def create_dataset(
+        self,
+        name: str,
+        kind: str,
+        ids: Sequence[str],
+        targets: Sequence[Sequence[int] | None],
+        *,
+        root: Path | None = None,
+        labels_path: str | None = None,
+        labels_sha256: str | None = None,
+        parent: str | None = None,
+        provenance: dict[str, Any] | None = None,
+        statuses: Sequence[str | None] | None = None,
+    ) -> DatasetRecord:
+        """Insert a dataset and its samples in one transaction; the name must be new."""
+        check_name(name)
+        if kind not in KINDS:
+            raise UsageError(f"invalid kind {kind!r}; use one of {', '.join(KINDS)}")
+        if len(ids) != len(targets):
+            raise ValueError("ids and targets differ in length")
+        stamp = now()
+        with self.transaction() as conn:
+            self.ensure_new(name)
+            cur = conn.execute(
+                "INSERT INTO datasets (name, kind, root, labels_path, labels_sha256, parent,"
+                " provenance, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    kind,
+                    str(root) if root else None,
+                    labels_path,
+                    labels_sha256,
+                    parent,
+                    json.dumps(provenance or {}, sort_keys=True),
+                    stamp,
+                    stamp,
+                ),
+            )
+            dataset_id = cur.lastrowid
+            status_list = statuses if statuses is not None else [None] * len(ids)
+            conn.executemany(
+                "INSERT INTO samples (dataset_id, idx, sample_id, target, status)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    (dataset_id, i, sid, " ".join(map(str, t)) if t is not None else None, st)
+                    for i, (sid, t, st) in enumerate(zip(ids, targets, status_list, strict=True))
+                ),
+            )
+        return self.dataset(name)
+
+    def update_dataset(
+        self,
+        name: str,
+        *,
+        root: Path | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> DatasetRecord:
+        record = self.dataset(name)
+        with self.transaction() as conn:
+            if root is not None:
+                conn.execute("UPDATE datasets SET root = ? WHERE id = ?", (str(root), record.id))
+            if provenance is not None:
+                conn.execute(
+                    "UPDATE datasets SET provenance = ? WHERE id = ?",
+                    (json.dumps(provenance, sort_keys=True), record.id),
+                )
+            conn.execute("UPDATE datasets SET updated_at = ? WHERE id = ?", (now(), record.id))
+        return self.dataset(name)
+
+    def remove_dataset(self, name: str) -> DatasetRecord:
+        record = self.dataset(name)
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM datasets WHERE id = ?", (record.id,))
+        return record
+
+    # ----------------------------------------------------------------- samples
+
+    def samples(self, name: str) -> list[Sample]:
+        """The samples of a dataset in registration order."""
+        record = self.dataset(name)
+        rows = self.conn.execute(
+            "SELECT sample_id, target, status FROM samples WHERE dataset_id = ? ORDER BY idx",
+            (record.id,),
+        )
+        return [Sample(r[0], _target(r[1]), r[2]) for r in rows]
+
+    def sample(self, name: str, sample_id: str) -> Sample:
+        record = self.dataset(name)
+        row = self.conn.execute(
+            "SELECT sample_id, target, status FROM samples WHERE dataset_id = ? AND sample_id = ?",
+            (record.id, sample_id),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"dataset {name!r} has no sample {sample_id!r}")
+        return Sample(row[0], _target(row[1]), row[2])
+
+    def set_status(self, name: str, updates: Iterable[tuple[str, str | None]]) -> None:
+        """Set per-sample status values (``(sample_id, status)`` pairs) in one transaction."""
+        record = self.dataset(name)
+        with self.transaction() as conn:
+            conn.executemany(
+                "UPDATE samples SET status = ? WHERE dataset_id = ? AND sample_id = ?",
+                ((st, record.id, sid) for sid, st in updates),
+            )

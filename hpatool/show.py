@@ -1,0 +1,53 @@
+"""``show``: one sample's four stains side by side plus the usual colour composite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hpatool._io import atomic_path
+from hpatool.errors import UsageError
+from hpatool.imaging import composite, read_sample
+from hpatool.labels import label_names
+from hpatool.registry import Registry
+
+
+def show_sample(reg: Registry, name: str, sample_id: str, out: Path) -> Path:
+    """Draw red, green, blue, yellow and the composite of ``sample_id`` into ``out`` (PNG)."""
+    record = reg.dataset(name)
+    sample = reg.sample(name, sample_id)
+    if record.root is None:
+        raise UsageError(
+            f"dataset {name!r} has no image folder (labels only); register one with --root"
+        )
+    arr = read_sample(record.root, sample.id)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("red: microtubules", arr[0], "Reds_r"),
+        ("green: protein", arr[1], "Greens_r"),
+        ("blue: nucleus", arr[2], "Blues_r"),
+        ("yellow: ER", arr[3], "YlOrBr_r"),
+    ]
+    fig, axes = plt.subplots(1, 5, figsize=(20, 4.6), constrained_layout=True)
+    for ax, (title, img, cmap) in zip(axes, panels, strict=False):
+        ax.imshow(img, cmap=cmap, vmin=0, vmax=255)
+        ax.set_title(title)
+    axes[4].imshow(composite(arr))
+    axes[4].set_title("composite (yellow = red + green)")
+    for ax in axes:
+        ax.set_axis_off()
+    if sample.target is None:
+        labels = "unlabelled"
+    else:
+        labels = ", ".join(f"{i} {n}" for i, n in zip(sample.target, label_names(sample.target),
+                                                     strict=True))
+    fig.suptitle(f"{name} / {sample.id}: {labels}")
+    fmt = out.suffix.lstrip(".").lower() or "png"
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=100)
+    plt.close(fig)
+    return out
