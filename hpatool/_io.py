@@ -24,7 +24,8 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(
-        prefix=f".tmp-{target.name}.", suffix=suffix if suffix is not None else target.suffix,
+        prefix=f".tmp-{target.name}.",
+        suffix=suffix if suffix is not None else target.suffix,
         dir=target.parent,
     )
     os.close(fd)

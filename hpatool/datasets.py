@@ -33,7 +33,9 @@ def scan_folder(root: Path) -> list[str]:
             continue
         problem = id_problem(m.group("id"))
         if problem:
-            raise DataError(f"{root / entry.name}: unsafe or invalid Id {m.group('id')!r}: {problem}")
+            raise DataError(
+                f"{root / entry.name}: unsafe or invalid Id {m.group('id')!r}: {problem}"
+            )
         ids.add(m.group("id"))
     if not ids:
         raise DataError(
@@ -126,13 +128,17 @@ def _check_sample(root: Path, sample_id: str) -> tuple[list[Failure], tuple[int,
                 img.load()
                 if img.mode != "L":
                     failures.append(
-                        Failure(sample_id, colour, str(path),
-                                f"mode {img.mode}, expected 8-bit greyscale (L)")
+                        Failure(
+                            sample_id,
+                            colour,
+                            str(path),
+                            f"mode {img.mode}, expected 8-bit greyscale (L)",
+                        )
                     )
                 sizes[colour] = img.size
         except FileNotFoundError:
             failures.append(Failure(sample_id, colour, str(path), "missing"))
-        except Exception as exc:  # noqa: BLE001 - any decoder error is a failure to report
+        except Exception as exc:
             failures.append(Failure(sample_id, colour, str(path), f"does not decode ({exc})"))
     distinct = set(sizes.values())
     if len(distinct) > 1:
@@ -176,14 +182,21 @@ def verify_dataset(
                 report.sizes[sz] += 1
             if progress:
                 progress(i, total)
-    expected = (size, size) if size else (report.sizes.most_common(1)[0][0] if report.sizes else None)
+    expected = (
+        (size, size) if size else (report.sizes.most_common(1)[0][0] if report.sizes else None)
+    )
     for sample_id, fails, sz in per_sample:
         report.checked += 1
         if sz is not None and expected is not None and sz != expected:
-            fails = [*fails, Failure(
-                sample_id, "all", str(root / sample_id),
-                f"size {sz[0]}x{sz[1]}, expected {expected[0]}x{expected[1]}",
-            )]
+            fails = [
+                *fails,
+                Failure(
+                    sample_id,
+                    "all",
+                    str(root / sample_id),
+                    f"size {sz[0]}x{sz[1]}, expected {expected[0]}x{expected[1]}",
+                ),
+            ]
         if fails:
             report.failed_samples += 1
             report.failures.extend(fails)

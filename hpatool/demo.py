@@ -44,7 +44,10 @@ def prepare_out_dir(out_dir: Path) -> None:
 
 
 def run_demo(
-    out_dir: Path, samples: int = 256, size: int = 128, seed: int = 0,
+    out_dir: Path,
+    samples: int = 256,
+    size: int = 128,
+    seed: int = 0,
     progress: ProgressFn | None = None,
 ) -> DemoResult:
     """Synthesise a training set and register it in a fresh registry under ``out_dir``."""

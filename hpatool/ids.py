@@ -2,7 +2,8 @@
 
 Kaggle ids are UUIDs (``00070df0-bbc3-11e8-b2bc-ac1f6b6435d0``). HPAv18 ids are
 ``<antibody>_<plate>_<well>_<field>`` with plates either numeric or ``si<N>`` and an optional
-``_cr<hex>`` suffix (``10580_1610_C1_1``, ``63683_si35_H1_11``, ``11651_1732_F3_13_cr580610dc203b9``).
+``_cr<hex>`` suffix (``10580_1610_C1_1``, ``63683_si35_H1_11``,
+``11651_1732_F3_13_cr580610dc203b9``).
 Any other id made of safe characters is accepted too (folders of one's own images); anything that
 could name a file outside the image root is rejected.
 """
@@ -15,7 +16,9 @@ from pathlib import Path
 COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow")
 
 KAGGLE_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-HPAV18_ID = re.compile(r"^(?P<antibody>[0-9]+)_(?P<rest>(?:si)?[0-9]+_[A-Z][0-9]+_[0-9]+(?:_cr[0-9a-f]+)?)$")
+HPAV18_ID = re.compile(
+    r"^(?P<antibody>[0-9]+)_(?P<rest>(?:si)?[0-9]+_[A-Z][0-9]+_[0-9]+(?:_cr[0-9a-f]+)?)$"
+)
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 MAX_ID_LENGTH = 200
 

@@ -199,9 +199,13 @@ def load_label_csv(path: str | Path) -> LabelTable:
             try:
                 targets.append(parse_target(raw))
             except ValueError as exc:
-                raise DataError(f"{where}: bad Target {raw!r} for Id {sample_id!r}: {exc}") from None
+                raise DataError(
+                    f"{where}: bad Target {raw!r} for Id {sample_id!r}: {exc}"
+                ) from None
     except csv.Error as exc:
-        raise DataError(f"{name}: row {row + 1} (line {reader.line_num}): malformed CSV ({exc})") from None
+        raise DataError(
+            f"{name}: row {row + 1} (line {reader.line_num}): malformed CSV ({exc})"
+        ) from None
     if not ids:
         raise DataError(f"{name}: no data rows after the header; nothing to register")
     return LabelTable(path=path, ids=ids, targets=targets)

@@ -43,8 +43,9 @@ def show_sample(reg: Registry, name: str, sample_id: str, out: Path) -> Path:
     if sample.target is None:
         labels = "unlabelled"
     else:
-        labels = ", ".join(f"{i} {n}" for i, n in zip(sample.target, label_names(sample.target),
-                                                     strict=True))
+        labels = ", ".join(
+            f"{i} {n}" for i, n in zip(sample.target, label_names(sample.target), strict=True)
+        )
     fig.suptitle(f"{name} / {sample.id}: {labels}")
     fmt = out.suffix.lstrip(".").lower() or "png"
     with atomic_path(out) as tmp:

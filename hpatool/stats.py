@@ -89,8 +89,9 @@ def plot_class_counts(stats: list[DatasetStats], path: Path) -> Path:
         ax.bar(x + (i - (n - 1) / 2) * width, values, width, label=f"{s.name} ({s.labelled:,})")
     ax.set_yscale("log")
     ax.set_xticks(x)
-    ax.set_xticklabels([f"{i} {name}" for i, name in enumerate(CLASS_NAMES)], rotation=60,
-                       ha="right", fontsize=8)
+    ax.set_xticklabels(
+        [f"{i} {name}" for i, name in enumerate(CLASS_NAMES)], rotation=60, ha="right", fontsize=8
+    )
     ax.set_ylabel("samples with the class (log scale)")
     ax.set_title("Class counts")
     ax.grid(axis="y", which="both", alpha=0.3)

@@ -8,21 +8,20 @@ the traceback only under ``--debug`` (or ``HPATOOL_DEBUG=1``).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
 from hpatool import __version__
+from hpatool.cli._common import ROOT_HOME, HomeOpt
 from hpatool.errors import HpaToolError
 
 
 class _Group(TyperGroup):
     """Root group: turns exceptions from any subcommand into one clean line and an exit code."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # a click Context (Typer vendors click)
         from hpatool.cli._console import print_error
 
         try:
@@ -31,24 +30,25 @@ class _Group(TyperGroup):
             if _debug(ctx):
                 raise
             print_error(exc.message)
-            raise click.exceptions.Exit(exc.exit_code) from None
+            raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             if _debug(ctx):
                 raise
             print_error("interrupted")
-            raise click.exceptions.Exit(130) from None
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, typer.TyperException):
             raise
         except Exception as exc:
             if _debug(ctx):
                 raise
             text = " ".join(str(exc).split()) or type(exc).__name__
             print_error(f"unexpected {type(exc).__name__}: {text} (rerun with --debug for details)")
-            raise click.exceptions.Exit(1) from None
+            raise typer.Exit(1) from None
 
 
-def _debug(ctx: click.Context) -> bool:
-    return bool(ctx.meta.get("hpatool.debug")) or os.environ.get("HPATOOL_DEBUG", "") not in ("", "0")
+def _debug(ctx: Any) -> bool:
+    env = os.environ.get("HPATOOL_DEBUG", "")
+    return bool(ctx.meta.get("hpatool.debug")) or env not in ("", "0")
 
 
 app = typer.Typer(
@@ -70,11 +70,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     ctx: typer.Context,
-    home: Annotated[
-        Path | None,
-        typer.Option("--home", help="Registry home folder (default: $HPATOOL_HOME, else the user data dir).",
-                     show_default=False),
-    ] = None,
+    home: HomeOpt = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
@@ -87,7 +83,7 @@ def _root(
 
     Example: hpatool demo
     """
-    ctx.meta["hpatool.home"] = home
+    ROOT_HOME.set(home)
     ctx.meta["hpatool.debug"] = debug
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from hpatool.registry import Registry
@@ -18,13 +18,12 @@ HomeOpt = Annotated[
         show_default=False,
     ),
 ]
+#: The top-level ``hpatool --home DIR`` of the command being run (set by the root callback).
+ROOT_HOME: ContextVar[Path | None] = ContextVar("hpatool_root_home", default=None)
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
 
 def open_registry(home: Path | None) -> Registry:
     """The registry at the command's ``--home``, else the top-level ``--home``, else the default."""
-    if home is None:
-        ctx = click.get_current_context(silent=True)
-        if ctx is not None:
-            home = ctx.meta.get("hpatool.home")
-    return Registry.open(home)
+    return Registry.open(home if home is not None else ROOT_HOME.get())

@@ -11,7 +11,10 @@ import typer
 
 from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
 
-app = typer.Typer(help="Register, list, show, remove and verify datasets.", no_args_is_help=True)
+app = typer.Typer(
+    help="Register, list, show, remove and verify datasets.\n\nExample: hpatool datasets list",
+    no_args_is_help=True,
+)
 
 NameArg = Annotated[str, typer.Argument(help="Dataset name.", show_default=False)]
 

@@ -11,16 +11,21 @@ from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
 
 
 def stats(
-    names: Annotated[list[str], typer.Argument(help="One or more dataset names.",
-                                               show_default=False)],
+    names: Annotated[
+        list[str], typer.Argument(help="One or more dataset names.", show_default=False)
+    ],
     json_: JsonOpt = False,
     plot: Annotated[
         Path | None,
-        typer.Option("--plot", help="Write a bar chart of class counts (log axis) to this PNG.",
-                     show_default=False),
+        typer.Option(
+            "--plot",
+            help="Write a bar chart of class counts (log axis) to this PNG.",
+            show_default=False,
+        ),
     ] = None,
-    top_pairs: Annotated[int, typer.Option("--pairs", help="How many label pairs to list.",
-                                           min=0)] = 10,
+    top_pairs: Annotated[
+        int, typer.Option("--pairs", help="How many label pairs to list.", min=0)
+    ] = 10,
     home: HomeOpt = None,
 ) -> None:
     """Label statistics: class counts and shares side by side, labels per sample, label pairs.
@@ -58,8 +63,11 @@ def stats(
             row += [f"{style}{s.class_counts[c]:,}", f"{style}{share:.2%}"]
         table.add_row(*row, style="bold" if rare else None)
     table.add_section()
-    table.add_row("", "samples / labelled", *[v for s in all_stats
-                                              for v in (f"{s.samples:,}", f"{s.labelled:,}")])
+    table.add_row(
+        "",
+        "samples / labelled",
+        *[v for s in all_stats for v in (f"{s.samples:,}", f"{s.labelled:,}")],
+    )
     console.print(table)
 
     hist = Table(title="Labels per sample")
@@ -87,8 +95,7 @@ def stats(
 def show(
     name: Annotated[str, typer.Argument(help="Dataset name.", show_default=False)],
     sample_id: Annotated[str, typer.Argument(metavar="ID", help="Sample id.", show_default=False)],
-    out_path: Annotated[Path, typer.Option("--out", help="PNG file to write.",
-                                           show_default=False)],
+    out_path: Annotated[Path, typer.Option("--out", help="PNG file to write.", show_default=False)],
     home: HomeOpt = None,
 ) -> None:
     """Draw a sample's four stains side by side and the colour composite, titled with its labels.

@@ -10,8 +10,9 @@ import typer
 
 
 def synth(
-    out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="Folder to write into.",
-                                            show_default=False)],
+    out_dir: Annotated[
+        Path, typer.Argument(metavar="OUT_DIR", help="Folder to write into.", show_default=False)
+    ],
     samples: Annotated[int, typer.Option("--samples", help="Number of samples.", min=1)] = 256,
     size: Annotated[int, typer.Option("--size", help="Image width and height.", min=32)] = 512,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same files).")] = 0,
@@ -29,8 +30,9 @@ def synth(
     from hpatool.synth import synth_dataset
 
     with progress_bar("synth") as progress:
-        result = synth_dataset(out_dir, samples=samples, size=size, seed=seed, workers=workers,
-                               progress=progress)
+        result = synth_dataset(
+            out_dir, samples=samples, size=size, seed=seed, workers=workers, progress=progress
+        )
     out().print(
         f"Wrote {len(result.ids):,} samples ({size}x{size}) to {result.out_dir}; "
         f"labels in {result.labels_csv}. Register them with: hpatool datasets add NAME "
@@ -39,18 +41,24 @@ def synth(
 
 
 def demo(
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for everything the demo makes "
-                                          "(its own registry home included).")] = Path(
-        "hpatool-demo"),
-    samples: Annotated[int, typer.Option("--samples", help="Training samples to synthesise.",
-                                         min=1)] = 256,
-    size: Annotated[int, typer.Option("--size", help="Image size of the synthetic data.",
-                                      min=32)] = 128,
+    out_dir: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="Folder for everything the demo makes (its own registry home included)."
+        ),
+    ] = Path("hpatool-demo"),
+    samples: Annotated[
+        int, typer.Option("--samples", help="Training samples to synthesise.", min=1)
+    ] = 256,
+    size: Annotated[
+        int, typer.Option("--size", help="Image size of the synthetic data.", min=32)
+    ] = 128,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
 ) -> None:
     """Run the whole chain on synthetic data, in a fresh registry home under --out.
 
-    Today that is: synth, register, stats. Rerunning it clears the folder of the previous demo first.
+    Today that is: synth, register, stats. Rerunning it clears the previous demo's folder
+    first.
 
     Example: hpatool demo --out /tmp/hpa-demo
     """
@@ -63,13 +71,22 @@ def demo(
     console.rule("hpatool demo")
     with progress_bar("synth") as progress:
         result = run_demo(out_dir, samples=samples, size=size, seed=seed, progress=progress)
-    console.print(f"1. synthesised {samples} samples in {result.train_dir}; registered as "
-                  f"{', '.join(result.datasets)} in {result.home}")
+    console.print(
+        f"1. synthesised {samples} samples in {result.train_dir}; registered as "
+        f"{', '.join(result.datasets)} in {result.home}"
+    )
     console.print("2. label statistics:")
-    stats(result.datasets, json_=False, plot=result.out_dir / "class-counts.png", top_pairs=5,
-          home=result.home)
-    console.print(f"Demo finished in {time.perf_counter() - started:.1f} s. Everything is in "
-                  f"{result.out_dir} (registry home {result.home}).")
+    stats(
+        result.datasets,
+        json_=False,
+        plot=result.out_dir / "class-counts.png",
+        top_pairs=5,
+        home=result.home,
+    )
+    console.print(
+        f"Demo finished in {time.perf_counter() - started:.1f} s. Everything is in "
+        f"{result.out_dir} (registry home {result.home})."
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,354 @@
+"""``hpatool datasets ...`` and ``hpatool stats`` end to end on the real HPA label files."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hpatool.registry import REGISTRY_FILE
+from tests.conftest import HPAV18_CSV, REPO, SUBMISSION_CSV, TRAIN_CSV, Invoke
+
+TRAIN_COUNTS = [
+    12885,
+    1254,
+    3621,
+    1561,
+    1858,
+    2513,
+    1008,
+    2822,
+    53,
+    45,
+    28,
+    1093,
+    688,
+    537,
+    1066,
+    21,
+    530,
+    210,
+    902,
+    1482,
+    172,
+    3777,
+    802,
+    2965,
+    322,
+    8228,
+    328,
+    11,
+]
+
+
+def snapshot(home: Path) -> list[str]:
+    """Every row of the registry, for 'nothing changed' checks."""
+    path = home / REGISTRY_FILE
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(path)
+    try:
+        return list(conn.iterdump())
+    finally:
+        conn.close()
+
+
+def test_stats_json_on_real_train_csv(cli: Invoke) -> None:
+    res = cli("datasets", "add", "train", "--labels", TRAIN_CSV)
+    assert res.exit_code == 0, res.output
+    assert "31,072 samples" in res.stdout
+    res = cli("stats", "train", "--json")
+    assert res.exit_code == 0
+    doc = json.loads(res.stdout)
+    assert set(doc) == {"classes", "datasets"}
+    assert len(doc["classes"]) == 28 and doc["classes"][27] == "Rods & rings"
+    (ds,) = doc["datasets"]
+    assert set(ds) == {"name", "samples", "labelled", "class_counts", "labels_per_sample"}
+    assert ds["name"] == "train"
+    assert ds["samples"] == ds["labelled"] == 31072
+    assert ds["class_counts"] == TRAIN_COUNTS
+    assert ds["labels_per_sample"] == {"1": 15126, "2": 12485, "3": 3160, "4": 299, "5": 2}
+
+
+def test_hpav18_and_submission_register(cli: Invoke) -> None:
+    res = cli("datasets", "add", "hpa-v18", "--labels", HPAV18_CSV, "--kind", "external")
+    assert res.exit_code == 0, res.output
+    res = cli("datasets", "add", "test", "--labels", SUBMISSION_CSV)
+    assert res.exit_code == 0, res.output
+    listing = {d["name"]: d for d in json.loads(cli("datasets", "list", "--json").stdout)}
+    assert listing["hpa-v18"]["samples"] == 74606 and listing["hpa-v18"]["kind"] == "external"
+    assert listing["test"]["samples"] == 11702 and listing["test"]["labelled"] == 0
+    assert listing["test"]["kind"] == "test"
+    shown = json.loads(cli("datasets", "show", "test", "--json").stdout)
+    assert shown["labels"] == str(SUBMISSION_CSV.resolve())
+    assert len(shown["labels_sha256"]) == 64
+    doc = json.loads(cli("stats", "test", "hpa-v18", "--json").stdout)
+    assert [d["name"] for d in doc["datasets"]] == ["test", "hpa-v18"]
+    assert doc["datasets"][0]["class_counts"] == [0] * 28
+    assert doc["datasets"][0]["labels_per_sample"] == {}
+    assert sum(doc["datasets"][1]["labels_per_sample"].values()) == 74606
+
+
+def test_submission_order_is_kept(cli: Invoke, home: Path) -> None:
+    cli("datasets", "add", "test", "--labels", SUBMISSION_CSV)
+    from hpatool.registry import Registry
+
+    with Registry.open(home) as reg:
+        ids = [s.id for s in reg.samples("test")]
+    expected = [line.split(",")[0] for line in SUBMISSION_CSV.read_text().splitlines()[1:]]
+    assert ids == expected
+
+
+def test_stats_table_and_plot(cli: Invoke, tmp_path: Path) -> None:
+    cli("datasets", "add", "train", "--labels", TRAIN_CSV)
+    plot = tmp_path / "classes.png"
+    res = cli("stats", "train", "--plot", plot)
+    assert res.exit_code == 0, res.output
+    assert "Rods & rings" in res.stdout and "12,885" in res.stdout
+    assert "Labels per sample" in res.stdout
+    assert "0 Nucleoplasm + 25 Cytosol" in res.stdout
+    with Image.open(plot) as img:
+        assert img.format == "PNG" and img.size[0] > 800
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_remove_and_list(cli: Invoke) -> None:
+    cli("datasets", "add", "a", "--labels", TRAIN_CSV)
+    res = cli("datasets", "remove", "a")
+    assert res.exit_code == 0 and "Removed dataset a" in res.stdout
+    assert json.loads(cli("datasets", "list", "--json").stdout) == []
+    res = cli("datasets", "add", "a", "--labels", TRAIN_CSV)  # the name is free again
+    assert res.exit_code == 0
+
+
+def test_home_option_beats_env(cli: Invoke, home: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other-home"
+    assert cli("datasets", "add", "x", "--labels", SUBMISSION_CSV, "--home", other).exit_code == 0
+    assert cli("--home", other, "datasets", "show", "x").exit_code == 0
+    assert (other / REGISTRY_FILE).exists()
+    res = cli("datasets", "show", "x")  # env home: not there
+    assert res.exit_code == 2
+
+
+# ------------------------------------------------------------------------ bad input
+
+
+def write_csv(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bad.csv"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+BAD_CSVS = {
+    "label 28": (
+        "Id,Target\na1,0\na2,28 1\n",
+        "row 2 (line 3): bad Target '28 1' for Id 'a2': "
+        "label '28' is out of range; class indices are 0..27",
+    ),
+    "label x": (
+        "Id,Target\na1,x\n",
+        "row 1 (line 2): bad Target 'x' for Id 'a1': label 'x' is not "
+        "a class index; use integers 0..27",
+    ),
+    "duplicate id": (
+        "Id,Target\na1,0\na1,1\n",
+        "row 2 (line 3): duplicate Id 'a1' (first at row 1); each sample may appear once",
+    ),
+    "unsafe id": (
+        "Id,Target\n../../etc/passwd,0\n",
+        "row 1 (line 2): unsafe or invalid Id "
+        "'../../etc/passwd': contains a path separator; "
+        "ids name files inside the image root",
+    ),
+    "missing Id column": (
+        "Image,Target\na1,0\n",
+        "no 'Id' column (columns: 'Image', 'Target'); "
+        "the first line must be a header such as 'Id,Target'",
+    ),
+    "malformed": (
+        "Id,Target\na1,0,5\n",
+        "row 1 (line 2): 3 fields where the header has 2; "
+        "check for unquoted commas or a missing column",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CSVS))
+def test_bad_csv_one_line_and_registry_unchanged(
+    cli: Invoke, home: Path, tmp_path: Path, case: str
+) -> None:
+    cli("datasets", "add", "existing", "--labels", SUBMISSION_CSV)
+    before = snapshot(home)
+    text, expected = BAD_CSVS[case]
+    path = write_csv(tmp_path, text)
+    res = cli("datasets", "add", "new", "--labels", path)
+    assert res.exit_code == 1
+    assert res.stdout == ""
+    assert res.stderr == f"error: {path}: {expected}\n"
+    assert "Traceback" not in res.output
+    assert snapshot(home) == before
+
+
+def test_unknown_dataset(cli: Invoke, home: Path) -> None:
+    cli("datasets", "add", "train", "--labels", SUBMISSION_CSV)
+    before = snapshot(home)
+    for args in (
+        ("datasets", "show", "nope"),
+        ("datasets", "remove", "nope"),
+        ("stats", "nope"),
+        ("datasets", "verify", "nope"),
+    ):
+        res = cli(*args)
+        assert res.exit_code == 2, args
+        assert res.stderr == (
+            f"error: unknown dataset 'nope' in {home / REGISTRY_FILE} (known: train)\n"
+        )
+    assert snapshot(home) == before
+
+
+def test_adding_existing_name(cli: Invoke, home: Path) -> None:
+    cli("datasets", "add", "train", "--labels", TRAIN_CSV)
+    before = snapshot(home)
+    res = cli("datasets", "add", "train", "--labels", SUBMISSION_CSV)
+    assert res.exit_code == 2
+    assert res.stderr == (
+        f"error: dataset 'train' already exists in {home / REGISTRY_FILE}; "
+        "choose another name or run 'hpatool datasets remove train' first\n"
+    )
+    assert snapshot(home) == before
+
+
+def test_missing_csv_and_bad_usage(cli: Invoke, home: Path, tmp_path: Path) -> None:
+    res = cli("datasets", "add", "x", "--labels", tmp_path / "nope.csv")
+    assert res.exit_code == 2
+    assert res.stderr.startswith(f"error: {tmp_path / 'nope.csv'}: no such file")
+    res = cli("datasets", "add", "x")
+    assert res.exit_code == 2 and "give --labels CSV, --root DIR, or both" in res.stderr
+    res = cli("datasets", "add", "bad/name", "--labels", TRAIN_CSV)
+    assert res.exit_code == 2 and "invalid dataset name 'bad/name'" in res.stderr
+    res = cli("datasets", "add", "x", "--labels", TRAIN_CSV, "--kind", "weird")
+    assert res.exit_code == 2 and "invalid --kind 'weird'" in res.stderr
+    assert snapshot(home) in ([], snapshot(home))
+    assert json.loads(cli("datasets", "list", "--json").stdout) == []
+
+
+def test_debug_shows_traceback(cli: Invoke, tmp_path: Path) -> None:
+    path = write_csv(tmp_path, "Id,Target\na1,99\n")
+    with pytest.raises(Exception, match="out of range"):
+        cli("--debug", "datasets", "add", "x", "--labels", path)
+
+
+# ------------------------------------------------------------------- image folders
+
+
+def write_sample(root: Path, sample_id: str, size: int = 32, mode: str = "L") -> None:
+    rng = np.random.default_rng(abs(hash(sample_id)) % 2**32)
+    for colour in ("red", "green", "blue", "yellow"):
+        arr = rng.integers(0, 255, (size, size), dtype=np.uint8)
+        img = Image.fromarray(arr)
+        if mode != "L":
+            img = img.convert(mode)
+        img.save(root / f"{sample_id}_{colour}.png")
+
+
+def test_folder_dataset_and_verify(cli: Invoke, tmp_path: Path) -> None:
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i in range(6):
+        write_sample(root, f"s{i}")
+    (root / "notes.txt").write_text("ignored")
+    res = cli("datasets", "add", "imgs", "--root", root)
+    assert res.exit_code == 0, res.output
+    assert "6 samples, 0 labelled" in res.stdout
+    res = cli("datasets", "verify", "imgs")
+    assert res.exit_code == 0, res.output
+    assert "6 samples, 6 ok, 0 failed" in res.stdout
+
+    # break things: a missing channel, a truncated file, an RGB file, a wrong-size sample
+    (root / "s1_yellow.png").unlink()
+    data = (root / "s2_green.png").read_bytes()
+    (root / "s2_green.png").write_bytes(data[: len(data) // 2])
+    Image.new("RGB", (32, 32)).save(root / "s3_red.png")
+    write_sample(root, "s4", size=48)
+    failures = tmp_path / "failures.csv"
+    res = cli("datasets", "verify", "imgs", "--json", "--failures", failures)
+    assert res.exit_code == 1
+    doc = json.loads(res.stdout)
+    assert doc["checked"] == 6 and doc["failed"] == 4 and doc["ok"] == 2
+    problems = {(f["id"], f["colour"]): f["problem"] for f in doc["failures"]}
+    assert problems[("s1", "yellow")] == "missing"
+    assert problems[("s2", "green")].startswith("does not decode")
+    assert problems[("s3", "red")] == "mode RGB, expected 8-bit greyscale (L)"
+    assert problems[("s4", "all")] == "size 48x48, expected 32x32"
+    lines = failures.read_text().splitlines()
+    assert lines[0] == "Id,colour,path,problem" and len(lines) == 5
+    res = cli("datasets", "verify", "imgs", "--size", "48")
+    assert res.exit_code == 1 and "1 ok, 5 failed" in res.stdout
+
+
+def test_verify_labels_only_dataset(cli: Invoke) -> None:
+    cli("datasets", "add", "t", "--labels", SUBMISSION_CSV)
+    res = cli("datasets", "verify", "t")
+    assert res.exit_code == 2
+    assert "has no image folder (labels only)" in res.stderr
+
+
+def test_folder_without_images(cli: Invoke, tmp_path: Path) -> None:
+    res = cli("datasets", "add", "x", "--root", tmp_path)
+    assert res.exit_code == 1 and "no <Id>_<colour>.png files" in res.stderr
+
+
+def test_show_writes_picture(cli: Invoke, tmp_path: Path) -> None:
+    root = tmp_path / "imgs"
+    root.mkdir()
+    write_sample(root, "a1")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("Id,Target\na1,25 0\n")
+    assert cli("datasets", "add", "d", "--labels", labels, "--root", root).exit_code == 0
+    out = tmp_path / "a1.png"
+    res = cli("show", "d", "a1", "--out", out)
+    assert res.exit_code == 0, res.output
+    with Image.open(out) as img:
+        assert img.size[0] > 4 * img.size[1]  # five panels side by side
+    res = cli("show", "d", "zz", "--out", out)
+    assert res.exit_code == 2 and "has no sample 'zz'" in res.stderr
+
+
+def test_two_processes_add_at_once(tmp_path: Path) -> None:
+    home = tmp_path / "shared-home"
+    env = {**os.environ, "HPATOOL_HOME": str(home)}
+    cmds = [
+        [sys.executable, "-m", "hpatool", "datasets", "add", "v18", "--labels", str(HPAV18_CSV)],
+        [sys.executable, "-m", "hpatool", "datasets", "add", "train", "--labels", str(TRAIN_CSV)],
+        [
+            sys.executable,
+            "-m",
+            "hpatool",
+            "datasets",
+            "add",
+            "test",
+            "--labels",
+            str(SUBMISSION_CSV),
+        ],
+    ]
+    procs = [
+        subprocess.Popen(
+            c, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for c in cmds
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (_out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+    from hpatool.registry import Registry
+
+    with Registry.open(home) as reg:
+        counts = {d.name: d.samples for d in reg.datasets()}
+    assert counts == {"v18": 74606, "train": 31072, "test": 11702}
