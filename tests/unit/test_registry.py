@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from hpatool.errors import AlreadyExists, DataError, NotFound, UsageError
+from hpatool.registry import REGISTRY_FILE, SCHEMA_VERSION, Registry, resolve_home
+
+
+def test_fresh_registry_has_schema_and_wal(tmp_path: Path) -> None:
+    with Registry.open(tmp_path / "h") as reg:
+        assert reg.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert reg.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {
+            r[0] for r in reg.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        assert {"datasets", "samples", "splits", "folds", "runs"} <= tables
+
+
+def test_reopen_keeps_data(tmp_path: Path) -> None:
+    with Registry.open(tmp_path) as reg:
+        reg.create_dataset("a", "train", ["x1", "x2"], [(0, 3), None])
+    with Registry.open(tmp_path) as reg:
+        rec = reg.dataset("a")
+        assert (rec.samples, rec.labelled, rec.kind) == (2, 1, "train")
+        assert [s.target for s in reg.samples("a")] == [(0, 3), None]
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    Registry.open(tmp_path).close()
+    conn = sqlite3.connect(tmp_path / REGISTRY_FILE)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(DataError, match="newer than this hpatool"):
+        Registry.open(tmp_path)
+
+
+def test_not_a_database(tmp_path: Path) -> None:
+    (tmp_path / REGISTRY_FILE).write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(DataError, match="cannot be opened"):
+        Registry.open(tmp_path)
+
+
+def test_home_is_a_file(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(UsageError, match="is a file"):
+        Registry.open(f)
+
+
+def test_resolve_home_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HPATOOL_HOME", str(tmp_path / "env"))
+    assert resolve_home(tmp_path / "opt") == tmp_path / "opt"
+    assert resolve_home(None) == tmp_path / "env"
+    monkeypatch.delenv("HPATOOL_HOME")
+    assert "hpatool" in str(resolve_home(None))
+
+
+def test_failed_transaction_rolls_back(tmp_path: Path) -> None:
+    with Registry.open(tmp_path) as reg:
+        reg.create_dataset("a", "train", ["x1"], [(1,)])
+        with pytest.raises(AlreadyExists):
+            reg.create_dataset("a", "test", ["y"], [None])
+        with pytest.raises(ValueError), reg.transaction() as conn:
+            conn.execute("DELETE FROM samples")
+            raise ValueError("boom")
+        assert reg.dataset("a").samples == 1
+        with pytest.raises(NotFound, match=r"unknown dataset 'b' .* \(known: a\)"):
+            reg.dataset("b")
+
+
+def test_remove_cascades(tmp_path: Path) -> None:
+    with Registry.open(tmp_path) as reg:
+        reg.create_dataset("a", "train", ["x1", "x2"], [(1,), (2,)])
+        reg.remove_dataset("a")
+        assert reg.conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 0
