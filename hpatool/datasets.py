@@ -67,7 +67,9 @@ def add_dataset(
         raise UsageError("give --labels CSV, --root DIR, or both")
     reg.ensure_new(name)  # fail before reading a large CSV
     root_abs = root.expanduser().resolve() if root is not None else None
-    if root_abs is not None and not root_abs.is_dir():
+    if root_abs is not None and root_abs.exists() and not root_abs.is_dir():
+        raise UsageError(f"{root}: is a file; --root must be the folder holding the images")
+    if root_abs is not None and labels is None and not root_abs.is_dir():
         raise NotFound(f"{root}: no such folder; --root must be the folder holding the images")
     labels_path = labels_sha = None
     if labels is not None:

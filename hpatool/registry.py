@@ -411,3 +411,200 @@ class Registry:
                 "UPDATE samples SET status = ? WHERE dataset_id = ? AND sample_id = ?",
                 ((st, record.id, sid) for sid, st in updates),
             )
+
+    # ---- external data (download/preprocess)
+
+    def status_counts(self, name: str) -> dict[str | None, int]:
+        """How many samples have each status (``None`` = pending / never set)."""
+        record = self.dataset(name)
+        rows = self.conn.execute(
+            "SELECT status, COUNT(*) FROM samples WHERE dataset_id = ? GROUP BY status",
+            (record.id,),
+        )
+        return {r[0]: r[1] for r in rows}
+
+    def add_samples(
+        self,
+        name: str,
+        ids: Sequence[str],
+        targets: Sequence[Sequence[int] | None],
+        statuses: Sequence[str | None] | None = None,
+    ) -> None:
+        """Append new samples after the existing ones, in one transaction (ids must be new)."""
+        record = self.dataset(name)
+        status_list = statuses if statuses is not None else [None] * len(ids)
+        with self.transaction() as conn:
+            last = conn.execute(
+                "SELECT COALESCE(MAX(idx), -1) FROM samples WHERE dataset_id = ?", (record.id,)
+            ).fetchone()[0]
+            conn.executemany(
+                "INSERT INTO samples (dataset_id, idx, sample_id, target, status)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    (record.id, last + 1 + i, sid,
+                     " ".join(map(str, t)) if t is not None else None, st)
+                    for i, (sid, t, st) in enumerate(zip(ids, targets, status_list, strict=True))
+                ),
+            )
+            conn.execute("UPDATE datasets SET updated_at = ? WHERE id = ?", (now(), record.id))
+
+    def set_origin(
+        self,
+        name: str,
+        *,
+        labels_path: str | None = None,
+        labels_sha256: str | None = None,
+        parent: str | None = None,
+    ) -> DatasetRecord:
+        """Record where a dataset came from: its label CSV (path, sha256) and/or parent dataset."""
+        record = self.dataset(name)
+        with self.transaction() as conn:
+            if labels_path is not None:
+                conn.execute(
+                    "UPDATE datasets SET labels_path = ?, labels_sha256 = ? WHERE id = ?",
+                    (labels_path, labels_sha256, record.id),
+                )
+            if parent is not None:
+                conn.execute("UPDATE datasets SET parent = ? WHERE id = ?", (parent, record.id))
+            conn.execute("UPDATE datasets SET updated_at = ? WHERE id = ?", (now(), record.id))
+        return self.dataset(name)
+
+    def dataset_at(self, folder: Path) -> DatasetRecord | None:
+        """The dataset whose image folder (``root``, or a download's ``raw_dir``) is ``folder``."""
+        target = str(folder.expanduser().resolve())
+        for record in self.datasets():
+            if record.root is not None and str(record.root) == target:
+                return record
+            if record.provenance.get("raw_dir") == target:
+                return record
+        return None
+
+    # ---- folds and runs
+
+    def set_folds(
+        self, name: str, sample_ids: Sequence[str], folds_of: Sequence[int], *, folds: int,
+        seed: int,
+    ) -> None:
+        """Store a dataset's fold assignment (replacing any earlier one) in one transaction."""
+        record = self.dataset(name)
+        if len(sample_ids) != len(folds_of):
+            raise ValueError("sample_ids and folds_of differ in length")
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM folds WHERE dataset_id = ?", (record.id,))
+            conn.execute("DELETE FROM splits WHERE dataset_id = ?", (record.id,))
+            conn.execute(
+                "INSERT INTO splits (dataset_id, folds, seed, created_at) VALUES (?, ?, ?, ?)",
+                (record.id, folds, seed, now()),
+            )
+            conn.executemany(
+                "INSERT INTO folds (dataset_id, sample_id, fold) VALUES (?, ?, ?)",
+                ((record.id, sid, int(k)) for sid, k in zip(sample_ids, folds_of, strict=True)),
+            )
+
+    def split_info(self, name: str) -> dict[str, Any] | None:
+        """``{"folds": n, "seed": s, "created_at": ...}`` if the dataset is split, else ``None``."""
+        record = self.dataset(name)
+        row = self.conn.execute(
+            "SELECT folds, seed, created_at FROM splits WHERE dataset_id = ?", (record.id,)
+        ).fetchone()
+        if row is None:
+            return None
+        return {"folds": row[0], "seed": row[1], "created_at": row[2]}
+
+    def folds(self, name: str) -> dict[str, int]:
+        """Fold of each sample id (empty if the dataset is not split)."""
+        record = self.dataset(name)
+        rows = self.conn.execute(
+            "SELECT sample_id, fold FROM folds WHERE dataset_id = ?", (record.id,)
+        )
+        return {r[0]: r[1] for r in rows}
+
+    def fold_class_counts(self, name: str) -> list[list[int]] | None:
+        """Samples of each class 0..27 in each fold, ``[fold][class]``; ``None`` if not split."""
+        info = self.split_info(name)
+        if info is None:
+            return None
+        counts = [[0] * 28 for _ in range(info["folds"])]
+        folds = self.folds(name)
+        for sample in self.samples(name):
+            k = folds.get(sample.id)
+            if k is None or sample.target is None:
+                continue
+            for c in sample.target:
+                counts[k][c] += 1
+        return counts
+
+    _RUN_SELECT = (
+        "SELECT name, arch, datasets, fold, config, best_f1, best_epoch, epochs_done, out_dir,"
+        " status, created_at, updated_at FROM runs"
+    )
+
+    @staticmethod
+    def _run_row(row: Sequence[Any]) -> RunRecord:
+        return RunRecord(
+            name=row[0],
+            arch=row[1],
+            datasets=json.loads(row[2]),
+            fold=row[3],
+            config=json.loads(row[4] or "{}"),
+            best_f1=row[5],
+            best_epoch=row[6],
+            epochs_done=row[7],
+            out_dir=Path(row[8]),
+            status=row[9],
+            created_at=row[10],
+            updated_at=row[11],
+        )
+
+    def has_run(self, name: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM runs WHERE name = ?", (name,)).fetchone() is not None
+
+    def runs(self) -> list[RunRecord]:
+        rows = self.conn.execute(self._RUN_SELECT + " ORDER BY created_at, name").fetchall()
+        return [self._run_row(r) for r in rows]
+
+    def run(self, name: str) -> RunRecord:
+        row = self.conn.execute(self._RUN_SELECT + " WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            names = [r[0] for r in self.conn.execute("SELECT name FROM runs ORDER BY name")]
+            known = ", ".join(names) if names else "none yet; start one with 'hpatool train'"
+            raise NotFound(f"unknown run {name!r} in {self.path} (known: {known})")
+        return self._run_row(row)
+
+    def create_run(
+        self, name: str, *, arch: str, datasets: Sequence[str], fold: int | None,
+        config: dict[str, Any], out_dir: Path,
+    ) -> RunRecord:
+        """Register a new training run (status ``running``); the name must be new."""
+        check_name(name, "run")
+        stamp = now()
+        with self.transaction() as conn:
+            if self.has_run(name):
+                raise AlreadyExists(
+                    f"run {name!r} already exists in {self.path}; pass --resume to continue it "
+                    "or choose another --name"
+                )
+            conn.execute(
+                "INSERT INTO runs (name, arch, datasets, fold, config, out_dir, status,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?)",
+                (name, arch, json.dumps(list(datasets)), fold, json.dumps(config, sort_keys=True),
+                 str(out_dir), stamp, stamp),
+            )
+        return self.run(name)
+
+    def update_run(self, name: str, **fields: Any) -> RunRecord:
+        """Update some of ``config``, ``best_f1``, ``best_epoch``, ``epochs_done``, ``status``."""
+        allowed = {"config", "best_f1", "best_epoch", "epochs_done", "status"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"cannot update run fields {sorted(unknown)}")
+        self.run(name)  # NotFound if missing
+        sets = [f"{key} = ?" for key in fields]
+        values = [json.dumps(v, sort_keys=True) if key == "config" else v
+                  for key, v in fields.items()]
+        with self.transaction() as conn:
+            conn.execute(
+                f"UPDATE runs SET {', '.join([*sets, 'updated_at = ?'])} WHERE name = ?",
+                (*values, now(), name),
+            )
+        return self.run(name)
