@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from hpatool._io import atomic_path
-from hpatool.errors import DataError
+from hpatool.errors import DataError, UsageError
 from hpatool.ids import COLOURS, channel_path
 
 # Pillow refuses images above ~179 Mpx as a "decompression bomb"; HPA fields are at most
@@ -88,3 +88,134 @@ def save_png(arr: np.ndarray, path: Path, compress_level: int = 1) -> None:
     img = Image.fromarray(np.ascontiguousarray(arr))
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG", compress_level=compress_level)
+
+
+# ---------------------------------------------------------------- raw images -> channel files
+#
+# Raw HPA downloads are RGB JPEGs of one stain each; other sources are greyscale or RGB PNGs
+# (8 or 16 bit) and TIFFs. These turn any of them into the 8-bit greyscale square a sample's
+# channel file holds.
+
+CHANNEL_RULES: tuple[str, ...] = ("stain", "luma")
+#: Which RGB band holds each stain under the ``stain`` rule (yellow = red + green: take red).
+STAIN_BANDS: dict[str, int] = {"red": 0, "green": 1, "blue": 2, "yellow": 0}
+#: Upper percentile used to stretch deep (16-bit, float) images to 8 bits.
+STRETCH_PERCENTILE = 99.9
+
+_DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def check_channel_rule(rule: str) -> str:
+    """``rule`` if it is a known channel rule, else a ``UsageError`` listing them."""
+    if rule not in CHANNEL_RULES:
+        raise UsageError(f"unknown channel rule {rule!r}; use one of {', '.join(CHANNEL_RULES)}")
+    return rule
+
+
+def stretch_to_uint8(arr: np.ndarray, percentile: float = STRETCH_PERCENTILE) -> np.ndarray:
+    """Scale a deep image (16-bit, 32-bit, float) to uint8 over its own range.
+
+    Black is the image's minimum and white its ``percentile``-th percentile (99.9 by default),
+    so that a handful of hot pixels do not push a whole 16-bit field into the bottom grey
+    levels; the few brighter pixels saturate. If that percentile equals the minimum (a nearly
+    empty field) the maximum is used instead, as :func:`to_uint8` does. uint8 passes through.
+    """
+    if arr.dtype == np.uint8:
+        return arr
+    data = arr.astype(np.float32, copy=False)
+    finite = np.isfinite(data)
+    if not finite.all():
+        data = np.where(finite, data, 0.0).astype(np.float32)
+    sample = data[:: max(1, data.shape[0] // 1024), :: max(1, data.shape[1] // 1024)]
+    lo = float(np.min(data))
+    hi = float(np.percentile(sample, percentile))
+    if hi <= lo:
+        hi = float(np.max(data))
+    if hi <= lo:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    scaled = (data - lo) * (255.0 / (hi - lo))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def select_stain(img: Image.Image, colour: str, rule: str = "stain") -> Image.Image:
+    """The one stain of a decoded image as an 8-bit greyscale (``L``) image.
+
+    Greyscale input is the stain itself (deep greyscale is stretched with
+    :func:`stretch_to_uint8`). Colour input follows ``rule``: ``stain`` takes the band that
+    holds the stain (red←R, green←G, blue←B, yellow←R), ``luma`` is PIL's ``convert("L")``.
+    """
+    if colour not in STAIN_BANDS:
+        raise ValueError(f"unknown colour {colour!r}; use one of {', '.join(COLOURS)}")
+    check_channel_rule(rule)
+    mode = img.mode
+    if mode == "L":
+        return img
+    if mode in _DEEP_MODES:
+        return Image.fromarray(stretch_to_uint8(image_to_array(img)), mode="L")
+    if mode in ("1", "LA", "La"):
+        return img.convert("L")
+    if mode != "RGB":
+        img = img.convert("RGB")  # P, PA, RGBA, RGBX, CMYK, YCbCr, ...
+    if rule == "luma":
+        return img.convert("L")
+    return img.getchannel(STAIN_BANDS[colour])
+
+
+def open_reduced(path: Path, size: int, rule: str = "stain") -> Image.Image:
+    """Open and decode ``path``; a JPEG is decoded in draft mode when ``size`` > 0.
+
+    Draft mode makes libjpeg decode at the smallest of the scales 1/8, 1/4, 1/2 that still
+    gives at least ``size``×``size`` pixels (for ``luma`` it also returns libjpeg's own luma, Y,
+    the same weights as ``convert("L")``), which is several times faster than a full decode
+    followed by a resize and differs from it by well under one grey level on average.
+    Raises ``OSError`` (or ``SyntaxError``/``ValueError``) if the file does not decode.
+    """
+    img = Image.open(path)
+    try:
+        if size > 0 and img.format == "JPEG":
+            img.draft("L" if rule == "luma" else img.mode, (size, size))
+        img.load()
+    except BaseException:
+        img.close()
+        raise
+    return img
+
+
+def convert_channel(path: Path, colour: str, size: int, rule: str = "stain") -> np.ndarray:
+    """One raw image file as the 8-bit greyscale channel array a sample's PNG holds.
+
+    ``size`` > 0 resizes to ``size``×``size`` (LANCZOS, after a draft-mode JPEG decode; a
+    non-square field is stretched to a square as the Kaggle images were); ``size`` 0 keeps the
+    original size. Raises ``DataError`` naming the file if it does not decode.
+    """
+    check_channel_rule(rule)
+    try:
+        with open_reduced(path, size, rule) as img:
+            channel = select_stain(img, colour, rule)
+            if size > 0 and channel.size != (size, size):
+                channel = channel.resize((size, size), Image.Resampling.LANCZOS)
+            return np.asarray(channel, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataError(f"{path}: cannot decode image ({text})") from None
+
+
+def check_decodes(path: Path) -> tuple[int, int]:
+    """Decode ``path`` cheaply (a JPEG at 1/8 scale) to prove it is a whole image; its size.
+
+    Raises ``DataError`` naming the file if it is truncated or not an image.
+    """
+    try:
+        with Image.open(path) as img:
+            size = img.size
+            if img.format == "JPEG":
+                img.draft(img.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
+            img.load()
+            return size
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataError(f"{path}: does not decode as an image ({text})") from None

@@ -16,7 +16,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-NameArg = Annotated[str, typer.Argument(help="Dataset name.", show_default=False)]
+NameArg = Annotated[str, typer.Argument(metavar="NAME", help="Dataset name.", show_default=False)]
 
 
 @app.command("add")
@@ -24,8 +24,11 @@ def add(
     name: NameArg,
     labels: Annotated[
         Path | None,
-        typer.Option("--labels", help="Label CSV with an Id column and optional Target column.",
-                     show_default=False),
+        typer.Option(
+            "--labels",
+            help="Label CSV with an Id column and optional Target column.",
+            show_default=False,
+        ),
     ] = None,
     root: Annotated[
         Path | None,
@@ -33,8 +36,11 @@ def add(
     ] = None,
     kind: Annotated[
         str | None,
-        typer.Option("--kind", help="train, test or external (default: train if the CSV has "
-                     "Target, else test).", show_default=False),
+        typer.Option(
+            "--kind",
+            help="train, test or external (default: train if the CSV has Target, else test).",
+            show_default=False,
+        ),
     ] = None,
     home: HomeOpt = None,
 ) -> None:
@@ -78,8 +84,14 @@ def list_(json_: JsonOpt = False, home: HomeOpt = None) -> None:
     for col in ("name", "kind", "samples", "labelled", "images", "created"):
         table.add_column(col, justify="right" if col in ("samples", "labelled") else "left")
     for r in records:
-        table.add_row(r.name, r.kind, f"{r.samples:,}", f"{r.labelled:,}",
-                      str(r.root) if r.root else "-", r.created_at)
+        table.add_row(
+            r.name,
+            r.kind,
+            f"{r.samples:,}",
+            f"{r.labelled:,}",
+            str(r.root) if r.root else "-",
+            r.created_at,
+        )
     out().print(table)
 
 
@@ -103,8 +115,9 @@ def show(name: NameArg, json_: JsonOpt = False, home: HomeOpt = None) -> None:
     for key, value in doc.items():
         if key == "provenance":
             continue
-        table.add_row(key, "-" if value is None else (f"{value:,}" if isinstance(value, int)
-                                                       else str(value)))
+        table.add_row(
+            key, "-" if value is None else (f"{value:,}" if isinstance(value, int) else str(value))
+        )
     for key, value in sorted(rec.provenance.items()):
         table.add_row(f"made with: {key}", str(value))
     out().print(table)
@@ -128,15 +141,23 @@ def verify(
     name: NameArg,
     size: Annotated[
         int | None,
-        typer.Option("--size", help="Expected width and height (default: the most common size).",
-                     show_default=False, min=1),
+        typer.Option(
+            "--size",
+            help="Expected width and height (default: the most common size).",
+            show_default=False,
+            min=1,
+        ),
     ] = None,
-    workers: Annotated[int | None, typer.Option("--workers", help="Reader threads.", min=1,
-                                                show_default=False)] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Reader threads.", min=1, show_default=False)
+    ] = None,
     failures: Annotated[
         Path | None,
-        typer.Option("--failures", help="Also write the failures to this CSV "
-                     "(Id,colour,path,problem).", show_default=False),
+        typer.Option(
+            "--failures",
+            help="Also write the failures to this CSV (Id,colour,path,problem).",
+            show_default=False,
+        ),
     ] = None,
     json_: JsonOpt = False,
     home: HomeOpt = None,
@@ -160,14 +181,16 @@ def verify(
         writer.writerows((f.id, f.colour, f.path, f.problem) for f in report.failures)
         write_text_atomic(failures, buf.getvalue())
     if json_:
-        print_json({
-            "dataset": report.dataset,
-            "checked": report.checked,
-            "ok": report.ok,
-            "failed": report.failed_samples,
-            "sizes": {f"{w}x{h}": n for (w, h), n in report.sizes.most_common()},
-            "failures": [f.__dict__ for f in report.failures],
-        })
+        print_json(
+            {
+                "dataset": report.dataset,
+                "checked": report.checked,
+                "ok": report.ok,
+                "failed": report.failed_samples,
+                "sizes": {f"{w}x{h}": n for (w, h), n in report.sizes.most_common()},
+                "failures": [f.__dict__ for f in report.failures],
+            }
+        )
     else:
         console = out()
         sizes = ", ".join(f"{w}x{h}: {n:,}" for (w, h), n in report.sizes.most_common(3)) or "-"

@@ -12,7 +12,8 @@ from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
 
 def stats(
     names: Annotated[
-        list[str], typer.Argument(help="One or more dataset names.", show_default=False)
+        list[str],
+        typer.Argument(metavar="NAME", help="One or more dataset names.", show_default=False),
     ],
     json_: JsonOpt = False,
     plot: Annotated[
@@ -93,7 +94,7 @@ def stats(
 
 
 def show(
-    name: Annotated[str, typer.Argument(help="Dataset name.", show_default=False)],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Dataset name.", show_default=False)],
     sample_id: Annotated[str, typer.Argument(metavar="ID", help="Sample id.", show_default=False)],
     out_path: Annotated[Path, typer.Option("--out", help="PNG file to write.", show_default=False)],
     home: HomeOpt = None,
