@@ -25,12 +25,16 @@ def show_sample(reg: Registry, name: str, sample_id: str, out: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import LinearSegmentedColormap
+
+    def black_to(name: str, rgb: tuple[float, float, float]) -> LinearSegmentedColormap:
+        return LinearSegmentedColormap.from_list(name, [(0.0, 0.0, 0.0), rgb])
 
     panels = [
-        ("red: microtubules", arr[0], "Reds_r"),
-        ("green: protein", arr[1], "Greens_r"),
-        ("blue: nucleus", arr[2], "Blues_r"),
-        ("yellow: ER", arr[3], "YlOrBr_r"),
+        ("red: microtubules", arr[0], black_to("red", (1.0, 0.0, 0.0))),
+        ("green: protein", arr[1], black_to("green", (0.0, 1.0, 0.0))),
+        ("blue: nucleus", arr[2], black_to("blue", (0.2, 0.4, 1.0))),
+        ("yellow: ER", arr[3], black_to("yellow", (1.0, 1.0, 0.0))),
     ]
     fig, axes = plt.subplots(1, 5, figsize=(20, 4.6), constrained_layout=True)
     for ax, (title, img, cmap) in zip(axes, panels, strict=False):

@@ -29,7 +29,7 @@ _MIN_WIDTH = 120
 
 def out() -> Console:
     """A console on the current stdout (looked up per call, so test runners can capture it)."""
-    console = Console(file=sys.stdout, highlight=False)
+    console = Console(file=sys.stdout, highlight=False, soft_wrap=True)
     if not console.is_terminal and console.width < _MIN_WIDTH:
         console.width = _MIN_WIDTH  # don't fold tables into 80 columns when piped
     return console
