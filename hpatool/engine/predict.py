@@ -1,0 +1,713 @@
+"""Prediction with crop test-time augmentation, submissions, and per-class evaluation.
+
+Each image is scored on ``crops`` random ``crop x crop`` windows in one batched forward pass; the
+sigmoid probabilities are aggregated over the crops by ``max`` or ``mean``. The windows of
+sample ``i`` are drawn from ``numpy.random.default_rng([seed, i])``, so they depend only on the
+seed and the sample's position in the dataset: the same command gives the same file, and a
+``torchrun`` run gives the same file as one process. Under ``torchrun`` the images are cut into
+batches of ``batch_size`` in dataset order and rank ``r`` scores batches ``r, r + world, ...``,
+so every batch has the same composition whatever the number of processes (and so the same
+floating-point results); rank 0 gathers the probabilities and writes the files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hpatool._io import ProgressFn, write_text_atomic
+from hpatool.engine import checkpoint as ckpt_mod
+from hpatool.engine.metrics import DEFAULT_THRESHOLD, apply_thresholds
+from hpatool.errors import DataError, NotFound, UsageError, WorkFailed
+from hpatool.labels import CLASS_NAMES, NUM_CLASSES, format_target
+from hpatool.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+AGGREGATIONS = ("max", "mean")
+THRESHOLDS_FILE = "thresholds.json"
+
+
+# ------------------------------------------------------------------------------ model source
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the model comes from: a checkpoint file and, if known, its run and thresholds."""
+
+    checkpoint: Path
+    run: str | None
+    thresholds_file: Path | None
+
+
+def resolve_source(reg: Registry, run: str | None, checkpoint: Path | None) -> ModelSource:
+    """``--run RUN`` (its best checkpoint, else its last) or ``--checkpoint PATH``, not both."""
+    if (run is None) == (checkpoint is None):
+        raise UsageError("give exactly one of --run RUN or --checkpoint PATH")
+    if run is not None:
+        record = reg.run(run)
+        for name in (ckpt_mod.BEST, ckpt_mod.LAST):
+            path = record.out_dir / name
+            if path.is_file():
+                thresholds = record.out_dir / THRESHOLDS_FILE
+                return ModelSource(path, run, thresholds if thresholds.is_file() else None)
+        raise NotFound(
+            f"run {run!r} has no checkpoint in {record.out_dir} (looked for {ckpt_mod.BEST} and "
+            f"{ckpt_mod.LAST}); train it first or pass --checkpoint PATH"
+        )
+    assert checkpoint is not None
+    if not checkpoint.is_file():
+        raise NotFound(f"{checkpoint}: no such checkpoint file")
+    thresholds = checkpoint.parent / THRESHOLDS_FILE
+    return ModelSource(checkpoint, None, thresholds if thresholds.is_file() else None)
+
+
+def resolve_thresholds(
+    threshold: str | float, source: ModelSource, ckpt: dict[str, Any]
+) -> np.ndarray:
+    """Per-class thresholds: ``auto`` = the run's tuned ones, or one float for every class."""
+    if not isinstance(threshold, str) or threshold.strip().lower() != "auto":
+        try:
+            value = float(threshold)
+        except ValueError:
+            raise UsageError(
+                f"--threshold {threshold!r} is invalid; use 'auto' or a number in (0, 1)"
+            ) from None
+        if not 0.0 < value < 1.0:
+            raise UsageError(f"--threshold {value} is out of range; use a number in (0, 1)")
+        return np.full(NUM_CLASSES, value)
+    values: Any = None
+    if source.thresholds_file is not None:
+        try:
+            doc = json.loads(source.thresholds_file.read_text(encoding="utf-8"))
+            values = doc["thresholds"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{source.thresholds_file}: unreadable thresholds ({exc})") from None
+    elif ckpt.get("thresholds") is not None:
+        values = ckpt["thresholds"]
+    if values is None:
+        raise UsageError(
+            f"{source.checkpoint}: no tuned thresholds (no {THRESHOLDS_FILE} beside it); "
+            "pass --threshold 0.5 or another number"
+        )
+    arr = np.asarray([float(v) for v in values], dtype=np.float64)
+    if arr.shape != (NUM_CLASSES,):
+        raise DataError(f"thresholds hold {arr.size} values, expected {NUM_CLASSES}")
+    return arr
+
+
+# ------------------------------------------------------------------------------ crop scoring
+
+
+@dataclass(frozen=True)
+class Target:
+    """One image to score: its position in the dataset, folder and id."""
+
+    index: int
+    root: Path
+    id: str
+
+
+def crop_windows(
+    index: int, height: int, width: int, crop: int, crops: int, seed: int
+) -> list[tuple[int, int]]:
+    """``crops`` (top, left) corners for sample ``index``; one window if the crop fills it."""
+    if crop >= height and crop >= width:
+        return [(0, 0)]
+    rng = np.random.default_rng([seed, index])
+    tops = rng.integers(0, height - crop + 1, size=crops)
+    lefts = rng.integers(0, width - crop + 1, size=crops)
+    return [(int(t), int(left)) for t, left in zip(tops, lefts, strict=True)]
+
+
+class CropDataset:
+    """``(4, H, W)`` samples cut into their TTA crops: item ``i`` is ``(n_crops, 4, c, c)``.
+
+    A sample that cannot be read comes back as ``None`` plus the error text, so one bad file
+    doesn't stop the others (the caller decides whether to stop).
+    """
+
+    def __init__(
+        self,
+        targets: Sequence[Target],
+        crop: int,
+        crops: int,
+        seed: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        self.targets = list(targets)
+        self.crop = crop
+        self.crops = crops
+        self.seed = seed
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+        import torch
+
+        from hpatool.data.transforms import to_tensor
+        from hpatool.imaging import read_sample
+
+        t = self.targets[i]
+        try:
+            img = read_sample(t.root, t.id)
+        except DataError as exc:
+            return t.index, None, str(exc)
+        _, h, w = img.shape
+        if self.crop > min(h, w):
+            return t.index, None, f"image is {w}x{h}, smaller than the {self.crop} crop"
+        windows = crop_windows(t.index, h, w, self.crop, self.crops, self.seed)
+        c = self.crop
+        stack = np.stack([img[:, top : top + c, left : left + c] for top, left in windows])
+        return t.index, torch.stack([to_tensor(x, self.mean, self.std) for x in stack]), None
+
+
+def _collate(
+    batch: list[tuple[int, torch.Tensor | None, str | None]],
+) -> list[tuple[int, torch.Tensor | None, str | None]]:
+    return batch
+
+
+@dataclass
+class Scores:
+    """Aggregated probabilities by dataset position, and the samples that failed."""
+
+    probs: dict[int, np.ndarray] = field(default_factory=dict)
+    failures: dict[int, str] = field(default_factory=dict)
+
+
+def score(
+    model: nn.Module,
+    targets: Sequence[Target],
+    *,
+    crop: int,
+    crops: int,
+    agg: str,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    seed: int,
+    strict: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: ProgressFn | None = None,
+) -> Scores:
+    """Score this rank's share of ``targets`` (see the module docstring); returns local scores."""
+    import torch
+    from torch.utils.data import DataLoader, Subset
+
+    if agg not in AGGREGATIONS:
+        raise UsageError(f"--agg {agg!r} is invalid; use max or mean")
+    dataset = CropDataset(targets, crop, crops, seed, mean, std)
+    batches = [
+        list(range(s, min(s + batch_size, len(targets))))
+        for s in range(0, len(targets), batch_size)
+    ]
+    mine = [i for b in batches[rank::world_size] for i in b]
+    loader: DataLoader[Any] = DataLoader(
+        Subset(dataset, mine),  # type: ignore[arg-type]
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    out = Scores()
+    done = 0
+    channels_last = device.type == "cuda"
+    with torch.inference_mode():
+        for batch in loader:
+            good = [(idx, x) for idx, x, _ in batch if x is not None]
+            for idx, x, error in batch:
+                if x is None:
+                    if strict:
+                        raise DataError(error or "unreadable image")
+                    out.failures[idx] = error or "unreadable"
+            if good:
+                counts = [x.shape[0] for _, x in good]
+                inputs = torch.cat([x for _, x in good]).to(device, non_blocking=True)
+                if channels_last:
+                    inputs = inputs.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, enabled=device.type == "cuda"):
+                    logits = model(inputs)
+                probs = torch.sigmoid(logits.float()).cpu()
+                for (idx, _), part in zip(good, torch.split(probs, counts), strict=True):
+                    agg_probs = part.max(dim=0).values if agg == "max" else part.mean(dim=0)
+                    out.probs[idx] = agg_probs.numpy().astype(np.float64)
+            done += len(batch)
+            if progress:
+                progress(done, len(mine))
+    return out
+
+
+# --------------------------------------------------------------------------- labels and files
+
+
+def decide_labels(probs: np.ndarray, thresholds: np.ndarray, min_labels: int) -> list[int]:
+    """Classes at or above their threshold; topped up with the most probable to ``min_labels``."""
+    chosen = set(np.flatnonzero(apply_thresholds(probs, thresholds)).tolist())
+    if len(chosen) < min_labels:
+        for c in np.argsort(-probs, kind="stable"):
+            if len(chosen) >= min_labels:
+                break
+            chosen.add(int(c))
+    return sorted(chosen)
+
+
+def submission_text(ids: Sequence[str], labels: Sequence[Sequence[int]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["Id", "Predicted"])
+    for sample_id, lab in zip(ids, labels, strict=True):
+        writer.writerow([sample_id, format_target(lab)])
+    return buf.getvalue()
+
+
+def probs_text(ids: Sequence[str], probs: Sequence[np.ndarray]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["Id", *[str(c) for c in range(NUM_CLASSES)]])
+    for sample_id, p in zip(ids, probs, strict=True):
+        writer.writerow([sample_id, *[f"{v:.6f}" for v in p]])
+    return buf.getvalue()
+
+
+def partial_path(path: Path) -> Path:
+    """``submission.csv`` -> ``submission.partial.csv``."""
+    return path.with_name(f"{path.stem}.partial{path.suffix or '.csv'}")
+
+
+# ---------------------------------------------------------------------------------- commands
+
+
+@dataclass
+class PredictResult:
+    dataset: str
+    checkpoint: Path
+    samples: int
+    scored: int
+    failures: dict[str, str]
+    submission: Path | None
+    probs: Path | None
+    partial: Path | None
+    crop: int
+    crops: int
+    agg: str
+    label_counts: dict[int, int]
+    is_main: bool = True
+
+
+def _targets(reg: Registry, dataset: str) -> list[Target]:
+    record = reg.dataset(dataset)
+    if record.root is None:
+        raise UsageError(
+            f"dataset {dataset!r} has no image folder (labels only); register it with --root DIR "
+            "or download its images first"
+        )
+    if not record.root.is_dir():
+        raise DataError(f"dataset {dataset!r}: image folder {record.root} does not exist")
+    return [Target(i, record.root, s.id) for i, s in enumerate(reg.samples(dataset))]
+
+
+def _check_crops(crops: int, batch_size: int, min_labels: int | None = None) -> None:
+    if crops < 1:
+        raise UsageError(f"--crops {crops} is invalid; use 1 or more")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size} is invalid; use 1 or more")
+    if min_labels is not None and not 0 <= min_labels <= NUM_CLASSES:
+        raise UsageError(f"--min-labels {min_labels} is invalid; use 0..{NUM_CLASSES}")
+
+
+def _resolve_crop(crop_size: int | None, spec: ckpt_mod.ModelSpec, first: Target) -> int:
+    from hpatool.data.dataset import Item, image_size
+
+    crop = crop_size if crop_size is not None else spec.crop
+    if crop < 8:
+        raise UsageError(f"--crop-size {crop} is too small; use at least 8 pixels")
+    h, w = image_size(Item("", first.root, first.id, ()))
+    if crop > min(h, w):
+        raise UsageError(
+            f"--crop-size {crop} is larger than the {w}x{h} images (sample {first.id!r}); use "
+            f"--crop-size {min(h, w)} or less (equal to the image size means the whole image)"
+        )
+    return crop
+
+
+@dataclass
+class _Scored:
+    scores: Scores
+    crop: int
+    thresholds: np.ndarray
+    source: ModelSource
+    is_main: bool
+
+
+def _score_dataset(
+    reg: Registry,
+    targets: list[Target],
+    *,
+    run: str | None,
+    checkpoint: Path | None,
+    crops: int,
+    crop_size: int | None,
+    agg: str,
+    threshold: str | float,
+    batch_size: int,
+    workers: int,
+    device: str,
+    seed: int,
+    strict: bool,
+    progress: ProgressFn | None,
+) -> _Scored:
+    """Load the model, score ``targets`` (sharded under torchrun), gather on rank 0."""
+    from hpatool.engine.train import DistContext, resolve_device
+
+    if agg not in AGGREGATIONS:
+        raise UsageError(f"--agg {agg!r} is invalid; use max or mean")
+    if not targets:
+        raise UsageError("no samples to score")
+    source = resolve_source(reg, run, checkpoint)
+    ctx = DistContext.from_env()
+    dev = resolve_device(device, ctx)
+    ctx.init(dev)
+    try:
+        ckpt = ckpt_mod.load_checkpoint(source.checkpoint)
+        thresholds = resolve_thresholds(threshold, source, ckpt)
+        model, spec = ckpt_mod.build_model_from_checkpoint(ckpt, device=dev)
+        if dev.type == "cuda":
+            import torch
+
+            model = model.to(memory_format=torch.channels_last)
+        crop = _resolve_crop(crop_size, spec, targets[0])
+        local = score(
+            model,
+            targets,
+            crop=crop,
+            crops=crops,
+            agg=agg,
+            mean=spec.mean,
+            std=spec.std,
+            batch_size=batch_size,
+            workers=workers,
+            device=dev,
+            seed=seed,
+            strict=strict,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            progress=progress if ctx.is_main else None,
+        )
+        merged = Scores()
+        for part in ctx.gather(local):
+            merged.probs.update(part.probs)
+            merged.failures.update(part.failures)
+        return _Scored(merged, crop, thresholds, source, ctx.is_main)
+    finally:
+        ctx.destroy()
+
+
+def predict(
+    reg: Registry,
+    *,
+    dataset: str,
+    run: str | None = None,
+    checkpoint: Path | None = None,
+    crops: int = 8,
+    crop_size: int | None = None,
+    agg: str = "max",
+    threshold: str | float = "auto",
+    min_labels: int = 1,
+    out: Path = Path("submission.csv"),
+    probs_out: Path | None = None,
+    batch_size: int = 16,
+    workers: int = 0,
+    device: str = "auto",
+    seed: int = 0,
+    strict: bool = False,
+    progress: ProgressFn | None = None,
+) -> PredictResult:
+    """Score every sample of ``dataset`` and write a Kaggle submission (and probabilities).
+
+    If some images cannot be read, the others are written to ``<out stem>.partial.csv`` (and
+    ``<probs stem>.partial.csv``), ``out`` itself is not written, and ``WorkFailed`` is raised
+    after the files are down; with ``strict`` the first bad image stops everything.
+    """
+    _check_crops(crops, batch_size, min_labels)
+    targets = _targets(reg, dataset)
+    scored = _score_dataset(
+        reg,
+        targets,
+        run=run,
+        checkpoint=checkpoint,
+        crops=crops,
+        crop_size=crop_size,
+        agg=agg,
+        threshold=threshold,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        seed=seed,
+        strict=strict,
+        progress=progress,
+    )
+    result = PredictResult(
+        dataset=dataset,
+        checkpoint=scored.source.checkpoint,
+        samples=len(targets),
+        scored=len(scored.scores.probs),
+        failures={},
+        submission=None,
+        probs=None,
+        partial=None,
+        crop=scored.crop,
+        crops=crops,
+        agg=agg,
+        label_counts={},
+        is_main=scored.is_main,
+    )
+    if not scored.is_main:
+        return result
+    ok = [t for t in targets if t.index in scored.scores.probs]
+    ids = [t.id for t in ok]
+    probs = [scored.scores.probs[t.index] for t in ok]
+    labels = [decide_labels(p, scored.thresholds, min_labels) for p in probs]
+    counts: dict[int, int] = {}
+    for lab in labels:
+        for c in lab:
+            counts[c] = counts.get(c, 0) + 1
+    result.label_counts = dict(sorted(counts.items()))
+    result.failures = {targets[i].id: err for i, err in sorted(scored.scores.failures.items())}
+    incomplete = bool(result.failures)
+    sub_path = partial_path(out) if incomplete else out
+    write_text_atomic(sub_path, submission_text(ids, labels))
+    if probs_out is not None:
+        probs_path = partial_path(probs_out) if incomplete else probs_out
+        write_text_atomic(probs_path, probs_text(ids, probs))
+        result.probs = probs_path
+    if incomplete:
+        result.partial = sub_path
+        first_id, first_err = next(iter(result.failures.items()))
+        raise WorkFailed(
+            f"{len(result.failures)} of {len(targets)} images could not be scored (first: "
+            f"{first_id}: {first_err}); the other {len(ids)} are in {sub_path}, and {out} was not "
+            "written"
+        )
+    result.submission = sub_path
+    return result
+
+
+@dataclass
+class ClassReport:
+    index: int
+    name: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+@dataclass
+class EvaluateResult:
+    dataset: str
+    fold: int | None
+    samples: int
+    crop: int
+    crops: int
+    agg: str
+    threshold: str
+    macro_f1: float
+    macro_f1_at_05: float
+    classes: list[ClassReport]
+    checkpoint: Path
+    is_main: bool = True
+    y_true: np.ndarray | None = None
+    y_pred: np.ndarray | None = None
+    probs: np.ndarray | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "fold": self.fold,
+            "samples": self.samples,
+            "checkpoint": str(self.checkpoint),
+            "crop": self.crop,
+            "crops": self.crops,
+            "agg": self.agg,
+            "threshold": self.threshold,
+            "macro_f1": self.macro_f1,
+            "macro_f1_at_0.5": self.macro_f1_at_05,
+            "classes": [c.__dict__ for c in self.classes],
+        }
+
+
+def per_class_report(y_true: np.ndarray, y_pred: np.ndarray) -> list[ClassReport]:
+    """Precision, recall, F1 (0 where undefined, as scikit-learn's ``zero_division=0``) and
+    support per class."""
+    t = np.asarray(y_true).astype(bool)
+    p = np.asarray(y_pred).astype(bool)
+    tp = (t & p).sum(axis=0)
+    fp = (~t & p).sum(axis=0)
+    fn = (t & ~p).sum(axis=0)
+    out = []
+    for c in range(t.shape[1]):
+        prec = tp[c] / (tp[c] + fp[c]) if tp[c] + fp[c] else 0.0
+        rec = tp[c] / (tp[c] + fn[c]) if tp[c] + fn[c] else 0.0
+        f1 = 2 * tp[c] / (2 * tp[c] + fp[c] + fn[c]) if tp[c] + fp[c] + fn[c] else 0.0
+        out.append(
+            ClassReport(c, CLASS_NAMES[c], float(prec), float(rec), float(f1), int(t[:, c].sum()))
+        )
+    return out
+
+
+def evaluate_run(
+    reg: Registry,
+    *,
+    dataset: str,
+    run: str | None = None,
+    checkpoint: Path | None = None,
+    fold: int | None = None,
+    crops: int = 8,
+    crop_size: int | None = None,
+    agg: str = "max",
+    threshold: str | float = "auto",
+    min_labels: int = 1,
+    batch_size: int = 16,
+    workers: int = 0,
+    device: str = "auto",
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+) -> EvaluateResult:
+    """Per-class precision, recall, F1 and support and macro F1 on the labelled samples of
+    ``dataset`` (only fold ``fold`` if given; for the run's own validation dataset the run's
+    fold is the default)."""
+    _check_crops(crops, batch_size, min_labels)
+    record = reg.dataset(dataset)
+    if fold is None and run is not None:
+        r = reg.run(run)
+        if r.datasets and r.datasets[0] == dataset and r.fold is not None:
+            fold = r.fold
+    samples = reg.samples(dataset)
+    if fold is not None:
+        info = reg.split_info(dataset)
+        if info is None:
+            raise UsageError(
+                f"dataset {dataset!r} has no folds; run 'hpatool split {dataset}' "
+                "or leave out --fold"
+            )
+        if not 0 <= fold < int(info["folds"]):
+            raise NotFound(
+                f"fold {fold} does not exist: dataset {dataset!r} has "
+                f"{info['folds']} folds (0 to {int(info['folds']) - 1})"
+            )
+        folds = reg.folds(dataset)
+        keep = {s.id for s in samples if folds.get(s.id) == fold}
+    else:
+        keep = {s.id for s in samples}
+    labelled = [(i, s) for i, s in enumerate(samples) if s.id in keep and s.target is not None]
+    if not labelled:
+        raise UsageError(
+            f"dataset {dataset!r} has no labelled samples"
+            + (f" in fold {fold}" if fold is not None else "")
+            + "; evaluate needs a dataset with a Target column"
+        )
+    if record.root is None:
+        raise UsageError(f"dataset {dataset!r} has no image folder (labels only)")
+    targets = [Target(i, record.root, s.id) for i, s in labelled]
+    scored = _score_dataset(
+        reg,
+        targets,
+        run=run,
+        checkpoint=checkpoint,
+        crops=crops,
+        crop_size=crop_size,
+        agg=agg,
+        threshold=threshold,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        seed=seed,
+        strict=True,
+        progress=progress,
+    )
+    from hpatool.labels import to_multihot
+
+    y_true = to_multihot([s.target for _, s in labelled])
+    probs = np.stack([scored.scores.probs[t.index] for t in targets])
+    y_pred = np.stack(
+        [
+            np.isin(np.arange(NUM_CLASSES), decide_labels(p, scored.thresholds, min_labels))
+            for p in probs
+        ]
+    )
+    classes = per_class_report(y_true, y_pred)
+    at_05 = per_class_report(y_true, probs >= DEFAULT_THRESHOLD)
+    return EvaluateResult(
+        dataset=dataset,
+        fold=fold,
+        samples=len(targets),
+        crop=scored.crop,
+        crops=crops,
+        agg=agg,
+        threshold=str(threshold),
+        macro_f1=float(np.mean([c.f1 for c in classes])),
+        macro_f1_at_05=float(np.mean([c.f1 for c in at_05])),
+        classes=classes,
+        checkpoint=scored.source.checkpoint,
+        is_main=scored.is_main,
+        y_true=y_true,
+        y_pred=y_pred,
+        probs=probs,
+    )
+
+
+def plot_f1(results: Sequence[EvaluateResult], path: Path) -> Path:
+    """Per-class F1 bars (one colour per aggregation/result), written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hpatool._io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(14, 5.5), constrained_layout=True)
+    x = np.arange(NUM_CLASSES)
+    n = len(results)
+    width = 0.8 / max(n, 1)
+    for i, r in enumerate(results):
+        ax.bar(
+            x + (i - (n - 1) / 2) * width,
+            [c.f1 for c in r.classes],
+            width,
+            label=f"{r.agg} of {r.crops} crops: macro F1 {r.macro_f1:.3f}",
+        )
+    ax.set_xticks(x)
+    ax.set_xticklabels(
+        [f"{i} {name}" for i, name in enumerate(CLASS_NAMES)], rotation=60, ha="right", fontsize=8
+    )
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("F1")
+    ax.set_title(
+        f"Per-class F1 on {results[0].dataset}"
+        + (f" fold {results[0].fold}" if results[0].fold is not None else "")
+    )
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png", dpi=110)
+    plt.close(fig)
+    return path
