@@ -1,4 +1,8 @@
-"""``demo``: the whole chain on synthetic data, in a fresh registry home under one folder."""
+"""``demo``: the whole chain on synthetic data, in a fresh registry home under one folder.
+
+The library part makes the data and registers it; the CLI's ``demo`` command then runs the
+other commands (stats, split, train, evaluate, predict) on it exactly as a user would.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +18,22 @@ from hpatool.synth import synth_dataset
 
 MARKER = ".hpatool-demo"
 TRAIN = "demo-train"
+TEST = "demo-test"
+MIN_SAMPLES = 60
 
 
 @dataclass(frozen=True)
-class DemoResult:
+class DemoData:
     out_dir: Path
     home: Path
     train_dir: Path
-    datasets: list[str]
+    test_dir: Path
+    train: str = TRAIN
+    test: str = TEST
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.out_dir / "runs"
 
 
 def prepare_out_dir(out_dir: Path) -> None:
@@ -43,20 +55,53 @@ def prepare_out_dir(out_dir: Path) -> None:
     (out_dir / MARKER).write_text("made by hpatool demo; rerunning the demo clears this folder\n")
 
 
-def run_demo(
+def make_demo_data(
     out_dir: Path,
-    samples: int = 256,
-    size: int = 128,
+    samples: int = 400,
+    size: int = 64,
     seed: int = 0,
     progress: ProgressFn | None = None,
-) -> DemoResult:
-    """Synthesise a training set and register it in a fresh registry under ``out_dir``."""
-    if samples < 20:
-        raise UsageError(f"--samples {samples} is too few for a demo; use at least 20")
+) -> DemoData:
+    """Synthesise a training set (``samples``) and a test set (a quarter as many) and register
+    them in a fresh registry under ``out_dir``."""
+    if samples < MIN_SAMPLES:
+        raise UsageError(f"--samples {samples} is too few for a demo; use at least {MIN_SAMPLES}")
     prepare_out_dir(out_dir)
-    home = out_dir / "home"
-    train_dir = out_dir / "train"
-    synth_dataset(train_dir, samples=samples, size=size, seed=seed, progress=progress)
+    data = DemoData(
+        out_dir=out_dir,
+        home=out_dir / "home",
+        train_dir=out_dir / "train",
+        test_dir=out_dir / "test",
+    )
+    n_test = max(20, samples // 4)
+
+    def both(done: int, total: int) -> None:
+        if progress:
+            progress(done, samples + n_test)
+
+    synth_dataset(data.train_dir, samples=samples, size=size, seed=seed, progress=both)
+    synth_dataset(
+        data.test_dir,
+        samples=n_test,
+        size=size,
+        seed=seed + 1,
+        progress=lambda d, t: both(samples + d, t),
+    )
+    with Registry.open(data.home) as reg:
+        add_dataset(
+            reg, TRAIN, labels=data.train_dir / "labels.csv", root=data.train_dir, kind="train"
+        )
+        add_dataset(reg, TEST, labels=data.test_dir / "labels.csv", root=data.test_dir, kind="test")
+    return data
+
+
+def constant_baseline(home: Path, dataset: str, fold: int) -> float:
+    """Macro F1 of the best constant predictor on fold ``fold`` of ``dataset``: the bar a
+    trained model has to clear."""
+    from hpatool.engine.metrics import constant_baseline_macro_f1
+    from hpatool.labels import to_multihot
+
     with Registry.open(home) as reg:
-        add_dataset(reg, TRAIN, labels=train_dir / "labels.csv", root=train_dir, kind="train")
-    return DemoResult(out_dir=out_dir, home=home, train_dir=train_dir, datasets=[TRAIN])
+        folds = reg.folds(dataset)
+        targets = [s.target for s in reg.samples(dataset) if folds.get(s.id) == fold]
+    return constant_baseline_macro_f1(to_multihot(targets))

@@ -1,26 +1,44 @@
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 from tests.conftest import Invoke
 
 
-def test_demo_runs_in_its_own_home(cli: Invoke, home: Path, tmp_path: Path) -> None:
+def test_demo_runs_the_chain_in_its_own_home(cli: Invoke, home: Path, tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    res = cli("demo", "--out", out, "--samples", "40")
+    res = cli("demo", "--out", out, "--samples", "60", "--epochs", "1", "--size", "48")
     assert res.exit_code == 0, res.output
-    assert (out / "home" / "registry.sqlite").exists()
-    assert (out / "train" / "labels.csv").exists()
-    assert (out / "class-counts.png").exists()
+    for path in (
+        "home/registry.sqlite",
+        "train/labels.csv",
+        "test/labels.csv",
+        "class-counts.png",
+        "f1-max.png",
+        "f1-mean.png",
+        "submission.csv",
+        "probs.csv",
+        "runs/demo-run/checkpoint-best.pt",
+        "runs/demo-run/curves.png",
+    ):
+        assert (out / path).exists(), path
+    with (out / "submission.csv").open() as fh:
+        rows = list(csv.reader(fh))
+    test_ids = [
+        line.split(",")[0] for line in (out / "test/labels.csv").read_text().splitlines()[1:]
+    ]
+    assert rows[0] == ["Id", "Predicted"] and [r[0] for r in rows[1:]] == test_ids
     assert "Demo finished in" in res.stdout
+    assert "best constant predictor scores macro F1" in res.stdout
     assert not (home / "registry.sqlite").exists()  # the user's registry is untouched
-    # a rerun clears the previous demo and succeeds again
-    assert cli("demo", "--out", out, "--samples", "40").exit_code == 0
 
 
 def test_demo_refuses_a_foreign_folder(cli: Invoke, tmp_path: Path) -> None:
     (tmp_path / "mine.txt").write_text("precious")
-    res = cli("demo", "--out", tmp_path, "--samples", "40")
+    res = cli("demo", "--out", tmp_path, "--samples", "60")
     assert res.exit_code == 2
     assert "not empty and not an earlier demo's folder" in res.stderr
     assert (tmp_path / "mine.txt").read_text() == "precious"
+    res = cli("demo", "--out", tmp_path / "new", "--samples", "10")
+    assert res.exit_code == 2 and "too few for a demo" in res.stderr
