@@ -20,24 +20,6 @@ from hpatool.ids import COLOURS, channel_path
 Image.MAX_IMAGE_PIXELS = 20_000 * 20_000
 
 
-def to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Scale an image of any integer or float depth to uint8.
-
-    uint8 passes through. Anything else (16-bit fields, float) is stretched linearly over its
-    own full range, min to max, so a 16-bit field that only uses the low few thousand grey
-    levels still comes out with visible structure. A constant image maps to 0.
-    """
-    if arr.dtype == np.uint8:
-        return arr
-    data = arr.astype(np.float64, copy=False)
-    lo = float(np.min(data))
-    hi = float(np.max(data))
-    if hi <= lo:
-        return np.zeros(arr.shape, dtype=np.uint8)
-    scaled = (data - lo) * (255.0 / (hi - lo))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-
-
 def image_to_array(img: Image.Image) -> np.ndarray:
     """A PIL image as a 2-D array in its own depth (greyscale) or 3-D (colour)."""
     if img.mode in ("I;16", "I;16B", "I;16L"):
@@ -70,7 +52,9 @@ def read_sample(root: Path, sample_id: str) -> np.ndarray:
     channels = [read_channel(channel_path(root, sample_id, c)) for c in COLOURS]
     shapes = {c.shape for c in channels}
     if len(shapes) != 1:
-        sizes = ", ".join(f"{col} {ch.shape[1]}x{ch.shape[0]}" for col, ch in zip(COLOURS, channels, strict=True))
+        sizes = ", ".join(
+            f"{col} {ch.shape[1]}x{ch.shape[0]}" for col, ch in zip(COLOURS, channels, strict=True)
+        )
         raise DataError(f"{root / sample_id}: channels differ in size ({sizes})")
     return np.stack(channels)
 
@@ -112,13 +96,14 @@ def check_channel_rule(rule: str) -> str:
     return rule
 
 
-def stretch_to_uint8(arr: np.ndarray, percentile: float = STRETCH_PERCENTILE) -> np.ndarray:
+def to_uint8(arr: np.ndarray, percentile: float = STRETCH_PERCENTILE) -> np.ndarray:
     """Scale a deep image (16-bit, 32-bit, float) to uint8 over its own range.
 
     Black is the image's minimum and white its ``percentile``-th percentile (99.9 by default),
     so that a handful of hot pixels do not push a whole 16-bit field into the bottom grey
     levels; the few brighter pixels saturate. If that percentile equals the minimum (a nearly
-    empty field) the maximum is used instead, as :func:`to_uint8` does. uint8 passes through.
+    empty field) the maximum is used instead; ``percentile=100`` is a plain min-max stretch.
+    uint8 passes through.
     """
     if arr.dtype == np.uint8:
         return arr
@@ -141,7 +126,7 @@ def select_stain(img: Image.Image, colour: str, rule: str = "stain") -> Image.Im
     """The one stain of a decoded image as an 8-bit greyscale (``L``) image.
 
     Greyscale input is the stain itself (deep greyscale is stretched with
-    :func:`stretch_to_uint8`). Colour input follows ``rule``: ``stain`` takes the band that
+    :func:`to_uint8`). Colour input follows ``rule``: ``stain`` takes the band that
     holds the stain (red←R, green←G, blue←B, yellow←R), ``luma`` is PIL's ``convert("L")``.
     """
     if colour not in STAIN_BANDS:
@@ -151,7 +136,7 @@ def select_stain(img: Image.Image, colour: str, rule: str = "stain") -> Image.Im
     if mode == "L":
         return img
     if mode in _DEEP_MODES:
-        return Image.fromarray(stretch_to_uint8(image_to_array(img)), mode="L")
+        return Image.fromarray(to_uint8(image_to_array(img)))
     if mode in ("1", "LA", "La"):
         return img.convert("L")
     if mode != "RGB":

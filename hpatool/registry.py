@@ -557,7 +557,8 @@ class Registry:
         )
 
     def has_run(self, name: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM runs WHERE name = ?", (name,)).fetchone() is not None
+        row = self.conn.execute("SELECT 1 FROM runs WHERE name = ?", (name,)).fetchone()
+        return row is not None
 
     def runs(self) -> list[RunRecord]:
         rows = self.conn.execute(self._RUN_SELECT + " ORDER BY created_at, name").fetchall()

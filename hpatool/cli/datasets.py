@@ -97,15 +97,30 @@ def list_(json_: JsonOpt = False, home: HomeOpt = None) -> None:
 
 @app.command("show")
 def show(name: NameArg, json_: JsonOpt = False, home: HomeOpt = None) -> None:
-    """Show one dataset: kind, counts, files, and how it was made.
+    """Show one dataset: kind, counts, files, how it was made, and its folds if it is split.
 
     Example: hpatool datasets show kaggle-train
     """
     from hpatool.cli._console import Table, out, print_json
+    from hpatool.labels import CLASS_NAMES
 
     with open_registry(home) as reg:
         rec = reg.dataset(name)
+        statuses = reg.status_counts(name)
+        split = reg.split_info(name)
+        fold_counts = reg.fold_class_counts(name) if split else None
+        fold_sizes = sorted(reg.folds(name).values()) if split else []
     doc = rec.to_json()
+    if any(k is not None for k in statuses):  # per-sample status, e.g. of a download
+        doc["status"] = {k or "pending": n for k, n in sorted(statuses.items(), key=str)}
+    if split is not None and fold_counts is not None:
+        doc["folds"] = {
+            "n": split["folds"],
+            "seed": split["seed"],
+            "created_at": split["created_at"],
+            "sizes": [fold_sizes.count(k) for k in range(split["folds"])],
+            "class_counts": fold_counts,
+        }
     if json_:
         print_json(doc)
         return
@@ -113,14 +128,31 @@ def show(name: NameArg, json_: JsonOpt = False, home: HomeOpt = None) -> None:
     table.add_column("field", style="bold")
     table.add_column("value")
     for key, value in doc.items():
-        if key == "provenance":
+        if key in ("provenance", "folds", "status"):
             continue
         table.add_row(
             key, "-" if value is None else (f"{value:,}" if isinstance(value, int) else str(value))
         )
+    if "status" in doc:
+        table.add_row("status", ", ".join(f"{n:,} {k}" for k, n in doc["status"].items()))
     for key, value in sorted(rec.provenance.items()):
         table.add_row(f"made with: {key}", str(value))
     out().print(table)
+    if split is not None and fold_counts is not None:
+        folds_table = Table(
+            title=f"Class counts per fold ({split['folds']} folds, seed {split['seed']})"
+        )
+        folds_table.add_column("class")
+        for k in range(split["folds"]):
+            folds_table.add_column(f"fold {k}", justify="right")
+        folds_table.add_column("total", justify="right")
+        folds_table.add_row(
+            "samples", *(f"{n:,}" for n in doc["folds"]["sizes"]), f"{sum(doc['folds']['sizes']):,}"
+        )
+        for c, class_name in enumerate(CLASS_NAMES):
+            row = [counts[c] for counts in fold_counts]
+            folds_table.add_row(f"{c} {class_name}", *(f"{v:,}" for v in row), f"{sum(row):,}")
+        out().print(folds_table)
 
 
 @app.command("remove")

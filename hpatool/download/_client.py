@@ -1,0 +1,367 @@
+"""The async download core: one aiohttp session, a fixed pool of worker coroutines.
+
+Concurrency is bounded by the number of workers (and a connector of the same size), so a
+request only starts its clock when a worker is free to send it: queued files never time out
+while waiting. Each file is streamed to a ``.part`` file beside its target, checked (status,
+``Content-Type``, length, decodes as an image) and only then renamed into place or converted;
+conversion (decode, resize, PNG encode) runs in a process pool, never on the event loop.
+
+Timeouts, connection errors, 5xx, 408, 429 and truncated or undecodable bodies are retried with
+exponential backoff and full jitter (``Retry-After`` honoured, capped); 403, 404, 410 and other
+4xx are permanent. Nothing here prints: results go to a callback, one per file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import random
+from collections.abc import Callable, Iterator
+from concurrent.futures import BrokenExecutor, Executor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+from yarl import URL
+
+from hpatool import __version__
+from hpatool.errors import WorkFailed
+from hpatool.preprocess import convert_file, verify_file
+
+CHUNK = 1 << 16
+#: Longest wait a server's ``Retry-After`` can impose, in seconds.
+MAX_RETRY_AFTER = 120.0
+#: Longest backoff between two attempts of one file, in seconds.
+MAX_BACKOFF = 60.0
+#: A whole file may take this many times ``--timeout`` (which bounds each connect and read).
+TOTAL_TIMEOUT_FACTOR = 10
+RETRY_STATUS = frozenset({408, 425, 429})
+_IMAGE_TYPES = ("image/", "application/octet-stream", "binary/octet-stream")
+_LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+@dataclass(frozen=True)
+class FileJob:
+    """One stain of one sample to get."""
+
+    sample_id: str
+    colour: str
+    url: str
+    raw: Path  # <out>/raw/<Id>_<colour>.jpg
+    png: Path | None  # <out>/<Id>_<colour>.png; None with --size 0
+    part: Path  # where the body is streamed: beside ``raw`` if kept, else beside ``png``
+    keep_raw: bool  # rename the checked body to ``raw`` (always with --size 0)
+    local: bool  # ``raw`` is on disk already: convert it; fetch only if it does not decode
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    concurrency: int
+    retries: int
+    timeout: float
+    backoff: float
+    size: int
+    channel_rule: str
+
+
+@dataclass(frozen=True)
+class FileResult:
+    job: FileJob
+    ok: bool
+    fetched: bool  # a body was downloaded (False: converted from a raw file on disk)
+    status: int | None = None  # the last HTTP status, None for network errors
+    error: str | None = None
+
+
+@dataclass
+class Counters:
+    requests: int = 0
+    retries: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    kind: str  # "ok", "retry", "permanent"
+    status: int | None = None
+    error: str | None = None
+    retry_after: float | None = None
+
+
+class _DiskError(WorkFailed):
+    """A local file could not be written: fatal for the whole run (disk full, permissions)."""
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), capped; or None."""
+    if not value:
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def backoff_delay(attempt: int, base: float, retry_after: float | None = None) -> float:
+    """Wait before retry number ``attempt`` (1, 2, ...): the server's ``Retry-After`` if it gave
+    one, else full jitter over ``base * 2**(attempt-1)`` (capped at ``MAX_BACKOFF``)."""
+    if retry_after is not None:
+        return retry_after
+    ceiling = min(MAX_BACKOFF, base * (2.0 ** min(attempt - 1, 30)))
+    return random.uniform(0.0, ceiling)
+
+
+def _is_image_type(content_type: str) -> bool:
+    ctype = content_type.strip().lower()
+    return not ctype or ctype.startswith(_IMAGE_TYPES)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class Downloader:
+    """Runs a stream of ``FileJob``s with ``settings.concurrency`` workers over one session."""
+
+    def __init__(
+        self,
+        settings: ClientSettings,
+        pool: Executor,
+        on_result: Callable[[FileResult], None],
+        counters: Counters | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.on_result = on_result
+        self.counters = counters or Counters()
+        self.active_parts: set[Path] = set()
+        self._session: aiohttp.ClientSession | None = None
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, jobs: Iterator[FileJob], n_jobs: int, trust_env: bool = True) -> None:
+        """Work through ``jobs``; returns when all are done. A disk error aborts everything."""
+        s = self.settings
+        connector = aiohttp.TCPConnector(limit=s.concurrency, ttl_dns_cache=300)
+        timeout = aiohttp.ClientTimeout(
+            total=s.timeout * TOTAL_TIMEOUT_FACTOR, sock_connect=s.timeout, sock_read=s.timeout
+        )
+        async with aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            headers={"User-Agent": f"hpatool/{__version__}"},
+            trust_env=trust_env,
+        ) as session:
+            self._session = session
+            tasks = [
+                asyncio.create_task(self._worker(jobs)) for _ in range(min(s.concurrency, n_jobs))
+            ]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    exc = task.exception()
+                    if exc is not None:
+                        raise exc
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                self._session = None
+                self.remove_parts()
+
+    def remove_parts(self) -> None:
+        """Delete the ``.part`` files of unfinished work (on cancel or error)."""
+        for part in list(self.active_parts):
+            with contextlib.suppress(OSError):
+                part.unlink()
+            self.active_parts.discard(part)
+
+    async def _worker(self, jobs: Iterator[FileJob]) -> None:
+        # ``jobs`` is shared: next() runs to completion between awaits, so each job is taken once.
+        for job in jobs:
+            result = await self._process(job)
+            self.on_result(result)
+
+    # ------------------------------------------------------------------ one file
+
+    async def _process(self, job: FileJob) -> FileResult:
+        try:
+            if job.local and job.png is not None:
+                error = await self._convert(job.raw, job)
+                if error is None:
+                    return FileResult(job, ok=True, fetched=False)
+                with contextlib.suppress(OSError):
+                    job.raw.unlink()  # a bad raw file (not ours, or damaged): fetch it again
+            return await self._fetch_with_retries(job)
+        finally:
+            if job.part in self.active_parts:
+                with contextlib.suppress(OSError):
+                    job.part.unlink()
+                self.active_parts.discard(job.part)
+
+    async def _fetch_with_retries(self, job: FileJob) -> FileResult:
+        s = self.settings
+        attempt = 0
+        while True:
+            attempt += 1
+            outcome = await self._fetch_once(job)
+            if outcome.kind == "ok":
+                error = await self._finish(job)
+                if error is None:
+                    return FileResult(job, ok=True, fetched=True, status=200)
+                outcome = _Attempt("retry", 200, error)
+            self._drop_part(job.part)
+            if outcome.kind == "permanent" or attempt > s.retries:
+                tries = f" (after {attempt} attempts)" if attempt > 1 else ""
+                return FileResult(
+                    job,
+                    ok=False,
+                    fetched=False,
+                    status=outcome.status,
+                    error=f"{outcome.error}{tries}",
+                )
+            self.counters.retries += 1
+            await asyncio.sleep(backoff_delay(attempt, s.backoff, outcome.retry_after))
+
+    async def _fetch_once(self, job: FileJob) -> _Attempt:
+        assert self._session is not None
+        self.counters.requests += 1
+        try:
+            async with self._session.get(URL(job.url, encoded=True)) as resp:
+                status = resp.status
+                if status != 200:
+                    reason = f"HTTP {status}" + (f" {resp.reason}" if resp.reason else "")
+                    if status in RETRY_STATUS or status >= 500:
+                        after = parse_retry_after(resp.headers.get("Retry-After"))
+                        return _Attempt("retry", status, reason, after)
+                    return _Attempt("permanent", status, reason)
+                ctype = resp.headers.get("Content-Type", "")
+                if not _is_image_type(ctype):
+                    return _Attempt(
+                        "retry",
+                        status,
+                        f"not an image: HTTP 200 with Content-Type {ctype.split(';')[0].strip()}",
+                    )
+                encoded = resp.headers.get("Content-Encoding", "identity").lower() != "identity"
+                expected = None if encoded else resp.content_length
+                received = await self._stream(resp, job.part)
+                if expected is not None and received != expected:
+                    return _Attempt(
+                        "retry", status, f"truncated body: {received} of {expected} bytes"
+                    )
+                if received == 0:
+                    return _Attempt("retry", status, "empty body")
+                return _Attempt("ok", status)
+        except TimeoutError:
+            return _Attempt(
+                "retry",
+                None,
+                f"timed out (no data for {self.settings.timeout:g} s "
+                f"or more than {self.settings.timeout * TOTAL_TIMEOUT_FACTOR:g} s "
+                "in all)",
+            )
+        except aiohttp.ClientPayloadError as exc:
+            return _Attempt("retry", None, f"truncated body ({_one_line(exc)})")
+        except (aiohttp.TooManyRedirects, aiohttp.InvalidURL) as exc:
+            return _Attempt("permanent", None, f"{type(exc).__name__}: {_one_line(exc)}")
+        except (aiohttp.ClientError, OSError) as exc:
+            return _Attempt("retry", None, f"connection error: {_one_line(exc)}")
+
+    async def _stream(self, resp: aiohttp.ClientResponse, part: Path) -> int:
+        """Write the body to ``part``; the bytes received. Write errors are fatal."""
+        received = 0
+        fh = self._open(part)
+        try:
+            async for chunk in resp.content.iter_chunked(CHUNK):
+                self._write(fh, part, chunk)
+                received += len(chunk)
+                self.counters.bytes += len(chunk)
+        finally:
+            fh.close()
+        return received
+
+    def _open(self, part: Path) -> IO[bytes]:
+        self.active_parts.add(part)
+        try:
+            return open(part, "wb")  # closed by _stream
+        except OSError as exc:
+            raise _DiskError(
+                f"cannot write {part}: {exc.strerror or exc}; check the --out "
+                "folder (free space, permissions)"
+            ) from None
+
+    @staticmethod
+    def _write(fh: IO[bytes], part: Path, chunk: bytes) -> None:
+        try:
+            fh.write(chunk)
+        except OSError as exc:
+            raise _DiskError(
+                f"cannot write {part}: {exc.strerror or exc}; free some space in "
+                "the --out folder and rerun to resume"
+            ) from None
+
+    def _drop_part(self, part: Path) -> None:
+        with contextlib.suppress(OSError):
+            part.unlink()
+        self.active_parts.discard(part)
+
+    async def _finish(self, job: FileJob) -> str | None:
+        """Check and place a downloaded body: convert it, and/or rename it to the raw file."""
+        if job.png is None:
+            error = await self._run(verify_file, str(job.part))
+        else:
+            error = await self._convert(job.part, job)
+        if error is not None:
+            prefix = f"{job.part}: "
+            return "downloaded file " + (
+                error[len(prefix) :] if error.startswith(prefix) else error
+            )
+        try:
+            if job.keep_raw:
+                os.replace(job.part, job.raw)
+            else:
+                job.part.unlink()
+        except OSError as exc:
+            raise _DiskError(f"cannot move {job.part} into place: {exc.strerror or exc}") from None
+        self.active_parts.discard(job.part)
+        return None
+
+    async def _convert(self, src: Path, job: FileJob) -> str | None:
+        assert job.png is not None
+        s = self.settings
+        return await self._run(
+            convert_file, str(src), str(job.png), job.colour, s.size, s.channel_rule
+        )
+
+    async def _run(self, fn: Callable[..., str | None], *args: Any) -> str | None:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.pool, fn, *args)
+        except BrokenExecutor:
+            raise WorkFailed(
+                "a conversion process died (out of memory?); finished files are kept, rerun to "
+                "resume, perhaps with fewer --workers"
+            ) from None
+
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url`` points at this machine (proxies from the environment are not used)."""
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    return host in _LOOPBACK or host.startswith("127.")
