@@ -1,16 +1,23 @@
 """Throughput of ``download-external`` against a local server with 50 ms latency per request.
 
 Run: .venv/bin/python benchmarks/download.py [--samples 2000] [--concurrency 64]
+     [--server aiohttp|light]
 
-The fake HPA server (tests/integration/hpa_server.py) runs in its own process on 127.0.0.1 and
-answers every request after ``--latency`` seconds with a small JPEG. The library call
-``download_external(..., size=0)`` (raw JPEGs only: streamed to .part, decode-checked in the
-process pool, renamed) fetches ``--samples`` × 4 files at ``--concurrency``; with 50 ms per
-request the latency bound is concurrency / latency files/s (64 / 0.05 = 1,280 files/s). A
-sequential run (concurrency 1) of a smaller subset gives the speed-up of concurrency.
+The fake HPA server runs in its own process on 127.0.0.1 and answers every request after
+``--latency`` seconds with a small JPEG: by default the test suite's aiohttp.web server
+(tests/integration/hpa_server.py), with ``--server light`` a bare asyncio.Protocol server that
+sends the same bytes for a fraction of the CPU (the client shares the machine's cores with it).
+The library call ``download_external(..., size=0)`` (raw JPEGs only: read, decode-checked,
+written and renamed in threads) fetches ``--samples`` × 4 files at ``--concurrency``; with
+50 ms per request the latency bound is concurrency / latency files/s (64 / 0.05 = 1,280
+files/s). A sequential run (concurrency 1) of a smaller subset gives the speed-up of
+concurrency. The client runs on uvloop when it is installed (``HPATOOL_EVENT_LOOP=asyncio``
+turns that off).
 
 Printed: files/s of the whole call (registry, planning and pool start-up included) and of the
-download phase alone (first request to last file), each as a share of the latency bound.
+download phase alone (first request to last file), each as a share of the latency bound; the
+CPU time per file of the client (all threads) and of the server, which is what bounds the
+throughput when other jobs hold the cores; and a bare aiohttp loop for comparison.
 Target: >= 80 % of the bound where the machine allows (client and server share its cores).
 """
 
@@ -19,11 +26,13 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import resource
 import sys
 import tempfile
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -31,16 +40,106 @@ sys.path.insert(0, str(REPO))
 from hpatool.download import DownloadProgress, download_external  # noqa: E402
 from hpatool.registry import Registry  # noqa: E402
 
+DISTINCT = 64  # bodies per colour the server picks from (by the id's CRC-32)
 
-def _serve(conn: Connection, latency: float, image_size: int) -> None:
+
+def _serve(conn: Connection, latency: float, image_size: int, kind: str) -> None:
     from tests.integration.hpa_server import HpaServer
 
-    server = HpaServer(image_size=image_size, latency=latency, distinct=64)
-    server.preload([str(k) for k in range(64)], ["red", "green", "blue", "yellow"])
-    server.start()
-    conn.send(server.base_url)
-    conn.recv()  # until the benchmark says stop
-    server.stop()
+    server = HpaServer(image_size=image_size, latency=latency, distinct=DISTINCT)
+    server.preload([], ["red", "green", "blue", "yellow"])
+    if kind == "light":
+        light = LightServer(server, latency).start()
+        conn.send(light.base_url)
+    else:
+        server.start()
+        conn.send(server.base_url)
+    while conn.recv() == "cpu":  # until the benchmark says stop
+        conn.send(time.process_time())
+    if kind != "light":
+        server.stop()
+
+
+class LightServer:
+    """The fake server's happy path on a bare ``asyncio.Protocol``: HTTP/1.1 keep-alive, each
+    ``GET /images/<antibody>/<rest>_<colour>.jpg`` answered with the same bytes ``HpaServer``
+    serves, after ``latency`` seconds, from pre-encoded responses; no faults, no routing, no
+    logging. It spends a fraction of aiohttp.web's CPU per request, which on a machine where
+    the client and the server share the cores leaves more of them to the client measured."""
+
+    def __init__(self, bodies: Any, latency: float) -> None:
+        self.bodies = bodies  # an HpaServer: .body(sample_id, colour)
+        self.latency = latency
+        self.responses: dict[bytes, bytes] = {}
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/images"
+
+    def response(self, path: bytes) -> bytes:
+        resp = self.responses.get(path)
+        if resp is None:
+            _, _, antibody, name = path.decode("ascii", "replace").split("/", 3)
+            stem, _, _ = name.rpartition(".")
+            rest, _, colour = stem.rpartition("_")
+            try:
+                body = self.bodies.body(f"{antibody}_{rest}", colour)
+                head = f"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {len(body)}"
+            except KeyError:
+                body, head = b"no such image", "HTTP/1.1 404 Not Found\r\nContent-Length: 13"
+            resp = self.responses[path] = head.encode() + b"\r\n\r\n" + body
+        return resp
+
+    def start(self) -> LightServer:
+        import asyncio
+        import threading
+
+        started = threading.Event()
+        server = self
+
+        class Http(asyncio.Protocol):
+            def connection_made(self, transport: Any) -> None:
+                self.transport = transport
+                self.buf = b""
+
+            def data_received(self, data: bytes) -> None:
+                self.buf += data
+                while (end := self.buf.find(b"\r\n\r\n")) >= 0:
+                    line = self.buf[: self.buf.find(b"\r\n")]
+                    self.buf = self.buf[end + 4 :]
+                    resp = server.response(line.split(b" ")[1])
+                    loop.call_later(server.latency, self.send, resp)
+
+            def send(self, resp: bytes) -> None:
+                if not self.transport.is_closing():
+                    self.transport.write(resp)
+
+        async def listen() -> None:
+            srv = await loop.create_server(Http, "127.0.0.1", 0)
+            self.port = srv.sockets[0].getsockname()[1]
+            started.set()
+
+        loop = asyncio.new_event_loop()
+
+        def run() -> None:
+            loop.run_until_complete(listen())
+            loop.run_forever()
+
+        threading.Thread(target=run, name="light-server", daemon=True).start()
+        started.wait(30)
+        return self
+
+
+def cpu_s() -> float:
+    """CPU seconds (user + system, all threads) this process has used."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def server_cpu_s(conn: Connection) -> float:
+    conn.send("cpu")
+    return float(conn.recv())
 
 
 def run(
@@ -109,6 +208,12 @@ def bare_client(base_url: str, ids: list[str], concurrency: int) -> float:
     return asyncio.run(main())
 
 
+def _event_loop() -> str:
+    from hpatool.download import event_loop_name
+
+    return event_loop_name()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -119,12 +224,21 @@ def main() -> None:
     parser.add_argument("--sequential-samples", type=int, default=40)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--server",
+        choices=("aiohttp", "light"),
+        default="aiohttp",
+        help="the test suite's aiohttp.web fake server, or a bare asyncio.Protocol one that "
+        "needs less of the CPUs the client shares with it",
+    )
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
 
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
-    server = ctx.Process(target=_serve, args=(child, args.latency, args.image_size), daemon=True)
+    server = ctx.Process(
+        target=_serve, args=(child, args.latency, args.image_size, args.server), daemon=True
+    )
     server.start()
     base_url = parent.recv()
     try:
@@ -134,6 +248,7 @@ def main() -> None:
             ids = [f"{10000 + k}_{k % 97}_A{k % 12 + 1}_{k % 7}" for k in range(args.samples)]
             labels.write_text("Id,Target\n" + "".join(f"{i},0\n" for i in ids))
             bound = args.concurrency / args.latency
+            cpu0, server0 = cpu_s(), server_cpu_s(parent)
             total_s, phase_s, files = run(
                 labels,
                 root / "home-c",
@@ -143,6 +258,7 @@ def main() -> None:
                 limit=None,
                 workers=args.workers,
             )
+            client_cpu, server_cpu = cpu_s() - cpu0, server_cpu_s(parent) - server0
             _, seq_phase, seq_files = run(
                 labels,
                 root / "home-s",
@@ -152,7 +268,9 @@ def main() -> None:
                 limit=args.sequential_samples,
                 workers=args.workers,
             )
+            cpu0 = cpu_s()
             ceiling = bare_client(base_url, ids, args.concurrency)
+            bare_cpu = cpu_s() - cpu0
     finally:
         parent.send("stop")
         server.join(10)
@@ -161,7 +279,8 @@ def main() -> None:
     seq_rate = seq_files / seq_phase
     print(
         f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
-        f"{args.workers} conversion workers; server in its own process; load average "
+        f"{args.workers} conversion workers; {args.server} server in its own process; "
+        f"{_event_loop()} event loop in the client; load average "
         f"{load_before:.1f} before the run"
     )
     print(f"latency {args.latency * 1000:.0f} ms/request, {args.image_size}px JPEGs, --size 0")
@@ -174,8 +293,14 @@ def main() -> None:
         f"({phase_rate / bound:.0%} of the bound)"
     )
     print(
+        f"  CPU per file: client {client_cpu / files * 1e3:.2f} ms, server "
+        f"{server_cpu / files * 1e3:.2f} ms; {(client_cpu + server_cpu) / total_s:.2f} of "
+        f"{os.cpu_count()} CPUs busy with the two"
+    )
+    print(
         f"  bare aiohttp loop on this machine (no files, no checks): {ceiling:,.0f} files/s "
-        f"({ceiling / bound:.0%} of the bound); hpatool reaches {phase_rate / ceiling:.0%} of it"
+        f"({ceiling / bound:.0%} of the bound, client CPU {bare_cpu / (len(ids) * 4) * 1e3:.2f} ms "
+        f"per file); hpatool reaches {phase_rate / ceiling:.0%} of it"
     )
     print(
         f"sequential (concurrency 1): {seq_files} files in {seq_phase:.2f} s = "

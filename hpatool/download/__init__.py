@@ -26,10 +26,12 @@ import re
 import signal
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from hpatool import __version__
 from hpatool._io import sha256_file
@@ -446,7 +448,7 @@ def download_external(
         )
         downloader = Downloader(settings, pool, tracker.on_result, counters)
         try:
-            asyncio.run(_main(downloader, jobs, n_files, trust_env=not is_loopback(base)))
+            _run_loop(_main(downloader, jobs, n_files, trust_env=not is_loopback(base)))
         except KeyboardInterrupt:
             interrupted = Interrupted("interrupted")
         except asyncio.CancelledError:
@@ -565,6 +567,31 @@ def _jobs(
                 keep_raw=keep_raw,
                 local=local,
             )
+
+
+def _uvloop() -> ModuleType | None:
+    """uvloop when it is installed and not turned off (``HPATOOL_EVENT_LOOP=asyncio``)."""
+    if os.environ.get("HPATOOL_EVENT_LOOP", "").strip().lower() == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop
+
+
+def event_loop_name() -> str:
+    """The event loop ``download_external`` runs on: ``"uvloop"`` or ``"asyncio"``."""
+    return "uvloop" if _uvloop() is not None else "asyncio"
+
+
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run(main)``, on uvloop's event loop when it is installed."""
+    uvloop = _uvloop()
+    if uvloop is not None:
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
 
 
 async def _main(

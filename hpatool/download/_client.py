@@ -2,7 +2,8 @@
 
 Concurrency is bounded by the number of workers (and a connector of the same size), so a
 request only starts its clock when a worker is free to send it: queued files never time out
-while waiting. Each file is streamed to a ``.part`` file beside its target, checked (status,
+while waiting. Each file is streamed to a ``.part`` file beside its target (with ``--size 0``, a
+small body is read into memory and written by the thread that checks it), checked (status,
 ``Content-Type``, length, decodes as an image) and only then renamed into place or converted;
 conversion (decode, resize, PNG encode) runs in a process pool, never on the event loop.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import math
 import os
 import random
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
+from PIL import Image
 from yarl import URL
 
 from hpatool import __version__
@@ -34,6 +37,11 @@ from hpatool.errors import WorkFailed
 from hpatool.preprocess import convert_file, verify_file
 
 CHUNK = 1 << 16
+#: With ``--size 0``, a body of at most this many bytes (by its ``Content-Length``) is read into
+#: memory and checked, written and renamed in one thread job: the event loop then makes no file
+#: system calls for it. Larger or unsized bodies are streamed to their ``.part`` file.
+#: (At most ``concurrency`` such bodies are held at once: 256 MiB at 64.)
+MAX_MEMORY_BODY = 4 << 20
 #: Longest wait a server's ``Retry-After`` can impose, in seconds.
 MAX_RETRY_AFTER = 120.0
 #: Longest backoff between two attempts of one file, in seconds.
@@ -91,6 +99,7 @@ class _Attempt:
     status: int | None = None
     error: str | None = None
     retry_after: float | None = None
+    body: bytes | None = None  # the whole body, when read into memory (not streamed to .part)
 
 
 class _DiskError(WorkFailed):
@@ -221,7 +230,10 @@ class Downloader:
             attempt += 1
             outcome = await self._fetch_once(job)
             if outcome.kind == "ok":
-                error = await self._finish(job)
+                if outcome.body is not None:
+                    error = await self._run(_check_and_place, outcome.body, job.part, job.raw)
+                else:
+                    error = await self._finish(job)
                 if error is None:
                     return FileResult(job, ok=True, fetched=True, status=200)
                 outcome = _Attempt("retry", 200, error)
@@ -259,6 +271,14 @@ class Downloader:
                     )
                 encoded = resp.headers.get("Content-Encoding", "identity").lower() != "identity"
                 expected = None if encoded else resp.content_length
+                if job.png is None and expected is not None and 0 < expected <= MAX_MEMORY_BODY:
+                    body = await resp.read()
+                    self.counters.bytes += len(body)
+                    if len(body) != expected:
+                        return _Attempt(
+                            "retry", status, f"truncated body: {len(body)} of {expected} bytes"
+                        )
+                    return _Attempt("ok", status, body=body)
                 received = await self._stream(resp, job.part)
                 if expected is not None and received != expected:
                     return _Attempt(
@@ -357,6 +377,35 @@ class Downloader:
                 "a conversion process died (out of memory?); finished files are kept, rerun to "
                 "resume, perhaps with fewer --workers"
             ) from None
+
+
+def _check_and_place(body: bytes, part: Path, raw: Path) -> str | None:
+    """Check that ``body`` decodes (as ``check_decodes`` does a file), then write it to ``part``
+    and rename that to ``raw``; why not, or ``None``. Runs in a thread: the JPEG decoder releases
+    the GIL, and the file is created, written and renamed in one hand-off. A ``.part`` file only
+    exists inside this call (a write error removes it and is fatal: ``_DiskError``)."""
+    try:
+        with Image.open(io.BytesIO(body)) as img:
+            size = img.size
+            if img.format == "JPEG":
+                img.draft(img.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
+            img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return f"downloaded file does not decode as an image ({_one_line(exc)})"
+    except Exception as exc:
+        return f"downloaded file {type(exc).__name__}: {exc}"
+    try:
+        with open(part, "wb") as fh:
+            fh.write(body)
+        os.replace(part, raw)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            part.unlink()
+        raise _DiskError(
+            f"cannot write {part}: {exc.strerror or exc}; free some space in the --out folder "
+            "(or check its permissions) and rerun to resume"
+        ) from None
+    return None
 
 
 def is_loopback(url: str) -> bool:

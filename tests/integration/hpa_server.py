@@ -140,11 +140,17 @@ class HpaServer:
         return data
 
     def preload(self, ids: Iterable[str], colours: Iterable[str]) -> None:
-        """Make the bodies now, so that serving them costs no CPU."""
+        """Make the bodies now, so that serving them costs no CPU (with ``distinct``: all of
+        them, whatever ``ids``)."""
         colours = list(colours)
         for sample_id in ids:
             for colour in colours:
                 self.body(sample_id, colour)
+        for k in range(self.distinct or 0):
+            for colour in colours:
+                key = (str(k), colour)
+                if key not in self._cache:
+                    self._cache[key] = stain_jpeg(str(k), colour, self.image_size)
 
     def start(self) -> HpaServer:
         ready = threading.Event()
