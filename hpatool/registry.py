@@ -199,7 +199,8 @@ class Registry:
             home_path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(
-                f"cannot create hpatool home {home_path}: {exc.strerror}; choose another with --home"
+                f"cannot create hpatool home {home_path}: {exc.strerror}; "
+                "choose another with --home"
             ) from None
         path = home_path / REGISTRY_FILE
         try:
@@ -441,8 +442,13 @@ class Registry:
                 "INSERT INTO samples (dataset_id, idx, sample_id, target, status)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (
-                    (record.id, last + 1 + i, sid,
-                     " ".join(map(str, t)) if t is not None else None, st)
+                    (
+                        record.id,
+                        last + 1 + i,
+                        sid,
+                        " ".join(map(str, t)) if t is not None else None,
+                        st,
+                    )
                     for i, (sid, t, st) in enumerate(zip(ids, targets, status_list, strict=True))
                 ),
             )
@@ -482,7 +488,12 @@ class Registry:
     # ---- folds and runs
 
     def set_folds(
-        self, name: str, sample_ids: Sequence[str], folds_of: Sequence[int], *, folds: int,
+        self,
+        name: str,
+        sample_ids: Sequence[str],
+        folds_of: Sequence[int],
+        *,
+        folds: int,
         seed: int,
     ) -> None:
         """Store a dataset's fold assignment (replacing any earlier one) in one transaction."""
@@ -573,8 +584,14 @@ class Registry:
         return self._run_row(row)
 
     def create_run(
-        self, name: str, *, arch: str, datasets: Sequence[str], fold: int | None,
-        config: dict[str, Any], out_dir: Path,
+        self,
+        name: str,
+        *,
+        arch: str,
+        datasets: Sequence[str],
+        fold: int | None,
+        config: dict[str, Any],
+        out_dir: Path,
     ) -> RunRecord:
         """Register a new training run (status ``running``); the name must be new."""
         check_name(name, "run")
@@ -588,8 +605,16 @@ class Registry:
             conn.execute(
                 "INSERT INTO runs (name, arch, datasets, fold, config, out_dir, status,"
                 " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?)",
-                (name, arch, json.dumps(list(datasets)), fold, json.dumps(config, sort_keys=True),
-                 str(out_dir), stamp, stamp),
+                (
+                    name,
+                    arch,
+                    json.dumps(list(datasets)),
+                    fold,
+                    json.dumps(config, sort_keys=True),
+                    str(out_dir),
+                    stamp,
+                    stamp,
+                ),
             )
         return self.run(name)
 
@@ -601,8 +626,9 @@ class Registry:
             raise ValueError(f"cannot update run fields {sorted(unknown)}")
         self.run(name)  # NotFound if missing
         sets = [f"{key} = ?" for key in fields]
-        values = [json.dumps(v, sort_keys=True) if key == "config" else v
-                  for key, v in fields.items()]
+        values = [
+            json.dumps(v, sort_keys=True) if key == "config" else v for key, v in fields.items()
+        ]
         with self.transaction() as conn:
             conn.execute(
                 f"UPDATE runs SET {', '.join([*sets, 'updated_at = ?'])} WHERE name = ?",

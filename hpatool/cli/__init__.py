@@ -90,10 +90,10 @@ def _root(
 def _register() -> None:
     # Command modules import only typer and the light parts of hpatool at module level; heavy
     # libraries (torch, pandas, matplotlib) are imported inside the commands.
-    from hpatool.cli import datasets, stats, synth
+    from hpatool.cli import datasets, external, predict, stats, synth, training
 
     app.add_typer(datasets.app, name="datasets")
-    for module in (stats, synth):
+    for module in (stats, synth, training, external, predict):
         module.register(app)
 
 

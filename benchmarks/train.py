@@ -1,0 +1,234 @@
+"""Training throughput: the real data pipeline vs the same steps on tensors already in memory.
+
+Run: .venv/bin/python benchmarks/train.py [--arch resnet50] [--crop 256] [--batch-size 8]
+     [--steps 5] [--repeats 4] [--workers 0,2] [--samples 64] [--size 512] [--device cpu|cuda]
+
+Writes ``--samples`` synthetic 512x512 HPA-like samples (``hpatool.synth``), then times the
+training step loop of ``hpatool train`` (forward, BCE, backward, fused AdamW) two ways:
+
+- pipeline: ``HpaDataset`` (four PNG decodes, random crop, dihedral transform, normalisation)
+  behind the run's ``WeightedEpochSampler`` and a ``DataLoader`` with ``--workers`` processes;
+- memory: the very same batches, prepared beforehand and held as tensors.
+
+Each mode runs ``--repeats`` times ``--steps`` timed steps (after one warm-up step), the modes
+taking turns in a rotating order; reported are images/s from the median step time (robust to
+other processes briefly taking the CPU) and over all timed steps, and the ratio pipeline /
+memory. Target: the pipeline costs at most 10% (ratio >= 0.90) with ``--workers`` >= 2.
+On CUDA it also reports both archs with AMP + channels_last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hpatool.data.dataset import HpaDataset, Item  # noqa: E402
+from hpatool.data.sampling import WeightedEpochSampler, auto_multipliers, sample_weights  # noqa: E402
+from hpatool.engine.train import create_optimizer  # noqa: E402
+from hpatool.models import create_model  # noqa: E402
+from hpatool.synth import synth_dataset  # noqa: E402
+
+
+def make_loader(
+    items: list[Item], crop: int, batch: int, workers: int, seed: int, pin: bool
+) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
+    ds = HpaDataset(items, crop)
+    weights = sample_weights(ds.targets, auto_multipliers(ds.targets))
+    sampler = WeightedEpochSampler(weights, num_samples=10_000, seed=seed)
+    sampler.set_epoch(0)
+    return DataLoader(
+        ds,
+        batch_size=batch,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=pin,
+        persistent_workers=workers > 0,
+    )
+
+
+def run_steps(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    steps: int,
+    device: torch.device,
+    amp: bool,
+    channels_last: bool,
+) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds (this process, all threads) of each of ``steps`` training steps
+    (data wait included), after one warm-up step."""
+    model.train()
+    times: list[float] = []
+    cpu: list[float] = []
+    last = last_cpu = 0.0
+    for done, (xb, yb) in enumerate(batches):
+        x = xb.to(device, non_blocking=True)
+        y = yb.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        now, now_cpu = time.perf_counter(), time.process_time()
+        if done > 0:  # the first step is warm-up
+            times.append(now - last)
+            cpu.append(now_cpu - last_cpu)
+        last, last_cpu = now, now_cpu
+        if done >= steps:
+            break
+    return times, cpu
+
+
+def bench(
+    arch: str,
+    items: list[Item],
+    args: argparse.Namespace,
+    device: torch.device,
+    amp: bool,
+    channels_last: bool,
+    workers_list: list[int],
+) -> dict[str, tuple[float, float, float]]:
+    """Per mode: (images/s from the median step time, images/s over all timed steps, CPU
+    seconds per image in this process)."""
+    torch.manual_seed(0)
+    model = create_model(arch).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = create_optimizer(model, 1e-4, 0.01)
+    pin = device.type == "cuda"
+    n = args.steps + 1
+    # the exact batches the pipeline will produce, held in memory
+    held = []
+    for i, batch in enumerate(make_loader(items, args.crop, args.batch_size, 0, 0, False)):
+        held.append(batch)
+        if i + 1 >= n:
+            break
+    modes: dict[str, Iterable[tuple[torch.Tensor, torch.Tensor]]] = {"memory": held}
+    for w in workers_list:
+        modes[f"pipeline workers={w}"] = make_loader(items, args.crop, args.batch_size, w, 0, pin)
+    times: dict[str, list[float]] = {k: [] for k in modes}
+    cpu: dict[str, list[float]] = {k: [] for k in modes}
+    order = list(modes)
+    for r in range(args.repeats):
+        # rotate the order, so that no mode always runs first (or after another one)
+        for key in order[r % len(order) :] + order[: r % len(order)]:
+            wall, used = run_steps(
+                model, optimizer, modes[key], args.steps, device, amp, channels_last
+            )
+            times[key] += wall
+            cpu[key] += used
+    b = args.batch_size
+    return {
+        k: (b / statistics.median(v), b * len(v) / sum(v), sum(cpu[k]) / (b * len(v)))
+        for k, v in times.items()
+    }
+
+
+def report(title: str, res: dict[str, tuple[float, float, float]], pipeline_cpu: float) -> None:
+    print(f"\n{title}")
+    print(f"  {'':<22} {'median step':>12} {'all steps':>10}   ratio to memory (median, all)")
+    mem_med, mem_all, mem_cpu = res["memory"]
+    for key, (med, total, _) in res.items():
+        label = "in-memory tensors" if key == "memory" else key
+        line = f"  {label:<22} {med:8.2f} im/s {total:6.2f} im/s"
+        if key != "memory":
+            line += (
+                f"   {med / mem_med:.3f}, {total / mem_all:.3f}  "
+                f"(pipeline cost {100 * (1 - med / mem_med):+.1f}%)"
+            )
+        print(line)
+    share = pipeline_cpu / (pipeline_cpu + mem_cpu)
+    print(
+        f"  CPU per image: training step {mem_cpu:.3f} s, data pipeline {pipeline_cpu:.3f} s: "
+        f"the pipeline is {100 * share:.1f}% of the CPU work (its wall-clock cost with workers "
+        "when every core is busy training; less with spare cores)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", default="resnet50")
+    parser.add_argument("--crop", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--workers", default="0,2", help="comma-separated worker counts")
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--data", type=Path, default=None, help="reuse a synth folder")
+    args = parser.parse_args()
+    workers_list = [int(w) for w in args.workers.split(",") if w.strip()]
+    device = torch.device(args.device)
+
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}, device {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        data = args.data or Path(tmp) / "synth"
+        if not (data / "labels.csv").exists():
+            t0 = time.perf_counter()
+            synth_dataset(data, samples=args.samples, size=args.size, seed=0, workers=2)
+            print(
+                f"synthesised {args.samples} samples of {args.size}px in "
+                f"{time.perf_counter() - t0:.1f} s"
+            )
+        with (data / "labels.csv").open() as fh:
+            rows = list(csv.DictReader(fh))
+        items = [
+            Item("bench", data, r["Id"], tuple(int(v) for v in r["Target"].split())) for r in rows
+        ]
+        ds = HpaDataset(items, args.crop)
+        n = min(32, len(ds))
+        t0, c0 = time.perf_counter(), time.process_time()
+        for i in range(n):
+            ds[(i, i)]
+        per_sample = (time.perf_counter() - t0) / n
+        per_sample_cpu = (time.process_time() - c0) / n
+        print(
+            f"one sample through the pipeline (4 PNG decodes + crop + transform): "
+            f"{1000 * per_sample:.1f} ms wall, {1000 * per_sample_cpu:.1f} ms CPU"
+        )
+
+        title = (
+            f"{args.arch}, crop {args.crop}, batch {args.batch_size}, {args.steps} steps "
+            f"x {args.repeats} repeats, fp32 on {device}"
+        )
+        res = bench(args.arch, items, args, device, False, False, workers_list)
+        report(title, res, per_sample_cpu)
+        if device.type == "cuda":
+            for arch in ("resnet50", "inceptionresnetv2"):
+                res = bench(arch, items, args, device, True, True, workers_list)
+                report(
+                    f"{arch}, crop {args.crop}, batch {args.batch_size}, AMP bf16 + "
+                    f"channels_last on {device}",
+                    res,
+                    per_sample_cpu,
+                )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""The torch Dataset over registry samples, and which samples train and which validate.
+
+``train_val_items`` reads the registry: validation is fold ``K`` of the first dataset; training is
+every other labelled sample of the first dataset plus all labelled samples of the other datasets,
+minus any sample whose id is in the validation part (so a dataset registered twice cannot leak
+validation images into training).
+
+``HpaDataset`` reads a sample's four PNGs and returns ``(x, y)``: a normalised float tensor
+``(4, crop, crop)`` and a float multi-hot ``(28,)``. Its keys are either a plain index (validation:
+a centre crop) or ``(index, aug_seed)`` pairs as yielded by
+``hpatool.data.sampling.WeightedEpochSampler`` (training: the random crop and dihedral transform
+come from ``numpy.random.default_rng(aug_seed)``, so they depend only on the run seed, the epoch and
+the position in the epoch, never on worker processes or on a resume).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from hpatool.data.transforms import HPA_MEAN, HPA_STD, augment, center_crop, to_tensor
+from hpatool.errors import DataError, NotFound, UsageError
+from hpatool.ids import channel_path
+from hpatool.imaging import read_sample
+from hpatool.labels import NUM_CLASSES, to_multihot
+from hpatool.registry import Registry
+
+
+@dataclass(frozen=True)
+class Item:
+    """One labelled sample: where its images are and its classes."""
+
+    dataset: str
+    root: Path
+    id: str
+    target: tuple[int, ...]
+
+
+@dataclass
+class TrainValItems:
+    train: list[Item]
+    val: list[Item]
+    split: dict[str, Any]  # {"folds": n, "seed": s} of the first dataset
+    skipped_unlabelled: int = 0
+    removed_overlap: int = 0
+    per_dataset: dict[str, int] = field(default_factory=dict)  # training samples per dataset
+
+
+def _labelled_items(reg: Registry, name: str, limit: int | None) -> tuple[list[Item], int]:
+    record = reg.dataset(name)
+    if record.root is None:
+        raise UsageError(
+            f"dataset {name!r} has no image folder (labels only); register it with --root DIR "
+            "or download its images first"
+        )
+    samples = reg.samples(name)
+    if limit is not None:
+        samples = samples[:limit]
+    items = [Item(name, record.root, s.id, s.target) for s in samples if s.target is not None]
+    skipped = len(samples) - len(items)
+    if not items:
+        raise UsageError(
+            f"dataset {name!r} has no labelled samples (kind {record.kind}); training needs a "
+            "dataset registered from a CSV with a Target column"
+        )
+    return items, skipped
+
+
+def dataset_items(reg: Registry, name: str, limit: int | None = None) -> list[Item]:
+    """The labelled samples of one dataset in registration order (the first ``limit`` samples)."""
+    return _labelled_items(reg, name, limit)[0]
+
+
+def train_val_items(
+    reg: Registry, datasets: Sequence[str], fold: int, limit: int | None = None
+) -> TrainValItems:
+    """Training and validation samples for ``--dataset``s ``datasets`` and ``--fold fold``."""
+    if not datasets:
+        raise UsageError("give at least one --dataset")
+    dupes = sorted({d for d in datasets if list(datasets).count(d) > 1})
+    if dupes:
+        raise UsageError(f"--dataset {dupes[0]!r} is given twice; name each dataset once")
+    first = datasets[0]
+    reg.dataset(first)  # NotFound with the list of known datasets
+    info = reg.split_info(first)
+    if info is None:
+        raise UsageError(
+            f"dataset {first!r} has no folds; run 'hpatool split {first}' first (validation is "
+            "a fold of the first --dataset)"
+        )
+    n_folds = int(info["folds"])
+    if not 0 <= fold < n_folds:
+        raise NotFound(
+            f"fold {fold} does not exist: dataset {first!r} has {n_folds} folds "
+            f"(0 to {n_folds - 1}); pass --fold 0..{n_folds - 1}"
+        )
+    for name in datasets[1:]:
+        reg.dataset(name)
+    folds = reg.folds(first)
+    items, skipped = _labelled_items(reg, first, limit)
+    val = [it for it in items if folds.get(it.id) == fold]
+    train = [it for it in items if folds.get(it.id) is not None and folds[it.id] != fold]
+    if not val:
+        raise UsageError(
+            f"fold {fold} of dataset {first!r} has no samples"
+            + (f" among the first {limit} (--limit); raise --limit" if limit else "")
+        )
+    per_dataset = {first: len(train)}
+    val_ids = {it.id for it in val}
+    removed = 0
+    for name in datasets[1:]:
+        extra, sk = _labelled_items(reg, name, limit)
+        skipped += sk
+        kept = [it for it in extra if it.id not in val_ids]
+        removed += len(extra) - len(kept)
+        per_dataset[name] = len(kept)
+        train.extend(kept)
+    if not train:
+        raise UsageError("no training samples left after taking out the validation fold")
+    return TrainValItems(
+        train=train,
+        val=val,
+        split={"folds": n_folds, "seed": int(info["seed"])},
+        skipped_unlabelled=skipped,
+        removed_overlap=removed,
+        per_dataset=per_dataset,
+    )
+
+
+def image_size(item: Item) -> tuple[int, int]:
+    """``(height, width)`` of a sample, read from the header of its red channel file."""
+    from PIL import Image
+
+    path = channel_path(item.root, item.id, "red")
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except FileNotFoundError:
+        raise DataError(
+            f"{path}: missing channel file of dataset {item.dataset!r}; check its --root or run "
+            f"'hpatool datasets verify {item.dataset}'"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: cannot decode image ({exc})") from None
+    return height, width
+
+
+def check_crop(crop: int, items: Sequence[Item]) -> dict[str, tuple[int, int]]:
+    """Check ``crop`` against the first sample of each dataset in ``items``; return the sizes."""
+    if crop < 8:
+        raise UsageError(f"--crop {crop} is too small; use at least 8 pixels")
+    firsts: dict[str, Item] = {}
+    for it in items:
+        firsts.setdefault(it.dataset, it)
+    sizes = {name: image_size(it) for name, it in firsts.items()}
+    for name, (h, w) in sizes.items():
+        if crop > min(h, w):
+            raise UsageError(
+                f"--crop {crop} is larger than the {w}x{h} images of dataset {name!r}; use "
+                f"--crop {min(h, w)} or less"
+            )
+    return sizes
+
+
+def targets_array(items: Sequence[Item]) -> np.ndarray:
+    """``(n, 28)`` uint8 multi-hot of the items' targets."""
+    return to_multihot([it.target for it in items])
+
+
+class HpaDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Samples as ``(x, y)``: ``x`` float ``(4, crop, crop)`` normalised, ``y`` float ``(28,)``.
+
+    ``dataset[i]`` gives the centre crop (validation); ``dataset[(i, aug_seed)]`` gives a random
+    crop and dihedral transform drawn from ``default_rng(aug_seed)`` (training).
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Item],
+        crop: int,
+        mean: Sequence[float] = HPA_MEAN,
+        std: Sequence[float] = HPA_STD,
+    ) -> None:
+        self.items = list(items)
+        self.crop = int(crop)
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        self.targets = targets_array(self.items).astype(np.float32)
+        assert self.targets.shape[1] == NUM_CLASSES
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(self, index: int) -> np.ndarray:
+        """The raw ``(4, H, W)`` uint8 sample."""
+        item = self.items[index]
+        return read_sample(item.root, item.id)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(key, tuple):
+            index, aug_seed = int(key[0]), int(key[1])
+            img = augment(self.load(index), self.crop, np.random.default_rng(aug_seed))
+        else:
+            index = int(key)
+            img = center_crop(self.load(index), self.crop)
+        x = to_tensor(img, self.mean, self.std)
+        return x, torch.from_numpy(self.targets[index])

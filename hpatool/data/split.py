@@ -1,0 +1,109 @@
+"""Multilabel-stratified folds (iterative stratification), stored in the registry.
+
+``make_folds`` assigns each sample a fold ``0..folds-1`` with ``MultilabelStratifiedKFold`` from
+the ``iterative-stratification`` package (Sechidis et al., 2011): rare classes are placed first,
+so a class with at least ``folds`` samples lands in every fold (11 "Rods & rings" samples in 5
+folds give 2 or 3 per fold). Same targets and seed, same folds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hpatool.errors import AlreadyExists, UsageError
+from hpatool.labels import NUM_CLASSES, to_multihot
+from hpatool.registry import Registry
+
+MIN_FOLDS = 2
+MAX_FOLDS = 20
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    dataset: str
+    folds: int
+    seed: int
+    samples: int
+    fold_sizes: list[int]
+    class_counts: list[list[int]]  # [fold][class]
+    replaced: bool
+    #: classes with at least ``folds`` samples that still miss a fold (empty in practice)
+    uneven: list[int]
+
+
+def make_folds(targets: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Fold index per sample for an ``(n, 28)`` multi-hot array, multilabel-stratified."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    y = np.asarray(targets)
+    if y.ndim != 2 or y.shape[0] < folds:
+        raise UsageError(f"cannot split {y.shape[0]} samples into {folds} folds; use fewer folds")
+    kfold = MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    assignment = np.full(y.shape[0], -1, dtype=np.int64)
+    for k, (_, val_idx) in enumerate(kfold.split(np.zeros(y.shape[0]), y)):
+        assignment[val_idx] = k
+    assert (assignment >= 0).all()
+    return assignment
+
+
+def fold_class_counts(targets: np.ndarray, assignment: np.ndarray, folds: int) -> list[list[int]]:
+    """Samples of each class in each fold: ``[fold][class]``."""
+    y = np.asarray(targets, dtype=np.int64)
+    return [y[assignment == k].sum(axis=0).astype(int).tolist() for k in range(folds)]
+
+
+def split_dataset(
+    reg: Registry, name: str, folds: int = 5, seed: int = 0, *, force: bool = False
+) -> SplitResult:
+    """Split dataset ``name`` into ``folds`` stratified folds and store them in the registry.
+
+    Splitting again with the same folds and seed is a no-op that reports the stored split;
+    different parameters replace it only with ``force`` (runs validated on the old folds would
+    otherwise silently change meaning).
+    """
+    if not MIN_FOLDS <= folds <= MAX_FOLDS:
+        raise UsageError(f"--folds {folds} is out of range; use {MIN_FOLDS} to {MAX_FOLDS}")
+    if seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer, not {seed}")
+    record = reg.dataset(name)
+    samples = reg.samples(name)
+    unlabelled = sum(1 for s in samples if s.target is None)
+    if unlabelled:
+        raise UsageError(
+            f"dataset {name!r} has {unlabelled:,} unlabelled samples (kind {record.kind}); only a "
+            "dataset registered from a CSV with a Target column can be split"
+        )
+    if len(samples) < folds:
+        raise UsageError(
+            f"dataset {name!r} has {len(samples)} samples, fewer than --folds {folds}; "
+            "use fewer folds"
+        )
+    existing = reg.split_info(name)
+    same = existing is not None and (existing["folds"], existing["seed"]) == (folds, seed)
+    if existing is not None and not same and not force:
+        raise AlreadyExists(
+            f"dataset {name!r} is already split into {existing['folds']} folds with seed "
+            f"{existing['seed']}; pass --force to replace the split (runs keep their record)"
+        )
+    y = to_multihot([s.target for s in samples])
+    assignment = make_folds(y, folds=folds, seed=seed)
+    replaced = existing is not None
+    reg.set_folds(name, [s.id for s in samples], assignment.tolist(), folds=folds, seed=seed)
+    counts = fold_class_counts(y, assignment, folds)
+    sizes = np.bincount(assignment, minlength=folds).astype(int).tolist()
+    totals = y.sum(axis=0)
+    uneven = [
+        c for c in range(NUM_CLASSES) if totals[c] >= folds and min(k[c] for k in counts) == 0
+    ]
+    return SplitResult(
+        dataset=name,
+        folds=folds,
+        seed=seed,
+        samples=len(samples),
+        fold_sizes=sizes,
+        class_counts=counts,
+        replaced=replaced,
+        uneven=uneven,
+    )

@@ -1,0 +1,202 @@
+"""Checkpoints: atomic save, ``weights_only=True`` load, and rebuilding a model from one.
+
+A checkpoint is a dict with fixed keys, holding only tensors, dicts, lists, strings, numbers,
+booleans and ``None`` (so ``torch.load(path, weights_only=True)`` reads it):
+
+===============  =================================================================
+``format``       ``"hpatool-checkpoint"``; ``version``: 1
+``arch``         the ``--arch`` given (``resnet50``); ``timm_name``: the timm model built
+``model``        the model's state dict (never DDP-wrapped)
+``optimizer``    AdamW state dict; ``scheduler``: LambdaLR state; ``scaler``: GradScaler state
+``epoch``        epochs completed; ``step``: optimizer steps done;
+                 ``step_in_epoch``: steps done in epoch ``epoch`` (> 0 only if stopped by
+                 ``--max-steps`` in the middle of an epoch; ``epoch_loss_sum`` then holds
+                 that epoch's loss sum so far)
+``rng``          torch / numpy / python (and CUDA) RNG states
+``sampler``      the training sampler's state (seed, epoch, draw size, world size)
+``config``       the resolved run configuration (a plain dict, as in config.json)
+``model_spec``   what prediction needs to rebuild the model and its inputs: ``arch``,
+                 ``timm_name``, ``in_chans``, ``num_classes``, ``crop``, ``mean``, ``std``,
+                 ``class_names``, ``datasets``, ``image_size``
+``best_f1``      best tuned macro F1 so far; ``best_epoch``
+``thresholds``   per-class thresholds tuned on this epoch's validation predictions
+``metrics``      this epoch's metrics row
+===============  =================================================================
+
+``build_model_from_checkpoint(path)`` gives ``(model, spec)`` from a checkpoint file alone.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hpatool._io import atomic_path
+from hpatool.errors import DataError, NotFound
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+FORMAT = "hpatool-checkpoint"
+VERSION = 1
+LAST = "checkpoint-last.pt"
+BEST = "checkpoint-best.pt"
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically (temporary file + ``os.replace``)."""
+    import torch
+
+    doc = {"format": FORMAT, "version": VERSION, **state}
+    with atomic_path(path) as tmp:
+        torch.save(doc, tmp)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; a missing or foreign file is one-line error."""
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise NotFound(f"{p}: no such checkpoint file")
+    try:
+        doc = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as exc:  # any unpickling error means a bad file
+        text = " ".join(str(exc).split())[:200]
+        raise DataError(f"{p}: not a readable checkpoint ({type(exc).__name__}: {text})") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise DataError(f"{p}: not an hpatool checkpoint (no format={FORMAT!r} key)")
+    if int(doc.get("version", 0)) > VERSION:
+        raise DataError(
+            f"{p}: checkpoint version {doc.get('version')} is newer than this hpatool's {VERSION}; "
+            "upgrade hpatool"
+        )
+    return doc
+
+
+# ------------------------------------------------------------------------------------- RNG
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """torch (CPU and CUDA), numpy and python RNG states as weights_only-loadable values."""
+    import torch
+
+    np_state = np.random.get_state(legacy=True)
+    assert isinstance(np_state, tuple)
+    py_version, py_internal, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": str(np_state[0]),
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": int(py_version), "state": list(py_internal), "gauss_next": py_gauss},
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Undo ``capture_rng_state``: set torch, numpy, python (and CUDA, if present) RNG states."""
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    npst = state["numpy"]
+    np.random.set_state(
+        (
+            npst["name"],
+            np.asarray(npst["keys"].numpy(), dtype=np.uint32),
+            int(npst["pos"]),
+            int(npst["has_gauss"]),
+            float(npst["cached_gaussian"]),
+        )
+    )
+    py = state["python"]
+    random.setstate((int(py["version"]), tuple(int(v) for v in py["state"]), py["gauss_next"]))
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+# ------------------------------------------------------------------------- model from file
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to rebuild a trained model and feed it: everything prediction needs."""
+
+    arch: str
+    timm_name: str
+    in_chans: int
+    num_classes: int
+    crop: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: tuple[str, ...]
+    datasets: tuple[str, ...]
+    image_size: tuple[int, int] | None  # (height, width) of the first dataset's images
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "arch": self.arch,
+            "timm_name": self.timm_name,
+            "in_chans": self.in_chans,
+            "num_classes": self.num_classes,
+            "crop": self.crop,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "class_names": list(self.class_names),
+            "datasets": list(self.datasets),
+            "image_size": list(self.image_size) if self.image_size else None,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> ModelSpec:
+        size = doc.get("image_size")
+        return cls(
+            arch=str(doc["arch"]),
+            timm_name=str(doc["timm_name"]),
+            in_chans=int(doc["in_chans"]),
+            num_classes=int(doc["num_classes"]),
+            crop=int(doc["crop"]),
+            mean=tuple(float(v) for v in doc["mean"]),
+            std=tuple(float(v) for v in doc["std"]),
+            class_names=tuple(str(v) for v in doc["class_names"]),
+            datasets=tuple(str(v) for v in doc["datasets"]),
+            image_size=(int(size[0]), int(size[1])) if size else None,
+        )
+
+
+def model_spec(checkpoint: dict[str, Any]) -> ModelSpec:
+    """The ``ModelSpec`` stored in a loaded checkpoint."""
+    try:
+        return ModelSpec.from_json(checkpoint["model_spec"])
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise DataError(f"checkpoint has no usable model_spec ({exc})") from None
+
+
+def build_model_from_checkpoint(
+    source: str | Path | dict[str, Any], device: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelSpec]:
+    """Rebuild the trained model (in eval mode, on ``device``) from a checkpoint file or dict."""
+    from hpatool.models import create_model
+
+    ckpt = load_checkpoint(source) if not isinstance(source, dict) else source
+    spec = model_spec(ckpt)
+    model = create_model(spec.timm_name, in_chans=spec.in_chans, num_classes=spec.num_classes)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError) as exc:
+        text = " ".join(str(exc).split())[:200]
+        raise DataError(f"checkpoint weights do not fit {spec.timm_name}: {text}") from None
+    model.to(device)
+    model.eval()
+    return model, spec
