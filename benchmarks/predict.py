@@ -1,6 +1,8 @@
 """Crop TTA: 8 crops of an image in one batched forward pass vs. 8 passes of one crop each.
 
-Run: python benchmarks/predict.py [--arch resnet50] [--crop 256] [--images 8] [--crops 8]
+Run: python benchmarks/predict.py                 (a sweep: resnet50 at 256, resnet18 at 128,
+                                                   resnet10t at 64, as the demo scores)
+     python benchmarks/predict.py --arch resnet50 --crop 256 --images 8 --crops 8
 Target: batching is at least 1.5x faster on CPU.
 
 Both paths score the same crops with the same model in eval mode under ``inference_mode``; the
@@ -28,16 +30,31 @@ from hpatool.synth import synth_dataset
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--arch", default="resnet50")
+    parser.add_argument("--arch", default=None, help="one model (default: the sweep)")
     parser.add_argument("--crop", type=int, default=256)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--crops", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=2, help="images per batched pass")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per batched pass")
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
+    if args.arch is not None:
+        bench(args)
+        return
+    for arch, crop, size, images in SWEEP:
+        bench(
+            argparse.Namespace(
+                **{**vars(args), "arch": arch, "crop": crop, "size": size, "images": images}
+            )
+        )
+
+
+SWEEP = [("resnet50", 256, 512, 6), ("resnet18", 128, 512, 12), ("resnet10t", 64, 128, 32)]
+
+
+def bench(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
-    model = create_model(args.arch).eval()
+    model = create_model(args.arch).eval().to(memory_format=torch.channels_last)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "imgs"
         result = synth_dataset(root, samples=args.images, size=args.size, seed=0)
@@ -72,7 +89,8 @@ def main() -> None:
                     out[t.index] = torch.stack(probs).max(dim=0).values.numpy()
             return out
 
-        batched()  # warm-up
+        batched()  # warm-up, both shapes
+        separate()
         times = {"batched": [], "separate": []}
         for _ in range(args.repeat):
             for name, fn in (("separate", separate), ("batched", batched)):

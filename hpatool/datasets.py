@@ -162,16 +162,8 @@ def verify_dataset(
 ) -> VerifyReport:
     """Check that every sample has four channel files that decode, are 8-bit greyscale and have
     one size: ``size``×``size`` if given, else the size most samples have."""
-    record = reg.dataset(name)
-    if record.root is None:
-        raise UsageError(
-            f"dataset {name!r} has no image folder (labels only); register it with --root DIR "
-            "or download its images first"
-        )
-    if not record.root.is_dir():
-        raise DataError(f"dataset {name!r}: image folder {record.root} does not exist")
+    root = reg.dataset(name).image_root()
     samples = reg.samples(name)
-    root = record.root
     report = VerifyReport(dataset=name, root=root)
     per_sample: list[tuple[str, list[Failure], tuple[int, int] | None]] = []
     total = len(samples)

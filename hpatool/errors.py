@@ -42,3 +42,12 @@ class NotFound(UsageError):
 
 class AlreadyExists(UsageError):
     """A name that must be new is already taken."""
+
+
+class Interrupted(HpaToolError):
+    """The run was stopped by Ctrl-C (exit 130) or SIGTERM (exit 143); what was finished is
+    kept."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

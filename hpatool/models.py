@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hpatool._io import describe_load_error
 from hpatool.errors import DataError, NotFound, UsageError
 from hpatool.labels import NUM_CLASSES
 
@@ -105,9 +106,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unpickling error means a bad file
-        text = " ".join(str(exc).split())[:200]
         raise DataError(
-            f"--pretrained {path}: not a readable PyTorch state dict ({type(exc).__name__}: {text})"
+            f"--pretrained {path}: not a readable PyTorch state dict: {describe_load_error(exc)}"
         ) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

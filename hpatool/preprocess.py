@@ -15,6 +15,7 @@ than its source.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -42,7 +43,14 @@ from typing import Any, TypeVar
 
 from hpatool import __version__
 from hpatool._io import ProgressFn, sha256_file, write_text_atomic
-from hpatool.errors import AlreadyExists, DataError, NotFound, UsageError, WorkFailed
+from hpatool.errors import (
+    AlreadyExists,
+    DataError,
+    Interrupted,
+    NotFound,
+    UsageError,
+    WorkFailed,
+)
 from hpatool.ids import COLOURS, id_problem
 from hpatool.imaging import check_channel_rule, check_decodes, convert_channel, save_png
 from hpatool.registry import DatasetRecord, Registry, check_name
@@ -54,6 +62,13 @@ MAX_SIZE = 8192
 SOURCE_EXTS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 _SOURCE_FILE = re.compile(
     r"^(?P<id>.+)_(?P<colour>red|green|blue|yellow)\.(?P<ext>jpe?g|png|tiff?)$", re.IGNORECASE
+)
+
+#: How ``convert_file`` starts the error of an output it could not write (disk full,
+#: permissions): fatal for the whole run, unlike a bad input file.
+WRITE_ERROR = "cannot write "
+_LEFTOVER = re.compile(
+    r"^(?:\.tmp-)?(?P<id>.+)_(?:red|green|blue|yellow)\.(?:jpg|png)(?:\.part$|\..+)"
 )
 
 T = TypeVar("T")
@@ -68,7 +83,15 @@ def convert_file(src: str, dst: str, colour: str, size: int, rule: str) -> str |
     """Convert one raw image to ``dst`` (an 8-bit greyscale PNG, written atomically)."""
     try:
         arr = convert_channel(Path(src), colour, size, rule)
+    except DataError as exc:
+        return exc.message
+    except Exception as exc:  # any failure of one file is data, not a crash
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        return f"{src}: {type(exc).__name__}: {text}"
+    try:
         save_png(arr, Path(dst))
+    except OSError as exc:
+        return f"{WRITE_ERROR}{dst}: {exc.strerror or exc}"
     except DataError as exc:
         return exc.message
     except Exception as exc:  # any failure of one file is data, not a crash
@@ -86,6 +109,42 @@ def verify_file(src: str) -> str | None:
     except Exception as exc:
         return f"{src}: {type(exc).__name__}: {exc}"
     return None
+
+
+def remove_leftovers(folder: Path, ids: set[str]) -> None:
+    """Delete ``.part`` and half-written ``.tmp-*`` files a killed run left for ``ids``.
+
+    Only these ids: another run (a shard) writing into the same folder keeps its files.
+    """
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if not (entry.name.endswith(".part") or entry.name.startswith(".tmp-")):
+            continue
+        m = _LEFTOVER.match(entry.name)
+        if m and m.group("id") in ids:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM stops the work as cleanly as Ctrl-C does (exit 143)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted("terminated", exit_code=143)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _worker_init(parent_pid: int) -> None:
@@ -193,8 +252,13 @@ def check_size(size: int, *, zero: str) -> int:
 def check_workers(workers: int | None) -> int:
     if workers is None:
         return default_workers()
-    if workers < 1:
-        raise UsageError(f"invalid --workers {workers}: give 1 or more processes")
+    cpus = os.cpu_count() or 1
+    most = max(8, 4 * cpus)
+    if not 1 <= workers <= most:
+        raise UsageError(
+            f"invalid --workers {workers}: give 1 to {most} processes (this machine has {cpus} "
+            "CPUs)"
+        )
     return workers
 
 
@@ -417,6 +481,7 @@ def preprocess_images(
     claim_output_dir(out, size, channel_rule)
     summary = PreprocessSummary(src_dir=src, out_dir=out, files=len(sources) + len(failures))
 
+    remove_leftovers(out, {s.id for s in sources})
     todo: list[SourceFile] = []
     for source in sources:
         if _is_current(out / f"{source.id}_{source.colour}.png", source.path):
@@ -433,11 +498,19 @@ def preprocess_images(
     )
     pool = process_pool(n_workers) if n_workers > 1 and len(todo) > 1 else None
     try:
-        for source, error in bounded_map(pool, convert_file, jobs, max_in_flight=4 * n_workers):
-            if error is None:
-                summary.converted += 1
-            else:
-                failures.append(ConvertFailure(source.id, source.colour, str(source.path), error))
+        with sigterm_as_interrupt():
+            for source, error in bounded_map(pool, convert_file, jobs, max_in_flight=4 * n_workers):
+                if error is None:
+                    summary.converted += 1
+                elif error.startswith(WRITE_ERROR):
+                    raise WorkFailed(
+                        f"{error}; free some space in the --out folder (or check its "
+                        "permissions) and rerun: converted files are kept"
+                    )
+                else:
+                    failures.append(
+                        ConvertFailure(source.id, source.colour, str(source.path), error)
+                    )
             done += 1
             if progress:
                 progress(done, total)

@@ -122,6 +122,17 @@ class DatasetRecord:
     samples: int
     labelled: int
 
+    def image_root(self) -> Path:
+        """The folder of this dataset's images; a clear error if it has none or it is gone."""
+        if self.root is None:
+            raise UsageError(
+                f"dataset {self.name!r} has no image folder (labels only); register it with "
+                "--root DIR or download its images first"
+            )
+        if not self.root.is_dir():
+            raise DataError(f"dataset {self.name!r}: image folder {self.root} does not exist")
+        return self.root
+
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -592,11 +603,15 @@ class Registry:
         fold: int | None,
         config: dict[str, Any],
         out_dir: Path,
+        replace: bool = False,
     ) -> RunRecord:
-        """Register a new training run (status ``running``); the name must be new."""
+        """Register a new training run (status ``running``); the name must be new, unless
+        ``replace`` (a run that never reached a checkpoint is started again)."""
         check_name(name, "run")
         stamp = now()
         with self.transaction() as conn:
+            if replace:
+                conn.execute("DELETE FROM runs WHERE name = ?", (name,))
             if self.has_run(name):
                 raise AlreadyExists(
                     f"run {name!r} already exists in {self.path}; pass --resume to continue it "

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hpatool._io import atomic_path
-from hpatool.errors import UsageError
+from hpatool._io import figure_file, save_figure
 from hpatool.imaging import composite, read_sample
 from hpatool.labels import label_names
 from hpatool.registry import Registry
@@ -13,13 +12,10 @@ from hpatool.registry import Registry
 
 def show_sample(reg: Registry, name: str, sample_id: str, out: Path) -> Path:
     """Draw red, green, blue, yellow and the composite of ``sample_id`` into ``out`` (PNG)."""
+    out = figure_file(out, "--out")
     record = reg.dataset(name)
     sample = reg.sample(name, sample_id)
-    if record.root is None:
-        raise UsageError(
-            f"dataset {name!r} has no image folder (labels only); register one with --root"
-        )
-    arr = read_sample(record.root, sample.id)
+    arr = read_sample(record.image_root(), sample.id)
 
     import matplotlib
 
@@ -51,8 +47,6 @@ def show_sample(reg: Registry, name: str, sample_id: str, out: Path) -> Path:
             f"{i} {n}" for i, n in zip(sample.target, label_names(sample.target), strict=True)
         )
     fig.suptitle(f"{name} / {sample.id}: {labels}")
-    fmt = out.suffix.lstrip(".").lower() or "png"
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format=fmt, dpi=100)
+    save_figure(fig, out, dpi=100)
     plt.close(fig)
     return out

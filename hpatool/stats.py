@@ -12,7 +12,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from hpatool._io import atomic_path
+from hpatool._io import save_figure
 from hpatool.labels import CLASS_NAMES, NUM_CLASSES
 from hpatool.registry import Registry
 
@@ -96,8 +96,6 @@ def plot_class_counts(stats: list[DatasetStats], path: Path) -> Path:
     ax.set_title("Class counts")
     ax.grid(axis="y", which="both", alpha=0.3)
     ax.legend()
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=fmt, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path

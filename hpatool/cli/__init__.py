@@ -11,6 +11,7 @@ import os
 from typing import Annotated, Any
 
 import typer
+from typer._click import exceptions as click_exc  # Typer's vendored click
 from typer.core import TyperGroup
 
 from hpatool import __version__
@@ -21,6 +22,15 @@ from hpatool.errors import HpaToolError
 class _Group(TyperGroup):
     """Root group: turns exceptions from any subcommand into one clean line and an exit code."""
 
+    def make_context(self, info_name: Any, args: Any, parent: Any = None, **extra: Any) -> Any:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click_exc.NoArgsIsHelpError:
+            raise  # plain `hpatool` or a group without a command: its help, as click prints it
+        except click_exc.UsageError as exc:  # a bad root option, such as `hpatool --bogus`
+            _usage_line(exc)
+            raise typer.Exit(2) from None
+
     def invoke(self, ctx: Any) -> Any:  # a click Context (Typer vendors click)
         from hpatool.cli._console import print_error
 
@@ -29,21 +39,52 @@ class _Group(TyperGroup):
         except HpaToolError as exc:
             if _debug(ctx):
                 raise
-            print_error(exc.message)
+            print_error(_from_worker(exc))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             if _debug(ctx):
                 raise
             print_error("interrupted")
             raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort, typer.TyperException):
+        except click_exc.NoArgsIsHelpError:
+            raise
+        except click_exc.UsageError as exc:
+            # Typer's own parse errors (missing argument, value out of range, unknown command):
+            # one line too, instead of click's usage text and a boxed message.
+            if _debug(ctx):
+                raise
+            _usage_line(exc)
+            raise typer.Exit(2) from None
+        except (typer.Exit, typer.Abort, typer.TyperException, click_exc.ClickException):
             raise
         except Exception as exc:
             if _debug(ctx):
                 raise
-            text = " ".join(str(exc).split()) or type(exc).__name__
+            text = _from_worker(exc) or type(exc).__name__
             print_error(f"unexpected {type(exc).__name__}: {text} (rerun with --debug for details)")
             raise typer.Exit(1) from None
+
+
+def _usage_line(exc: click_exc.UsageError) -> None:
+    from hpatool.cli._console import print_error
+
+    where = exc.ctx.command_path if exc.ctx is not None else "hpatool"
+    message = " ".join(exc.format_message().split())
+    print_error(f"{message} (see '{where} -h')")
+
+
+def _from_worker(exc: BaseException) -> str:
+    """The text of ``exc`` on one line; for an error that torch re-raised from a DataLoader
+    worker ("Caught X in DataLoader worker process N. Original Traceback ... X: <text>"), just
+    the original ``<text>``."""
+    text = str(exc)
+    marker = "Original Traceback"
+    if marker in text:
+        head = f"{type(exc).__name__}: "
+        at = text.rfind(head)
+        if at > text.find(marker):
+            text = text[at + len(head) :]
+    return " ".join(text.split())
 
 
 def _debug(ctx: Any) -> bool:

@@ -191,6 +191,12 @@ def download_external(
         )
     _print_download(summary, json_)
     if summary.failed:
+        from hpatool.cli._console import print_error
+
+        print_error(
+            f"{summary.failed:,} of {summary.samples:,} samples failed; see "
+            f"{summary.failures_csv}; rerun the same command to retry them"
+        )
         raise typer.Exit(1)
 
 
@@ -322,6 +328,9 @@ def preprocess(
         )
     _print_preprocess(summary, json_)
     if summary.failed:
+        from hpatool.cli._console import print_error
+
+        print_error(f"{summary.failed:,} files could not be converted; see {summary.failures_csv}")
         raise typer.Exit(1)
 
 

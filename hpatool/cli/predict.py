@@ -170,10 +170,13 @@ def evaluate(
 
     Example: hpatool evaluate --run resnet50-f0 --dataset kaggle-train --agg mean --plot f1.png
     """
+    from hpatool._io import figure_file
     from hpatool.cli._console import Table, print_json, progress_bar
     from hpatool.cli._console import out as console_out
     from hpatool.engine.predict import evaluate_run, plot_f1
 
+    if plot is not None:
+        plot = figure_file(plot, "--plot")
     with open_registry(home) as reg, progress_bar(f"evaluate {dataset}", "images") as progress:
         result = evaluate_run(
             reg,

@@ -35,10 +35,13 @@ def stats(
 
     Example: hpatool stats kaggle-train hpa-v18 --plot classes.png
     """
+    from hpatool._io import figure_file
     from hpatool.cli._console import Table, out, print_json
     from hpatool.labels import CLASS_NAMES
     from hpatool.stats import RARE_SHARE, dataset_stats, plot_class_counts, stats_json
 
+    if plot is not None:
+        plot = figure_file(plot, "--plot")
     with open_registry(home) as reg:
         all_stats = [dataset_stats(reg, n) for n in names]
     if plot is not None:

@@ -48,21 +48,18 @@ class TrainValItems:
     val: list[Item]
     split: dict[str, Any]  # {"folds": n, "seed": s} of the first dataset
     skipped_unlabelled: int = 0
-    removed_overlap: int = 0
+    removed_overlap: int = 0  # samples of later datasets whose id is in the validation fold
+    removed_duplicates: int = 0  # samples of later datasets whose id is already in training
     per_dataset: dict[str, int] = field(default_factory=dict)  # training samples per dataset
 
 
 def _labelled_items(reg: Registry, name: str, limit: int | None) -> tuple[list[Item], int]:
     record = reg.dataset(name)
-    if record.root is None:
-        raise UsageError(
-            f"dataset {name!r} has no image folder (labels only); register it with --root DIR "
-            "or download its images first"
-        )
+    root = record.image_root()
     samples = reg.samples(name)
     if limit is not None:
         samples = samples[:limit]
-    items = [Item(name, record.root, s.id, s.target) for s in samples if s.target is not None]
+    items = [Item(name, root, s.id, s.target) for s in samples if s.target is not None]
     skipped = len(samples) - len(items)
     if not items:
         raise UsageError(
@@ -113,12 +110,17 @@ def train_val_items(
         )
     per_dataset = {first: len(train)}
     val_ids = {it.id for it in val}
-    removed = 0
+    train_ids = {it.id for it in train}
+    removed = duplicates = 0
     for name in datasets[1:]:
         extra, sk = _labelled_items(reg, name, limit)
         skipped += sk
-        kept = [it for it in extra if it.id not in val_ids]
-        removed += len(extra) - len(kept)
+        outside_val = [it for it in extra if it.id not in val_ids]
+        removed += len(extra) - len(outside_val)
+        # An id already in training (the same sample registered twice) is trained once.
+        kept = [it for it in outside_val if it.id not in train_ids]
+        duplicates += len(outside_val) - len(kept)
+        train_ids.update(it.id for it in kept)
         per_dataset[name] = len(kept)
         train.extend(kept)
     if not train:
@@ -129,6 +131,7 @@ def train_val_items(
         split={"folds": n_folds, "seed": int(info["seed"])},
         skipped_unlabelled=skipped,
         removed_overlap=removed,
+        removed_duplicates=duplicates,
         per_dataset=per_dataset,
     )
 
@@ -198,9 +201,16 @@ class HpaDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return len(self.items)
 
     def load(self, index: int) -> np.ndarray:
-        """The raw ``(4, H, W)`` uint8 sample."""
+        """The raw ``(4, H, W)`` uint8 sample; a ``DataError`` if it is smaller than the crop."""
         item = self.items[index]
-        return read_sample(item.root, item.id)
+        img = read_sample(item.root, item.id)
+        if min(img.shape[1:]) < self.crop:
+            raise DataError(
+                f"sample {item.id!r} of dataset {item.dataset!r} is {img.shape[2]}x{img.shape[1]},"
+                f" smaller than the {self.crop} crop; use a smaller --crop or resize it "
+                "('hpatool preprocess --size')"
+            )
+        return img
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(key, tuple):

@@ -44,7 +44,7 @@ from hpatool.download._client import (
     is_loopback,
 )
 from hpatool.download.urls import DEFAULT_BASE_URL, check_base_url, image_url, url_problem
-from hpatool.errors import DataError, HpaToolError, UsageError
+from hpatool.errors import DataError, Interrupted, UsageError
 from hpatool.ids import COLOURS
 from hpatool.imaging import check_channel_rule
 from hpatool.labels import load_label_csv
@@ -55,6 +55,7 @@ from hpatool.preprocess import (
     claim_output_dir,
     prepare_out_dir,
     process_pool,
+    remove_leftovers,
     write_failures_csv,
 )
 from hpatool.registry import Registry, check_name, now
@@ -79,17 +80,6 @@ MAX_CONCURRENCY = 1024
 STATUS_FLUSH_S = 1.0
 STATUS_BATCH = 500
 PROGRESS_EVERY_S = 0.1
-_LEFTOVER = re.compile(
-    r"^(?:\.tmp-)?(?P<id>.+)_(?:red|green|blue|yellow)\.(?:jpg|png)(?:\.part$|\..+)"
-)
-
-
-class Interrupted(HpaToolError):
-    """The run was stopped by Ctrl-C or SIGTERM; what was finished is kept."""
-
-    def __init__(self, message: str, exit_code: int = 130) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -283,6 +273,28 @@ class _Tracker:
         )
 
 
+def ensure_open_files(concurrency: int) -> None:
+    """Make room for ``concurrency`` sockets and as many ``.part`` files: raise the soft limit
+    on open files up to the hard one if needed, or say how to fix it."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return
+    need = 2 * concurrency + 128
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    if soft < need:
+        raise UsageError(
+            f"--concurrency {concurrency} needs about {need} open files but this process may open "
+            f"{soft}; lower --concurrency to {max(1, (soft - 128) // 2)} or raise 'ulimit -n'"
+        )
+
+
 def _check_number(value: float, lo: float, hi: float, option: str, what: str) -> None:
     if not (lo <= value <= hi):
         raise UsageError(f"invalid {option} {value:g}: give {what} from {lo:g} to {hi:g}")
@@ -329,6 +341,7 @@ def download_external(
     n_workers = check_workers(workers)
     if limit is not None and limit < 1:
         raise UsageError(f"invalid --limit {limit}: give 1 or more samples")
+    ensure_open_files(concurrency)
     shard_obj = Shard.parse(shard) if isinstance(shard, str) else shard
     table = load_label_csv(labels)
     for row, sample_id in enumerate(table.ids, 1):
@@ -392,9 +405,9 @@ def download_external(
     if limit is not None:
         chosen = chosen[:limit]
     chosen_set = set(chosen)
-    _remove_leftovers(out, chosen_set)
+    remove_leftovers(out, chosen_set)
     if keeps_raw or raw_dir.is_dir():
-        _remove_leftovers(raw_dir, chosen_set)
+        remove_leftovers(raw_dir, chosen_set)
     pngs = _names(out, ".png") if size > 0 else set()
     raws = _names(raw_dir, ".jpg")
     plans: dict[str, _Plan] = {}
@@ -529,24 +542,6 @@ def _names(folder: Path, suffix: str) -> set[str]:
             return {e.name for e in entries if e.name.endswith(suffix)}
     except FileNotFoundError:
         return set()
-
-
-def _remove_leftovers(folder: Path, ids: set[str]) -> None:
-    """Delete ``.part`` and half-written ``.tmp-*`` files a killed run left for ``ids``.
-
-    Only this run's ids: another shard writing into the same folder keeps its files.
-    """
-    try:
-        entries = list(os.scandir(folder))
-    except FileNotFoundError:
-        return
-    for entry in entries:
-        if not (entry.name.endswith(".part") or entry.name.startswith(".tmp-")):
-            continue
-        m = _LEFTOVER.match(entry.name)
-        if m and m.group("id") in ids:
-            with contextlib.suppress(OSError):
-                os.unlink(entry.path)
 
 
 def _jobs(

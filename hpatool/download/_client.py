@@ -34,7 +34,7 @@ from yarl import URL
 
 from hpatool import __version__
 from hpatool.errors import WorkFailed
-from hpatool.preprocess import convert_file, verify_file
+from hpatool.preprocess import WRITE_ERROR, convert_file, verify_file
 
 CHUNK = 1 << 16
 #: With ``--size 0``, a body of at most this many bytes (by its ``Content-Length``) is read into
@@ -49,6 +49,10 @@ MAX_BACKOFF = 60.0
 #: A whole file may take this many times ``--timeout`` (which bounds each connect and read).
 TOTAL_TIMEOUT_FACTOR = 10
 RETRY_STATUS = frozenset({408, 425, 429})
+#: Give up on the whole run when this many attempts (at least; ``2 * concurrency`` if more) have
+#: failed to reach the server (connection errors, timeouts, HTML instead of images) before any
+#: file arrived: a wrong ``--base-url`` or no network would otherwise retry every file for hours.
+UNREACHABLE_ATTEMPTS = 48
 _IMAGE_TYPES = ("image/", "application/octet-stream", "binary/octet-stream")
 _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
@@ -106,6 +110,10 @@ class _DiskError(WorkFailed):
     """A local file could not be written: fatal for the whole run (disk full, permissions)."""
 
 
+class ServerUnreachable(WorkFailed):
+    """No file could be fetched at all: fatal for the whole run (wrong URL, no network)."""
+
+
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), capped; or None."""
     if not value:
@@ -160,6 +168,8 @@ class Downloader:
         self.counters = counters or Counters()
         self.active_parts: set[Path] = set()
         self._session: aiohttp.ClientSession | None = None
+        self.fetched_ok = 0  # files fetched and checked
+        self.unreachable = 0  # attempts that did not reach an image server, while fetched_ok == 0
 
     # ------------------------------------------------------------------ running
 
@@ -235,9 +245,11 @@ class Downloader:
                 else:
                     error = await self._finish(job)
                 if error is None:
+                    self.fetched_ok += 1
                     return FileResult(job, ok=True, fetched=True, status=200)
                 outcome = _Attempt("retry", 200, error)
             self._drop_part(job.part)
+            self._check_reachable(job, outcome)
             if outcome.kind == "permanent" or attempt > s.retries:
                 tries = f" (after {attempt} attempts)" if attempt > 1 else ""
                 return FileResult(
@@ -249,6 +261,23 @@ class Downloader:
                 )
             self.counters.retries += 1
             await asyncio.sleep(backoff_delay(attempt, s.backoff, outcome.retry_after))
+
+    def _check_reachable(self, job: FileJob, outcome: _Attempt) -> None:
+        """Stop the run when the server has never answered with an image and many attempts
+        have failed to reach it (see ``UNREACHABLE_ATTEMPTS``)."""
+        if self.fetched_ok:
+            return
+        if not (outcome.error or "").startswith(("connection error", "timed out", "not an image")):
+            return
+        self.unreachable += 1
+        limit = max(UNREACHABLE_ATTEMPTS, 2 * self.settings.concurrency)
+        if self.unreachable >= limit:
+            origin = URL(job.url).origin()
+            raise ServerUnreachable(
+                f"no image could be fetched from {origin}: the first {self.unreachable} attempts "
+                f"failed (last: {job.url}: {outcome.error}); check --base-url and the network, "
+                "then rerun the same command (finished files are kept)"
+            )
 
     async def _fetch_once(self, job: FileJob) -> _Attempt:
         assert self._session is not None
@@ -362,11 +391,19 @@ class Downloader:
         return None
 
     async def _convert(self, src: Path, job: FileJob) -> str | None:
+        """Convert ``src`` to the job's PNG; why not (a bad image), or ``None``. An output that
+        cannot be written (disk full, permissions) is fatal: ``_DiskError``."""
         assert job.png is not None
         s = self.settings
-        return await self._run(
+        error = await self._run(
             convert_file, str(src), str(job.png), job.colour, s.size, s.channel_rule
         )
+        if error is not None and error.startswith(WRITE_ERROR):
+            raise _DiskError(
+                f"{error}; free some space in the --out folder (or check its permissions) and "
+                "rerun to resume"
+            )
+        return error
 
     async def _run(self, fn: Callable[..., str | None], *args: Any) -> str | None:
         loop = asyncio.get_running_loop()

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hpatool._io import atomic_path
+from hpatool._io import atomic_path, describe_load_error
 from hpatool.errors import DataError, NotFound
 
 if TYPE_CHECKING:
@@ -67,8 +67,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         doc = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # any unpickling error means a bad file
-        text = " ".join(str(exc).split())[:200]
-        raise DataError(f"{p}: not a readable checkpoint ({type(exc).__name__}: {text})") from None
+        raise DataError(
+            f"{p}: not a readable checkpoint: {describe_load_error(exc)}; pass a "
+            "checkpoint-*.pt written by 'hpatool train'"
+        ) from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise DataError(f"{p}: not an hpatool checkpoint (no format={FORMAT!r} key)")
     if int(doc.get("version", 0)) > VERSION:

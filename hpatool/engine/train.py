@@ -59,7 +59,7 @@ from hpatool.data.sampling import (
 from hpatool.data.transforms import HPA_MEAN, HPA_STD
 from hpatool.engine import checkpoint as ckpt_mod
 from hpatool.engine.metrics import apply_thresholds, macro_f1, tune_thresholds
-from hpatool.errors import AlreadyExists, HpaToolError, NotFound, UsageError
+from hpatool.errors import AlreadyExists, DataError, HpaToolError, NotFound, UsageError
 from hpatool.labels import CLASS_NAMES, NUM_CLASSES
 from hpatool.models import IN_CHANS, create_model, resolve_arch
 from hpatool.registry import Registry, check_name
@@ -576,11 +576,44 @@ def _check_resume_config(saved: dict[str, Any], options: dict[str, Any], path: P
         if key == "datasets":
             value = list(value)
         if value != saved.get(key):
-            flag = key.replace("_", "-")
+            flag = "dataset" if key == "datasets" else key.replace("_", "-")
+
+            def show(v: Any) -> str:
+                return " ".join(map(str, v)) if isinstance(v, list | tuple) else str(v)
+
             raise UsageError(
-                f"--{flag} {value} differs from the run's {saved.get(key)} in {path}; resume with "
-                "the same value (or leave it out) or start a new run with another --name"
+                f"--{flag} {show(value)} differs from the run's {show(saved.get(key))} in {path}; "
+                "resume with the same value (or leave it out) or start a new run with another "
+                "--name"
             )
+
+
+def _check_own_checkpoint(
+    checkpoint: dict[str, Any], saved: dict[str, Any], name: str, reg: Registry, path: Path
+) -> None:
+    """Refuse a checkpoint that belongs to another run (copied in, or another run's folder)."""
+    other = saved.get("name")
+    if other and other != name:
+        raise DataError(
+            f"{path} is a checkpoint of run {other!r}, not {name!r}; resume {other!r} instead "
+            "or start a new run"
+        )
+    if reg.has_run(name):
+        registered = reg.run(name).arch
+        if resolve_arch(str(checkpoint.get("arch"))) != resolve_arch(registered):
+            raise DataError(
+                f"{path} holds a {checkpoint.get('arch')} model but run {name!r} is registered as "
+                f"{registered}; the file is not this run's checkpoint"
+            )
+
+
+def _stale_run(reg: Registry, name: str) -> bool:
+    """A run that failed or was interrupted before its first checkpoint: nothing to resume,
+    so a new run may take its name (the old row is replaced when the new one registers)."""
+    record = reg.run(name)
+    return (
+        record.status in ("failed", "interrupted") and not (record.out_dir / ckpt_mod.LAST).exists()
+    )
 
 
 def create_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -664,6 +697,7 @@ def _resolve_run(
             )
         checkpoint = ckpt_mod.load_checkpoint(last)
         saved = checkpoint.get("config", {}).get("options", {})
+        _check_own_checkpoint(checkpoint, saved, name, reg, last)
         _check_resume_config(saved, opts, last)
         config = _config_from({**opts, "name": name}, base=saved)
         if config.epochs * max(1, checkpoint["steps_per_epoch"]) < checkpoint["step"]:
@@ -679,7 +713,7 @@ def _resolve_run(
         name = ctx.broadcast(default_run_name(config.arch, config.fold))
         config.name = name
     check_name(name, "run")
-    if reg.has_run(name):
+    if reg.has_run(name) and not _stale_run(reg, name):
         raise AlreadyExists(
             f"run {name!r} already exists in {reg.path}; pass --resume to continue it or choose "
             "another --name"
@@ -757,6 +791,7 @@ def _fit_with_registry(
         "train_samples_per_dataset": parts.per_dataset,
         "skipped_unlabelled": parts.skipped_unlabelled,
         "removed_overlap": parts.removed_overlap,
+        "removed_duplicates": parts.removed_duplicates,
         "image_sizes": {k: list(v) for k, v in sizes.items()},
         "class_multipliers": multipliers.tolist(),
         "world_size": ctx.world_size,
@@ -864,6 +899,7 @@ def _fit_with_registry(
                 fold=config.fold,
                 config=resolved,
                 out_dir=run_dir,
+                replace=reg.has_run(name) and _stale_run(reg, name),
             )
         elif reg.has_run(name):
             reg.update_run(name, status="running", config=resolved)
