@@ -424,6 +424,30 @@ def _check_registration(reg: Registry, name: str, src: Path, out: Path) -> Datas
     )
 
 
+def default_output_name(reg: Registry, src: Path, out: Path, size: int) -> str:
+    """The dataset name ``preprocess`` registers its output under when no ``--name`` is given:
+    the dataset an earlier run of the same conversion registered; else ``<source>-<size>`` when
+    the source folder is a registered dataset's, else the output folder's name; made unique
+    with ``-2``, ``-3``... if taken."""
+    for record in reg.datasets():
+        prov = record.provenance
+        made_here = prov.get("made_by") == "preprocess" and record.root == out
+        if made_here and prov.get("source") == str(src):
+            return record.name
+    source = reg.dataset_at(src)
+    if source is not None:
+        base = f"{source.name}-{size}" if size else f"{source.name}-converted"
+    else:
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "-", out.name).strip("-._")[:56] or "images"
+        if not base[0].isalnum():
+            base = f"d{base}"
+    name, n = base, 1
+    while reg.has_dataset(name):
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
 def preprocess_images(
     src_dir: Path,
     out_dir: Path,
@@ -441,16 +465,17 @@ def preprocess_images(
     8-bit greyscale, ``size``×``size`` (0 keeps each image's size), channel rule ``stain`` or
     ``luma`` for RGB sources. Idempotent: outputs already there and not older than their
     source are skipped. Files that fail are returned as data (and written to
-    ``out_dir/failures.csv``); the others are still converted. With ``name`` the output is
-    registered as a dataset (samples from ``labels`` if given, else from the source dataset if
-    ``src_dir`` is one's image folder, else the ids found), with its lineage.
+    ``out_dir/failures.csv``); the others are still converted. With a ``registry`` the output is
+    registered as dataset ``name`` (default: ``default_output_name``; samples from ``labels`` if
+    given, else from the source dataset if ``src_dir`` is one's image folder, else the ids
+    found), with its lineage.
     """
     started = time.perf_counter()
     check_size(size, zero="keeps each image's own size")
     check_channel_rule(channel_rule)
     n_workers = check_workers(workers)
-    if labels is not None and name is None:
-        raise UsageError("--labels only gives the labels of the registered output; add --name NAME")
+    if labels is not None and registry is None:
+        raise UsageError("--labels only gives the labels of the registered output")
     if name is not None and registry is None:
         raise ValueError("registering a dataset needs a registry")
     src = src_dir.expanduser().resolve()
@@ -465,6 +490,8 @@ def preprocess_images(
         )
     existing = None
     table = None
+    if registry is not None and name is None:
+        name = default_output_name(registry, src, out, size)
     if registry is not None and name is not None:
         existing = _check_registration(registry, name, src, out)
         if labels is not None:

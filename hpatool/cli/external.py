@@ -284,7 +284,9 @@ def preprocess(
         str | None,
         typer.Option(
             "--name",
-            help="Register the output as this dataset (its lineage is recorded).",
+            help="Register the output as this dataset (its lineage is recorded). Default: "
+            "<source dataset>-<size> when SRC_DIR is a registered dataset's folder, else the "
+            "--out folder's name.",
             show_default=False,
         ),
     ] = None,
@@ -292,10 +294,16 @@ def preprocess(
         Path | None,
         typer.Option(
             "--labels",
-            help="Label CSV giving the registered dataset's samples and labels (with --name).",
+            help="Label CSV giving the registered dataset's samples and labels.",
             show_default=False,
         ),
     ] = None,
+    register: Annotated[
+        bool,
+        typer.Option(
+            "--register/--no-register", help="Register the output as a dataset (see --name)."
+        ),
+    ] = True,
     json_: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
@@ -310,10 +318,13 @@ def preprocess(
     Example: hpatool preprocess data/hpa-v18/raw --out data/hpa-v18-512 --name hpa-v18-512
     """
     from hpatool.cli._console import progress_bar
+    from hpatool.errors import UsageError
     from hpatool.preprocess import preprocess_images
 
+    if not register and (name is not None or labels is not None):
+        raise UsageError("--no-register leaves nothing for --name or --labels; drop one of them")
     with contextlib.ExitStack() as stack:
-        reg = stack.enter_context(open_registry(home)) if name is not None else None
+        reg = stack.enter_context(open_registry(home)) if register else None
         progress = stack.enter_context(progress_bar("preprocess", unit="files"))
         summary = preprocess_images(
             src_dir,

@@ -130,7 +130,12 @@ def test_usage_errors(cli: Invoke, tmp_path: Path) -> None:
         (["preprocess", src, "--out", tmp_path / "o", "--size", "-3"], 2, "--size"),
         (["preprocess", src, "--out", tmp_path / "o", "--channel-rule", "max"], 2, "rule"),
         (["preprocess", src, "--out", tmp_path / "o", "--workers", "0"], 2, "--workers"),
-        (["preprocess", src, "--out", tmp_path / "o", "--labels", tmp_path / "l.csv"], 2, "--name"),
+        (
+            ["preprocess", src, "--out", tmp_path / "o", "--labels", tmp_path / "l.csv"],
+            2,
+            "l.csv: no such file",
+        ),
+        (["preprocess", src, "--out", tmp_path / "o", "--name", "x", "--no-register"], 2, "--name"),
         (["preprocess", src, "--out", tmp_path / "o", "--name", "a b"], 2, "dataset name"),
     ]
     for args, code, fragment in cases:
@@ -193,6 +198,33 @@ def test_registers_output_with_lineage(cli: Invoke, tmp_path: Path, home: Path) 
     with Registry.open(home) as reg:
         tiny = reg.dataset("tiny")
     assert tiny.parent == "small" and tiny.samples == 3 and tiny.labels_sha256
+
+
+def test_registers_under_a_default_name_without_name(
+    cli: Invoke, tmp_path: Path, home: Path
+) -> None:
+    src = tmp_path / "src"
+    make_sources(src)
+    # A folder that is no dataset's: the output folder's name.
+    assert cli("preprocess", src, "--out", tmp_path / "small imgs", "--size", "16").exit_code == 0
+    # A registered dataset's folder: <source>-<size>; the same conversion again reuses it.
+    labels = tmp_path / "labels.csv"
+    labels.write_text("Id,Target\n10580_1610_C1_1,0\nkaggle-a,2 5\ndeep,1\n")
+    assert cli("datasets", "add", "raw", "--labels", labels, "--root", src).exit_code == 0
+    for _ in range(2):
+        result = cli("preprocess", src, "--out", tmp_path / "a", "--size", "24")
+        assert result.exit_code == 0, result.output
+    # Another folder of the same name: a free name, never another dataset's.
+    result = cli("preprocess", src, "--out", tmp_path / "b" / "a", "--size", "24")
+    assert result.exit_code == 0, result.output
+    assert cli("preprocess", src, "--out", tmp_path / "c", "--no-register").exit_code == 0
+    with Registry.open(home) as reg:
+        records = {r.name: r for r in reg.datasets()}
+    assert set(records) == {"raw", "small-imgs", "raw-24", "raw-24-2"}
+    assert records["raw-24"].parent == "raw" and records["raw-24"].samples == 3
+    assert records["raw-24"].root == (tmp_path / "a").resolve()
+    assert records["raw-24-2"].root == (tmp_path / "b" / "a").resolve()
+    assert records["small-imgs"].parent is None and records["small-imgs"].samples == 5
 
 
 def test_preprocess_raw_download_keeps_lineage(cli: Invoke, tmp_path: Path, home: Path) -> None:
