@@ -130,6 +130,28 @@ def remove_leftovers(folder: Path, ids: set[str]) -> None:
 
 
 @contextlib.contextmanager
+def deferred_interrupts() -> Iterator[list[int]]:
+    """Within the block (a clean-up), Ctrl-C and SIGTERM are held back so that the clean-up
+    always completes; the signals that arrived are in the yielded list, for the caller to act
+    on afterwards."""
+    received: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        received.append(signum)
+
+    try:
+        previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield received
+        return
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM stops the work as cleanly as Ctrl-C does (exit 143)."""
 
@@ -548,7 +570,10 @@ def preprocess_images(
         ) from None
     finally:
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            with deferred_interrupts() as held:
+                pool.shutdown(wait=True, cancel_futures=True)
+            if held:
+                raise KeyboardInterrupt
     failures.sort(key=lambda f: (f.id, COLOURS.index(f.colour) if f.colour in COLOURS else 9))
     summary.failures = failures
     summary.failures_csv = write_failures_csv(

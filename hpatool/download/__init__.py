@@ -53,6 +53,7 @@ from hpatool.preprocess import (
     check_size,
     check_workers,
     claim_output_dir,
+    deferred_interrupts,
     prepare_out_dir,
     process_pool,
     remove_leftovers,
@@ -467,9 +468,13 @@ def download_external(
         except asyncio.CancelledError:
             interrupted = Interrupted("terminated", exit_code=143)
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-            downloader.remove_parts()
-            tracker.flush()
+            # A second Ctrl-C must not cut the clean-up short (.part files, statuses).
+            with deferred_interrupts() as held:
+                pool.shutdown(wait=True, cancel_futures=True)
+                downloader.remove_parts()
+                tracker.flush()
+            if held and interrupted is None:
+                interrupted = Interrupted("interrupted")
     tracker.report()
 
     order = {sample_id: i for i, sample_id in enumerate(chosen)}
