@@ -100,12 +100,16 @@ def describe_load_error(exc: BaseException) -> str:
     torch's advice to retry with ``weights_only=False`` (unsafe for a file of unknown origin)."""
     text = " ".join(str(exc).split())
     if "WeightsUnpickler error:" in text:
-        reason = text.split("WeightsUnpickler error:", 1)[1]
-        reason = reason.split("Check the documentation", 1)[0].strip()
-        return f"not a plain tensor file ({reason[:160]})"
+        reason = _first_sentence(text.split("WeightsUnpickler error:", 1)[1])
+        return f"not a plain tensor file ({reason})"
     if type(exc).__name__ in ("UnpicklingError", "KeyError", "EOFError", "ValueError"):
         return "not a PyTorch file (or a truncated one)"
-    return f"{type(exc).__name__}: {text[:160]}"
+    return f"{type(exc).__name__}: {_first_sentence(text)}"
+
+
+def _first_sentence(text: str, most: int = 160) -> str:
+    sentence = text.split("Check the documentation", 1)[0].strip().split(". ", 1)[0].rstrip(".")
+    return sentence if len(sentence) <= most else sentence[: most - 3] + "..."
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -83,6 +83,8 @@ def convert_file(src: str, dst: str, colour: str, size: int, rule: str) -> str |
     """Convert one raw image to ``dst`` (an 8-bit greyscale PNG, written atomically)."""
     try:
         arr = convert_channel(Path(src), colour, size, rule)
+    except Interrupted:
+        raise  # SIGTERM while converting inline (--workers 1): stop, not a failed file
     except DataError as exc:
         return exc.message
     except Exception as exc:  # any failure of one file is data, not a crash
@@ -90,6 +92,8 @@ def convert_file(src: str, dst: str, colour: str, size: int, rule: str) -> str |
         return f"{src}: {type(exc).__name__}: {text}"
     try:
         save_png(arr, Path(dst))
+    except Interrupted:
+        raise
     except OSError as exc:
         return f"{WRITE_ERROR}{dst}: {exc.strerror or exc}"
     except DataError as exc:
@@ -560,9 +564,9 @@ def preprocess_images(
                     failures.append(
                         ConvertFailure(source.id, source.colour, str(source.path), error)
                     )
-            done += 1
-            if progress:
-                progress(done, total)
+                done += 1
+                if progress:
+                    progress(done, total)
     except BrokenExecutor:
         raise WorkFailed(
             "a conversion process died (out of memory?); finished files are kept, rerun to "
@@ -572,7 +576,7 @@ def preprocess_images(
         if pool is not None:
             with deferred_interrupts() as held:
                 pool.shutdown(wait=True, cancel_futures=True)
-            if held:
+            if held and sys.exc_info()[1] is None:  # else the error in flight says enough
                 raise KeyboardInterrupt
     failures.sort(key=lambda f: (f.id, COLOURS.index(f.colour) if f.colour in COLOURS else 9))
     summary.failures = failures

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 from tests.conftest import Invoke
@@ -31,6 +32,13 @@ def test_demo_runs_the_chain_in_its_own_home(cli: Invoke, home: Path, tmp_path: 
     assert rows[0] == ["Id", "Predicted"] and [r[0] for r in rows[1:]] == test_ids
     assert "Demo finished in" in res.stdout
     assert "best constant predictor scores macro F1" in res.stdout
+    # The trained model beats the best constant predictor on the validation fold (max of crops).
+    max_part = res.stdout.split("evaluate on the validation fold, max", 1)[1]
+    max_part = max_part.split("evaluate on the validation fold, mean", 1)[0]
+    model_f1 = re.search(r"^macro F1 (\d+\.\d+) \(at a 0\.5 threshold", max_part, re.MULTILINE)
+    baseline = re.search(r"best constant predictor scores macro F1 (\d+\.\d+)", res.stdout)
+    assert model_f1 is not None and baseline is not None, res.stdout
+    assert float(model_f1.group(1)) > float(baseline.group(1)), (model_f1[0], baseline[0])
     assert not (home / "registry.sqlite").exists()  # the user's registry is untouched
 
 
