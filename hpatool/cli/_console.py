@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -40,7 +41,11 @@ def err() -> Console:
 
 
 def print_error(message: str) -> None:
-    """One line on stderr: ``error: <message>``, red on a terminal, never wrapped."""
+    """One line on stderr: ``error: <message>``, red on a terminal, never wrapped. Under
+    torchrun the lines of ranks other than 0 say which rank they come from."""
+    rank = os.environ.get("RANK", "0")
+    if rank != "0" and os.environ.get("WORLD_SIZE", "1") != "1":
+        message = f"[rank {rank}] {message}"
     console = err()
     if console.is_terminal:
         console.print(f"[bold red]error:[/] {message}", soft_wrap=True, emoji=False)
