@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
+from hpatool.errors import UsageError, WorkFailed
 
 if TYPE_CHECKING:
     from hpatool.download import DownloadProgress, DownloadProgressFn, DownloadSummary
@@ -191,13 +192,10 @@ def download_external(
         )
     _print_download(summary, json_)
     if summary.failed:
-        from hpatool.cli._console import print_error
-
-        print_error(
+        raise WorkFailed(
             f"{summary.failed:,} of {summary.samples:,} samples failed; see "
             f"{summary.failures_csv}; rerun the same command to retry them"
         )
-        raise typer.Exit(1)
 
 
 def _print_download(s: DownloadSummary, json_: bool) -> None:
@@ -318,7 +316,6 @@ def preprocess(
     Example: hpatool preprocess data/hpa-v18/raw --out data/hpa-v18-512 --name hpa-v18-512
     """
     from hpatool.cli._console import progress_bar
-    from hpatool.errors import UsageError
     from hpatool.preprocess import preprocess_images
 
     if not register and (name is not None or labels is not None):
@@ -339,10 +336,9 @@ def preprocess(
         )
     _print_preprocess(summary, json_)
     if summary.failed:
-        from hpatool.cli._console import print_error
-
-        print_error(f"{summary.failed:,} files could not be converted; see {summary.failures_csv}")
-        raise typer.Exit(1)
+        raise WorkFailed(
+            f"{summary.failed:,} files could not be converted; see {summary.failures_csv}"
+        )
 
 
 def _print_preprocess(s: PreprocessSummary, json_: bool) -> None:

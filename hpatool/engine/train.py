@@ -891,19 +891,9 @@ def _fit_with_registry(
     ctx.barrier()  # every rank has passed its checks before rank 0 registers the name
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if checkpoint is None:
-            reg.create_run(
-                name,
-                arch=config.arch,
-                datasets=config.datasets,
-                fold=config.fold,
-                config=resolved,
-                out_dir=run_dir,
-                replace=reg.has_run(name) and _stale_run(reg, name),
-            )
-        elif reg.has_run(name):
+        if checkpoint is not None and reg.has_run(name):
             reg.update_run(name, status="running", config=resolved)
-        else:
+        else:  # a new run, a resumed run missing from this registry, or a stale one replaced
             reg.create_run(
                 name,
                 arch=config.arch,
@@ -911,6 +901,7 @@ def _fit_with_registry(
                 fold=config.fold,
                 config=resolved,
                 out_dir=run_dir,
+                replace=checkpoint is None and reg.has_run(name) and _stale_run(reg, name),
             )
         write_text_atomic(run_dir / CONFIG_FILE, json.dumps(resolved, indent=2) + "\n")
     ctx.barrier()
