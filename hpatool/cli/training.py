@@ -418,22 +418,12 @@ def runs_show(
     Example: hpatool runs show resnet50-f0-20240101-120000
     """
     from hpatool.cli._console import Table, out, print_json
+    from hpatool.engine.checkpoint import RUN_FILES
 
     with open_registry(home) as reg:
         record = reg.run(run)
     doc = record.to_json()
-    files = {
-        f: str(record.out_dir / f)
-        for f in (
-            "config.json",
-            "metrics.csv",
-            "checkpoint-last.pt",
-            "checkpoint-best.pt",
-            "thresholds.json",
-            "curves.png",
-        )
-        if (record.out_dir / f).exists()
-    }
+    files = {f: str(record.out_dir / f) for f in RUN_FILES if (record.out_dir / f).exists()}
     doc["files"] = files
     if json_:
         print_json(doc)

@@ -44,8 +44,14 @@ if TYPE_CHECKING:
 
 FORMAT = "hpatool-checkpoint"
 VERSION = 1
+# The files of a run folder (written by ``engine.train``, read by ``predict`` and ``runs show``).
 LAST = "checkpoint-last.pt"
 BEST = "checkpoint-best.pt"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.csv"
+THRESHOLDS_FILE = "thresholds.json"
+CURVES_FILE = "curves.png"
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST, BEST, THRESHOLDS_FILE, CURVES_FILE)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 AGGREGATIONS = ("max", "mean")
-THRESHOLDS_FILE = "thresholds.json"
+THRESHOLDS_FILE = ckpt_mod.THRESHOLDS_FILE
 
 
 # ------------------------------------------------------------------------------ model source
@@ -732,7 +732,8 @@ def _validation_fold(
         datasets, fold = list(r.datasets), r.fold
     elif checkpoint is not None:
         try:
-            options = json.loads((checkpoint.parent / "config.json").read_text("utf-8"))["options"]
+            config_text = (checkpoint.parent / ckpt_mod.CONFIG_FILE).read_text("utf-8")
+            options = json.loads(config_text)["options"]
             datasets, fold = list(options["datasets"]), options["fold"]
         except (OSError, ValueError, KeyError, TypeError):
             return None  # a checkpoint on its own: evaluate every labelled sample

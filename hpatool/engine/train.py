@@ -69,10 +69,10 @@ DEVICES = ("auto", "cpu", "cuda")
 FOCAL_GAMMA = 2.0
 MAX_WARMUP_STEPS = 500
 WARMUP_FRACTION = 0.05
-METRICS_FILE = "metrics.csv"
-CONFIG_FILE = "config.json"
-THRESHOLDS_FILE = "thresholds.json"
-CURVES_FILE = "curves.png"
+CONFIG_FILE = ckpt_mod.CONFIG_FILE
+METRICS_FILE = ckpt_mod.METRICS_FILE
+THRESHOLDS_FILE = ckpt_mod.THRESHOLDS_FILE
+CURVES_FILE = ckpt_mod.CURVES_FILE
 METRIC_COLUMNS = (
     "epoch", "step", "partial", "train_loss", "val_loss", "macro_f1", "macro_f1_at_0.5", "lr",
     "images_per_s", "seconds",
@@ -355,6 +355,24 @@ def _autocast(device: torch.device, amp_dtype: torch.dtype | None) -> Any:
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
+def _forward(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    channels_last: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move a batch to ``device`` and run the model under autocast: ``(float logits, y)``."""
+    x = x.to(device, non_blocking=True)
+    y = y.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with _autocast(device, amp_dtype):
+        logits = model(x)
+    return logits.float(), y
+
+
 def train_one_epoch(
     model: nn.Module,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -388,13 +406,8 @@ def train_one_epoch(
         if max_steps is not None and steps >= max_steps:
             stopped = True
             break
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp_dtype):
-            logits = model(x)
-        loss = loss_fn(logits.float(), y)
+        logits, y = _forward(model, x, y, device, amp_dtype, channels_last)
+        loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -461,13 +474,7 @@ def evaluate(
     targets: list[np.ndarray] = []
     loss_sum = 0.0
     for x, y in loader:
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp_dtype):
-            logits = model(x)
-        logits = logits.float()
+        logits, y = _forward(model, x, y, device, amp_dtype, channels_last)
         loss_sum += float(loss_fn(logits, y).item()) * x.shape[0]
         probs.append(torch.sigmoid(logits).cpu().numpy())
         targets.append(y.cpu().numpy())

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import Result
 
 from hpatool.download._client import UNREACHABLE_ATTEMPTS
 from hpatool.ids import COLOURS
@@ -106,6 +107,13 @@ def server() -> Iterator[HpaServer]:
         yield srv
 
 
+def download(cli: Invoke, labels: Path, out: Path, base_url: str, *extra: str) -> Result:
+    """``hpatool download-external`` of ``labels`` into ``out`` from ``base_url``, fast retries."""
+    return cli(
+        "download-external", "--labels", labels, "--out", out, "--base-url", base_url, *extra, *FAST
+    )
+
+
 # --------------------------------------------------------------------------- unreachable server
 
 
@@ -115,20 +123,7 @@ def test_closed_port_stops_early_with_one_line(cli: Invoke, tmp_path: Path, home
     out = tmp_path / "out"
     base = f"http://127.0.0.1:{closed_port()}/images"
     started = time.monotonic()
-    result = cli(
-        "download-external",
-        "--labels",
-        labels,
-        "--out",
-        out,
-        "--base-url",
-        base,
-        "--concurrency",
-        "8",
-        "--retries",
-        "3",
-        *FAST,
-    )
+    result = download(cli, labels, out, base, "--concurrency", "8", "--retries", "3")
     elapsed = time.monotonic() - started
     assert result.exit_code == 1, result.output
     line = one_error_line(result.stderr)
@@ -146,9 +141,7 @@ def test_closed_port_stops_early_with_one_line(cli: Invoke, tmp_path: Path, home
         assert reg.status_counts("hpa-v18").get("failed", 0) < 5
     # Once the server is there, the same command (with the right --base-url) gets everything.
     with HpaServer(image_size=64) as srv:
-        again = cli(
-            "download-external", "--labels", labels, "--out", out, "--base-url", srv.base_url, *FAST
-        )
+        again = download(cli, labels, out, srv.base_url)
         assert again.exit_code == 0, again.output
         assert srv.total_requests == len(ids) * 4
     with Registry.open(home) as reg:
@@ -166,19 +159,8 @@ def test_html_pages_stop_after_a_bounded_number_of_requests(
             server.fault(sample_id, colour, "html!")  # 200 text/html for every image
     labels = write_labels(tmp_path / "labels.csv", ids)
     out = tmp_path / "out"
-    result = cli(
-        "download-external",
-        "--labels",
-        labels,
-        "--out",
-        out,
-        "--base-url",
-        server.base_url,
-        "--concurrency",
-        str(concurrency),
-        "--retries",
-        "3",
-        *FAST,
+    result = download(
+        cli, labels, out, server.base_url, "--concurrency", str(concurrency), "--retries", "3"
     )
     assert result.exit_code == 1, result.output
     line = one_error_line(result.stderr)
@@ -205,20 +187,7 @@ def test_good_images_first_then_failures_are_per_file(
             server.fault(sample_id, colour, "html!")
     labels = write_labels(tmp_path / "labels.csv", ids)
     out = tmp_path / "out"
-    result = cli(
-        "download-external",
-        "--labels",
-        labels,
-        "--out",
-        out,
-        "--base-url",
-        server.base_url,
-        "--concurrency",
-        "8",
-        "--retries",
-        "2",
-        *FAST,
-    )
+    result = download(cli, labels, out, server.base_url, "--concurrency", "8", "--retries", "2")
     assert result.exit_code == 1, result.output
     line = one_error_line(result.stderr)
     assert "no image could be fetched" not in line
@@ -248,9 +217,7 @@ def test_failed_samples_give_one_error_line_and_exit_1(
     server.fault(ids[3], "yellow", "404!")
     labels = write_labels(tmp_path / "labels.csv", ids)
     out = tmp_path / "out"
-    result = cli(
-        "download-external", "--labels", labels, "--out", out, "--base-url", server.base_url, *FAST
-    )
+    result = download(cli, labels, out, server.base_url)
     assert result.exit_code == 1, result.output
     line = one_error_line(result.stderr)
     csv_path = out.resolve() / "failures.csv"
@@ -331,18 +298,14 @@ def test_download_write_error_is_fatal(
     labels = write_labels(tmp_path / "labels.csv", ids)
     out = tmp_path / "out"
     unwritable(monkeypatch)
-    result = cli(
-        "download-external",
-        "--labels",
+    result = download(
+        cli,
         labels,
-        "--out",
         out,
-        "--base-url",
         server.base_url,
         "--concurrency",
         "4",
         *(["--keep-raw"] if keep_raw else []),
-        *FAST,
     )
     assert result.exit_code == 1, result.output
     line = one_error_line(result.stderr)
