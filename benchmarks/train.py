@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hpatool.data.dataset import HpaDataset, Item  # noqa: E402
+from hpatool.data.samples import HpaDataset, Item  # noqa: E402
 from hpatool.data.sampling import WeightedEpochSampler, auto_multipliers, sample_weights  # noqa: E402
 from hpatool.engine.train import create_optimizer  # noqa: E402
 from hpatool.models import create_model  # noqa: E402

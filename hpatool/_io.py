@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import functools
 import hashlib
+import io
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +117,22 @@ def _first_sentence(text: str, most: int = 160) -> str:
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """``header`` and ``rows`` as CSV text (``\n`` line ends, quoting only where needed).
+    Floats are written with ``repr`` precision, so nothing is rounded away."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
+    """The one CSV writer: ``header`` and ``rows`` written atomically to ``path``."""
+    write_text_atomic(path, csv_text(header, rows))
+    return Path(path)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

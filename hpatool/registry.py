@@ -258,7 +258,15 @@ class Registry:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (``BEGIN IMMEDIATE``): all of it lands, or none of it."""
+        """One write transaction (``BEGIN IMMEDIATE``): all of it lands, or none of it.
+
+        This is the unit of work: a command opens one around all of its writes, and the write
+        methods it calls inside join it (a nested ``transaction()`` opens nothing new), so the
+        command's writes land together or not at all.
+        """
+        if self.conn.in_transaction:
+            yield self.conn  # join the command's unit of work
+            return
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn

@@ -12,7 +12,6 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from hpatool._io import save_figure
 from hpatool.labels import CLASS_NAMES, NUM_CLASSES
 from hpatool.registry import Registry
 
@@ -72,30 +71,7 @@ def stats_json(stats: list[DatasetStats]) -> dict[str, Any]:
 
 
 def plot_class_counts(stats: list[DatasetStats], path: Path) -> Path:
-    """Grouped bar chart of class counts, log axis, class names on the axis; written atomically."""
-    import matplotlib
+    """Grouped bar chart of the datasets' class counts (see ``hpatool.plots``)."""
+    from hpatool.plots import plot_class_counts as draw
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    n = len(stats)
-    fig, ax = plt.subplots(figsize=(14, 6), constrained_layout=True)
-    x = np.arange(NUM_CLASSES)
-    width = 0.8 / max(n, 1)
-    for i, s in enumerate(stats):
-        # Log axis: plot zero counts as missing bars rather than failing on log(0).
-        values = [c if c > 0 else np.nan for c in s.class_counts]
-        ax.bar(x + (i - (n - 1) / 2) * width, values, width, label=f"{s.name} ({s.labelled:,})")
-    ax.set_yscale("log")
-    ax.set_xticks(x)
-    ax.set_xticklabels(
-        [f"{i} {name}" for i, name in enumerate(CLASS_NAMES)], rotation=60, ha="right", fontsize=8
-    )
-    ax.set_ylabel("samples with the class (log scale)")
-    ax.set_title("Class counts")
-    ax.grid(axis="y", which="both", alpha=0.3)
-    ax.legend()
-    save_figure(fig, path, dpi=110)
-    plt.close(fig)
-    return path
+    return draw([(f"{s.name} ({s.labelled:,})", s.class_counts) for s in stats], path)

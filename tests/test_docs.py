@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from hpatool.cli._docs import iter_commands, render, root_command
-from tests.conftest import REPO
+from tests.support import REPO
 
 COMMANDS = [(" ".join(path), cmd) for path, cmd in iter_commands(root_command())]
 

@@ -7,6 +7,7 @@ the traceback only under ``--debug`` (or ``HPATOOL_DEBUG=1``).
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Annotated, Any
 
@@ -15,7 +16,14 @@ from typer._click import exceptions as click_exc  # Typer's vendored click
 from typer.core import TyperGroup
 
 from hpatool import __version__
-from hpatool.cli._common import ROOT_HOME, HomeOpt
+from hpatool.cli._common import (
+    DATA_PANEL,
+    PREDICTION_PANEL,
+    ROOT_HOME,
+    TOOLS_PANEL,
+    TRAINING_PANEL,
+    HomeOpt,
+)
 from hpatool.errors import HpaToolError
 
 
@@ -128,14 +136,33 @@ def _root(
     ctx.meta["hpatool.debug"] = debug
 
 
-def _register() -> None:
-    # Command modules import only typer and the light parts of hpatool at module level; heavy
-    # libraries (torch, pandas, matplotlib) are imported inside the commands.
-    from hpatool.cli import datasets, external, predict, stats, synth, training
+#: Every command, in workflow order, as the root ``--help`` lists it: (command name, module
+#: under ``hpatool.cli``, the function or sub-app in it, help panel). Command modules import only
+#: typer and light parts of hpatool at module level; torch, pandas and matplotlib are imported
+#: inside the commands.
+COMMANDS = (
+    ("datasets", "datasets", "app", DATA_PANEL),
+    ("download-external", "external", "download_external", DATA_PANEL),
+    ("preprocess", "external", "preprocess", DATA_PANEL),
+    ("stats", "stats", "stats", DATA_PANEL),
+    ("show", "stats", "show", DATA_PANEL),
+    ("split", "training", "split", TRAINING_PANEL),
+    ("train", "training", "train", TRAINING_PANEL),
+    ("runs", "training", "runs_app", TRAINING_PANEL),
+    ("evaluate", "predict", "evaluate", PREDICTION_PANEL),
+    ("predict", "predict", "predict", PREDICTION_PANEL),
+    ("synth", "synth", "synth", TOOLS_PANEL),
+    ("demo", "synth", "demo", TOOLS_PANEL),
+)
 
-    app.add_typer(datasets.app, name="datasets")
-    for module in (stats, synth, training, external, predict):
-        module.register(app)
+
+def _register() -> None:
+    for name, module_name, attr, panel in COMMANDS:
+        target = getattr(importlib.import_module(f"hpatool.cli.{module_name}"), attr)
+        if isinstance(target, typer.Typer):
+            app.add_typer(target, name=name, rich_help_panel=panel)
+        else:
+            app.command(name, rich_help_panel=panel)(target)
 
 
 _register()

@@ -10,6 +10,12 @@ import typer
 
 from hpatool.registry import Registry
 
+#: The panels of the root ``--help``, in workflow order.
+DATA_PANEL = "Data"
+TRAINING_PANEL = "Training"
+PREDICTION_PANEL = "Prediction"
+TOOLS_PANEL = "Tools"
+
 HomeOpt = Annotated[
     Path | None,
     typer.Option(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +13,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
@@ -21,9 +21,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from hpatool._io import ProgressFn
+from hpatool.engine.distributed import env_rank
 
-__all__ = ["Table", "err", "out", "print_error", "print_json", "progress_bar"]
+__all__ = ["Bar", "Table", "err", "out", "print_error", "print_json", "progress_bar"]
 
 _MIN_WIDTH = 120
 
@@ -43,8 +43,8 @@ def err() -> Console:
 def print_error(message: str) -> None:
     """One line on stderr: ``error: <message>``, red on a terminal, never wrapped. Under
     torchrun the lines of ranks other than 0 say which rank they come from."""
-    rank = os.environ.get("RANK", "0")
-    if rank != "0" and os.environ.get("WORLD_SIZE", "1") != "1":
+    rank, world_size = env_rank()
+    if rank != 0 and world_size > 1:
         message = f"[rank {rank}] {message}"
     console = err()
     if console.is_terminal:
@@ -58,29 +58,57 @@ def print_json(doc: Any) -> None:
     sys.stdout.write(json.dumps(doc, indent=2) + "\n")
 
 
-@contextlib.contextmanager
-def progress_bar(description: str, unit: str = "samples") -> Iterator[ProgressFn]:
-    """A rich progress bar on stderr, driven by a ``progress(done, total)`` callback.
+class Bar:
+    """A live progress bar: call it as a ``progress(done, total)`` callback, or ``update`` it
+    with a new description or stats text as well."""
 
-    Drawn only on a terminal, so piped output and test runners stay clean.
-    """
+    def __init__(self, progress: Progress, task: TaskID) -> None:
+        self._progress = progress
+        self._task = task
+
+    def __call__(self, done: int, total: int) -> None:
+        self._progress.update(self._task, completed=done, total=total)
+
+    def update(
+        self,
+        done: int | None = None,
+        total: int | None = None,
+        *,
+        description: str | None = None,
+        stats: str | None = None,
+    ) -> None:
+        fields: dict[str, Any] = {}
+        if done is not None:
+            fields["completed"] = done
+        if total is not None:
+            fields["total"] = total
+        if description is not None:
+            fields["description"] = description
+        if stats is not None:
+            fields["stats"] = stats
+        self._progress.update(self._task, **fields)
+
+
+@contextlib.contextmanager
+def progress_bar(
+    description: str, unit: str = "samples", *, enabled: bool = True, compact: bool = False
+) -> Iterator[Bar]:
+    """The one progress bar of hpatool, on stderr, drawn only on a terminal (piped output and
+    test runners stay clean): description, bar, ``done/total unit``, a free ``stats`` text set
+    through ``Bar.update``, elapsed time and ETA. ``compact`` keeps it short (a narrow bar and
+    no elapsed time) for rows that carry a long stats text."""
     console = err()
-    bar = Progress(
+    columns: list[Any] = [
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=12 if compact else None),
         MofNCompleteColumn(),
         TextColumn(unit),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not console.is_terminal,
-    )
-    task = bar.add_task(description, total=None)
-
-    def update(done: int, total: int) -> None:
-        bar.update(task, completed=done, total=total)
-
+        TextColumn("{task.fields[stats]}"),
+    ]
+    if not compact:
+        columns += [TaskProgressColumn(), TimeElapsedColumn()]
+    columns += [TextColumn("eta"), TimeRemainingColumn(compact=compact)]
+    bar = Progress(*columns, console=console, disable=not (enabled and console.is_terminal))
+    task = bar.add_task(description, total=None, stats="")
     with bar:
-        yield update
+        yield Bar(bar, task)

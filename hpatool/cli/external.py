@@ -383,8 +383,3 @@ def _print_preprocess(s: PreprocessSummary, json_: bool) -> None:
         console.print(table)
         files = "file" if s.failed == 1 else "files"
         console.print(f"{s.failed:,} {files} failed; see {s.failures_csv}")
-
-
-def register(app: typer.Typer) -> None:
-    app.command("download-external")(download_external)
-    app.command("preprocess")(preprocess)

@@ -226,8 +226,3 @@ def evaluate(
     )
     if plot is not None:
         console.print(f"Plot written to {plot}")
-
-
-def register(app: typer.Typer) -> None:
-    app.command("predict")(predict)
-    app.command("evaluate")(evaluate)

@@ -112,8 +112,3 @@ def show(
     with open_registry(home) as reg:
         show_sample(reg, name, sample_id, out_path)
     out().print(f"Wrote {out_path}")
-
-
-def register(app: typer.Typer) -> None:
-    app.command("stats")(stats)
-    app.command("show")(show)

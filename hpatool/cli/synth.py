@@ -150,8 +150,3 @@ def demo(
     )
     console.print(f"Registry:     {home} (try: hpatool --home {home} runs show {run})")
     console.print(f"Demo finished in {time.perf_counter() - started:.1f} s.")
-
-
-def register(app: typer.Typer) -> None:
-    app.command("synth")(synth)
-    app.command("demo")(demo)

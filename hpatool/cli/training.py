@@ -467,9 +467,3 @@ def runs_show(
     for key, path in files.items():
         table.add_row(f"file: {key}", path)
     out().print(table)
-
-
-def register(app: typer.Typer) -> None:
-    app.command("split")(split)
-    app.command("train")(train)
-    app.add_typer(runs_app, name="runs")

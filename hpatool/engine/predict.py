@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hpatool._io import ProgressFn, check_output_file, save_figure, write_text_atomic
+from hpatool._io import ProgressFn, check_output_file, write_text_atomic
 from hpatool.engine import checkpoint as ckpt_mod
 from hpatool.engine.metrics import DEFAULT_THRESHOLD, apply_thresholds
 from hpatool.errors import DataError, NotFound, UsageError, WorkFailed
@@ -353,7 +353,7 @@ def _resolve_crop(
     """The crop size (``--crop-size``, else the run's training crop), checked against the size
     of the first image that can be read; unreadable images are left to the per-image failure
     path, so one bad first file doesn't cost the partial submission."""
-    from hpatool.data.dataset import Item, image_size
+    from hpatool.data.samples import Item, image_size
 
     crop = crop_size if crop_size is not None else spec.crop
     what = f"--crop-size {crop}" if crop_size is not None else f"the run's training crop {crop}"
@@ -407,7 +407,7 @@ def _score_dataset(
     progress: ProgressFn | None,
 ) -> _Scored:
     """Load the model, score ``targets`` (sharded under torchrun), gather on rank 0."""
-    from hpatool.engine.train import DistContext, resolve_device
+    from hpatool.engine.distributed import DistContext, resolve_device
 
     if agg not in AGGREGATIONS:
         raise UsageError(f"--agg {agg!r} is invalid; use max or mean")
@@ -743,35 +743,13 @@ def _validation_fold(
 
 
 def plot_f1(results: Sequence[EvaluateResult], path: Path) -> Path:
-    """Per-class F1 bars (one colour per aggregation/result), written atomically."""
-    import matplotlib
+    """Per-class F1 bars, one colour per result (see ``hpatool.plots``)."""
+    from hpatool.plots import plot_f1 as draw
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(14, 5.5), constrained_layout=True)
-    x = np.arange(NUM_CLASSES)
-    n = len(results)
-    width = 0.8 / max(n, 1)
-    for i, r in enumerate(results):
-        ax.bar(
-            x + (i - (n - 1) / 2) * width,
-            [c.f1 for c in r.classes],
-            width,
-            label=f"{r.agg} of {r.crops} crops: macro F1 {r.macro_f1:.3f}",
-        )
-    ax.set_xticks(x)
-    ax.set_xticklabels(
-        [f"{i} {name}" for i, name in enumerate(CLASS_NAMES)], rotation=60, ha="right", fontsize=8
-    )
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("F1")
-    ax.set_title(
-        f"Per-class F1 on {results[0].dataset}"
-        + (f" fold {results[0].fold}" if results[0].fold is not None else "")
-    )
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend()
-    save_figure(fig, path, dpi=110)
-    plt.close(fig)
-    return path
+    first = results[0]
+    where = f" fold {first.fold}" if first.fold is not None else ""
+    series = [
+        (f"{r.agg} of {r.crops} crops: macro F1 {r.macro_f1:.3f}", [c.f1 for c in r.classes])
+        for r in results
+    ]
+    return draw(series, f"Per-class F1 on {first.dataset}{where}", path)

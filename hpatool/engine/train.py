@@ -2,7 +2,7 @@
 
 ``fit(options, home=..., resume=...)`` trains a 4-channel CNN on registered datasets:
 validation is fold ``K`` of the first dataset, training everything else (see
-``hpatool.data.dataset.train_val_items``); rare classes are oversampled by the sampler
+``hpatool.data.samples.train_val_items``); rare classes are oversampled by the sampler
 (``hpatool.data.sampling``); AdamW with a linear warm-up then a cosine decay over all steps
 (``epochs x steps_per_epoch``); AMP (bf16 where supported, else fp16 with a GradScaler) and
 channels_last on CUDA. After every epoch: validation loss and macro F1 (at 0.5 and with per-class
@@ -32,11 +32,10 @@ import csv
 import io
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -47,25 +46,25 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from hpatool._io import atomic_path, write_text_atomic
-from hpatool.data.dataset import HpaDataset, check_crop, targets_array, train_val_items
+from hpatool._io import write_text_atomic
+from hpatool.data.samples import HpaDataset, check_crop, targets_array, train_val_items
 from hpatool.data.sampling import (
     ShardSampler,
     WeightedEpochSampler,
     class_multipliers,
-    parse_oversample,
     sample_weights,
 )
 from hpatool.data.transforms import HPA_MEAN, HPA_STD
 from hpatool.engine import checkpoint as ckpt_mod
+from hpatool.engine.config import IDENTITY_KEYS, LOSSES, TrainConfig, train_config
+from hpatool.engine.distributed import DistContext, resolve_device
 from hpatool.engine.metrics import apply_thresholds, macro_f1, tune_thresholds
-from hpatool.errors import AlreadyExists, DataError, HpaToolError, NotFound, UsageError
+from hpatool.errors import AlreadyExists, DataError, HpaToolError, UsageError
 from hpatool.labels import CLASS_NAMES, NUM_CLASSES
 from hpatool.models import IN_CHANS, create_model, resolve_arch
+from hpatool.plots import plot_curves
 from hpatool.registry import Registry, check_name
 
-LOSSES = ("bce", "focal")
-DEVICES = ("auto", "cpu", "cuda")
 FOCAL_GAMMA = 2.0
 MAX_WARMUP_STEPS = 500
 WARMUP_FRACTION = 0.05
@@ -77,107 +76,6 @@ METRIC_COLUMNS = (
     "epoch", "step", "partial", "train_loss", "val_loss", "macro_f1", "macro_f1_at_0.5", "lr",
     "images_per_s", "seconds",
 )  # fmt: skip
-
-#: Options that define a run: resuming with a different value is an error.
-IDENTITY_KEYS = (
-    "arch", "datasets", "fold", "batch_size", "crop", "lr", "weight_decay", "loss",
-    "oversample", "seed", "limit",
-)  # fmt: skip
-#: Options that belong to one invocation and are not inherited by ``--resume``.
-PER_INVOCATION_KEYS = ("max_steps", "resume")
-
-
-# ----------------------------------------------------------------------------- configuration
-
-
-@dataclass
-class TrainConfig:
-    """The options of ``hpatool train`` (what ``config.json`` holds under ``"options"``)."""
-
-    datasets: list[str]
-    arch: str = "resnet50"
-    fold: int = 0
-    epochs: int = 10
-    batch_size: int = 32
-    crop: int = 256
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    loss: str = "bce"
-    oversample: str = "auto"
-    pretrained: str | None = None
-    workers: int = 4
-    device: str = "auto"
-    amp: bool = True
-    out: str = "runs"
-    name: str | None = None
-    seed: int = 0
-    max_steps: int | None = None
-    limit: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def validate(self) -> None:
-        def bad(flag: str, value: object, rule: str) -> UsageError:
-            return UsageError(f"--{flag} {value} is invalid; {rule}")
-
-        if not self.datasets:
-            raise UsageError("give at least one --dataset NAME")
-        resolve_arch(self.arch)
-        if self.fold < 0:
-            raise bad("fold", self.fold, "folds are numbered from 0")
-        if self.epochs < 1:
-            raise bad("epochs", self.epochs, "train for at least 1 epoch")
-        if self.batch_size < 1:
-            raise bad("batch-size", self.batch_size, "use at least 1")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise bad("lr", self.lr, "use a positive learning rate such as 5e-4")
-        if self.weight_decay < 0:
-            raise bad("weight-decay", self.weight_decay, "use 0 or more")
-        if self.loss not in LOSSES:
-            raise bad("loss", self.loss, f"use one of {', '.join(LOSSES)}")
-        parse_oversample(self.oversample)
-        if self.workers < 0:
-            raise bad("workers", self.workers, "use 0 (load in the main process) or more")
-        if self.device not in DEVICES:
-            raise bad("device", self.device, f"use one of {', '.join(DEVICES)}")
-        if self.seed < 0:
-            raise bad("seed", self.seed, "use a non-negative integer")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise bad("max-steps", self.max_steps, "use at least 1")
-        if self.limit is not None and self.limit < 1:
-            raise bad("limit", self.limit, "use at least 1")
-        if self.pretrained is not None and str(self.pretrained).lower() != "none":
-            path = Path(self.pretrained).expanduser()
-            if not path.is_file():
-                raise NotFound(
-                    f"--pretrained {self.pretrained}: no such file; give a local state dict "
-                    "or 'none'"
-                )
-
-
-def _config_from(options: dict[str, Any], base: dict[str, Any] | None = None) -> TrainConfig:
-    known = {f for f in TrainConfig.__dataclass_fields__}
-    unknown = set(options) - known - {"resume"}
-    if unknown:
-        raise ValueError(f"unknown training options {sorted(unknown)}")
-    merged: dict[str, Any] = {}
-    if base:
-        merged.update(
-            {k: v for k, v in base.items() if k in known and k not in PER_INVOCATION_KEYS}
-        )
-    merged.update({k: v for k, v in options.items() if k in known and v is not None})
-    if "datasets" not in merged or not merged["datasets"]:
-        raise UsageError("give at least one --dataset NAME (the first one is split into folds)")
-    merged["datasets"] = list(merged["datasets"])
-    pretrained = merged.get("pretrained")
-    if pretrained is not None and str(pretrained).lower() == "none":
-        merged["pretrained"] = None
-    elif pretrained is not None:
-        merged["pretrained"] = str(pretrained)
-    if merged.get("out") is not None:
-        merged["out"] = str(merged["out"])
-    return TrainConfig(**merged)
 
 
 def default_run_name(arch: str, fold: int) -> str:
@@ -199,91 +97,6 @@ def cosine_with_warmup(total_steps: int, warmup: int) -> Callable[[int], float]:
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
-
-
-# ------------------------------------------------------------------------------ distributed
-
-
-@dataclass
-class DistContext:
-    """Rank and world size from torchrun's environment; initialises the process group."""
-
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-    initialised: bool = False
-
-    @classmethod
-    def from_env(cls) -> DistContext:
-        return cls(
-            rank=int(os.environ.get("RANK", "0")),
-            local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-            world_size=int(os.environ.get("WORLD_SIZE", "1")),
-        )
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def init(self, device: torch.device) -> None:
-        if not self.distributed or self.initialised:
-            return
-        import torch.distributed as dist
-
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(
-            backend=backend, device_id=device if device.type == "cuda" else None
-        )
-        self.initialised = True
-
-    def barrier(self) -> None:
-        if self.initialised:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def broadcast(self, value: Any) -> Any:
-        """``value`` of rank 0, on every rank."""
-        if not self.initialised:
-            return value
-        import torch.distributed as dist
-
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def gather(self, value: Any) -> list[Any]:
-        """Every rank's ``value``, in rank order, on every rank."""
-        if not self.initialised:
-            return [value]
-        import torch.distributed as dist
-
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, value)
-        return out
-
-    def destroy(self) -> None:
-        if self.initialised:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-            self.initialised = False
-
-
-def resolve_device(name: str, ctx: DistContext) -> torch.device:
-    if name not in DEVICES:
-        raise UsageError(f"--device {name} is invalid; use one of {', '.join(DEVICES)}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available; use --device cpu or auto")
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda", ctx.local_rank % max(1, torch.cuda.device_count()))
 
 
 # ------------------------------------------------------------------------------------ losses
@@ -507,37 +320,6 @@ def write_metrics_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     write_text_atomic(path, buf.getvalue())
 
 
-def write_curves(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """``curves.png``: training/validation loss and macro F1 per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    epochs = [r["epoch"] for r in rows]
-    fig = Figure(figsize=(10, 4), dpi=100)
-    ax_loss, ax_f1 = fig.subplots(1, 2)
-    ax_loss.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train")
-    ax_loss.plot(epochs, [r["val_loss"] for r in rows], "o-", label="validation")
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("loss")
-    ax_loss.set_title("Loss")
-    ax_loss.legend()
-    ax_f1.plot(epochs, [r["macro_f1"] for r in rows], "o-", label="tuned thresholds")
-    ax_f1.plot(epochs, [r["macro_f1_at_0.5"] for r in rows], "o-", label="threshold 0.5")
-    ax_f1.set_xlabel("epoch")
-    ax_f1.set_ylabel("macro F1")
-    ax_f1.set_title("Validation macro F1")
-    ax_f1.set_ylim(0, 1)
-    ax_f1.legend()
-    for ax in (ax_loss, ax_f1):
-        ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-
-
 def write_thresholds(
     path: Path, thresholds: Sequence[float], metrics: dict[str, Any], epoch: int
 ) -> None:
@@ -706,7 +488,7 @@ def _resolve_run(
         saved = checkpoint.get("config", {}).get("options", {})
         _check_own_checkpoint(checkpoint, saved, name, reg, last)
         _check_resume_config(saved, opts, last)
-        config = _config_from({**opts, "name": name}, base=saved)
+        config = train_config({**opts, "name": name}, base=saved)
         if config.epochs * max(1, checkpoint["steps_per_epoch"]) < checkpoint["step"]:
             raise UsageError(
                 f"--epochs {config.epochs} is fewer than the {checkpoint['epoch']} epochs run "
@@ -714,7 +496,7 @@ def _resolve_run(
             )
         config.validate()
         return config, name, run_dir, checkpoint
-    config = _config_from(opts)
+    config = train_config(opts)
     config.validate()
     if not name:
         name = ctx.broadcast(default_run_name(config.arch, config.fold))
@@ -1043,7 +825,7 @@ def _fit_with_registry(
                     ckpt_mod.save_checkpoint(run_dir / ckpt_mod.BEST, state)
                     write_thresholds(run_dir / THRESHOLDS_FILE, thresholds, metrics, epoch + 1)
                 write_metrics_csv(run_dir / METRICS_FILE, history)
-                write_curves(run_dir / CURVES_FILE, history)
+                plot_curves(history, run_dir / CURVES_FILE)
                 reg.update_run(
                     name, best_f1=best_f1, best_epoch=best_epoch, epochs_done=epochs_done
                 )

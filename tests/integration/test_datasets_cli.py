@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from hpatool.registry import REGISTRY_FILE
-from tests.conftest import HPAV18_CSV, REPO, SUBMISSION_CSV, TRAIN_CSV, Invoke
+from tests.support import REPO, Invoke
 
 TRAIN_COUNTS = [
     12885,
@@ -60,8 +60,8 @@ def snapshot(home: Path) -> list[str]:
         conn.close()
 
 
-def test_stats_json_on_real_train_csv(cli: Invoke) -> None:
-    res = cli("datasets", "add", "train", "--labels", TRAIN_CSV)
+def test_stats_json_on_real_train_csv(train_csv: Path, cli: Invoke) -> None:
+    res = cli("datasets", "add", "train", "--labels", train_csv)
     assert res.exit_code == 0, res.output
     assert "31,072 samples" in res.stdout
     res = cli("stats", "train", "--json")
@@ -77,17 +77,17 @@ def test_stats_json_on_real_train_csv(cli: Invoke) -> None:
     assert ds["labels_per_sample"] == {"1": 15126, "2": 12485, "3": 3160, "4": 299, "5": 2}
 
 
-def test_hpav18_and_submission_register(cli: Invoke) -> None:
-    res = cli("datasets", "add", "hpa-v18", "--labels", HPAV18_CSV, "--kind", "external")
+def test_hpav18_and_submissionregister(submission_csv: Path, hpav18_csv: Path, cli: Invoke) -> None:
+    res = cli("datasets", "add", "hpa-v18", "--labels", hpav18_csv, "--kind", "external")
     assert res.exit_code == 0, res.output
-    res = cli("datasets", "add", "test", "--labels", SUBMISSION_CSV)
+    res = cli("datasets", "add", "test", "--labels", submission_csv)
     assert res.exit_code == 0, res.output
     listing = {d["name"]: d for d in json.loads(cli("datasets", "list", "--json").stdout)}
     assert listing["hpa-v18"]["samples"] == 74606 and listing["hpa-v18"]["kind"] == "external"
     assert listing["test"]["samples"] == 11702 and listing["test"]["labelled"] == 0
     assert listing["test"]["kind"] == "test"
     shown = json.loads(cli("datasets", "show", "test", "--json").stdout)
-    assert shown["labels"] == str(SUBMISSION_CSV.resolve())
+    assert shown["labels"] == str(submission_csv.resolve())
     assert len(shown["labels_sha256"]) == 64
     doc = json.loads(cli("stats", "test", "hpa-v18", "--json").stdout)
     assert [d["name"] for d in doc["datasets"]] == ["test", "hpa-v18"]
@@ -96,18 +96,18 @@ def test_hpav18_and_submission_register(cli: Invoke) -> None:
     assert sum(doc["datasets"][1]["labels_per_sample"].values()) == 74606
 
 
-def test_submission_order_is_kept(cli: Invoke, home: Path) -> None:
-    cli("datasets", "add", "test", "--labels", SUBMISSION_CSV)
+def test_submission_order_is_kept(submission_csv: Path, cli: Invoke, home: Path) -> None:
+    cli("datasets", "add", "test", "--labels", submission_csv)
     from hpatool.registry import Registry
 
     with Registry.open(home) as reg:
         ids = [s.id for s in reg.samples("test")]
-    expected = [line.split(",")[0] for line in SUBMISSION_CSV.read_text().splitlines()[1:]]
+    expected = [line.split(",")[0] for line in submission_csv.read_text().splitlines()[1:]]
     assert ids == expected
 
 
-def test_stats_table_and_plot(cli: Invoke, tmp_path: Path) -> None:
-    cli("datasets", "add", "train", "--labels", TRAIN_CSV)
+def test_stats_table_and_plot(train_csv: Path, cli: Invoke, tmp_path: Path) -> None:
+    cli("datasets", "add", "train", "--labels", train_csv)
     plot = tmp_path / "classes.png"
     res = cli("stats", "train", "--plot", plot)
     assert res.exit_code == 0, res.output
@@ -119,18 +119,20 @@ def test_stats_table_and_plot(cli: Invoke, tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".tmp-*"))
 
 
-def test_remove_and_list(cli: Invoke) -> None:
-    cli("datasets", "add", "a", "--labels", TRAIN_CSV)
+def test_remove_and_list(train_csv: Path, cli: Invoke) -> None:
+    cli("datasets", "add", "a", "--labels", train_csv)
     res = cli("datasets", "remove", "a")
     assert res.exit_code == 0 and "Removed dataset a" in res.stdout
     assert json.loads(cli("datasets", "list", "--json").stdout) == []
-    res = cli("datasets", "add", "a", "--labels", TRAIN_CSV)  # the name is free again
+    res = cli("datasets", "add", "a", "--labels", train_csv)  # the name is free again
     assert res.exit_code == 0
 
 
-def test_home_option_beats_env(cli: Invoke, home: Path, tmp_path: Path) -> None:
+def test_home_option_beats_env(
+    submission_csv: Path, cli: Invoke, home: Path, tmp_path: Path
+) -> None:
     other = tmp_path / "other-home"
-    assert cli("datasets", "add", "x", "--labels", SUBMISSION_CSV, "--home", other).exit_code == 0
+    assert cli("datasets", "add", "x", "--labels", submission_csv, "--home", other).exit_code == 0
     assert cli("--home", other, "datasets", "show", "x").exit_code == 0
     assert (other / REGISTRY_FILE).exists()
     res = cli("datasets", "show", "x")  # env home: not there
@@ -182,9 +184,9 @@ BAD_CSVS = {
 
 @pytest.mark.parametrize("case", sorted(BAD_CSVS))
 def test_bad_csv_one_line_and_registry_unchanged(
-    cli: Invoke, home: Path, tmp_path: Path, case: str
+    submission_csv: Path, cli: Invoke, home: Path, tmp_path: Path, case: str
 ) -> None:
-    cli("datasets", "add", "existing", "--labels", SUBMISSION_CSV)
+    cli("datasets", "add", "existing", "--labels", submission_csv)
     before = snapshot(home)
     text, expected = BAD_CSVS[case]
     path = write_csv(tmp_path, text)
@@ -196,8 +198,8 @@ def test_bad_csv_one_line_and_registry_unchanged(
     assert snapshot(home) == before
 
 
-def test_unknown_dataset(cli: Invoke, home: Path) -> None:
-    cli("datasets", "add", "train", "--labels", SUBMISSION_CSV)
+def test_unknown_dataset(submission_csv: Path, cli: Invoke, home: Path) -> None:
+    cli("datasets", "add", "train", "--labels", submission_csv)
     before = snapshot(home)
     for args in (
         ("datasets", "show", "nope"),
@@ -213,10 +215,12 @@ def test_unknown_dataset(cli: Invoke, home: Path) -> None:
     assert snapshot(home) == before
 
 
-def test_adding_existing_name(cli: Invoke, home: Path) -> None:
-    cli("datasets", "add", "train", "--labels", TRAIN_CSV)
+def test_adding_existing_name(
+    train_csv: Path, submission_csv: Path, cli: Invoke, home: Path
+) -> None:
+    cli("datasets", "add", "train", "--labels", train_csv)
     before = snapshot(home)
-    res = cli("datasets", "add", "train", "--labels", SUBMISSION_CSV)
+    res = cli("datasets", "add", "train", "--labels", submission_csv)
     assert res.exit_code == 2
     assert res.stderr == (
         f"error: dataset 'train' already exists in {home / REGISTRY_FILE}; "
@@ -225,15 +229,17 @@ def test_adding_existing_name(cli: Invoke, home: Path) -> None:
     assert snapshot(home) == before
 
 
-def test_missing_csv_and_bad_usage(cli: Invoke, home: Path, tmp_path: Path) -> None:
+def test_missing_csv_and_bad_usage(
+    train_csv: Path, cli: Invoke, home: Path, tmp_path: Path
+) -> None:
     res = cli("datasets", "add", "x", "--labels", tmp_path / "nope.csv")
     assert res.exit_code == 2
     assert res.stderr.startswith(f"error: {tmp_path / 'nope.csv'}: no such file")
     res = cli("datasets", "add", "x")
     assert res.exit_code == 2 and "give --labels CSV, --root DIR, or both" in res.stderr
-    res = cli("datasets", "add", "bad/name", "--labels", TRAIN_CSV)
+    res = cli("datasets", "add", "bad/name", "--labels", train_csv)
     assert res.exit_code == 2 and "invalid dataset name 'bad/name'" in res.stderr
-    res = cli("datasets", "add", "x", "--labels", TRAIN_CSV, "--kind", "weird")
+    res = cli("datasets", "add", "x", "--labels", train_csv, "--kind", "weird")
     assert res.exit_code == 2 and "invalid --kind 'weird'" in res.stderr
     assert json.loads(cli("datasets", "list", "--json").stdout) == []
 
@@ -292,8 +298,8 @@ def test_folder_dataset_and_verify(cli: Invoke, tmp_path: Path) -> None:
     assert res.exit_code == 1 and "1 ok, 5 failed" in res.stdout
 
 
-def test_verify_labels_only_dataset(cli: Invoke) -> None:
-    cli("datasets", "add", "t", "--labels", SUBMISSION_CSV)
+def test_verify_labels_only_dataset(submission_csv: Path, cli: Invoke) -> None:
+    cli("datasets", "add", "t", "--labels", submission_csv)
     res = cli("datasets", "verify", "t")
     assert res.exit_code == 2
     assert "has no image folder (labels only)" in res.stderr
@@ -320,12 +326,14 @@ def test_show_writes_picture(cli: Invoke, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "has no sample 'zz'" in res.stderr
 
 
-def test_two_processes_add_at_once(tmp_path: Path) -> None:
+def test_two_processes_add_at_once(
+    train_csv: Path, submission_csv: Path, hpav18_csv: Path, tmp_path: Path
+) -> None:
     home = tmp_path / "shared-home"
     env = {**os.environ, "HPATOOL_HOME": str(home)}
     cmds = [
-        [sys.executable, "-m", "hpatool", "datasets", "add", "v18", "--labels", str(HPAV18_CSV)],
-        [sys.executable, "-m", "hpatool", "datasets", "add", "train", "--labels", str(TRAIN_CSV)],
+        [sys.executable, "-m", "hpatool", "datasets", "add", "v18", "--labels", str(hpav18_csv)],
+        [sys.executable, "-m", "hpatool", "datasets", "add", "train", "--labels", str(train_csv)],
         [
             sys.executable,
             "-m",
@@ -334,7 +342,7 @@ def test_two_processes_add_at_once(tmp_path: Path) -> None:
             "add",
             "test",
             "--labels",
-            str(SUBMISSION_CSV),
+            str(submission_csv),
         ],
     ]
     procs = [

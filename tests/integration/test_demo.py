@@ -4,7 +4,7 @@ import csv
 import re
 from pathlib import Path
 
-from tests.conftest import Invoke
+from tests.support import Invoke
 
 
 def test_demo_runs_the_chain_in_its_own_home(cli: Invoke, home: Path, tmp_path: Path) -> None:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import csv
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +18,16 @@ from hpatool.download.urls import check_base_url, image_url
 from hpatool.errors import UsageError
 from hpatool.ids import COLOURS
 from hpatool.registry import Registry
-from tests.conftest import HPAV18_CSV, REPO, Invoke
 from tests.integration.hpa_server import HpaServer, image_path
+from tests.support import (
+    FAST,
+    Invoke,
+    assert_sample_pngs,
+    leftovers,
+    start_hpatool,
+    wait_for_pngs,
+    write_labels,
+)
 
 # Every id form of HPAv18RBGY_wodpl.csv, and some more plain ones.
 IDS = [
@@ -35,29 +40,6 @@ IDS = [
     "1000_1_A2_1",
     "1000_1_A2_2",
 ]
-FAST = ["--timeout", "0.5", "--backoff", "0.01", "--workers", "2", "--size", "32"]
-
-
-def write_labels(path: Path, ids: list[str]) -> Path:
-    path.write_text("Id,Target\n" + "".join(f"{i},{k % 25} 25\n" for k, i in enumerate(ids)))
-    return path
-
-
-def leftovers(folder: Path) -> list[str]:
-    return sorted(
-        str(p.relative_to(folder))
-        for p in folder.rglob("*")
-        if p.name.endswith(".part") or p.name.startswith(".tmp-")
-    )
-
-
-def assert_sample_pngs(out: Path, sample_id: str, size: int = 32) -> None:
-    for colour in COLOURS:
-        path = out / f"{sample_id}_{colour}.png"
-        with Image.open(path) as img:
-            img.load()
-            assert img.mode == "L", path
-            assert img.size == (size, size), path
 
 
 @pytest.fixture
@@ -69,7 +51,7 @@ def server() -> Iterator[HpaServer]:
 # --------------------------------------------------------------------------- pure helpers
 
 
-def test_urls_for_every_hpav18_id_form() -> None:
+def test_urls_for_every_hpav18_id_form(hpav18_csv: Path) -> None:
     base = "http://v18.proteinatlas.org/images"
     assert image_url(base, "10580_1610_C1_1", "red") == f"{base}/10580/1610_C1_1_red.jpg"
     assert image_url(base, "63683_si35_H1_11", "yellow") == f"{base}/63683/si35_H1_11_yellow.jpg"
@@ -77,7 +59,7 @@ def test_urls_for_every_hpav18_id_form() -> None:
         image_url(base + "/", "11651_1732_F3_13_cr580610dc203b9", "blue")
         == f"{base}/11651/1732_F3_13_cr580610dc203b9_blue.jpg"
     )
-    with open(HPAV18_CSV, encoding="utf-8") as fh:
+    with open(hpav18_csv, encoding="utf-8") as fh:
         ids = [row["Id"] for row in csv.DictReader(fh)]
     assert len(ids) == 74606
     for sample_id in ids:
@@ -108,8 +90,8 @@ def test_option_parsers() -> None:
     assert all(0 <= backoff_delay(k, 0.5) <= min(60, 0.5 * 2 ** (k - 1)) for k in range(1, 40))
 
 
-def test_shards_are_deterministic_disjoint_and_cover_everything() -> None:
-    with open(HPAV18_CSV, encoding="utf-8") as fh:
+def test_shards_are_deterministic_disjoint_and_cover_everything(hpav18_csv: Path) -> None:
+    with open(hpav18_csv, encoding="utf-8") as fh:
         ids = [row["Id"] for row in csv.DictReader(fh)]
     shards = [Shard(i, 4) for i in range(1, 5)]
     counts = [sum(1 for s in ids if s in shard) for shard in shards]
@@ -464,37 +446,13 @@ def test_unreachable_server_fails_cleanly(cli: Invoke, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- kill and Ctrl-C
 
 
-def _start(args: list[str], home: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "HPATOOL_HOME": str(home), "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "hpatool", *args],
-        cwd=REPO,
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-
-
-def _wait_for_pngs(out: Path, n: int, proc: subprocess.Popen[str], limit_s: float = 30) -> None:
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if out.is_dir() and len(list(out.glob("*.png"))) >= n:
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"download ended early: {proc.communicate()}")
-        time.sleep(0.02)
-    proc.kill()
-    pytest.fail("no progress")
-
-
 @pytest.mark.slow
 def test_sigkill_midway_then_rerun_completes(cli: Invoke, tmp_path: Path, home: Path) -> None:
     ids = [f"{2000 + k}_1_B1_{k}" for k in range(24)]
     labels = write_labels(tmp_path / "labels.csv", ids)
     out = tmp_path / "out"
     with HpaServer(image_size=64, latency=0.05) as server:
-        proc = _start(
+        proc = start_hpatool(
             [
                 "download-external",
                 "--labels",
@@ -510,7 +468,7 @@ def test_sigkill_midway_then_rerun_completes(cli: Invoke, tmp_path: Path, home: 
             ],
             home,
         )
-        _wait_for_pngs(out, 12, proc)
+        wait_for_pngs(out, 12, proc)
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=10)
         assert proc.returncode == -signal.SIGKILL
@@ -553,7 +511,7 @@ def test_ctrl_c_stops_cleanly(tmp_path: Path, home: Path) -> None:
     labels = write_labels(tmp_path / "labels.csv", ids)
     out = tmp_path / "out"
     with HpaServer(image_size=64, latency=0.1) as server:
-        proc = _start(
+        proc = start_hpatool(
             [
                 "download-external",
                 "--labels",
@@ -568,7 +526,7 @@ def test_ctrl_c_stops_cleanly(tmp_path: Path, home: Path) -> None:
             ],
             home,
         )
-        _wait_for_pngs(out, 8, proc)
+        wait_for_pngs(out, 8, proc)
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 130, stderr

@@ -24,14 +24,15 @@ from typer.testing import Result
 from hpatool.download._client import UNREACHABLE_ATTEMPTS
 from hpatool.ids import COLOURS
 from hpatool.registry import Registry
-from tests.conftest import REPO, Invoke
 from tests.integration.hpa_server import HpaServer, fluorescence, stain_rgb
-from tests.integration.test_download import (
+from tests.support import (
     FAST,
-    _start,
-    _wait_for_pngs,
+    REPO,
+    Invoke,
     assert_sample_pngs,
     leftovers,
+    start_hpatool,
+    wait_for_pngs,
     write_labels,
 )
 
@@ -364,10 +365,10 @@ def test_preprocess_sigterm_then_rerun_completes(
     src, out = tmp_path / "src", tmp_path / "out"
     ids = [f"t{k:03d}" for k in range(20)]
     write_jpegs(src, ids, size=1024)  # 80 files, ~30 ms each at the original size
-    proc = _start(
+    proc = start_hpatool(
         ["preprocess", str(src), "--out", str(out), "--size", "0", "--workers", workers], home
     )
-    _wait_for_pngs(out, 4, proc)
+    wait_for_pngs(out, 4, proc)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 143, (stdout, stderr)

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from hpatool.cli import app
 from hpatool.imaging import save_png
 from hpatool.synth import generate_sample, sample_targets, synth_dataset
-from tests.conftest import REPO, SUBMISSION_CSV
+from tests.support import REPO
 
 SIZE = 64
 N_TEST = 20
@@ -28,7 +28,7 @@ def run_cli(home: Path, *args: object) -> object:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def trained(submission_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A registry with a 1-epoch resnet18 run on synthetic data and a test set whose ids are the
     first rows of the real sample_submission.csv, in that file's order."""
     base = tmp_path_factory.mktemp("predict")
@@ -37,7 +37,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     synth_dataset(train_dir, samples=48, size=SIZE, seed=3)
     test_dir = base / "test"
     test_dir.mkdir()
-    lines = SUBMISSION_CSV.read_text().splitlines()[: N_TEST + 1]
+    lines = submission_csv.read_text().splitlines()[: N_TEST + 1]
     sub = base / "sample_submission_head.csv"
     sub.write_text("\n".join(lines) + "\n")
     rng = np.random.default_rng(0)
@@ -171,12 +171,12 @@ def test_min_labels(trained: dict[str, Path], tmp_path: Path) -> None:
     assert all(len(lab) == 28 for lab in labels("--threshold", "0.001", "--min-labels", "1"))
 
 
-def test_bad_input(trained: dict[str, Path], tmp_path: Path) -> None:
+def test_bad_input(submission_csv: Path, trained: dict[str, Path], tmp_path: Path) -> None:
     home = trained["home"]
     res = run_cli(home, "predict", "--run", "nope", "--dataset", "te")
     assert res.exit_code == 2
     assert "unknown run 'nope'" in res.stderr and "(known: r1)" in res.stderr  # type: ignore
-    run_cli(home, "datasets", "add", "labels-only", "--labels", SUBMISSION_CSV)
+    run_cli(home, "datasets", "add", "labels-only", "--labels", submission_csv)
     res = run_cli(home, "predict", "--run", "r1", "--dataset", "labels-only")
     assert res.exit_code == 2 and "has no image folder" in res.stderr  # type: ignore
     res = run_cli(

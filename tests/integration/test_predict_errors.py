@@ -25,7 +25,7 @@ from hpatool.errors import DataError
 from hpatool.imaging import save_png
 from hpatool.registry import Registry
 from hpatool.synth import generate_sample, sample_targets, synth_dataset
-from tests.conftest import SUBMISSION_CSV, Invoke
+from tests.support import Invoke, one_line_error
 
 SIZE = 48
 N_TEST = 10
@@ -36,16 +36,6 @@ FAST = ("--crops", "2", "--device", "cpu", "--workers", "0")
 
 def run_cli(home: Path, *args: object) -> Result:
     return CliRunner().invoke(app, ["--home", str(home), *[str(a) for a in args]])
-
-
-def one_line_error(res: Result, code: int) -> str:
-    """The single ``error: ...`` line of a failed command (no traceback, no boxed text)."""
-    assert res.exit_code == code, (res.exit_code, res.stdout, res.stderr)
-    text = res.stderr.strip()
-    assert text.startswith("error: "), text
-    assert "\n" not in text and "Traceback" not in text, text
-    assert not set(text) & set("╭╮╰╯│─"), text
-    return text
 
 
 def read_rows(path: Path) -> list[list[str]]:
@@ -63,7 +53,7 @@ class Trained:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+def trained(submission_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained:
     """A registry with a 2-epoch resnet10t run (validation fold 1) on 24 synthetic samples, and
     a test set 'te' of real sample_submission.csv ids in a shuffled order."""
     base = tmp_path_factory.mktemp("predict-errors")
@@ -71,7 +61,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     train_dir = base / "train"
     synth_dataset(train_dir, samples=24, size=SIZE, seed=5)
     rng = np.random.default_rng(7)
-    real = SUBMISSION_CSV.read_text().splitlines()
+    real = submission_csv.read_text().splitlines()
     picked = [real[1 + int(i)] for i in rng.choice(len(real) - 1, size=N_TEST, replace=False)]
     ids = [line.split(",")[0] for line in picked]
     assert ids != sorted(ids)  # only a shuffled file proves the order is kept

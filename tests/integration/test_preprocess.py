@@ -12,8 +12,8 @@ from PIL import Image
 
 from hpatool.ids import COLOURS
 from hpatool.registry import Registry
-from tests.conftest import PORTAL_FIELD, Invoke
 from tests.integration.hpa_server import HpaServer, fluorescence, stain_rgb
+from tests.support import Invoke
 
 
 def make_sources(src: Path) -> dict[str, Path]:
@@ -64,10 +64,10 @@ def test_converts_every_kind_of_source(cli: Invoke, tmp_path: Path) -> None:
     assert not (out / "failures.csv").exists()
 
 
-def test_real_16_bit_field(cli: Invoke, tmp_path: Path) -> None:
+def test_real_16_bit_field(portal_field: Path, cli: Invoke, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    (src / PORTAL_FIELD.name).symlink_to(PORTAL_FIELD)
+    (src / portal_field.name).symlink_to(portal_field)
     result = cli("preprocess", src, "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
     arr = np.asarray(Image.open(tmp_path / "out" / "1000_A12_2_green.png"))

@@ -10,18 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import Result
 
-from hpatool.data.dataset import HpaDataset, dataset_items
+from hpatool.data.samples import HpaDataset, dataset_items
 from hpatool.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
 from hpatool.engine.metrics import constant_baseline_macro_f1, macro_f1
 from hpatool.registry import Registry
 from hpatool.synth import synth_dataset
-from tests.conftest import Invoke
-
-ARCH = "resnet10t"  # a small timm ResNet: fast on CPU
-SIZE = 48
-TRAIN = ("--arch", ARCH, "--crop", "32", "--batch-size", "8", "--device", "cpu", "--lr", "3e-3")
+from tests.support import ARCH, SIZE, TRAIN, Invoke, one_line_error, register
 
 
 @pytest.fixture(scope="module")
@@ -31,25 +26,10 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _register(cli: Invoke, data: Path, name: str = "syn", folds: int | None = 4) -> None:
-    result = cli("datasets", "add", name, "--labels", data / "labels.csv", "--root", data)
-    assert result.exit_code == 0, result.output
-    if folds:
-        result = cli("split", name, "--folds", str(folds))
-        assert result.exit_code == 0, result.output
-
-
-def _one_line_error(result: Result, code: int = 2) -> str:
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    text = result.stderr.strip()
-    assert text.startswith("error: ") and "\n" not in text and "Traceback" not in text, text
-    return text
-
-
 def test_train_writes_run_files_and_registers_the_run(
     cli: Invoke, home: Path, synth_dir: Path, tmp_path: Path
 ) -> None:
-    _register(cli, synth_dir)
+    register(cli, synth_dir)
     out = tmp_path / "runs"
     result = cli(
         "train",
@@ -138,7 +118,7 @@ def test_train_writes_run_files_and_registers_the_run(
     assert doc["out_dir"] == str(run) and "checkpoint-best.pt" in doc["files"]
     assert "r1" in cli("runs", "list").stdout
     assert "option: crop" in cli("runs", "show", "r1").stdout
-    missing = _one_line_error(cli("runs", "show", "nope"))
+    missing = one_line_error(cli("runs", "show", "nope"))
     assert "unknown run 'nope'" in missing and "r1" in missing
 
 
@@ -155,7 +135,7 @@ def _assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -
 def test_resume_ends_with_the_same_weights(
     cli: Invoke, home: Path, synth_dir: Path, tmp_path: Path
 ) -> None:
-    _register(cli, synth_dir)
+    register(cli, synth_dir)
     out = tmp_path / "runs"
     common = ("--dataset", "syn", *TRAIN, "--epochs", "2", "--out", out)
     full = cli("train", *common, "--workers", "0", "--name", "full")
@@ -199,36 +179,36 @@ def test_resume_ends_with_the_same_weights(
 def test_bad_input_gives_clear_errors(
     cli: Invoke, home: Path, synth_dir: Path, tmp_path: Path
 ) -> None:
-    _register(cli, synth_dir)
-    _register(cli, synth_dir, name="unsplit", folds=None)
+    register(cli, synth_dir)
+    register(cli, synth_dir, name="unsplit", folds=None)
     out = tmp_path / "runs"
     base = ("--dataset", "syn", "--device", "cpu", "--workers", "0", "--out", out)
 
-    text = _one_line_error(cli("train", *base, "--arch", "resnet5O"))
+    text = one_line_error(cli("train", *base, "--arch", "resnet5O"))
     assert "unknown --arch 'resnet5O'" in text and "resnet50" in text
     assert "inceptionresnetv2" in text
-    text = _one_line_error(cli("train", *base, "--arch", ARCH, "--fold", "7"))
+    text = one_line_error(cli("train", *base, "--arch", ARCH, "--fold", "7"))
     assert "fold 7 does not exist" in text and "4 folds" in text
-    text = _one_line_error(cli("train", "--dataset", "unsplit", "--arch", ARCH, "--out", out))
+    text = one_line_error(cli("train", "--dataset", "unsplit", "--arch", ARCH, "--out", out))
     assert "hpatool split unsplit" in text
-    text = _one_line_error(cli("train", *base, "--arch", ARCH, "--crop", "64"))
+    text = one_line_error(cli("train", *base, "--arch", ARCH, "--crop", "64"))
     assert "--crop 64 is larger than the 48x48 images" in text
-    text = _one_line_error(
+    text = one_line_error(
         cli("train", *base, "--arch", ARCH, "--crop", "32", "--oversample", "27=7,Nucleus=2")
     )
     assert "'Nucleus'" in text
-    text = _one_line_error(
+    text = one_line_error(
         cli("train", *base, "--arch", ARCH, "--crop", "32", "--batch-size", "500")
     )
     assert "--batch-size 500" in text
-    text = _one_line_error(cli("train", "--dataset", "nope", "--arch", ARCH))
+    text = one_line_error(cli("train", "--dataset", "nope", "--arch", ARCH))
     assert "unknown dataset 'nope'" in text
-    text = _one_line_error(cli("train", "--arch", ARCH))
+    text = one_line_error(cli("train", "--arch", ARCH))
     assert "--dataset" in text
     if not torch.cuda.is_available():
-        text = _one_line_error(cli("train", *base, "--arch", ARCH, "--device", "cuda"))
+        text = one_line_error(cli("train", *base, "--arch", ARCH, "--device", "cuda"))
         assert "no CUDA device" in text
-    text = _one_line_error(cli("train", "--resume", "--name", "ghost", "--out", out))
+    text = one_line_error(cli("train", "--resume", "--name", "ghost", "--out", out))
     assert "no checkpoint-last.pt" in text
     assert not out.exists()  # nothing was written by the failed commands
     with Registry.open(home) as reg:
@@ -249,11 +229,11 @@ def test_bad_input_gives_clear_errors(
         "r1",
     )
     assert ok.exit_code == 0, ok.output
-    text = _one_line_error(cli("train", *base, "--arch", ARCH, "--crop", "32", "--name", "r1"))
+    text = one_line_error(cli("train", *base, "--arch", ARCH, "--crop", "32", "--name", "r1"))
     assert "run 'r1' already exists" in text and "--resume" in text
-    text = _one_line_error(cli("train", "--resume", "--name", "r1", "--arch", "resnet50"))
+    text = one_line_error(cli("train", "--resume", "--name", "r1", "--arch", "resnet50"))
     assert "is of --arch resnet10t, not resnet50" in text
-    text = _one_line_error(cli("train", "--resume", "--name", "r1", "--crop", "24"))
+    text = one_line_error(cli("train", "--resume", "--name", "r1", "--crop", "24"))
     assert "--crop 24 differs from the run's 32" in text
 
 
@@ -264,7 +244,7 @@ def test_short_cpu_training_learns(cli: Invoke, home: Path, tmp_path: Path) -> N
     train_dir, test_dir = tmp_path / "train", tmp_path / "test"
     synth_dataset(train_dir, samples=320, size=64, seed=3, workers=2)
     synth_dataset(test_dir, samples=120, size=64, seed=4, workers=2)
-    _register(cli, train_dir, name="learn", folds=5)
+    register(cli, train_dir, name="learn", folds=5)
     result = cli(
         "train",
         "--dataset",

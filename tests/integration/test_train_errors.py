@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from hpatool.data.dataset import train_val_items
+from hpatool.data.samples import train_val_items
 from hpatool.registry import Registry
 from hpatool.synth import synth_dataset
-from tests.conftest import Invoke
-from tests.integration.test_train import SIZE, TRAIN, _one_line_error, _register
+from tests.support import SIZE, TRAIN, Invoke, one_line_error, register
 
 FAST = (*TRAIN, "--epochs", "1", "--max-steps", "1", "--workers", "0")
 
@@ -35,7 +34,7 @@ def _copy(src: Path, dst: Path) -> Path:
 def test_resume_refuses_a_checkpoint_of_another_run(
     cli: Invoke, home: Path, synth_dir: Path, tmp_path: Path
 ) -> None:
-    _register(cli, synth_dir)
+    register(cli, synth_dir)
     out = tmp_path / "runs"
     for name, arch in (("small", "resnet10t"), ("other", "resnet18")):
         res = cli("train", "--dataset", "syn", *FAST, "--arch", arch, "--out", out, "--name", name)
@@ -44,7 +43,7 @@ def test_resume_refuses_a_checkpoint_of_another_run(
     shutil.copy(out / "other" / "checkpoint-last.pt", out / "small" / "checkpoint-last.pt")
     # No --arch given: the checkpoint itself must be recognised as another run's.
     res = cli("train", "--resume", "--name", "small", "--epochs", "2", "--out", out)
-    line = _one_line_error(res, 1)
+    line = one_line_error(res, 1)
     assert "checkpoint of run 'other', not 'small'" in line
     assert Registry.open(home).run("small").status != "running"
     (out / "small" / "checkpoint-last.pt").write_bytes(mine)
@@ -56,7 +55,7 @@ def test_a_run_that_died_before_its_first_checkpoint_can_be_started_again(
     cli: Invoke, home: Path, synth_dir: Path, tmp_path: Path
 ) -> None:
     data = _copy(synth_dir, tmp_path / "data")
-    _register(cli, data)
+    register(cli, data)
     first = Registry.open(home).samples("syn")[5].id  # not the first: that one sizes the crop
     red = data / f"{first}_red.png"
     kept = red.read_bytes()
@@ -65,7 +64,7 @@ def test_a_run_that_died_before_its_first_checkpoint_can_be_started_again(
     args = ("train", "--dataset", "syn", *TRAIN, "--epochs", "1", "--workers", "0",
             "--oversample", "none", "--out", out)  # fmt: skip
     res = cli(*args, "--name", "r")
-    line = _one_line_error(res, 1)
+    line = one_line_error(res, 1)
     assert f"{first}_red.png" in line and "missing channel file" in line
     assert Registry.open(home).run("r").status == "failed"
     red.write_bytes(kept)
@@ -115,7 +114,7 @@ def test_an_image_smaller_than_the_crop_later_in_the_dataset(
     cli: Invoke, home: Path, synth_dir: Path, tmp_path: Path
 ) -> None:
     data = _copy(synth_dir, tmp_path / "data")
-    _register(cli, data)
+    register(cli, data)
     last = Registry.open(home).samples("syn")[-1].id
     for colour in ("red", "green", "blue", "yellow"):
         path = data / f"{last}_{colour}.png"
@@ -123,15 +122,15 @@ def test_an_image_smaller_than_the_crop_later_in_the_dataset(
             img.resize((20, 20)).save(path)
     res = cli("train", "--dataset", "syn", *TRAIN, "--epochs", "1", "--workers", "0",
               "--oversample", "none", "--out", tmp_path / "runs")  # fmt: skip
-    line = _one_line_error(res, 1)
+    line = one_line_error(res, 1)
     assert f"sample {last!r}" in line and "20x20" in line and "crop" in line
 
 
 def test_the_same_samples_registered_twice_are_trained_once(
     cli: Invoke, home: Path, synth_dir: Path, tmp_path: Path
 ) -> None:
-    _register(cli, synth_dir, "syn")
-    _register(cli, synth_dir, "copy", folds=None)
+    register(cli, synth_dir, "syn")
+    register(cli, synth_dir, "copy", folds=None)
     with Registry.open(home) as reg:
         parts = train_val_items(reg, ["syn", "copy"], fold=0)
         ids = [it.id for it in parts.train]
@@ -159,10 +158,10 @@ def test_the_same_samples_registered_twice_are_trained_once(
 )
 def test_typer_range_errors_are_one_line(cli: Invoke, args: tuple[str, ...], option: str) -> None:
     res = cli("train", "--dataset", "syn", "--arch", "resnet10t", *args)
-    line = _one_line_error(res, 2)
+    line = one_line_error(res, 2)
     assert option in line and "╭" not in res.stderr and "hpatool train -h" in line
 
 
 def test_split_range_error_is_one_line(cli: Invoke) -> None:
-    line = _one_line_error(cli("split", "syn", "--folds", "1"), 2)
+    line = one_line_error(cli("split", "syn", "--folds", "1"), 2)
     assert "--folds" in line

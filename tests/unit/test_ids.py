@@ -6,11 +6,10 @@ from pathlib import Path
 import pytest
 
 from hpatool.ids import channel_path, id_kind, id_problem, split_hpav18
-from tests.conftest import HPAV18_CSV, TRAIN_CSV
 
 
-def test_every_real_hpav18_id_is_valid_and_recognised() -> None:
-    with HPAV18_CSV.open() as fh:
+def test_every_real_hpav18_id_is_valid_and_recognised(hpav18_csv: Path) -> None:
+    with hpav18_csv.open() as fh:
         ids = [row["Id"] for row in csv.DictReader(fh)]
     assert len(ids) == 74606
     kinds = {id_kind(i) for i in ids}
@@ -21,8 +20,8 @@ def test_every_real_hpav18_id_is_valid_and_recognised() -> None:
     assert sum("_cr" in i for i in ids) == 1406
 
 
-def test_every_real_kaggle_id_is_a_uuid() -> None:
-    with TRAIN_CSV.open() as fh:
+def test_every_real_kaggle_id_is_a_uuid(train_csv: Path) -> None:
+    with train_csv.open() as fh:
         ids = [row["Id"] for row in csv.DictReader(fh)]
     assert {id_kind(i) for i in ids} == {"kaggle"}
 

@@ -18,7 +18,6 @@ from hpatool.imaging import (
     select_stain,
     to_uint8,
 )
-from tests.conftest import PORTAL_FIELD
 from tests.integration.hpa_server import fluorescence, stain_rgb
 
 
@@ -77,18 +76,18 @@ def test_stretch_keeps_to_uint8_for_8_bit_and_handles_flat_images() -> None:
     assert to_uint8(sparse)[0, 0] == 255
 
 
-def test_real_16_bit_field_comes_out_with_visible_structure() -> None:
-    with Image.open(PORTAL_FIELD) as img:
+def test_real_16_bit_field_comes_out_with_visible_structure(portal_field: Path) -> None:
+    with Image.open(portal_field) as img:
         assert img.mode.startswith("I;16")
         raw = image_to_array(img)
     plain = to_uint8(raw, percentile=100)
     assert plain.std() < 5  # min..max alone leaves this field nearly black
-    out = convert_channel(PORTAL_FIELD, "green", 512)
+    out = convert_channel(portal_field, "green", 512)
     assert out.shape == (512, 512) and out.dtype == np.uint8
     assert out.std() > 10
     assert (out == 255).mean() < 0.05
     assert out.mean() > 3
-    full = convert_channel(PORTAL_FIELD, "green", 0)
+    full = convert_channel(portal_field, "green", 0)
     assert full.shape == (2048, 2048)
     assert (full == 255).mean() < 0.005 and full.std() > 15
 

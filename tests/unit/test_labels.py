@@ -14,7 +14,6 @@ from hpatool.labels import (
     parse_target,
     to_multihot,
 )
-from tests.conftest import HPAV18_CSV, SUBMISSION_CSV, TRAIN_CSV
 
 
 def test_class_names_in_competition_order() -> None:
@@ -64,8 +63,8 @@ def test_multihot_roundtrip() -> None:
     assert from_multihot(arr[2]) == (27,)
 
 
-def test_load_real_train_csv() -> None:
-    table = load_label_csv(TRAIN_CSV)
+def test_load_real_train_csv(train_csv: Path) -> None:
+    table = load_label_csv(train_csv)
     assert len(table.ids) == 31072
     assert table.ids[0] == "00070df0-bbc3-11e8-b2bc-ac1f6b6435d0"
     assert table.targets[0] == (0, 16)  # "16 0" in the file
@@ -73,14 +72,14 @@ def test_load_real_train_csv() -> None:
     assert counts[27] == 11 and counts[0] == 12885
 
 
-def test_load_real_submission_is_unlabelled() -> None:
-    table = load_label_csv(SUBMISSION_CSV)
+def test_load_real_submission_is_unlabelled(submission_csv: Path) -> None:
+    table = load_label_csv(submission_csv)
     assert len(table.ids) == 11702
     assert not table.labelled
 
 
-def test_load_real_hpav18() -> None:
-    table = load_label_csv(HPAV18_CSV)
+def test_load_real_hpav18(hpav18_csv: Path) -> None:
+    table = load_label_csv(hpav18_csv)
     assert len(table.ids) == 74606
     assert all(t for t in table.targets)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpatool.data.dataset import targets_array, train_val_items
+from hpatool.data.samples import targets_array, train_val_items
 from hpatool.data.sampling import (
     WeightedEpochSampler,
     auto_multipliers,
@@ -20,17 +20,16 @@ from hpatool.data.split import split_dataset
 from hpatool.errors import UsageError
 from hpatool.labels import CLASS_NAMES, load_label_csv, to_multihot
 from hpatool.registry import Registry
-from tests.conftest import TRAIN_CSV
 
 
 def _idx(name: str) -> int:
     return CLASS_NAMES.index(name)
 
 
-def test_auto_multipliers_on_real_train_csv() -> None:
-    if not TRAIN_CSV.exists():
-        pytest.skip(f"{TRAIN_CSV} is not there")
-    y = to_multihot(load_label_csv(TRAIN_CSV).targets)
+def test_auto_multipliers_on_real_train_csv(train_csv: Path) -> None:
+    if not train_csv.exists():
+        pytest.skip(f"{train_csv} is not there")
+    y = to_multihot(load_label_csv(train_csv).targets)
     m = auto_multipliers(y)
     assert m.shape == (28,) and m.min() >= 1 and m.max() <= 7
     for rare in ("Rods & rings", "Lysosomes", "Endosomes", "Peroxisomes", "Microtubule ends"):

@@ -12,16 +12,16 @@ from hpatool.data.split import fold_class_counts, make_folds, split_dataset
 from hpatool.errors import AlreadyExists, UsageError
 from hpatool.labels import CLASS_NAMES, load_label_csv, to_multihot
 from hpatool.registry import Registry
-from tests.conftest import TRAIN_CSV, Invoke
+from tests.support import Invoke
 
 RODS_AND_RINGS = CLASS_NAMES.index("Rods & rings")
 
 
 @pytest.fixture(scope="module")
-def real_targets() -> np.ndarray:
-    if not TRAIN_CSV.exists():
-        pytest.skip(f"{TRAIN_CSV} is not there")
-    return to_multihot(load_label_csv(TRAIN_CSV).targets)
+def real_targets(train_csv: Path) -> np.ndarray:
+    if not train_csv.exists():
+        pytest.skip(f"{train_csv} is not there")
+    return to_multihot(load_label_csv(train_csv).targets)
 
 
 @pytest.fixture(scope="module")

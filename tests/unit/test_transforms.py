@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hpatool.data.dataset import HpaDataset, Item, check_crop
+from hpatool.data.samples import HpaDataset, Item, check_crop
 from hpatool.data.transforms import (
     HPA_MEAN,
     HPA_STD,

@@ -1,0 +1,273 @@
+"""The options of ``train`` and ``predict``/``evaluate``: the one source of their defaults, their
+validation, and the merge of a configuration file with the command line.
+
+Precedence, highest first: a flag given on the command line, a ``--config FILE`` (TOML, or a run's
+``config.json``), the saved options of the run being resumed (``train --resume``), the defaults
+written here. The CLI's help text shows the defaults from these dataclasses, so each default is
+stated once. Importing this module loads neither torch nor timm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+import tomllib
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hpatool.errors import NotFound, UsageError
+
+C = TypeVar("C")
+
+LOSSES = ("bce", "focal")
+DEVICES = ("auto", "cpu", "cuda")
+AGGREGATIONS = ("max", "mean")
+
+
+def default_workers() -> int:
+    """DataLoader workers when none are given: one per CPU, at most 4."""
+    return min(4, os.cpu_count() or 1)
+
+
+# ------------------------------------------------------------------------------------ train
+
+
+@dataclass
+class TrainConfig:
+    """The options of ``hpatool train`` (what ``config.json`` holds under ``"options"``)."""
+
+    datasets: list[str]
+    arch: str = "resnet50"
+    fold: int = 0
+    epochs: int = 10
+    batch_size: int = 32
+    crop: int = 256
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    loss: str = "bce"
+    oversample: str = "auto"
+    pretrained: str | None = None
+    workers: int = field(default_factory=default_workers)
+    device: str = "auto"
+    amp: bool = True
+    out: str = "runs"
+    name: str | None = None
+    seed: int = 0
+    max_steps: int | None = None
+    limit: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def validate(self) -> None:
+        from hpatool.data.sampling import parse_oversample
+        from hpatool.models import resolve_arch
+
+        if not self.datasets:
+            raise UsageError("give at least one --dataset NAME")
+        resolve_arch(self.arch)
+        _at_least(self, "fold", 0, "folds are numbered from 0")
+        _at_least(self, "epochs", 1, "train for at least 1 epoch")
+        _at_least(self, "batch_size", 1, "use at least 1")
+        _at_least(self, "crop", 8, "use at least 8 pixels")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise _bad("lr", self.lr, "use a positive learning rate such as 5e-4")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise _bad("weight_decay", self.weight_decay, "use 0 or more, such as 0.01")
+        _one_of(self, "loss", LOSSES)
+        parse_oversample(self.oversample)
+        _at_least(self, "workers", 0, "use 0 (load in the main process) or more")
+        _one_of(self, "device", DEVICES)
+        _at_least(self, "seed", 0, "use a non-negative integer")
+        _at_least(self, "max_steps", 1, "use at least 1")
+        _at_least(self, "limit", 1, "use at least 1")
+        if self.pretrained is not None and not Path(self.pretrained).expanduser().is_file():
+            raise NotFound(
+                f"--pretrained {self.pretrained}: no such file; give a local state dict or 'none'"
+            )
+
+
+#: Options that define a run: resuming with a different value is an error.
+IDENTITY_KEYS = (
+    "arch", "datasets", "fold", "batch_size", "crop", "lr", "weight_decay", "loss",
+    "oversample", "seed", "limit",
+)  # fmt: skip
+#: Options that belong to one invocation and are not inherited by ``--resume``.
+PER_INVOCATION_KEYS = ("max_steps",)
+
+
+def train_config(options: dict[str, Any], base: dict[str, Any] | None = None) -> TrainConfig:
+    """A ``TrainConfig`` from ``options`` (``None`` = not given) over ``base`` (a resumed
+    run's saved options, less the per-invocation ones) over the defaults."""
+    saved = {k: v for k, v in (base or {}).items() if k not in PER_INVOCATION_KEYS}
+    merged = merge_options(TrainConfig, saved, options)
+    if not merged.get("datasets"):
+        raise UsageError("give at least one --dataset NAME (the first one is split into folds)")
+    merged["datasets"] = [str(d) for d in merged["datasets"]]
+    pretrained = merged.get("pretrained")
+    if pretrained is not None:
+        merged["pretrained"] = None if str(pretrained).lower() == "none" else str(pretrained)
+    if merged.get("out") is not None:
+        merged["out"] = str(merged["out"])
+    return TrainConfig(**merged)
+
+
+# ---------------------------------------------------------------------------------- predict
+
+
+@dataclass
+class PredictConfig:
+    """The scoring options shared by ``hpatool predict`` and ``hpatool evaluate``, and the
+    output files of ``predict``."""
+
+    dataset: str | None = None
+    run: str | None = None
+    checkpoint: str | None = None
+    crops: int = 8
+    crop_size: int | None = None
+    agg: str = "max"
+    threshold: str = "auto"
+    min_labels: int = 1
+    batch_size: int = 16
+    workers: int = 0
+    device: str = "auto"
+    seed: int = 0
+    out: str = "submission.csv"
+    probs: str | None = None
+    strict: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def validate(self) -> None:
+        if not self.dataset:
+            raise UsageError("give the dataset to score with --dataset NAME")
+        _at_least(self, "crops", 1, "score at least 1 crop per image")
+        _at_least(self, "crop_size", 8, "use at least 8 pixels")
+        _one_of(self, "agg", AGGREGATIONS)
+        _at_least(self, "min_labels", 0, "use 0 to 28")
+        if self.min_labels > 28:
+            raise _bad("min_labels", self.min_labels, "use 0 to 28")
+        _at_least(self, "batch_size", 1, "use at least 1")
+        _at_least(self, "workers", 0, "use 0 (load in the main process) or more")
+        _one_of(self, "device", DEVICES)
+
+
+# ---------------------------------------------------------------------------- the machinery
+
+
+def _bad(name: str, value: object, rule: str) -> UsageError:
+    return UsageError(f"{flag(name)} {value} is invalid; {rule}")
+
+
+def _at_least(config: object, name: str, least: int, rule: str) -> None:
+    value = getattr(config, name)
+    if value is not None and value < least:
+        raise _bad(name, value, rule)
+
+
+def _one_of(config: object, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(config, name)
+    if value not in choices:
+        raise _bad(name, value, f"use one of {', '.join(choices)}")
+
+
+def flag(name: str) -> str:
+    """The command-line flag of option ``name``: ``batch_size`` -> ``--batch-size``."""
+    return "--dataset" if name == "datasets" else "--" + name.replace("_", "-")
+
+
+def default_text(cls: type, name: str) -> str:
+    """A field's default as the help text shows it."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if f.default_factory is not dataclasses.MISSING:
+        doc = (f.default_factory.__doc__ or "").strip().split(":")[0]
+        return doc or "computed"
+    if f.default is None:
+        return "none"
+    if isinstance(f.default, bool):
+        return "on" if f.default else "off"
+    return str(f.default)
+
+
+def merge_options(cls: type, *layers: dict[str, Any] | None) -> dict[str, Any]:
+    """The options of ``cls`` from ``layers``, later ones winning; ``None`` means not given.
+    An unknown name is a programming error here (files are checked by ``read_config_file``)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in (layer or {}).items():
+            if key not in names:
+                raise ValueError(f"unknown {cls.__name__} option {key!r}")
+            if value is not None:
+                merged[key] = value
+    return merged
+
+
+def read_config_file(path: str | Path, cls: type, section: str) -> dict[str, Any]:
+    """The options in a configuration file, checked against ``cls``'s fields.
+
+    A ``.toml`` file holds the options at its top level or in a ``[section]`` table, named as
+    the flags are (``batch-size``) or as the fields are (``batch_size``). A ``.json`` file is a
+    run's ``config.json`` (its ``"options"``) or a plain object of options. Values are checked
+    against the option types; a bad one is a one-line ``UsageError`` naming the file and key.
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise NotFound(f"--config {file}: no such file")
+    try:
+        text = file.read_text(encoding="utf-8")
+        doc: Any = json.loads(text) if file.suffix.lower() == ".json" else tomllib.loads(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--config {file}: cannot read it ({exc})") from None
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        kind = "JSON" if file.suffix.lower() == ".json" else "TOML"
+        raise UsageError(f"--config {file}: not valid {kind} ({exc})") from None
+    if isinstance(doc, dict) and isinstance(doc.get("options"), dict):
+        doc = doc["options"]  # a run's config.json
+    if isinstance(doc, dict) and isinstance(doc.get(section), dict):
+        doc = doc[section]
+    if not isinstance(doc, dict):
+        raise UsageError(f"--config {file}: expected a table of options")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    options: dict[str, Any] = {}
+    for raw_key, value in doc.items():
+        key = str(raw_key).replace("-", "_")
+        if key == "dataset" and "datasets" in fields:
+            key = "datasets"
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"; did you mean {close[0].replace('_', '-')!r}?" if close else ""
+            raise UsageError(f"--config {file}: unknown option {raw_key!r}{hint}")
+        options[key] = _coerce(value, hints[key], f"--config {file}: {raw_key}")
+    return options
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as type ``hint`` (int, float, str, bool, list[str], optional), or an error."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    if typing.get_origin(hint) is list:
+        items = value if isinstance(value, list) else [value]
+        return [_coerce(v, args[0] if args else str, where) for v in items]
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, int | float) and not isinstance(value, bool),
+        str: isinstance(value, str | int | float) and not isinstance(value, bool),
+    }.get(hint, True)
+    if not ok:
+        name = getattr(hint, "__name__", str(hint))
+        raise UsageError(f"{where} = {value!r} is not a valid {name}")
+    return hint(value) if hint in (int, float, str) else value

@@ -1,0 +1,111 @@
+"""The one reader of torchrun's environment (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``): the
+distributed context of a process and its device. torch is imported inside the functions that need
+it, so the CLI's error line can ask for the rank without loading torch."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from hpatool.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def env_rank() -> tuple[int, int]:
+    """``(rank, world_size)`` from torchrun's environment; ``(0, 1)`` outside torchrun."""
+    try:
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 0, 1
+
+
+@dataclass
+class DistContext:
+    """Rank and world size from torchrun's environment; initialises the process group."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    initialised: bool = False
+
+    @classmethod
+    def from_env(cls) -> DistContext:
+        rank, world_size = env_rank()
+        return cls(
+            rank=rank,
+            local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+            world_size=world_size,
+        )
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def init(self, device: torch.device) -> None:
+        if not self.distributed or self.initialised:
+            return
+        import torch
+        import torch.distributed as dist
+
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(
+            backend=backend, device_id=device if device.type == "cuda" else None
+        )
+        self.initialised = True
+
+    def barrier(self) -> None:
+        if self.initialised:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def broadcast(self, value: Any) -> Any:
+        """``value`` of rank 0, on every rank."""
+        if not self.initialised:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value``, in rank order, on every rank."""
+        if not self.initialised:
+            return [value]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, value)
+        return out
+
+    def destroy(self) -> None:
+        if self.initialised:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+            self.initialised = False
+
+
+def resolve_device(name: str, ctx: DistContext) -> torch.device:
+    """The device of this process: ``cpu``, or the CUDA device of its local rank."""
+    import torch
+
+    if name not in DEVICES:
+        raise UsageError(f"--device {name} is invalid; use one of {', '.join(DEVICES)}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available; use --device cpu or auto")
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", ctx.local_rank % max(1, torch.cuda.device_count()))
