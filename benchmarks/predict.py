@@ -6,7 +6,7 @@ Run: python benchmarks/predict.py                 (a sweep: resnet50 at 256, res
 Target: batching is at least 1.5x faster on CPU.
 
 Both paths score the same crops with the same model in eval mode under ``inference_mode``; the
-batched path is what ``hpatool predict`` does (``hpatool.engine.predict.score``, images read from
+batched path is what ``hpatool predict`` does (``hpatool.engine.scoring.score``, images read from
 PNGs on disk), the separate path calls the model once per crop. The images are synthetic
 512x512 HPA-like samples written by ``hpatool.synth``.
 """
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from hpatool.data.transforms import HPA_MEAN, HPA_STD, to_tensor
-from hpatool.engine.predict import Target, crop_windows, score
+from hpatool.engine.scoring import ScoreItem, crop_windows, score
 from hpatool.imaging import read_sample
 from hpatool.models import create_model
 from hpatool.synth import synth_dataset
@@ -58,13 +58,13 @@ def bench(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "imgs"
         result = synth_dataset(root, samples=args.images, size=args.size, seed=0)
-        targets = [Target(i, root, sid) for i, sid in enumerate(result.ids)]
+        items = [ScoreItem(i, root, sid) for i, sid in enumerate(result.ids)]
         device = torch.device("cpu")
 
         def batched() -> dict[int, np.ndarray]:
             return score(
                 model,
-                targets,
+                items,
                 crop=args.crop,
                 crops=args.crops,
                 agg="max",
@@ -79,7 +79,7 @@ def bench(args: argparse.Namespace) -> None:
         def separate() -> dict[int, np.ndarray]:
             out = {}
             with torch.inference_mode():
-                for t in targets:
+                for t in items:
                     img = read_sample(t.root, t.id)
                     windows = crop_windows(t.index, args.size, args.size, args.crop, args.crops, 0)
                     probs = []

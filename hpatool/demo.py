@@ -1,7 +1,8 @@
 """``demo``: the whole chain on synthetic data, in a fresh registry home under one folder.
 
-The library part makes the data and registers it; the CLI's ``demo`` command then runs the
-other commands (stats, split, train, evaluate, predict) on it exactly as a user would.
+The library part makes the data, registers it (one unit of work) and plans the steps: the other
+commands (stats, split, train, evaluate, predict) with their arguments. The CLI's ``demo``
+command runs each step through the app exactly as a user would type it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpatool._io import ProgressFn
-from hpatool.datasets import add_dataset
+from hpatool.catalog import add_dataset
 from hpatool.errors import UsageError
 from hpatool.registry import Registry
 from hpatool.synth import synth_dataset
@@ -19,6 +20,7 @@ from hpatool.synth import synth_dataset
 MARKER = ".hpatool-demo"
 TRAIN = "demo-train"
 TEST = "demo-test"
+RUN = "demo-run"
 MIN_SAMPLES = 60
 
 
@@ -30,10 +32,23 @@ class DemoData:
     test_dir: Path
     train: str = TRAIN
     test: str = TEST
+    run: str = RUN
 
     @property
     def runs_dir(self) -> Path:
         return self.out_dir / "runs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.runs_dir / self.run
+
+    @property
+    def submission(self) -> Path:
+        return self.out_dir / "submission.csv"
+
+    @property
+    def probs(self) -> Path:
+        return self.out_dir / "probs.csv"
 
 
 def prepare_out_dir(out_dir: Path) -> None:
@@ -87,12 +102,53 @@ def make_demo_data(
         seed=seed + 1,
         progress=lambda d, t: both(samples + d, t),
     )
-    with Registry.open(data.home) as reg:
+    with Registry.open(data.home) as reg, reg.transaction():  # both datasets, or neither
         add_dataset(
             reg, TRAIN, labels=data.train_dir / "labels.csv", root=data.train_dir, kind="train"
         )
         add_dataset(reg, TEST, labels=data.test_dir / "labels.csv", root=data.test_dir, kind="test")
     return data
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the demo: a heading and the ``hpatool`` arguments that do it."""
+
+    title: str
+    args: tuple[str, ...]
+
+
+def plan_steps(data: DemoData, *, size: int, epochs: int, arch: str, seed: int) -> list[Step]:
+    """The demo's commands after the data is made: statistics, folds, a short training run,
+    evaluation with max and with mean over crops, and a submission for the test set."""
+    out = data.out_dir
+    cpu = ("--device", "cpu")
+    train = (
+        *("--dataset", data.train, "--arch", arch, "--fold", "0", "--epochs", str(epochs)),
+        *("--batch-size", "16", "--crop", str(size), "--lr", "3e-3", "--workers", "0"),
+        *("--out", str(data.runs_dir), "--name", data.run, "--seed", str(seed)),
+        *cpu,
+    )
+    crops = ("--run", data.run, "--crops", "4", "--crop-size", str(size * 3 // 4), *cpu)
+    stats_plot = ("--plot", str(out / "class-counts.png"), "--pairs", "5")
+    steps = [
+        Step("2. label statistics", ("stats", data.train, data.test, *stats_plot)),
+        Step(
+            "3. multilabel-stratified folds",
+            ("split", data.train, "--folds", "5", "--seed", str(seed)),
+        ),
+        Step(f"4. train {arch} on fold 0's complement", ("train", *train)),
+    ]
+    for i, agg in enumerate(("max", "mean")):
+        plot = ("--plot", str(out / f"f1-{agg}.png"))
+        evaluate = ("evaluate", "--dataset", data.train, *crops, "--agg", agg, *plot)
+        steps.append(
+            Step(f"{5 + i}. evaluate on the validation fold, {agg} over 4 crops", evaluate)
+        )
+    files = ("--out", str(data.submission), "--probs", str(data.probs))
+    predict = ("predict", "--dataset", data.test, *crops, "--agg", "max", *files)
+    steps.append(Step("7. predict the test set", predict))
+    return steps
 
 
 def constant_baseline(home: Path, dataset: str, fold: int) -> float:

@@ -7,6 +7,7 @@ memory it is a ``(4, H, W)`` uint8 array in channel order R, G, B, Y.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image
@@ -87,6 +88,19 @@ STAIN_BANDS: dict[str, int] = {"red": 0, "green": 1, "blue": 2, "yellow": 0}
 STRETCH_PERCENTILE = 99.9
 
 _DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+class BadImage(DataError):
+    """A file that is not a whole image (missing, truncated, not an image at all).
+
+    The message is ``"<path>: <reason>"``; ``path`` and ``reason`` are kept apart so that a
+    caller can say it its own way (a download names "the downloaded file", not its ``.part``).
+    """
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = " ".join(reason.split())
 
 
 def check_channel_rule(rule: str) -> str:
@@ -171,7 +185,7 @@ def convert_channel(path: Path, colour: str, size: int, rule: str = "stain") -> 
 
     ``size`` > 0 resizes to ``size``×``size`` (LANCZOS, after a draft-mode JPEG decode; a
     non-square field is stretched to a square as the Kaggle images were); ``size`` 0 keeps the
-    original size. Raises ``DataError`` naming the file if it does not decode.
+    original size. Raises ``BadImage`` (a ``DataError``) naming the file if it does not decode.
     """
     check_channel_rule(rule)
     try:
@@ -181,17 +195,19 @@ def convert_channel(path: Path, colour: str, size: int, rule: str = "stain") -> 
                 channel = channel.resize((size, size), Image.Resampling.LANCZOS)
             return np.asarray(channel, dtype=np.uint8)
     except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
+        raise BadImage(path, "no such file") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         text = " ".join(str(exc).split()) or type(exc).__name__
-        raise DataError(f"{path}: cannot decode image ({text})") from None
+        raise BadImage(path, f"cannot decode image ({text})") from None
 
 
-def check_decodes(path: Path) -> tuple[int, int]:
-    """Decode ``path`` cheaply (a JPEG at 1/8 scale) to prove it is a whole image; its size.
+def check_decodes(path: Path | IO[bytes]) -> tuple[int, int]:
+    """Decode ``path`` (a file, or bytes in a binary stream) cheaply (a JPEG at 1/8 scale) to
+    prove it is a whole image; its size.
 
-    Raises ``DataError`` naming the file if it is truncated or not an image.
+    Raises ``BadImage`` (a ``DataError``) naming the file if it is truncated or not an image.
     """
+    where = path if isinstance(path, (str, Path)) else "image bytes"
     try:
         with Image.open(path) as img:
             size = img.size
@@ -200,7 +216,7 @@ def check_decodes(path: Path) -> tuple[int, int]:
             img.load()
             return size
     except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
+        raise BadImage(where, "no such file") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         text = " ".join(str(exc).split()) or type(exc).__name__
-        raise DataError(f"{path}: does not decode as an image ({text})") from None
+        raise BadImage(where, f"does not decode as an image ({text})") from None

@@ -124,13 +124,8 @@ def _find_column(header: list[str], name: str) -> int | None:
     return None
 
 
-def load_label_csv(path: str | Path) -> LabelTable:
-    """Read a label CSV (``Id`` column, optional ``Target`` column) with exact error messages.
-
-    A CSV without ``Target`` (such as Kaggle's ``sample_submission.csv``) gives unlabelled rows.
-    Row numbers count data rows from 1; the line number in the file is given too.
-    """
-    path = Path(path)
+def _read_csv_text(path: Path) -> str:
+    """The text of a label CSV, or an error that says why it is not one."""
     name = str(path)
     if not path.exists():
         raise NotFound(f"{name}: no such file; give the path of a label CSV with an Id column")
@@ -147,7 +142,18 @@ def load_label_csv(path: str | Path) -> LabelTable:
         raise DataError(f"{name}: cannot read: {exc.strerror}") from None
     if "\x00" in text:
         raise DataError(f"{name}: contains NUL bytes; this is not a CSV text file")
-    reader = csv.reader(text.splitlines(), strict=True)
+    return text
+
+
+def load_label_csv(path: str | Path) -> LabelTable:
+    """Read a label CSV (``Id`` column, optional ``Target`` column) with exact error messages.
+
+    A CSV without ``Target`` (such as Kaggle's ``sample_submission.csv``) gives unlabelled rows.
+    Row numbers count data rows from 1; the line number in the file is given too.
+    """
+    path = Path(path)
+    name = str(path)
+    reader = csv.reader(_read_csv_text(path).splitlines(), strict=True)
     try:
         header = next(reader)
     except StopIteration:

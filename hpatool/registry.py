@@ -214,15 +214,23 @@ class Registry:
                 "choose another with --home"
             ) from None
         path = home_path / REGISTRY_FILE
+        conn: sqlite3.Connection | None = None
         try:
-            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA synchronous=NORMAL")
-        except sqlite3.DatabaseError as exc:
-            raise DataError(f"registry {path} cannot be opened ({exc}); move it aside") from None
-        reg = cls(home=home_path, conn=conn)
-        reg._migrate(path)
+            try:
+                conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA foreign_keys=ON")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.DatabaseError as exc:
+                raise DataError(
+                    f"registry {path} cannot be opened ({exc}); move it aside"
+                ) from None
+            reg = cls(home=home_path, conn=conn)
+            reg._migrate(path)
+        except BaseException:
+            if conn is not None:
+                conn.close()  # a registry that cannot be used leaves no connection behind
+            raise
         return reg
 
     def close(self) -> None:

@@ -65,6 +65,20 @@ def dataset_stats(reg: Registry, name: str) -> DatasetStats:
     )
 
 
+def stats_report(
+    reg: Registry, names: list[str], *, plot: Path | None = None
+) -> list[DatasetStats]:
+    """The statistics of datasets ``names``, in that order; with ``plot``, also their class
+    counts drawn into that picture (its name is checked before anything is counted)."""
+    from hpatool._io import figure_file
+
+    target = figure_file(plot, "--plot") if plot is not None else None
+    all_stats = [dataset_stats(reg, name) for name in names]
+    if target is not None:
+        plot_class_counts(all_stats, target)
+    return all_stats
+
+
 def stats_json(stats: list[DatasetStats]) -> dict[str, Any]:
     """The ``stats --json`` document: ``{"classes": [...], "datasets": [...]}``."""
     return {"classes": list(CLASS_NAMES), "datasets": [s.to_json() for s in stats]}

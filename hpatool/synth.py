@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import functools
 import math
-import multiprocessing
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from hpatool._io import ProgressFn, write_text_atomic
+from hpatool.convert.pool import bounded_map, worker_pool
 from hpatool.errors import AlreadyExists, UsageError
 from hpatool.ids import COLOURS, channel_path
 from hpatool.imaging import save_png
@@ -756,20 +755,14 @@ def synth_dataset(
     tasks = [(out_dir, ids[i], targets[i], size, seed, i) for i in range(samples)]
 
     done = 0
-    if workers == 1 or samples == 1:
-        for task in tasks:
-            _write_sample(task)
+    # Spawned, not forked: safe whatever threads the parent runs (torch, a DataLoader).
+    died = "a synth process died (out of memory?); rerun, perhaps with fewer --workers"
+    with worker_pool(workers, samples, start_method="spawn", died=died) as pool:
+        jobs = ((i, (task,)) for i, task in enumerate(tasks))
+        for _ in bounded_map(pool, _write_sample, jobs, max_in_flight=4 * workers):
             done += 1
             if progress is not None:
                 progress(done, samples)
-    else:
-        context = multiprocessing.get_context("spawn")  # safe whatever threads the parent runs
-        chunk = max(1, min(16, samples // (workers * 8)))
-        with ProcessPoolExecutor(max_workers=min(workers, samples), mp_context=context) as pool:
-            for _ in pool.map(_write_sample, tasks, chunksize=chunk):
-                done += 1
-                if progress is not None:
-                    progress(done, samples)
 
     lines = ["Id,Target", *(f"{i},{format_target(t)}" for i, t in zip(ids, targets, strict=True))]
     write_text_atomic(labels_csv, "\n".join(lines) + "\n")

@@ -2,18 +2,21 @@
 
 Errors are translated once, here: an ``HpaToolError`` becomes one line on stderr and its exit
 code (1 bad data / failed work, 2 bad usage); anything unexpected becomes one line too, with
-the traceback only under ``--debug`` (or ``HPATOOL_DEBUG=1``).
+the traceback only under ``--debug`` (or ``HPATOOL_DEBUG=1``). Output into a pipe that closes
+early (``hpatool datasets list | head -1``) ends quietly with exit status 141.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import inspect
 import os
-from typing import Annotated, Any
+import sys
+from collections.abc import Iterator, MutableMapping
+from typing import Annotated, Any, NoReturn
 
 import typer
-from typer._click import exceptions as click_exc  # Typer's vendored click
-from typer.core import TyperGroup
 
 from hpatool import __version__
 from hpatool.cli._common import (
@@ -24,22 +27,56 @@ from hpatool.cli._common import (
     TRAINING_PANEL,
     HomeOpt,
 )
+from hpatool.cli._help import HelpCommand, HelpGroup, help_classes
 from hpatool.errors import HpaToolError
 
+# click's exception classes, without a private import. Typer 0.29 vendors click privately
+# (``typer._click``) where older Typer used the ``click`` package; either way the public
+# ``typer.BadParameter`` *is* click's BadParameter, so the module that defines it is click's
+# exceptions module, wherever that lives. This avoids pinning Typer; tests/unit/test_cli_root.py
+# fails loudly if the lookup stops working (BadParameter no longer click's, or a name gone).
+_click_exceptions = importlib.import_module(typer.BadParameter.__module__)
+ClickException: Any = _click_exceptions.ClickException
+ClickUsageError: Any = _click_exceptions.UsageError
+NoArgsIsHelpError: Any = _click_exceptions.NoArgsIsHelpError
 
-class _Group(TyperGroup):
-    """Root group: turns exceptions from any subcommand into one clean line and an exit code."""
+#: The exit status after the reader of stdout went away: what a shell reports for a process
+#: that SIGPIPE ended (128 + 13).
+BROKEN_PIPE_EXIT = 141
+
+
+class _Group(HelpGroup):
+    """Root group: its commands are ``COMMANDS``, listed in that order and built when used; it
+    turns exceptions from any subcommand into one clean line and an exit code."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        lazy = _LazyCommands()
+        lazy.update(self.commands)
+        self.commands = lazy
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        # The workflow order of COMMANDS (Typer would list sub-apps after plain commands).
+        return list(self.commands)
+
+    def command_summaries(self, ctx: Any) -> list[tuple[str, str, str]]:
+        return [(name, *_summary(name)) for name in self.list_commands(ctx)]
 
     def make_context(self, info_name: Any, args: Any, parent: Any = None, **extra: Any) -> Any:
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except click_exc.NoArgsIsHelpError:
-            raise  # plain `hpatool` or a group without a command: its help, as click prints it
-        except click_exc.UsageError as exc:  # a bad root option, such as `hpatool --bogus`
-            _usage_line(exc)
-            raise typer.Exit(2) from None
+        with _quiet_broken_pipe():
+            try:
+                return super().make_context(info_name, args, parent=parent, **extra)
+            except NoArgsIsHelpError as exc:  # plain `hpatool`: the help, and exit 2
+                _no_args_help(exc)
+            except ClickUsageError as exc:  # a bad root option, such as `hpatool --bogus`
+                _usage_line(exc)
+                raise typer.Exit(2) from None
 
     def invoke(self, ctx: Any) -> Any:  # a click Context (Typer vendors click)
+        with _quiet_broken_pipe():
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx: Any) -> Any:
         from hpatool.cli._console import print_error
 
         try:
@@ -54,16 +91,16 @@ class _Group(TyperGroup):
                 raise
             print_error("interrupted")
             raise typer.Exit(130) from None
-        except click_exc.NoArgsIsHelpError:
-            raise
-        except click_exc.UsageError as exc:
+        except NoArgsIsHelpError as exc:  # a group without a command, such as `hpatool runs`
+            _no_args_help(exc)
+        except ClickUsageError as exc:
             # Typer's own parse errors (missing argument, value out of range, unknown command):
             # one line too, instead of click's usage text and a boxed message.
             if _debug(ctx):
                 raise
             _usage_line(exc)
             raise typer.Exit(2) from None
-        except (typer.Exit, typer.Abort, typer.TyperException, click_exc.ClickException):
+        except (typer.Exit, typer.Abort, typer.TyperException, ClickException, BrokenPipeError):
             raise
         except Exception as exc:
             if _debug(ctx):
@@ -73,7 +110,32 @@ class _Group(TyperGroup):
             raise typer.Exit(1) from None
 
 
-def _usage_line(exc: click_exc.UsageError) -> None:
+@contextlib.contextmanager
+def _quiet_broken_pipe() -> Iterator[None]:
+    """End quietly, exit 141, when whoever reads stdout has gone (``hpatool ... | head -1``)."""
+    try:
+        yield
+    except BrokenPipeError:
+        _silence_stdout()
+        raise typer.Exit(BROKEN_PIPE_EXIT) from None
+
+
+def _silence_stdout() -> None:
+    """The Python docs' recipe for a closed pipe (see the note on SIGPIPE in the ``signal``
+    docs): point stdout at devnull, so that flushing it at exit cannot fail once more."""
+    with contextlib.suppress(OSError, ValueError):  # a test runner's stdout has no descriptor
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def _no_args_help(exc: Any) -> NoReturn:
+    """A command called without arguments that needs some: its help on stdout, exit 2."""
+    typer.echo(exc.format_message())
+    raise typer.Exit(2) from None
+
+
+def _usage_line(exc: Any) -> None:
     from hpatool.cli._console import print_error
 
     where = exc.ctx.command_path if exc.ctx is not None else "hpatool"
@@ -106,6 +168,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help, laid out by hpatool.cli._help
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -142,31 +205,89 @@ def _root(
 #: inside the commands.
 COMMANDS = (
     ("datasets", "datasets", "app", DATA_PANEL),
-    ("download-external", "external", "download_external", DATA_PANEL),
-    ("preprocess", "external", "preprocess", DATA_PANEL),
+    ("download-external", "download", "download_external", DATA_PANEL),
+    ("preprocess", "preprocess", "preprocess", DATA_PANEL),
     ("stats", "stats", "stats", DATA_PANEL),
-    ("show", "stats", "show", DATA_PANEL),
-    ("split", "training", "split", TRAINING_PANEL),
-    ("train", "training", "train", TRAINING_PANEL),
-    ("runs", "training", "runs_app", TRAINING_PANEL),
-    ("evaluate", "predict", "evaluate", PREDICTION_PANEL),
+    ("show", "show", "show", DATA_PANEL),
+    ("split", "split", "split", TRAINING_PANEL),
+    ("train", "train", "train", TRAINING_PANEL),
+    ("runs", "runs", "app", TRAINING_PANEL),
+    ("evaluate", "evaluate", "evaluate", PREDICTION_PANEL),
     ("predict", "predict", "predict", PREDICTION_PANEL),
     ("synth", "synth", "synth", TOOLS_PANEL),
-    ("demo", "synth", "demo", TOOLS_PANEL),
+    ("demo", "demo", "demo", TOOLS_PANEL),
 )
 
 
-def _register() -> None:
-    for name, module_name, attr, panel in COMMANDS:
-        target = getattr(importlib.import_module(f"hpatool.cli.{module_name}"), attr)
-        if isinstance(target, typer.Typer):
-            app.add_typer(target, name=name, rich_help_panel=panel)
-        else:
-            app.command(name, rich_help_panel=panel)(target)
+def _target(name: str) -> tuple[Any, str]:
+    """The function or sub-app of command ``name`` (importing its module), and its panel."""
+    for command, module_name, attr, panel in COMMANDS:
+        if command == name:
+            return getattr(importlib.import_module(f"hpatool.cli.{module_name}"), attr), panel
+    raise KeyError(name)
 
 
-_register()
+def _build(name: str) -> Any:
+    """The click command of ``name``, made by Typer as if it were registered on ``app``."""
+    target, panel = _target(name)
+    holder = typer.Typer(rich_markup_mode=None, pretty_exceptions_enable=False)
+    if isinstance(target, typer.Typer):
+        help_classes(target.registered_commands)
+        holder.add_typer(target, name=name, rich_help_panel=panel, cls=HelpGroup)
+    else:
+        holder.command(name, rich_help_panel=panel, cls=HelpCommand)(target)
+    return typer.main.get_group(holder).commands[name]
+
+
+def _summary(name: str) -> tuple[str, str]:
+    """``(panel, help text)`` of command ``name``, without building it."""
+    target, panel = _target(name)
+    if not isinstance(target, typer.Typer):
+        return panel, inspect.getdoc(target) or ""
+    if isinstance(target.info.help, str):
+        return panel, target.info.help
+    callback = target.registered_callback.callback if target.registered_callback else None
+    return panel, (inspect.getdoc(callback) if callback else None) or ""
+
+
+class _LazyCommands(MutableMapping[str, Any]):
+    """The root's commands, in ``COMMANDS`` order, each built by Typer when first looked up.
+
+    Typer turns every parameter of every command into a click option before it runs anything;
+    built lazily, ``hpatool train ...`` builds (and imports) only ``train``, and the root
+    ``--help`` reads first paragraphs without building any."""
+
+    def __init__(self) -> None:
+        self._built: dict[str, Any] = {}
+        self._extra: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self._extra:
+            return self._extra[name]
+        if name not in self._built:
+            self._built[name] = _build(name)  # KeyError for an unknown name
+        return self._built[name]
+
+    def __setitem__(self, name: str, command: Any) -> None:
+        self._extra[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self._extra[name]
+
+    def __iter__(self) -> Iterator[str]:
+        names = [name for name, *_ in COMMANDS]
+        return iter([*names, *(n for n in self._extra if n not in names)])
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))
 
 
 def main() -> None:
-    app(prog_name="hpatool")
+    try:
+        try:
+            app(prog_name="hpatool")
+        finally:
+            sys.stdout.flush()  # a reader that went away shows here, not at interpreter exit
+    except BrokenPipeError:
+        _silence_stdout()
+        sys.exit(BROKEN_PIPE_EXIT)

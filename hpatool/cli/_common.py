@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from hpatool.registry import Registry
+if TYPE_CHECKING:  # imported when a command opens it, not for --help
+    from hpatool.registry import Registry
 
 #: The panels of the root ``--help``, in workflow order.
 DATA_PANEL = "Data"
@@ -32,4 +33,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tab
 
 def open_registry(home: Path | None) -> Registry:
     """The registry at the command's ``--home``, else the top-level ``--home``, else the default."""
+    from hpatool.registry import Registry
+
     return Registry.open(home if home is not None else ROOT_HOME.get())

@@ -28,16 +28,25 @@ __all__ = ["Bar", "Table", "err", "out", "print_error", "print_json", "progress_
 _MIN_WIDTH = 120
 
 
+class _Console(Console):
+    """rich's Console, except that a closed pipe raises ``BrokenPipeError`` (the root command
+    group ends quietly with exit 141 on it) instead of rich's own ``SystemExit(1)``."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def out() -> Console:
     """A console on the current stdout (looked up per call, so test runners can capture it)."""
-    console = Console(file=sys.stdout, highlight=False, soft_wrap=True)
+    console = _Console(file=sys.stdout, highlight=False, soft_wrap=True)
     if not console.is_terminal and console.width < _MIN_WIDTH:
         console.width = _MIN_WIDTH  # don't fold tables into 80 columns when piped
     return console
 
 
 def err() -> Console:
-    return Console(file=sys.stderr, highlight=False)
+    return _Console(file=sys.stderr, highlight=False)
 
 
 def print_error(message: str) -> None:

@@ -14,6 +14,8 @@ from typing import Any
 import typer
 from typer.core import TyperArgument, TyperGroup
 
+from hpatool.cli._help import command_panels
+
 HEADER = """# hpatool command reference
 
 Generated from the app by `python -m hpatool.cli._docs docs/cli.md`; do not edit by hand.
@@ -57,7 +59,7 @@ def render() -> str:
         ctx = typer.Context(cmd, info_name=title)
         parts.append(f"\n## `{title}`\n")
         parts.append(f"```\n{cmd.get_usage(ctx).strip()}\n```\n")
-        help_text = (cmd.help or "").strip()
+        help_text = (cmd.help or "").replace("\b", "").strip()
         if help_text:
             parts.append("\n" + "\n".join(line.strip() for line in help_text.splitlines()) + "\n")
         params = [
@@ -66,8 +68,8 @@ def render() -> str:
         if params:
             parts.append("\n" + "\n".join(_param_line(p, ctx) for p in params) + "\n")
         if isinstance(cmd, TyperGroup):
-            subs = [n for n in cmd.list_commands(ctx)]
-            parts.append("\nCommands: " + ", ".join(f"`{n}`" for n in subs) + "\n")
+            for panel, rows in command_panels(cmd, ctx):
+                parts.append(f"\n{panel}: " + ", ".join(f"`{n}`" for n, _ in rows) + "\n")
     return "".join(parts)
 
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
+
+if TYPE_CHECKING:
+    from hpatool.catalog import VerifyReport
 
 app = typer.Typer(
     help="Register, list, show, remove and verify datasets.\n\nExample: hpatool datasets list",
@@ -52,8 +53,8 @@ def add(
 
     Example: hpatool datasets add kaggle-train --labels train.csv --root train/
     """
+    from hpatool.catalog import add_dataset
     from hpatool.cli._console import out
-    from hpatool.datasets import add_dataset
 
     with open_registry(home) as reg:
         rec = add_dataset(reg, name, labels=labels, root=root, kind=kind)
@@ -101,30 +102,23 @@ def show(name: NameArg, json_: JsonOpt = False, home: HomeOpt = None) -> None:
 
     Example: hpatool datasets show kaggle-train
     """
-    from hpatool.cli._console import Table, out, print_json
-    from hpatool.labels import CLASS_NAMES
+    from hpatool.catalog import describe_dataset
+    from hpatool.cli._console import print_json
 
     with open_registry(home) as reg:
-        rec = reg.dataset(name)
-        statuses = reg.status_counts(name)
-        split = reg.split_info(name)
-        fold_counts = reg.fold_class_counts(name) if split else None
-        fold_sizes = sorted(reg.folds(name).values()) if split else []
-    doc = rec.to_json()
-    if any(k is not None for k in statuses):  # per-sample status, e.g. of a download
-        doc["status"] = {k or "pending": n for k, n in sorted(statuses.items(), key=str)}
-    if split is not None and fold_counts is not None:
-        doc["folds"] = {
-            "n": split["folds"],
-            "seed": split["seed"],
-            "created_at": split["created_at"],
-            "sizes": [fold_sizes.count(k) for k in range(split["folds"])],
-            "class_counts": fold_counts,
-        }
+        doc = describe_dataset(reg, name)
     if json_:
         print_json(doc)
         return
-    table = Table(title=f"Dataset {rec.name}", show_header=False)
+    _print_dataset(doc)
+    if "folds" in doc:
+        _print_folds(doc["folds"])
+
+
+def _print_dataset(doc: dict[str, Any]) -> None:
+    from hpatool.cli._console import Table, out
+
+    table = Table(title=f"Dataset {doc['name']}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
     for key, value in doc.items():
@@ -135,24 +129,25 @@ def show(name: NameArg, json_: JsonOpt = False, home: HomeOpt = None) -> None:
         )
     if "status" in doc:
         table.add_row("status", ", ".join(f"{n:,} {k}" for k, n in doc["status"].items()))
-    for key, value in sorted(rec.provenance.items()):
+    for key, value in sorted(doc["provenance"].items()):
         table.add_row(f"made with: {key}", str(value))
     out().print(table)
-    if split is not None and fold_counts is not None:
-        folds_table = Table(
-            title=f"Class counts per fold ({split['folds']} folds, seed {split['seed']})"
-        )
-        folds_table.add_column("class")
-        for k in range(split["folds"]):
-            folds_table.add_column(f"fold {k}", justify="right")
-        folds_table.add_column("total", justify="right")
-        folds_table.add_row(
-            "samples", *(f"{n:,}" for n in doc["folds"]["sizes"]), f"{sum(doc['folds']['sizes']):,}"
-        )
-        for c, class_name in enumerate(CLASS_NAMES):
-            row = [counts[c] for counts in fold_counts]
-            folds_table.add_row(f"{c} {class_name}", *(f"{v:,}" for v in row), f"{sum(row):,}")
-        out().print(folds_table)
+
+
+def _print_folds(folds: dict[str, Any]) -> None:
+    from hpatool.cli._console import Table, out
+    from hpatool.labels import CLASS_NAMES
+
+    table = Table(title=f"Class counts per fold ({folds['n']} folds, seed {folds['seed']})")
+    table.add_column("class")
+    for k in range(folds["n"]):
+        table.add_column(f"fold {k}", justify="right")
+    table.add_column("total", justify="right")
+    table.add_row("samples", *(f"{n:,}" for n in folds["sizes"]), f"{sum(folds['sizes']):,}")
+    for c, class_name in enumerate(CLASS_NAMES):
+        row = [counts[c] for counts in folds["class_counts"]]
+        table.add_row(f"{c} {class_name}", *(f"{v:,}" for v in row), f"{sum(row):,}")
+    out().print(table)
 
 
 @app.command("remove")
@@ -161,10 +156,11 @@ def remove(name: NameArg, home: HomeOpt = None) -> None:
 
     Example: hpatool datasets remove old-train
     """
+    from hpatool.catalog import remove_dataset
     from hpatool.cli._console import out
 
     with open_registry(home) as reg:
-        rec = reg.remove_dataset(name)
+        rec = remove_dataset(reg, name)
     out().print(f"Removed dataset [bold]{rec.name}[/] ({rec.samples:,} samples); files untouched.")
 
 
@@ -196,46 +192,37 @@ def verify(
 ) -> None:
     """Check that every sample has four 8-bit greyscale channel files of one size that decode.
 
-    Prints a summary and the failures; exits 1 if any sample fails.
+    Prints a summary and the failures; exits 1, with an error line, if any sample fails.
 
     Example: hpatool datasets verify kaggle-train --size 512
     """
-    from hpatool._io import write_text_atomic
-    from hpatool.cli._console import Table, out, print_json, progress_bar
-    from hpatool.datasets import verify_dataset
+    from hpatool.catalog import verify_dataset
+    from hpatool.cli._console import print_json, progress_bar
 
     with open_registry(home) as reg, progress_bar(f"verify {name}") as progress:
-        report = verify_dataset(reg, name, size=size, workers=workers, progress=progress)
-    if failures is not None:
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["Id", "colour", "path", "problem"])
-        writer.writerows((f.id, f.colour, f.path, f.problem) for f in report.failures)
-        write_text_atomic(failures, buf.getvalue())
+        report = verify_dataset(
+            reg, name, size=size, workers=workers, progress=progress, failures=failures
+        )
     if json_:
-        print_json(
-            {
-                "dataset": report.dataset,
-                "checked": report.checked,
-                "ok": report.ok,
-                "failed": report.failed_samples,
-                "sizes": {f"{w}x{h}": n for (w, h), n in report.sizes.most_common()},
-                "failures": [f.__dict__ for f in report.failures],
-            }
-        )
+        print_json(report.to_json())
     else:
-        console = out()
-        sizes = ", ".join(f"{w}x{h}: {n:,}" for (w, h), n in report.sizes.most_common(3)) or "-"
-        console.print(
-            f"Verified [bold]{name}[/] in {report.root}: {report.checked:,} samples, "
-            f"{report.ok:,} ok, {report.failed_samples:,} failed (sizes {sizes})"
-        )
-        if report.failures:
-            table = Table(title="Failures" + (" (first 20)" if len(report.failures) > 20 else ""))
-            for col in ("Id", "colour", "problem", "path"):
-                table.add_column(col)
-            for f in report.failures[:20]:
-                table.add_row(f.id, f.colour, f.problem, f.path)
-            console.print(table)
-    if report.failed_samples:
-        raise typer.Exit(1)
+        _print_verify_report(report)
+    report.check()  # one error line and exit 1 if any sample failed
+
+
+def _print_verify_report(report: VerifyReport) -> None:
+    from hpatool.cli._console import Table, out
+
+    console = out()
+    sizes = ", ".join(f"{w}x{h}: {n:,}" for (w, h), n in report.sizes.most_common(3)) or "-"
+    console.print(
+        f"Verified [bold]{report.dataset}[/] in {report.root}: {report.checked:,} samples, "
+        f"{report.ok:,} ok, {report.failed_samples:,} failed (sizes {sizes})"
+    )
+    if report.failures:
+        table = Table(title="Failures" + (" (first 20)" if len(report.failures) > 20 else ""))
+        for col in ("Id", "colour", "problem", "path"):
+            table.add_column(col)
+        for f in report.failures[:20]:
+            table.add_row(f.id, f.colour, f.problem, f.path)
+        console.print(table)

@@ -1,13 +1,16 @@
-"""``hpatool stats`` and ``hpatool show``: looking at labels and images."""
+"""``hpatool stats``: label statistics of registered datasets, as tables, JSON or a bar chart."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
+
+if TYPE_CHECKING:
+    from hpatool.stats import DatasetStats
 
 
 def stats(
@@ -35,21 +38,26 @@ def stats(
 
     Example: hpatool stats kaggle-train hpa-v18 --plot classes.png
     """
-    from hpatool._io import figure_file
-    from hpatool.cli._console import Table, out, print_json
-    from hpatool.labels import CLASS_NAMES
-    from hpatool.stats import RARE_SHARE, dataset_stats, plot_class_counts, stats_json
+    from hpatool.cli._console import out, print_json
+    from hpatool.stats import stats_json, stats_report
 
-    if plot is not None:
-        plot = figure_file(plot, "--plot")
     with open_registry(home) as reg:
-        all_stats = [dataset_stats(reg, n) for n in names]
-    if plot is not None:
-        plot_class_counts(all_stats, plot)
+        all_stats = stats_report(reg, names, plot=plot)
     if json_:
         print_json(stats_json(all_stats))
         return
-    console = out()
+    _print_class_counts(all_stats)
+    _print_labels_per_sample(all_stats)
+    _print_pairs(all_stats, top_pairs)
+    if plot is not None:
+        out().print(f"Plot written to {plot.expanduser()}")
+
+
+def _print_class_counts(all_stats: list[DatasetStats]) -> None:
+    from hpatool.cli._console import Table, out
+    from hpatool.labels import CLASS_NAMES
+    from hpatool.stats import RARE_SHARE
+
     table = Table(title="Class counts (rare classes, < 1% of labelled samples, in red)")
     table.add_column("#", justify="right")
     table.add_column("class")
@@ -72,7 +80,11 @@ def stats(
         "samples / labelled",
         *[v for s in all_stats for v in (f"{s.samples:,}", f"{s.labelled:,}")],
     )
-    console.print(table)
+    out().print(table)
+
+
+def _print_labels_per_sample(all_stats: list[DatasetStats]) -> None:
+    from hpatool.cli._console import Table, out
 
     hist = Table(title="Labels per sample")
     hist.add_column("labels", justify="right")
@@ -81,7 +93,12 @@ def stats(
         hist.add_column(s.name, justify="right")
     for k in keys:
         hist.add_row(str(k), *[f"{s.labels_per_sample.get(str(k), 0):,}" for s in all_stats])
-    console.print(hist)
+    out().print(hist)
+
+
+def _print_pairs(all_stats: list[DatasetStats], top_pairs: int) -> None:
+    from hpatool.cli._console import Table, out
+    from hpatool.labels import CLASS_NAMES
 
     for s in all_stats:
         if not s.pairs or top_pairs == 0:
@@ -91,24 +108,4 @@ def stats(
         pairs.add_column("samples", justify="right")
         for (a, b), n in s.pairs.most_common(top_pairs):
             pairs.add_row(f"{a} {CLASS_NAMES[a]} + {b} {CLASS_NAMES[b]}", f"{n:,}")
-        console.print(pairs)
-    if plot is not None:
-        console.print(f"Plot written to {plot}")
-
-
-def show(
-    name: Annotated[str, typer.Argument(metavar="NAME", help="Dataset name.", show_default=False)],
-    sample_id: Annotated[str, typer.Argument(metavar="ID", help="Sample id.", show_default=False)],
-    out_path: Annotated[Path, typer.Option("--out", help="PNG file to write.", show_default=False)],
-    home: HomeOpt = None,
-) -> None:
-    """Draw a sample's four stains side by side and the colour composite, titled with its labels.
-
-    Example: hpatool show kaggle-train 00070df0-bbc3-11e8-b2bc-ac1f6b6435d0 --out sample.png
-    """
-    from hpatool.cli._console import out
-    from hpatool.show import show_sample
-
-    with open_registry(home) as reg:
-        show_sample(reg, name, sample_id, out_path)
-    out().print(f"Wrote {out_path}")
+        out().print(pairs)

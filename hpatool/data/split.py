@@ -90,7 +90,8 @@ def split_dataset(
     y = to_multihot([s.target for s in samples])
     assignment = make_folds(y, folds=folds, seed=seed)
     replaced = existing is not None
-    reg.set_folds(name, [s.id for s in samples], assignment.tolist(), folds=folds, seed=seed)
+    with reg.transaction():  # the command's unit of work: the split and its folds, together
+        reg.set_folds(name, [s.id for s in samples], assignment.tolist(), folds=folds, seed=seed)
     counts = fold_class_counts(y, assignment, folds)
     sizes = np.bincount(assignment, minlength=folds).astype(int).tolist()
     totals = y.sum(axis=0)

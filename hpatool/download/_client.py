@@ -9,32 +9,36 @@ conversion (decode, resize, PNG encode) runs in a process pool, never on the eve
 
 Timeouts, connection errors, 5xx, 408, 429 and truncated or undecodable bodies are retried with
 exponential backoff and full jitter (``Retry-After`` honoured, capped); 403, 404, 410 and other
-4xx are permanent. Nothing here prints: results go to a callback, one per file.
+4xx are permanent. Each failed attempt has a :class:`~hpatool.download.retry.Failure` kind,
+and the decisions (retry, give up, "the server cannot be reached") are made on kinds, never on
+message text. Nothing here prints: results go to a callback, one per file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
-import math
 import os
-import random
 from collections.abc import Callable, Iterator
 from concurrent.futures import BrokenExecutor, Executor
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import aiohttp
-from PIL import Image
 from yarl import URL
 
 from hpatool import __version__
+from hpatool.convert.pool import WORKER_DIED, WorkerDied
+from hpatool.convert.workers import (
+    Outcome,
+    OutcomeKind,
+    convert_file,
+    place_checked_body,
+    verify_file,
+)
+from hpatool.download.retry import UNREACHABLE_ATTEMPTS, Failure, backoff_delay, parse_retry_after
 from hpatool.errors import WorkFailed
-from hpatool.preprocess import WRITE_ERROR, convert_file, verify_file
 
 CHUNK = 1 << 16
 #: With ``--size 0``, a body of at most this many bytes (by its ``Content-Length``) is read into
@@ -42,19 +46,10 @@ CHUNK = 1 << 16
 #: system calls for it. Larger or unsized bodies are streamed to their ``.part`` file.
 #: (At most ``concurrency`` such bodies are held at once: 256 MiB at 64.)
 MAX_MEMORY_BODY = 4 << 20
-#: Longest wait a server's ``Retry-After`` can impose, in seconds.
-MAX_RETRY_AFTER = 120.0
-#: Longest backoff between two attempts of one file, in seconds.
-MAX_BACKOFF = 60.0
 #: A whole file may take this many times ``--timeout`` (which bounds each connect and read).
 TOTAL_TIMEOUT_FACTOR = 10
-RETRY_STATUS = frozenset({408, 425, 429})
-#: Give up on the whole run when this many attempts (at least; ``2 * concurrency`` if more) have
-#: failed to reach the server (connection errors, timeouts, HTML instead of images) before any
-#: file arrived: a wrong ``--base-url`` or no network would otherwise retry every file for hours.
-UNREACHABLE_ATTEMPTS = 48
 _IMAGE_TYPES = ("image/", "application/octet-stream", "binary/octet-stream")
-_LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -88,6 +83,7 @@ class FileResult:
     fetched: bool  # a body was downloaded (False: converted from a raw file on disk)
     status: int | None = None  # the last HTTP status, None for network errors
     error: str | None = None
+    failure: Failure | None = None  # why the last attempt failed; None when ok
 
 
 @dataclass
@@ -99,11 +95,21 @@ class Counters:
 
 @dataclass(frozen=True)
 class _Attempt:
-    kind: str  # "ok", "retry", "permanent"
+    """One request: ``failure`` None if the body arrived (whole, and an image by its type)."""
+
+    failure: Failure | None = None
     status: int | None = None
-    error: str | None = None
+    error: str | None = None  # for people: what went wrong
     retry_after: float | None = None
     body: bytes | None = None  # the whole body, when read into memory (not streamed to .part)
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    @property
+    def permanent(self) -> bool:
+        return self.failure is not None and not self.failure.retryable(self.status)
 
 
 class _DiskError(WorkFailed):
@@ -112,35 +118,6 @@ class _DiskError(WorkFailed):
 
 class ServerUnreachable(WorkFailed):
     """No file could be fetched at all: fatal for the whole run (wrong URL, no network)."""
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), capped; or None."""
-    if not value:
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    if not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
-
-
-def backoff_delay(attempt: int, base: float, retry_after: float | None = None) -> float:
-    """Wait before retry number ``attempt`` (1, 2, ...): the server's ``Retry-After`` if it gave
-    one, else full jitter over ``base * 2**(attempt-1)`` (capped at ``MAX_BACKOFF``)."""
-    if retry_after is not None:
-        return retry_after
-    ceiling = min(MAX_BACKOFF, base * (2.0 ** min(attempt - 1, 30)))
-    return random.uniform(0.0, ceiling)
 
 
 def _is_image_type(content_type: str) -> bool:
@@ -221,8 +198,8 @@ class Downloader:
     async def _process(self, job: FileJob) -> FileResult:
         try:
             if job.local and job.png is not None:
-                error = await self._convert(job.raw, job)
-                if error is None:
+                converted = await self._convert(job.raw, job)
+                if converted.ok:
                     return FileResult(job, ok=True, fetched=False)
                 with contextlib.suppress(OSError):
                     job.raw.unlink()  # a bad raw file (not ours, or damaged): fetch it again
@@ -239,18 +216,15 @@ class Downloader:
         while True:
             attempt += 1
             outcome = await self._fetch_once(job)
-            if outcome.kind == "ok":
-                if outcome.body is not None:
-                    error = await self._run(_check_and_place, outcome.body, job.part, job.raw)
-                else:
-                    error = await self._finish(job)
+            if outcome.ok:
+                error = await self._finish(job, outcome.body)
                 if error is None:
                     self.fetched_ok += 1
                     return FileResult(job, ok=True, fetched=True, status=200)
-                outcome = _Attempt("retry", 200, error)
+                outcome = _Attempt(Failure.BAD_IMAGE, 200, error)
             self._drop_part(job.part)
             self._check_reachable(job, outcome)
-            if outcome.kind == "permanent" or attempt > s.retries:
+            if outcome.permanent or attempt > s.retries:
                 tries = f" (after {attempt} attempts)" if attempt > 1 else ""
                 return FileResult(
                     job,
@@ -258,6 +232,7 @@ class Downloader:
                     fetched=False,
                     status=outcome.status,
                     error=f"{outcome.error}{tries}",
+                    failure=outcome.failure,
                 )
             self.counters.retries += 1
             await asyncio.sleep(backoff_delay(attempt, s.backoff, outcome.retry_after))
@@ -265,9 +240,7 @@ class Downloader:
     def _check_reachable(self, job: FileJob, outcome: _Attempt) -> None:
         """Stop the run when the server has never answered with an image and many attempts
         have failed to reach it (see ``UNREACHABLE_ATTEMPTS``)."""
-        if self.fetched_ok:
-            return
-        if not (outcome.error or "").startswith(("connection error", "timed out", "not an image")):
+        if self.fetched_ok or outcome.failure is None or not outcome.failure.unreachable:
             return
         self.unreachable += 1
         limit = max(UNREACHABLE_ATTEMPTS, 2 * self.settings.concurrency)
@@ -280,56 +253,59 @@ class Downloader:
             )
 
     async def _fetch_once(self, job: FileJob) -> _Attempt:
+        """One request for ``job``: its body streamed to ``job.part`` (or read into memory)."""
         assert self._session is not None
         self.counters.requests += 1
         try:
             async with self._session.get(URL(job.url, encoded=True)) as resp:
-                status = resp.status
-                if status != 200:
-                    reason = f"HTTP {status}" + (f" {resp.reason}" if resp.reason else "")
-                    if status in RETRY_STATUS or status >= 500:
-                        after = parse_retry_after(resp.headers.get("Retry-After"))
-                        return _Attempt("retry", status, reason, after)
-                    return _Attempt("permanent", status, reason)
-                ctype = resp.headers.get("Content-Type", "")
-                if not _is_image_type(ctype):
-                    return _Attempt(
-                        "retry",
-                        status,
-                        f"not an image: HTTP 200 with Content-Type {ctype.split(';')[0].strip()}",
-                    )
-                encoded = resp.headers.get("Content-Encoding", "identity").lower() != "identity"
-                expected = None if encoded else resp.content_length
-                if job.png is None and expected is not None and 0 < expected <= MAX_MEMORY_BODY:
-                    body = await resp.read()
-                    self.counters.bytes += len(body)
-                    if len(body) != expected:
-                        return _Attempt(
-                            "retry", status, f"truncated body: {len(body)} of {expected} bytes"
-                        )
-                    return _Attempt("ok", status, body=body)
-                received = await self._stream(resp, job.part)
-                if expected is not None and received != expected:
-                    return _Attempt(
-                        "retry", status, f"truncated body: {received} of {expected} bytes"
-                    )
-                if received == 0:
-                    return _Attempt("retry", status, "empty body")
-                return _Attempt("ok", status)
+                return await self._read(resp, job)
         except TimeoutError:
             return _Attempt(
-                "retry",
+                Failure.TIMEOUT,
                 None,
                 f"timed out (no data for {self.settings.timeout:g} s "
                 f"or more than {self.settings.timeout * TOTAL_TIMEOUT_FACTOR:g} s "
                 "in all)",
             )
         except aiohttp.ClientPayloadError as exc:
-            return _Attempt("retry", None, f"truncated body ({_one_line(exc)})")
+            return _Attempt(Failure.TRUNCATED, None, f"truncated body ({_one_line(exc)})")
         except (aiohttp.TooManyRedirects, aiohttp.InvalidURL) as exc:
-            return _Attempt("permanent", None, f"{type(exc).__name__}: {_one_line(exc)}")
+            return _Attempt(Failure.BAD_REQUEST, None, f"{type(exc).__name__}: {_one_line(exc)}")
         except (aiohttp.ClientError, OSError) as exc:
-            return _Attempt("retry", None, f"connection error: {_one_line(exc)}")
+            return _Attempt(Failure.CONNECTION, None, f"connection error: {_one_line(exc)}")
+
+    async def _read(self, resp: aiohttp.ClientResponse, job: FileJob) -> _Attempt:
+        """Check an answer's status and type, then take its body (whole, or it is a failure)."""
+        status = resp.status
+        if status != 200:
+            reason = f"HTTP {status}" + (f" {resp.reason}" if resp.reason else "")
+            after = parse_retry_after(resp.headers.get("Retry-After"))
+            return _Attempt(Failure.HTTP_STATUS, status, reason, after)
+        ctype = resp.headers.get("Content-Type", "")
+        if not _is_image_type(ctype):
+            return _Attempt(
+                Failure.NOT_AN_IMAGE,
+                status,
+                f"not an image: HTTP 200 with Content-Type {ctype.split(';')[0].strip()}",
+            )
+        encoded = resp.headers.get("Content-Encoding", "identity").lower() != "identity"
+        expected = None if encoded else resp.content_length
+        if job.png is None and expected is not None and 0 < expected <= MAX_MEMORY_BODY:
+            body = await resp.read()
+            self.counters.bytes += len(body)
+            if len(body) != expected:
+                return _Attempt(
+                    Failure.TRUNCATED, status, f"truncated body: {len(body)} of {expected} bytes"
+                )
+            return _Attempt(None, status, body=body)
+        received = await self._stream(resp, job.part)
+        if expected is not None and received != expected:
+            return _Attempt(
+                Failure.TRUNCATED, status, f"truncated body: {received} of {expected} bytes"
+            )
+        if received == 0:
+            return _Attempt(Failure.EMPTY, status, "empty body")
+        return _Attempt(None, status)
 
     async def _stream(self, resp: aiohttp.ClientResponse, part: Path) -> int:
         """Write the body to ``part``; the bytes received. Write errors are fatal."""
@@ -369,17 +345,21 @@ class Downloader:
             part.unlink()
         self.active_parts.discard(part)
 
-    async def _finish(self, job: FileJob) -> str | None:
-        """Check and place a downloaded body: convert it, and/or rename it to the raw file."""
-        if job.png is None:
-            error = await self._run(verify_file, str(job.part))
-        else:
-            error = await self._convert(job.part, job)
-        if error is not None:
-            prefix = f"{job.part}: "
-            return "downloaded file " + (
-                error[len(prefix) :] if error.startswith(prefix) else error
+    async def _finish(self, job: FileJob, body: bytes | None) -> str | None:
+        """Check and place a downloaded body (``body`` if it was read into memory, else
+        ``job.part``): convert it, and/or rename it to the raw file. Why not (the body is no
+        image), or ``None``. A file that cannot be written is fatal: ``_DiskError``."""
+        if body is not None:
+            placed = self._fatal(
+                await self._run(place_checked_body, body, str(job.part), str(job.raw))
             )
+            return None if placed.ok else f"downloaded file {placed.reason}"
+        if job.png is None:
+            checked = await self._run(verify_file, str(job.part))
+        else:
+            checked = await self._convert(job.part, job)
+        if not checked.ok:
+            return f"downloaded file {checked.reason}"  # the reason, without the .part path
         try:
             if job.keep_raw:
                 os.replace(job.part, job.raw)
@@ -390,64 +370,30 @@ class Downloader:
         self.active_parts.discard(job.part)
         return None
 
-    async def _convert(self, src: Path, job: FileJob) -> str | None:
-        """Convert ``src`` to the job's PNG; why not (a bad image), or ``None``. An output that
-        cannot be written (disk full, permissions) is fatal: ``_DiskError``."""
+    async def _convert(self, src: Path, job: FileJob) -> Outcome:
+        """Convert ``src`` to the job's PNG: ``OK`` or ``BAD_IMAGE``. An output that cannot be
+        written (disk full, permissions) is fatal: ``_DiskError``."""
         assert job.png is not None
         s = self.settings
-        error = await self._run(
-            convert_file, str(src), str(job.png), job.colour, s.size, s.channel_rule
-        )
-        if error is not None and error.startswith(WRITE_ERROR):
-            raise _DiskError(
-                f"{error}; free some space in the --out folder (or check its permissions) and "
-                "rerun to resume"
+        return self._fatal(
+            await self._run(
+                convert_file, str(src), str(job.png), job.colour, s.size, s.channel_rule
             )
-        return error
+        )
 
-    async def _run(self, fn: Callable[..., str | None], *args: Any) -> str | None:
+    @staticmethod
+    def _fatal(outcome: Outcome) -> Outcome:
+        """``outcome``, unless it is a write error (disk full, permissions): ``_DiskError``."""
+        if outcome.kind is OutcomeKind.WRITE_ERROR:
+            raise _DiskError(
+                f"{outcome.message}; free some space in the --out folder (or check its "
+                "permissions) and rerun to resume"
+            )
+        return outcome
+
+    async def _run(self, fn: Callable[..., R], *args: Any) -> R:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self.pool, fn, *args)
         except BrokenExecutor:
-            raise WorkFailed(
-                "a conversion process died (out of memory?); finished files are kept, rerun to "
-                "resume, perhaps with fewer --workers"
-            ) from None
-
-
-def _check_and_place(body: bytes, part: Path, raw: Path) -> str | None:
-    """Check that ``body`` decodes (as ``check_decodes`` does a file), then write it to ``part``
-    and rename that to ``raw``; why not, or ``None``. Runs in a thread: the JPEG decoder releases
-    the GIL, and the file is created, written and renamed in one hand-off. A ``.part`` file only
-    exists inside this call (a write error removes it and is fatal: ``_DiskError``)."""
-    try:
-        with Image.open(io.BytesIO(body)) as img:
-            size = img.size
-            if img.format == "JPEG":
-                img.draft(img.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))
-            img.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        return f"downloaded file does not decode as an image ({_one_line(exc)})"
-    except Exception as exc:
-        return f"downloaded file {type(exc).__name__}: {exc}"
-    try:
-        with open(part, "wb") as fh:
-            fh.write(body)
-        os.replace(part, raw)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            part.unlink()
-        raise _DiskError(
-            f"cannot write {part}: {exc.strerror or exc}; free some space in the --out folder "
-            "(or check its permissions) and rerun to resume"
-        ) from None
-    return None
-
-
-def is_loopback(url: str) -> bool:
-    """Whether ``url`` points at this machine (proxies from the environment are not used)."""
-    from urllib.parse import urlsplit
-
-    host = urlsplit(url).hostname or ""
-    return host in _LOOPBACK or host.startswith("127.")
+            raise WorkerDied(WORKER_DIED) from None

@@ -14,6 +14,7 @@ from hpatool.errors import UsageError
 from hpatool.ids import COLOURS, id_problem
 
 DEFAULT_BASE_URL = "http://v18.proteinatlas.org/images"
+_LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 def check_base_url(base_url: str) -> str:
@@ -65,3 +66,9 @@ def image_url(base_url: str, sample_id: str, colour: str) -> str:
         raise ValueError(f"unknown colour {colour!r}; use one of {', '.join(COLOURS)}")
     antibody, _, rest = sample_id.partition("_")
     return f"{base_url.rstrip('/')}/{quote(antibody)}/{quote(rest)}_{colour}.jpg"
+
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url`` points at this machine (proxies from the environment are not used)."""
+    host = urlsplit(url).hostname or ""
+    return host in _LOOPBACK or host.startswith("127.")

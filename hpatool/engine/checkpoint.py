@@ -1,29 +1,11 @@
-"""Checkpoints: atomic save, ``weights_only=True`` load, and rebuilding a model from one.
+"""Checkpoints: atomic save, ``weights_only=True`` load, RNG states, and rebuilding a model.
 
-A checkpoint is a dict with fixed keys, holding only tensors, dicts, lists, strings, numbers,
-booleans and ``None`` (so ``torch.load(path, weights_only=True)`` reads it):
-
-===============  =================================================================
-``format``       ``"hpatool-checkpoint"``; ``version``: 1
-``arch``         the ``--arch`` given (``resnet50``); ``timm_name``: the timm model built
-``model``        the model's state dict (never DDP-wrapped)
-``optimizer``    AdamW state dict; ``scheduler``: LambdaLR state; ``scaler``: GradScaler state
-``epoch``        epochs completed; ``step``: optimizer steps done;
-                 ``step_in_epoch``: steps done in epoch ``epoch`` (> 0 only if stopped by
-                 ``--max-steps`` in the middle of an epoch; ``epoch_loss_sum`` then holds
-                 that epoch's loss sum so far)
-``rng``          torch / numpy / python (and CUDA) RNG states
-``sampler``      the training sampler's state (seed, epoch, draw size, world size)
-``config``       the resolved run configuration (a plain dict, as in config.json)
-``model_spec``   what prediction needs to rebuild the model and its inputs: ``arch``,
-                 ``timm_name``, ``in_chans``, ``num_classes``, ``crop``, ``mean``, ``std``,
-                 ``class_names``, ``datasets``, ``image_size``
-``best_f1``      best tuned macro F1 so far; ``best_epoch``
-``thresholds``   per-class thresholds tuned on this epoch's validation predictions
-``metrics``      this epoch's metrics row
-===============  =================================================================
-
-``build_model_from_checkpoint(path)`` gives ``(model, spec)`` from a checkpoint file alone.
+A checkpoint is a dict with fixed keys (``format`` = ``"hpatool-checkpoint"``, ``version`` = 1,
+then the keys listed in ``hpatool.engine.state``, which writes and reads them), holding only
+tensors, dicts, lists, strings, numbers, booleans and ``None`` so that
+``torch.load(path, weights_only=True)`` reads it. Its ``model_spec`` says how to rebuild the
+model and feed it; ``build_model_from_checkpoint(path)`` gives ``(model, spec)`` from a
+checkpoint file alone.
 """
 
 from __future__ import annotations
@@ -36,6 +18,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hpatool._io import atomic_path, describe_load_error
+from hpatool.engine.run_dir import (  # noqa: F401 - the run-folder file names, also read from here
+    BEST,
+    CONFIG_FILE,
+    CURVES_FILE,
+    LAST,
+    METRICS_FILE,
+    RUN_FILES,
+    THRESHOLDS_FILE,
+)
 from hpatool.errors import DataError, NotFound
 
 if TYPE_CHECKING:
@@ -44,14 +35,6 @@ if TYPE_CHECKING:
 
 FORMAT = "hpatool-checkpoint"
 VERSION = 1
-# The files of a run folder (written by ``engine.train``, read by ``predict`` and ``runs show``).
-LAST = "checkpoint-last.pt"
-BEST = "checkpoint-best.pt"
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.csv"
-THRESHOLDS_FILE = "thresholds.json"
-CURVES_FILE = "curves.png"
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST, BEST, THRESHOLDS_FILE, CURVES_FILE)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

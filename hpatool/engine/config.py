@@ -17,11 +17,13 @@ import os
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from hpatool.errors import NotFound, UsageError
+from hpatool.labels import NUM_CLASSES
 
 C = TypeVar("C")
 
@@ -31,7 +33,7 @@ AGGREGATIONS = ("max", "mean")
 
 
 def default_workers() -> int:
-    """DataLoader workers when none are given: one per CPU, at most 4."""
+    """min(4, CPUs): the DataLoader workers of ``train`` when none are given."""
     return min(4, os.cpu_count() or 1)
 
 
@@ -118,13 +120,32 @@ def train_config(options: dict[str, Any], base: dict[str, Any] | None = None) ->
     return TrainConfig(**merged)
 
 
+def given_train_options(
+    options: TrainConfig | Mapping[str, Any], config_file: str | Path | None = None
+) -> dict[str, Any]:
+    """The options a ``train`` invocation gives, by ``TrainConfig`` name: those of
+    ``config_file`` (``--config``), overridden by ``options``. ``options`` is a ``TrainConfig``
+    (every option given) or the command line's values by parameter name (``None`` or an empty
+    list = not given, ``dataset`` = ``datasets``, names that are not options are left out).
+    The options not given come from the resumed run or the defaults (``train_config``)."""
+    raw = options.to_json() if isinstance(options, TrainConfig) else dict(options)
+    if "dataset" in raw:
+        raw["datasets"] = raw.pop("dataset")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    flags = {k: str(v) if isinstance(v, Path) else v for k, v in raw.items() if k in names}
+    flags["datasets"] = list(flags.get("datasets") or []) or None
+    from_file = read_config_file(config_file, TrainConfig, "train") if config_file else None
+    return merge_options(TrainConfig, from_file, flags)
+
+
 # ---------------------------------------------------------------------------------- predict
 
 
 @dataclass
 class PredictConfig:
-    """The scoring options shared by ``hpatool predict`` and ``hpatool evaluate``, and the
-    output files of ``predict``."""
+    """The options of ``hpatool predict`` and ``hpatool evaluate``: how to score (shared), the
+    output files of ``predict``, and the fold and plot of ``evaluate``. Each command ignores the
+    other's own options, so one configuration file can serve both."""
 
     dataset: str | None = None
     run: str | None = None
@@ -138,25 +159,72 @@ class PredictConfig:
     workers: int = 0
     device: str = "auto"
     seed: int = 0
+    # predict only
     out: str = "submission.csv"
     probs: str | None = None
     strict: bool = False
+    # evaluate only
+    fold: int | None = None
+    plot: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     def validate(self) -> None:
+        """Check every option before any work; the texts are those of the command line."""
         if not self.dataset:
             raise UsageError("give the dataset to score with --dataset NAME")
-        _at_least(self, "crops", 1, "score at least 1 crop per image")
-        _at_least(self, "crop_size", 8, "use at least 8 pixels")
-        _one_of(self, "agg", AGGREGATIONS)
-        _at_least(self, "min_labels", 0, "use 0 to 28")
-        if self.min_labels > 28:
-            raise _bad("min_labels", self.min_labels, "use 0 to 28")
-        _at_least(self, "batch_size", 1, "use at least 1")
+        if (self.run is None) == (self.checkpoint is None):
+            raise UsageError("give exactly one of --run RUN or --checkpoint PATH")
+        _at_least(self, "crops", 1, "use 1 or more")
+        if self.crop_size is not None and self.crop_size < 8:
+            raise UsageError(
+                f"--crop-size {self.crop_size} is too small; use --crop-size 8 or more"
+            )
+        if self.agg not in AGGREGATIONS:
+            raise UsageError(f"--agg {self.agg!r} is invalid; use max or mean")
+        parse_threshold(self.threshold)
+        if not 0 <= self.min_labels <= NUM_CLASSES:
+            raise _bad("min_labels", self.min_labels, f"use 0..{NUM_CLASSES}")
+        _at_least(self, "batch_size", 1, "use 1 or more")
         _at_least(self, "workers", 0, "use 0 (load in the main process) or more")
         _one_of(self, "device", DEVICES)
+        _at_least(self, "seed", 0, "use a non-negative integer")
+
+
+def parse_threshold(threshold: str | float) -> float | None:
+    """``--threshold``: ``None`` for ``auto`` (the run's tuned thresholds), else one number in
+    (0, 1) for every class."""
+    if isinstance(threshold, str) and threshold.strip().lower() == "auto":
+        return None
+    try:
+        value = float(threshold)
+    except ValueError:
+        raise UsageError(
+            f"--threshold {threshold!r} is invalid; use 'auto' or a number in (0, 1)"
+        ) from None
+    if not 0.0 < value < 1.0:
+        raise UsageError(f"--threshold {value} is out of range; use a number in (0, 1)")
+    return value
+
+
+def predict_config(
+    options: dict[str, Any], config_file: str | Path | None = None, command: str = "predict"
+) -> PredictConfig:
+    """The checked ``PredictConfig`` of ``hpatool predict`` or ``evaluate``: ``options`` (the
+    command line's values by parameter name; ``None`` = not given, names that are not options
+    are left out) over a ``--config`` file (its ``[evaluate]`` or ``[predict]`` table for
+    ``evaluate``, its ``[predict]`` table for ``predict``, else its top level) over the
+    defaults."""
+    names = {f.name for f in dataclasses.fields(PredictConfig)}
+    given = {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if k in names}
+    sections = ("evaluate", "predict") if command == "evaluate" else ("predict",)
+    from_file = (
+        read_config_file(config_file, PredictConfig, sections) if config_file is not None else {}
+    )
+    config = PredictConfig(**merge_options(PredictConfig, from_file, given))
+    config.validate()
+    return config
 
 
 # ---------------------------------------------------------------------------- the machinery
@@ -210,7 +278,7 @@ def merge_options(cls: type, *layers: dict[str, Any] | None) -> dict[str, Any]:
     return merged
 
 
-def read_config_file(path: str | Path, cls: type, section: str) -> dict[str, Any]:
+def read_config_file(path: str | Path, cls: type, section: str | tuple[str, ...]) -> dict[str, Any]:
     """The options in a configuration file, checked against ``cls``'s fields.
 
     A ``.toml`` file holds the options at its top level or in a ``[section]`` table, named as
@@ -231,8 +299,10 @@ def read_config_file(path: str | Path, cls: type, section: str) -> dict[str, Any
         raise UsageError(f"--config {file}: not valid {kind} ({exc})") from None
     if isinstance(doc, dict) and isinstance(doc.get("options"), dict):
         doc = doc["options"]  # a run's config.json
-    if isinstance(doc, dict) and isinstance(doc.get(section), dict):
-        doc = doc[section]
+    for name in (section,) if isinstance(section, str) else section:
+        if isinstance(doc, dict) and isinstance(doc.get(name), dict):
+            doc = doc[name]  # the first of the sections the file has
+            break
     if not isinstance(doc, dict):
         raise UsageError(f"--config {file}: expected a table of options")
     fields = {f.name: f for f in dataclasses.fields(cls)}

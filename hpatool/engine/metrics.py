@@ -1,44 +1,93 @@
-"""Macro F1 and per-class threshold tuning, in numpy.
+"""Per-class precision, recall and F1, macro F1, and per-class threshold tuning, in numpy.
 
-``macro_f1`` averages the 28 per-class F1 scores; a class with no positives and no predicted
-positives scores 0 (as ``sklearn.metrics.f1_score(average="macro", zero_division=0)``).
-``tune_thresholds`` picks, per class, the threshold on a grid that maximises that class's F1 on
-the given predictions (ties go to the threshold closest to 0.5); a class without positives keeps
-0.5. Thresholds tuned on the validation predictions flatter the validation F1 a little; they are
-what prediction uses.
+``class_scores`` is the one per-class implementation: training's ``macro_f1``, threshold tuning
+and ``hpatool evaluate``'s report all count true and false positives through it. A score whose
+denominator is 0 is 0 (as scikit-learn's ``zero_division=0``), so a class with no positives and
+no predicted positives has F1 0. ``tune_thresholds`` picks, per class, the threshold on a grid
+that maximises that class's F1 on the given predictions (ties go to the threshold closest to
+0.5); a class without positives keeps 0.5. Thresholds tuned on the validation predictions
+flatter the validation F1 a little; they are what prediction uses.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+from hpatool.labels import CLASS_NAMES
 
 DEFAULT_THRESHOLD = 0.5
 #: Thresholds tried per class: 0.02, 0.03, ..., 0.98.
 THRESHOLD_GRID: np.ndarray = np.round(np.arange(0.02, 0.985, 0.01), 2)
 
 
-def _counts(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class ClassScores:
+    """Per-class arrays (one value per column of the labels)."""
+
+    precision: np.ndarray
+    recall: np.ndarray
+    f1: np.ndarray
+    support: np.ndarray  # true positives + false negatives: the samples that have the class
+
+
+def _ratio(num: np.ndarray, denom: np.ndarray) -> np.ndarray:
+    return np.divide(num, denom, out=np.zeros_like(num, dtype=np.float64), where=denom > 0)
+
+
+def class_scores(y_true: np.ndarray, y_pred: np.ndarray) -> ClassScores:
+    """Precision, recall, F1 and support of each class (column) for binary ``(n, C)`` truths
+    and predictions; 0 where a score is undefined."""
     t = np.asarray(y_true).astype(bool)
     p = np.asarray(y_pred).astype(bool)
     tp = (t & p).sum(axis=0).astype(np.float64)
     fp = (~t & p).sum(axis=0).astype(np.float64)
     fn = (t & ~p).sum(axis=0).astype(np.float64)
-    return tp, fp, fn
-
-
-def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
-    denom = 2 * tp + fp + fn
-    return np.divide(2 * tp, denom, out=np.zeros_like(tp, dtype=np.float64), where=denom > 0)
+    return ClassScores(
+        precision=_ratio(tp, tp + fp),
+        recall=_ratio(tp, tp + fn),
+        f1=_ratio(2 * tp, 2 * tp + fp + fn),
+        support=t.sum(axis=0),
+    )
 
 
 def f1_per_class(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     """F1 of each class (column) for binary ``(n, C)`` truths and predictions."""
-    return _f1(*_counts(y_true, y_pred))
+    return class_scores(y_true, y_pred).f1
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Mean over classes of the per-class F1 (0 for a class with nothing true or predicted)."""
     return float(f1_per_class(y_true, y_pred).mean())
+
+
+@dataclass
+class ClassReport:
+    """One row of a per-class report (as ``hpatool evaluate`` shows and prints it as JSON)."""
+
+    index: int
+    name: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+def per_class_report(y_true: np.ndarray, y_pred: np.ndarray) -> list[ClassReport]:
+    """``class_scores`` as one named row per class."""
+    s = class_scores(y_true, y_pred)
+    return [
+        ClassReport(
+            c,
+            CLASS_NAMES[c],
+            float(s.precision[c]),
+            float(s.recall[c]),
+            float(s.f1[c]),
+            int(s.support[c]),
+        )
+        for c in range(len(s.f1))
+    ]
 
 
 def apply_thresholds(probs: np.ndarray, thresholds: np.ndarray | float) -> np.ndarray:
@@ -56,7 +105,7 @@ def tune_thresholds(
     best = np.full(n_classes, DEFAULT_THRESHOLD)
     scores = np.empty((len(grid), n_classes))
     for i, thr in enumerate(grid):
-        scores[i] = _f1(*_counts(t, p >= thr))
+        scores[i] = f1_per_class(t, p >= thr)
     # Among the grid points with the top score, take the one closest to 0.5.
     distance = np.abs(np.asarray(grid) - DEFAULT_THRESHOLD)
     for c in range(n_classes):

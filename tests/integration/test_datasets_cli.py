@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from hpatool.registry import REGISTRY_FILE
-from tests.support import REPO, Invoke
+from tests.support import REPO, Invoke, one_line_error
 
 TRAIN_COUNTS = [
     12885,
@@ -296,6 +296,31 @@ def test_folder_dataset_and_verify(cli: Invoke, tmp_path: Path) -> None:
     assert lines[0] == "Id,colour,path,problem" and len(lines) == 5
     res = cli("datasets", "verify", "imgs", "--size", "48")
     assert res.exit_code == 1 and "1 ok, 5 failed" in res.stdout
+
+
+def test_verify_failures_end_with_one_error_line(cli: Invoke, tmp_path: Path) -> None:
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i in range(3):
+        write_sample(root, f"s{i}")
+    assert cli("datasets", "add", "imgs", "--root", root).exit_code == 0
+    failures = tmp_path / "out" / "failures.csv"
+    res = cli("datasets", "verify", "imgs", "--failures", failures)
+    assert res.exit_code == 0 and res.stderr == ""
+    assert failures.read_text() == "Id,colour,path,problem\n"  # the header alone: none failed
+    (root / "s1_red.png").unlink()
+    res = cli("datasets", "verify", "imgs", "--failures", failures)
+    assert one_line_error(res, 1) == (
+        "error: 1 of 3 samples of dataset 'imgs' failed verification; "
+        f"the failures are listed in {failures}"
+    )
+    assert "3 samples, 2 ok, 1 failed" in res.stdout  # the summary and the table stay
+    assert failures.read_text().splitlines()[1].startswith("s1,red,")
+    res = cli("datasets", "verify", "imgs", "--json")
+    assert json.loads(res.stdout)["failed"] == 1
+    assert one_line_error(res, 1).endswith("failed verification")
+    res = cli("datasets", "verify", "imgs", "--failures", tmp_path)  # a folder: refused first
+    assert one_line_error(res, 2).startswith(f"error: --failures {tmp_path} is a folder")
 
 
 def test_verify_labels_only_dataset(submission_csv: Path, cli: Invoke) -> None:

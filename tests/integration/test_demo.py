@@ -4,6 +4,8 @@ import csv
 import re
 from pathlib import Path
 
+import pytest
+
 from tests.support import Invoke
 
 
@@ -50,3 +52,49 @@ def test_demo_refuses_a_foreign_folder(cli: Invoke, tmp_path: Path) -> None:
     assert (tmp_path / "mine.txt").read_text() == "precious"
     res = cli("demo", "--out", tmp_path / "new", "--samples", "10")
     assert res.exit_code == 2 and "too few for a demo" in res.stderr
+
+
+def test_demo_steps_are_valid_commands(tmp_path: Path) -> None:
+    """Every step the demo plans names a command and options that exist (click checks the
+    options before it shows --help)."""
+    from typer.testing import CliRunner
+
+    from hpatool.cli import app
+    from hpatool.demo import DemoData, plan_steps
+
+    data = DemoData(
+        out_dir=tmp_path, home=tmp_path / "home", train_dir=tmp_path / "a", test_dir=tmp_path / "b"
+    )
+    steps = plan_steps(data, size=48, epochs=1, arch="resnet10t", seed=3)
+    assert [s.args[0] for s in steps] == [
+        "stats",
+        "split",
+        "train",
+        "evaluate",
+        "evaluate",
+        "predict",
+    ]
+    for step in steps:
+        result = CliRunner().invoke(app, [*step.args, "--help"])
+        assert result.exit_code == 0, (step.args, result.output)
+
+
+def test_demo_data_registers_both_datasets_or_neither(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hpatool.demo
+    from hpatool.registry import Registry
+
+    real_add = hpatool.demo.add_dataset
+
+    def add_then_fail(reg: Registry, name: str, **kwargs: object) -> object:
+        if name == hpatool.demo.TEST:
+            raise RuntimeError("the second registration fails")
+        return real_add(reg, name, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(hpatool.demo, "add_dataset", add_then_fail)
+    out = tmp_path / "demo"
+    with pytest.raises(RuntimeError, match="second registration"):
+        hpatool.demo.make_demo_data(out, samples=60, size=32)
+    with Registry.open(out / "home") as reg:
+        assert reg.datasets() == []

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from hpatool.download import Shard, parse_colours
-from hpatool.download._client import backoff_delay, parse_retry_after
+from hpatool.download.retry import backoff_delay, parse_retry_after
 from hpatool.download.urls import check_base_url, image_url
 from hpatool.errors import UsageError
 from hpatool.ids import COLOURS

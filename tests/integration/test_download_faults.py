@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 from typer.testing import Result
 
-from hpatool.download._client import UNREACHABLE_ATTEMPTS
+from hpatool.download.retry import UNREACHABLE_ATTEMPTS
 from hpatool.ids import COLOURS
 from hpatool.registry import Registry
 from tests.integration.hpa_server import HpaServer, fluorescence, stain_rgb
@@ -67,10 +67,10 @@ def attempts_in(line: str) -> int:
 def unwritable(monkeypatch: pytest.MonkeyPatch, when: str = "") -> None:
     """Make ``save_png`` fail with ENOSPC for outputs whose name contains ``when``.
 
-    Patched in ``hpatool.preprocess`` (where ``convert_file`` looks it up) before any pool is
-    made: forked conversion workers inherit it; ``--workers 1`` runs it inline.
+    Patched in ``hpatool.convert.workers`` (where ``convert_file`` looks it up) before any
+    pool is made: forked conversion workers inherit it; ``--workers 1`` runs it inline.
     """
-    import hpatool.preprocess as pre
+    import hpatool.convert.workers as pre
 
     real = pre.save_png
 

@@ -234,12 +234,14 @@ def test_corrupt_image_gives_partial_file(trained: dict[str, Path], tmp_path: Pa
 def test_evaluate_matches_sklearn(trained: dict[str, Path], tmp_path: Path) -> None:
     from sklearn.metrics import f1_score
 
+    from hpatool.engine.config import PredictConfig
     from hpatool.engine.predict import evaluate_run
     from hpatool.registry import Registry
 
     with Registry.open(trained["home"]) as reg:
         for agg in ("max", "mean"):
-            result = evaluate_run(reg, dataset="tr", run="r1", crops=3, agg=agg)
+            config = PredictConfig(dataset="tr", run="r1", crops=3, agg=agg)
+            result = evaluate_run(reg, config)
             assert result.fold == 0  # the run's validation fold by default
             assert result.y_true is not None and result.y_pred is not None
             expected = f1_score(result.y_true, result.y_pred, average="macro", zero_division=0)
@@ -265,6 +267,35 @@ def test_evaluate_matches_sklearn(trained: dict[str, Path], tmp_path: Path) -> N
     assert doc["macro_f1"] == pytest.approx(np.mean([c["f1"] for c in doc["classes"]]))
     with Image.open(plot) as img:
         assert img.format == "PNG"
+
+
+def test_config_file_and_flags_that_win(trained: dict[str, Path], tmp_path: Path) -> None:
+    home = trained["home"]
+    from_file, from_flag = tmp_path / "from-file.csv", tmp_path / "from-flag.csv"
+    toml = tmp_path / "scoring.toml"
+    toml.write_text(
+        "[predict]\n"
+        'run = "r1"\ndataset = "te"\ncrops = 2\nthreshold = 0.999\nmin-labels = 0\n'
+        f"out = {json.dumps(str(from_file))}\n"
+        '[evaluate]\nrun = "r1"\ndataset = "tr"\ncrops = 2\nagg = "mean"\n'
+    )
+    res = run_cli(home, "predict", "--config", toml)
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    rows = read_rows(from_file)
+    assert len(rows) == N_TEST + 1 and all(r[1] == "" for r in rows[1:])  # 0.999, 0 labels
+    from_file.unlink()
+    res = run_cli(home, "predict", "--config", toml, "--out", from_flag, "--min-labels", "2")
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    assert not from_file.exists()
+    assert all(len(r[1].split()) == 2 for r in read_rows(from_flag)[1:])
+    res = run_cli(home, "evaluate", "--config", toml, "--json")
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    doc = json.loads(res.stdout)  # type: ignore[attr-defined]
+    assert (doc["dataset"], doc["agg"], doc["crops"], doc["fold"]) == ("tr", "mean", 2, 0)
+    res = run_cli(home, "evaluate", "--config", toml, "--json", "--agg", "max", "--fold", "1")
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    doc = json.loads(res.stdout)  # type: ignore[attr-defined]
+    assert (doc["agg"], doc["fold"]) == ("max", 1)
 
 
 @pytest.mark.slow

@@ -20,7 +20,8 @@ from typer.testing import CliRunner, Result
 from hpatool.cli import app
 from hpatool.engine import predict as predict_mod
 from hpatool.engine.checkpoint import load_checkpoint, save_checkpoint
-from hpatool.engine.predict import ModelSource, decide_labels, resolve_source, resolve_thresholds
+from hpatool.engine.model_source import ModelSource, resolve_source, resolve_thresholds
+from hpatool.engine.scoring import decide_labels
 from hpatool.errors import DataError
 from hpatool.imaging import save_png
 from hpatool.registry import Registry
@@ -128,13 +129,13 @@ def copy_dataset(trained: Trained, tmp_path: Path, name: str) -> Path:
 
 
 def no_scoring(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make any model loading or scoring fail loudly (an unexpected error is exit 1)."""
+    """Make any model loading or scoring fail loudly (an unexpected error is exit 1); the
+    checks before it (``PredictConfig.validate``, the output paths) still run."""
 
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("scoring started")
 
     monkeypatch.setattr(predict_mod, "_score_dataset", boom)
-    monkeypatch.setattr(predict_mod, "evaluate_run", boom)
 
 
 # ------------------------------------------------------------------------ unreadable images

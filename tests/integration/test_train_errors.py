@@ -45,7 +45,8 @@ def test_resume_refuses_a_checkpoint_of_another_run(
     res = cli("train", "--resume", "--name", "small", "--epochs", "2", "--out", out)
     line = one_line_error(res, 1)
     assert "checkpoint of run 'other', not 'small'" in line
-    assert Registry.open(home).run("small").status != "running"
+    with Registry.open(home) as reg:
+        assert reg.run("small").status != "running"
     (out / "small" / "checkpoint-last.pt").write_bytes(mine)
     res = cli("train", "--resume", "--name", "small", "--epochs", "2", "--out", out)
     assert res.exit_code == 0, res.output
@@ -56,7 +57,8 @@ def test_a_run_that_died_before_its_first_checkpoint_can_be_started_again(
 ) -> None:
     data = _copy(synth_dir, tmp_path / "data")
     register(cli, data)
-    first = Registry.open(home).samples("syn")[5].id  # not the first: that one sizes the crop
+    with Registry.open(home) as reg:
+        first = reg.samples("syn")[5].id  # not the first: that one sizes the crop
     red = data / f"{first}_red.png"
     kept = red.read_bytes()
     red.unlink()
@@ -66,11 +68,13 @@ def test_a_run_that_died_before_its_first_checkpoint_can_be_started_again(
     res = cli(*args, "--name", "r")
     line = one_line_error(res, 1)
     assert f"{first}_red.png" in line and "missing channel file" in line
-    assert Registry.open(home).run("r").status == "failed"
+    with Registry.open(home) as reg:
+        assert reg.run("r").status == "failed"
     red.write_bytes(kept)
     res = cli(*args, "--name", "r")  # same name: nothing to resume, so it starts afresh
     assert res.exit_code == 0, res.output
-    record = Registry.open(home).run("r")
+    with Registry.open(home) as reg:
+        record = reg.run("r")
     assert record.status == "done" and (out / "r" / "checkpoint-last.pt").is_file()
 
 
@@ -115,7 +119,8 @@ def test_an_image_smaller_than_the_crop_later_in_the_dataset(
 ) -> None:
     data = _copy(synth_dir, tmp_path / "data")
     register(cli, data)
-    last = Registry.open(home).samples("syn")[-1].id
+    with Registry.open(home) as reg:
+        last = reg.samples("syn")[-1].id
     for colour in ("red", "green", "blue", "yellow"):
         path = data / f"{last}_{colour}.png"
         with Image.open(path) as img:

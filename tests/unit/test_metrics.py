@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import f1_score
+from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from hpatool.engine.checkpoint import (
     capture_rng_state,
@@ -22,6 +22,7 @@ from hpatool.engine.metrics import (
     constant_baseline_macro_f1,
     f1_per_class,
     macro_f1,
+    per_class_report,
     tune_thresholds,
 )
 from hpatool.errors import DataError, NotFound
@@ -42,6 +43,19 @@ def test_macro_f1_matches_sklearn() -> None:
     assert macro_f1(y, pred) == pytest.approx(expected)
     per_class = f1_score(y, pred, average=None, zero_division=0)
     assert np.allclose(f1_per_class(y, pred), per_class)
+
+
+def test_per_class_report_matches_sklearn() -> None:
+    y, probs = _data()
+    pred = apply_thresholds(probs, 0.5)
+    prec, rec, f1, support = precision_recall_fscore_support(y, pred, zero_division=0)
+    report = per_class_report(y, pred)
+    assert [c.index for c in report] == list(range(28)) and report[0].name == "Nucleoplasm"
+    assert np.allclose([c.precision for c in report], prec)
+    assert np.allclose([c.recall for c in report], rec)
+    assert [c.f1 for c in report] == f1_per_class(y, pred).tolist()  # the one implementation
+    assert np.allclose([c.f1 for c in report], f1)
+    assert [c.support for c in report] == support.tolist()
 
 
 def test_tuned_thresholds_maximise_each_class() -> None:

@@ -76,3 +76,61 @@ def test_remove_cascades(tmp_path: Path) -> None:
         reg.create_dataset("a", "train", ["x1", "x2"], [(1,), (2,)])
         reg.remove_dataset("a")
         assert reg.conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == 0
+
+
+# ------------------------------------------------------------------------ the unit of work
+
+
+def _dump(path: Path) -> list[str]:
+    conn = sqlite3.connect(path / REGISTRY_FILE)
+    try:
+        return list(conn.iterdump())
+    finally:
+        conn.close()
+
+
+def test_failure_between_two_writes_leaves_registry_unchanged(tmp_path: Path) -> None:
+    with Registry.open(tmp_path) as reg:
+        reg.create_dataset("a", "train", ["x1", "x2"], [(0,), (1,)])
+        before = _dump(tmp_path)
+        with pytest.raises(RuntimeError, match="between the writes"), reg.transaction():
+            reg.create_dataset("b", "test", ["y1"], [None])  # write 1 (its own transaction joins)
+            reg.set_folds("a", ["x1", "x2"], [0, 1], folds=2, seed=0)  # write 2
+            raise RuntimeError("failure between the writes")
+        assert not reg.conn.in_transaction
+        assert _dump(tmp_path) == before
+        assert [d.name for d in reg.datasets()] == ["a"] and reg.split_info("a") is None
+    assert _dump(tmp_path) == before  # and nothing lands at close either
+
+
+def test_nested_transactions_join_the_outer_one(tmp_path: Path) -> None:
+    with Registry.open(tmp_path) as reg, Registry.open(tmp_path) as other:
+        with reg.transaction() as outer:
+            with reg.transaction() as inner:
+                assert inner is outer
+                reg.create_dataset("a", "train", ["x1"], [(0,)])
+            # the inner block ended, but nothing is committed until the outer one ends
+            assert reg.conn.in_transaction
+            assert other.datasets() == []
+            reg.remove_dataset("a")
+            reg.create_dataset("a", "test", ["y1", "y2"], [None, None])
+        assert not reg.conn.in_transaction
+        assert [(d.name, d.kind, d.samples) for d in other.datasets()] == [("a", "test", 2)]
+
+
+def test_library_units_of_work_join_the_callers_transaction(tmp_path: Path) -> None:
+    from hpatool.catalog import add_dataset, remove_dataset
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("Id,Target\na1,0\na2,1 2\n")
+    with Registry.open(tmp_path / "home") as reg:
+        with pytest.raises(AlreadyExists), reg.transaction():
+            add_dataset(reg, "one", labels=labels)
+            add_dataset(reg, "two", labels=labels)
+            add_dataset(reg, "one", labels=labels)  # fails: "one" was just added, so neither lands
+        assert reg.datasets() == []
+        add_dataset(reg, "one", labels=labels)
+        with pytest.raises(RuntimeError), reg.transaction():
+            remove_dataset(reg, "one")
+            raise RuntimeError("after the removal")
+        assert [d.name for d in reg.datasets()] == ["one"]

@@ -1,4 +1,5 @@
-"""Registering datasets (from a label CSV and/or an image folder) and verifying their images."""
+"""The dataset catalogue: registering datasets (from a label CSV and/or an image folder),
+removing them, and verifying their images (a report, and a failures CSV on request)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import os
 import re
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from hpatool._io import ProgressFn, sha256_file
-from hpatool.errors import DataError, NotFound, UsageError
+from hpatool._io import ProgressFn, check_output_file, sha256_file, write_csv
+from hpatool.errors import DataError, NotFound, UsageError, WorkFailed
 from hpatool.ids import COLOURS, channel_path, id_problem
 from hpatool.labels import load_label_csv
 from hpatool.registry import KINDS, DatasetRecord, Registry, check_name
@@ -58,7 +60,8 @@ def add_dataset(
     With a CSV the CSV defines the samples (and their order); ``root`` only says where their
     images are (they may not exist yet). Without a CSV the samples are the ids found in ``root``,
     unlabelled. The kind defaults to ``train`` for a CSV with ``Target`` and ``test`` otherwise.
-    Everything is checked before the registry is touched.
+    Everything is checked before the registry is touched, and the registration is one unit of
+    work (it joins the caller's ``reg.transaction()`` if there is one).
     """
     check_name(name)
     if kind is not None and kind not in KINDS:
@@ -85,15 +88,49 @@ def add_dataset(
         targets = [None] * len(ids)
         has_target = False
     resolved_kind = kind or ("train" if has_target else "test")
-    return reg.create_dataset(
-        name,
-        resolved_kind,
-        ids,
-        targets,
-        root=root_abs,
-        labels_path=labels_path,
-        labels_sha256=labels_sha,
-    )
+    with reg.transaction():
+        return reg.create_dataset(
+            name,
+            resolved_kind,
+            ids,
+            targets,
+            root=root_abs,
+            labels_path=labels_path,
+            labels_sha256=labels_sha,
+        )
+
+
+def remove_dataset(reg: Registry, name: str) -> DatasetRecord:
+    """Remove dataset ``name`` (samples, folds) from the registry in one unit of work; its image
+    files are left where they are."""
+    with reg.transaction():
+        return reg.remove_dataset(name)
+
+
+def describe_dataset(reg: Registry, name: str) -> dict[str, Any]:
+    """The ``datasets show --json`` document: the dataset's record, its per-sample status counts
+    if it has any (a download's), and its folds if it is split."""
+    rec = reg.dataset(name)
+    statuses = reg.status_counts(name)
+    split = reg.split_info(name)
+    fold_counts = reg.fold_class_counts(name) if split else None
+    doc = rec.to_json()
+    if any(k is not None for k in statuses):
+        doc["status"] = {k or "pending": n for k, n in sorted(statuses.items(), key=str)}
+    if split is not None and fold_counts is not None:
+        fold_sizes = sorted(reg.folds(name).values())
+        doc["folds"] = {
+            "n": split["folds"],
+            "seed": split["seed"],
+            "created_at": split["created_at"],
+            "sizes": [fold_sizes.count(k) for k in range(split["folds"])],
+            "class_counts": fold_counts,
+        }
+    return doc
+
+
+#: The columns of ``datasets verify --failures FILE``.
+FAILURE_COLUMNS = ("Id", "colour", "path", "problem")
 
 
 @dataclass(frozen=True)
@@ -102,6 +139,9 @@ class Failure:
     colour: str
     path: str
     problem: str
+
+    def row(self) -> tuple[str, str, str, str]:
+        return (self.id, self.colour, self.path, self.problem)
 
 
 @dataclass
@@ -112,10 +152,32 @@ class VerifyReport:
     failed_samples: int = 0
     failures: list[Failure] = field(default_factory=list)
     sizes: Counter[tuple[int, int]] = field(default_factory=Counter)
+    #: where the failures were written, if they were
+    failures_csv: Path | None = None
 
     @property
     def ok(self) -> int:
         return self.checked - self.failed_samples
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``datasets verify --json`` document."""
+        return {
+            "dataset": self.dataset,
+            "checked": self.checked,
+            "ok": self.ok,
+            "failed": self.failed_samples,
+            "sizes": {f"{w}x{h}": n for (w, h), n in self.sizes.most_common()},
+            "failures": [asdict(f) for f in self.failures],
+        }
+
+    def check(self) -> None:
+        """Raise ``WorkFailed`` (exit 1), saying how many samples failed, if any did."""
+        if self.failed_samples:
+            where = f"; the failures are listed in {self.failures_csv}" if self.failures_csv else ""
+            raise WorkFailed(
+                f"{self.failed_samples:,} of {self.checked:,} samples of dataset "
+                f"{self.dataset!r} failed verification{where}"
+            )
 
 
 def _check_sample(root: Path, sample_id: str) -> tuple[list[Failure], tuple[int, int] | None]:
@@ -159,9 +221,13 @@ def verify_dataset(
     size: int | None = None,
     workers: int | None = None,
     progress: ProgressFn | None = None,
+    failures: Path | None = None,
 ) -> VerifyReport:
     """Check that every sample has four channel files that decode, are 8-bit greyscale and have
-    one size: ``size``×``size`` if given, else the size most samples have."""
+    one size: ``size``×``size`` if given, else the size most samples have. With ``failures``,
+    also write the failures to that CSV (``FAILURE_COLUMNS``; just the header if none)."""
+    if failures is not None:
+        failures = check_output_file(failures, "--failures")
     root = reg.dataset(name).image_root()
     samples = reg.samples(name)
     report = VerifyReport(dataset=name, root=root)
@@ -194,4 +260,8 @@ def verify_dataset(
         if fails:
             report.failed_samples += 1
             report.failures.extend(fails)
+    if failures is not None:
+        report.failures_csv = write_csv(
+            failures, FAILURE_COLUMNS, (f.row() for f in report.failures)
+        )
     return report

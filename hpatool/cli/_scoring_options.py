@@ -1,0 +1,141 @@
+"""The options of ``hpatool predict`` and ``hpatool evaluate``, stated once for both.
+
+Every option defaults to ``None`` (= not given), so a value from ``--config FILE`` can be told
+apart from one typed on the command line; the real defaults live in ``PredictConfig`` and the
+help texts show them from there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from hpatool.engine.config import PredictConfig, default_text
+
+
+def help_with_default(text: str, name: str) -> str:
+    """``text`` with ``name``'s default from ``PredictConfig``: "Seed (default: 0).", or
+    "Labels (the most probable; default: 1)." for a text that ends in a parenthesis."""
+    default = default_text(PredictConfig, name)
+    if text.endswith(")."):
+        return f"{text[:-2]}; default: {default})."
+    return f"{text.rstrip('.')} (default: {default})."
+
+
+DatasetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dataset",
+        help="The registered dataset to score (required, here or in --config).",
+        show_default=False,
+    ),
+]
+RunOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--run",
+        "--run-name",
+        help="A registered training run (uses its best checkpoint). Under torchrun write "
+        "--run-name: torchrun's own parser takes --run for its --run-path.",
+        show_default=False,
+    ),
+]
+CheckpointOpt = Annotated[
+    Path | None,
+    typer.Option("--checkpoint", help="A checkpoint file instead of --run.", show_default=False),
+]
+CropsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--crops",
+        help=help_with_default("Random crops per image.", "crops"),
+        min=1,
+        show_default=False,
+    ),
+]
+CropSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--crop-size",
+        help="Crop size (default: the run's training crop; the image size means the whole image).",
+        show_default=False,
+    ),
+]
+AggOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--agg",
+        help=help_with_default("How to combine the crops' probabilities: max or mean.", "agg"),
+        show_default=False,
+    ),
+]
+ThresholdOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--threshold",
+        help=help_with_default(
+            "'auto' (the run's per-class thresholds) or a number for every class.", "threshold"
+        ),
+        show_default=False,
+    ),
+]
+MinLabelsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--min-labels",
+        help=help_with_default(
+            "Each image gets at least this many labels (the most probable).", "min_labels"
+        ),
+        min=0,
+        max=28,
+        show_default=False,
+    ),
+]
+BatchOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        help=help_with_default("Images per forward pass.", "batch_size"),
+        min=1,
+        show_default=False,
+    ),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        help=help_with_default("DataLoader worker processes.", "workers"),
+        min=0,
+        show_default=False,
+    ),
+]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device", help=help_with_default("auto, cpu or cuda.", "device"), show_default=False
+    ),
+]
+SeedOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--seed",
+        help=help_with_default("Seed of the random crops.", "seed"),
+        min=0,
+        show_default=False,
+    ),
+]
+
+
+def _config_option(tables: str) -> Any:
+    return typer.Option(
+        "--config",
+        help=f"Read options from this TOML file (its {tables} table, else its top level; "
+        "named as the flags are); options given on the command line win.",
+        show_default=False,
+    )
+
+
+PredictConfigOpt = Annotated[Path | None, _config_option("[predict]")]
+EvaluateConfigOpt = Annotated[Path | None, _config_option("[evaluate] or [predict]")]

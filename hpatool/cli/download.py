@@ -1,0 +1,233 @@
+"""``hpatool download-external``: the HPA v18 external images, converted on the fly."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
+from hpatool.cli.preprocess import RuleOpt, WorkersOpt
+from hpatool.errors import WorkFailed
+
+if TYPE_CHECKING:
+    from hpatool.download import DownloadProgress, DownloadProgressFn, DownloadSummary
+
+LabelsOpt = Annotated[
+    Path,
+    typer.Option(
+        "--labels",
+        help="Label CSV of the external samples (Id,Target), e.g. HPAv18RBGY_wodpl.csv.",
+        show_default=False,
+    ),
+]
+OutOpt = Annotated[
+    Path,
+    typer.Option(
+        "--out",
+        help="Folder for <Id>_<colour>.png (and raw/<Id>_<colour>.jpg).",
+        show_default=False,
+    ),
+]
+NameOpt = Annotated[str, typer.Option("--name", help="Dataset to register or update.")]
+BaseUrlOpt = Annotated[
+    str, typer.Option("--base-url", help="Image server: <base>/<antibody>/<rest>_<colour>.jpg.")
+]
+ColorsOpt = Annotated[str, typer.Option("--colors", help="Stains to get, comma-separated.")]
+ConcurrencyOpt = Annotated[int, typer.Option("--concurrency", help="Requests in flight at once.")]
+RetriesOpt = Annotated[
+    int,
+    typer.Option(
+        "--retries",
+        help="Retries per file for timeouts, connection errors, "
+        "5xx, 429 and bad bodies (403/404 are never retried).",
+    ),
+]
+TimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        help="Seconds without progress (connect or read) before "
+        "a request is retried; a whole file may take 10x this.",
+    ),
+]
+SizeOpt = Annotated[
+    int,
+    typer.Option("--size", help="Output width and height in pixels (square).", show_default=True),
+]
+KeepRawOpt = Annotated[
+    bool, typer.Option("--keep-raw", help="Also keep the JPEGs as served in DIR/raw/.")
+]
+LimitOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--limit",
+        help="Only the first N samples (CSV order, after --shard); for a trial run.",
+        show_default=False,
+    ),
+]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        help="I/N: this machine's share (1-based I) of the ids, chosen by a hash of the id.",
+        show_default=False,
+    ),
+]
+BackoffOpt = Annotated[
+    float,
+    typer.Option(
+        "--backoff",
+        help="Advanced: base of the exponential retry backoff "
+        "in seconds (full jitter; Retry-After overrides it).",
+    ),
+]
+
+
+@contextlib.contextmanager
+def _download_bar() -> Iterator[DownloadProgressFn]:
+    """The progress bar: samples, files/s, MB/s, retries, failures, ETA (on a terminal)."""
+    from hpatool.cli._console import progress_bar
+
+    with progress_bar("download", unit="samples", compact=True) as bar:
+
+        def update(p: DownloadProgress) -> None:
+            secs = max(p.elapsed_s, 1e-9)
+            failed = f"[red]{p.samples_failed:,} failed[/]" if p.samples_failed else "0 failed"
+            stats = (
+                f"· {p.files_done / secs:,.0f} files/s · {p.bytes / 1e6 / secs:,.1f} MB/s · "
+                f"{p.retries:,} retries · {failed} ·"
+            )
+            bar.update(p.samples_done + p.samples_failed, p.samples_total, stats=stats)
+
+        yield update
+
+
+def download_external(
+    labels: LabelsOpt,
+    out: OutOpt,
+    name: NameOpt = "hpa-v18",
+    base_url: BaseUrlOpt = "http://v18.proteinatlas.org/images",
+    colors: ColorsOpt = "red,green,blue,yellow",
+    concurrency: ConcurrencyOpt = 32,
+    retries: RetriesOpt = 5,
+    timeout: TimeoutOpt = 30.0,
+    size: SizeOpt = 512,
+    channel_rule: RuleOpt = "stain",
+    keep_raw: KeepRawOpt = False,
+    workers: WorkersOpt = None,
+    limit: LimitOpt = None,
+    shard: ShardOpt = None,
+    backoff: BackoffOpt = 0.5,
+    json_: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Download the HPA v18 external images, converted to 512x512 PNGs on the fly; resumable.
+
+    Fetches <base>/<antibody>/<rest>_<colour>.jpg for every Id of the label CSV (with
+    --concurrency requests in flight over one connection pool), checks each body (status,
+    type, length, decodes) before renaming it into place, and converts it in a process pool
+    to DIR/<Id>_<colour>.png, 8-bit greyscale, --size square, with the --channel-rule.
+    --size 0 keeps only the raw JPEGs, in DIR/raw/. The samples are registered as dataset
+    --name (kind external) with a per-sample status; a rerun, or a run after Ctrl-C or a crash,
+    fetches only what is missing. Permanent failures go to DIR/failures.csv and exit 1.
+
+    Example: hpatool download-external --labels HPAv18RBGY_wodpl.csv --out data/hpa-v18 --shard 1/4
+    """
+    from hpatool.download import download_external as run_download
+
+    with open_registry(home) as reg, _download_bar() as progress:
+        summary = run_download(
+            reg,
+            labels,
+            out,
+            name=name,
+            base_url=base_url,
+            colours=colors,
+            concurrency=concurrency,
+            retries=retries,
+            timeout=timeout,
+            size=size,
+            channel_rule=channel_rule,
+            keep_raw=keep_raw,
+            workers=workers,
+            limit=limit,
+            shard=shard,
+            backoff=backoff,
+            progress=progress,
+        )
+    _print_summary(summary, json_)
+    if summary.failed:
+        raise WorkFailed(
+            f"{summary.failed:,} of {summary.samples:,} samples failed; see "
+            f"{summary.failures_csv}; rerun the same command to retry them"
+        )
+
+
+def _print_summary(s: DownloadSummary, json_: bool) -> None:
+    from hpatool.cli._console import Table, out, print_json
+
+    if json_:
+        print_json(
+            {
+                "dataset": s.dataset,
+                "out": str(s.out_dir),
+                "root": str(s.root),
+                "samples": s.samples,
+                "already_done": s.already_done,
+                "completed": s.completed,
+                "failed": s.failed,
+                "files_fetched": s.files_fetched,
+                "files_converted": s.files_converted,
+                "bytes": s.bytes,
+                "requests": s.requests,
+                "retries": s.retries,
+                "elapsed_s": round(s.elapsed_s, 3),
+                "failures_csv": str(s.failures_csv) if s.failures_csv else None,
+                "failures": [f.__dict__ for f in s.failures],
+            }
+        )
+        return
+    console = out()
+    table = Table(title=f"download-external -> dataset {s.dataset}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right")
+    rows = [
+        ("samples in this run", f"{s.samples:,}"),
+        ("already complete (no request)", f"{s.already_done:,}"),
+        ("completed now", f"{s.completed:,}"),
+        ("failed", f"{s.failed:,}"),
+        ("files downloaded", f"{s.files_fetched:,}"),
+        ("files converted from raw on disk", f"{s.files_converted:,}"),
+        ("data", f"{s.bytes / 1e6:,.1f} MB"),
+        ("requests / retries", f"{s.requests:,} / {s.retries:,}"),
+        ("time", f"{s.elapsed_s:,.1f} s ({s.files_per_s:,.0f} files/s, {s.mb_per_s:,.1f} MB/s)"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"Images in {s.root}")
+    if s.failures:
+        _print_failures(s)
+
+
+def _print_failures(s: DownloadSummary) -> None:
+    from hpatool.cli._console import Table, out
+
+    console = out()
+    shown = s.failures[:10]
+    fails = Table(title="Failures" + (f" (first {len(shown)})" if len(s.failures) > 10 else ""))
+    for col in ("Id", "colour", "status", "error"):
+        fails.add_column(col)
+    for f in shown:
+        fails.add_row(f.id, f.colour, str(f.status or "-"), f.error)
+    console.print(fails)
+    samples = "sample" if s.failed == 1 else "samples"
+    files = "file" if len(s.failures) == 1 else "files"
+    console.print(
+        f"{s.failed:,} {samples} failed ({len(s.failures):,} {files}); see "
+        f"{s.failures_csv}. Rerun the same command to retry them."
+    )

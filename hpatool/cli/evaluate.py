@@ -1,0 +1,110 @@
+"""``hpatool evaluate``: per-class precision, recall and F1 of a trained run on labelled data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
+from hpatool.cli._scoring_options import (
+    AggOpt,
+    BatchOpt,
+    CheckpointOpt,
+    CropSizeOpt,
+    CropsOpt,
+    DatasetOpt,
+    DeviceOpt,
+    EvaluateConfigOpt,
+    MinLabelsOpt,
+    RunOpt,
+    SeedOpt,
+    ThresholdOpt,
+    WorkersOpt,
+)
+
+FoldOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--fold",
+        help="Only this fold (default: the run's validation fold when "
+        "the dataset is the run's first, else every labelled sample).",
+        show_default=False,
+    ),
+]
+PlotOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--plot", help="Write per-class F1 as a bar chart to this PNG.", show_default=False
+    ),
+]
+
+
+def evaluate(
+    dataset: DatasetOpt = None,
+    run: RunOpt = None,
+    checkpoint: CheckpointOpt = None,
+    fold: FoldOpt = None,
+    crops: CropsOpt = None,
+    crop_size: CropSizeOpt = None,
+    agg: AggOpt = None,
+    threshold: ThresholdOpt = None,
+    min_labels: MinLabelsOpt = None,
+    batch_size: BatchOpt = None,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = None,
+    seed: SeedOpt = None,
+    json_: JsonOpt = False,
+    plot: PlotOpt = None,
+    config: EvaluateConfigOpt = None,
+    home: HomeOpt = None,
+) -> None:
+    """Per-class precision, recall, F1 and support, and macro F1, for one aggregation.
+
+    Predictions are made exactly as 'hpatool predict' makes them (crops, aggregation,
+    thresholds, --min-labels), so comparing --agg max with --agg mean is one command each.
+
+    Example: hpatool evaluate --run resnet50-f0 --dataset kaggle-train --agg mean --plot f1.png
+    """
+    options = dict(locals())  # the parameters as given (None = not given), before anything else
+    from hpatool.cli._console import Table, print_json, progress_bar
+    from hpatool.cli._console import out as console_out
+    from hpatool.engine.config import predict_config
+    from hpatool.engine.predict import evaluate_run
+
+    settings = predict_config(options, config, "evaluate")
+    with (
+        open_registry(home) as reg,
+        progress_bar(f"evaluate {settings.dataset}", "images") as progress,
+    ):
+        report = evaluate_run(reg, settings, progress=progress)
+    if not report.is_main:
+        return
+    if json_:
+        print_json(report.to_json())
+        return
+    where = report.dataset + (f" fold {report.fold}" if report.fold is not None else "")
+    table = Table(
+        title=f"{where}: {report.samples:,} images, {report.agg} of {report.crops} "
+        f"crops of {report.crop}px, thresholds {report.threshold}"
+    )
+    for col in ("#", "class", "precision", "recall", "F1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for c in report.classes:
+        table.add_row(
+            str(c.index),
+            c.name,
+            f"{c.precision:.3f}",
+            f"{c.recall:.3f}",
+            f"{c.f1:.3f}",
+            f"{c.support:,}",
+            style="dim" if c.support == 0 else None,
+        )
+    console = console_out()
+    console.print(table)
+    console.print(
+        f"macro F1 {report.macro_f1:.4f} (at a 0.5 threshold: {report.macro_f1_at_05:.4f})"
+    )
+    if report.plot is not None:
+        console.print(f"Plot written to {report.plot}")

@@ -1,0 +1,158 @@
+"""``hpatool preprocess``: images on disk -> 8-bit greyscale channel PNGs, registered."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
+from hpatool.errors import WorkFailed
+
+if TYPE_CHECKING:
+    from hpatool.preprocess import PreprocessSummary
+
+#: The conversion options, shared with ``download-external``.
+RuleOpt = Annotated[
+    str,
+    typer.Option(
+        "--channel-rule",
+        help="How an RGB image becomes one greyscale stain: 'stain' takes the stain's own band "
+        "(red<-R, green<-G, blue<-B, yellow<-R), 'luma' is PIL convert('L').",
+    ),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers", help="Conversion processes (default: one per CPU).", show_default=False
+    ),
+]
+
+SrcDirArg = Annotated[
+    Path,
+    typer.Argument(
+        metavar="SRC_DIR", help="Folder of <Id>_<colour>.jpg/.png/.tif images.", show_default=False
+    ),
+]
+OutOpt = Annotated[
+    Path,
+    typer.Option("--out", help="Folder for the <Id>_<colour>.png files.", show_default=False),
+]
+SizeOpt = Annotated[
+    int,
+    typer.Option("--size", help="Output width and height in pixels (0: keep each image's size)."),
+]
+NameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--name",
+        help="Register the output as this dataset (its lineage is recorded). Default: "
+        "<source dataset>-<size> when SRC_DIR is a registered dataset's folder, else the "
+        "--out folder's name.",
+        show_default=False,
+    ),
+]
+LabelsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--labels",
+        help="Label CSV giving the registered dataset's samples and labels.",
+        show_default=False,
+    ),
+]
+RegisterOpt = Annotated[
+    bool,
+    typer.Option("--register/--no-register", help="Register the output as a dataset (see --name)."),
+]
+
+
+def preprocess(
+    src_dir: SrcDirArg,
+    out: OutOpt,
+    size: SizeOpt = 512,
+    channel_rule: RuleOpt = "stain",
+    workers: WorkersOpt = None,
+    name: NameOpt = None,
+    labels: LabelsOpt = None,
+    register: RegisterOpt = True,
+    json_: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Convert images on disk to 8-bit greyscale <Id>_<colour>.png channel files.
+
+    Sources are <Id>_<colour>.jpg (RGB, one stain each: --channel-rule picks the band),
+    .png (8- or 16-bit greyscale, or RGB) or .tif; 16-bit images are stretched to 8 bits
+    over their own range. JPEGs are decoded at reduced size (draft mode) before the final
+    LANCZOS resize. Idempotent: outputs already there are kept. Failures go to
+    DIR/failures.csv and exit 1; the other files are still converted.
+
+    Example: hpatool preprocess data/hpa-v18/raw --out data/hpa-v18-512 --name hpa-v18-512
+    """
+    from hpatool.cli._console import progress_bar
+    from hpatool.preprocess import preprocess_images
+
+    with contextlib.ExitStack() as stack:
+        reg = stack.enter_context(open_registry(home)) if register else None
+        progress = stack.enter_context(progress_bar("preprocess", unit="files"))
+        summary = preprocess_images(
+            src_dir,
+            out,
+            size=size,
+            channel_rule=channel_rule,
+            workers=workers,
+            registry=reg,
+            name=name,
+            labels=labels,
+            progress=progress,
+        )
+    _print_summary(summary, json_)
+    if summary.failed:
+        raise WorkFailed(
+            f"{summary.failed:,} files could not be converted; see {summary.failures_csv}"
+        )
+
+
+def _print_summary(s: PreprocessSummary, json_: bool) -> None:
+    from hpatool.cli._console import Table, out, print_json
+
+    if json_:
+        print_json(
+            {
+                "source": str(s.src_dir),
+                "out": str(s.out_dir),
+                "files": s.files,
+                "converted": s.converted,
+                "skipped": s.skipped,
+                "failed": s.failed,
+                "samples": s.samples,
+                "complete_samples": s.complete_samples,
+                "dataset": s.dataset.name if s.dataset else None,
+                "elapsed_s": round(s.elapsed_s, 3),
+                "failures_csv": str(s.failures_csv) if s.failures_csv else None,
+                "failures": [f.__dict__ for f in s.failures],
+            }
+        )
+        return
+    console = out()
+    console.print(
+        f"Preprocessed {s.files:,} files from {s.src_dir} into {s.out_dir}: "
+        f"{s.converted:,} converted, {s.skipped:,} already there, {s.failed:,} failed "
+        f"({s.complete_samples:,} of {s.samples:,} samples complete) in {s.elapsed_s:,.1f} s"
+    )
+    if s.dataset is not None:
+        parent = f", derived from {s.dataset.parent}" if s.dataset.parent else ""
+        console.print(
+            f"Registered [bold]{s.dataset.name}[/] ({s.dataset.kind}, "
+            f"{s.dataset.samples:,} samples{parent})"
+        )
+    if s.failures:
+        table = Table(title="Failures" + (" (first 10)" if len(s.failures) > 10 else ""))
+        for col in ("Id", "colour", "error"):
+            table.add_column(col)
+        for f in s.failures[:10]:
+            table.add_row(f.id, f.colour, f.error)
+        console.print(table)
+        files = "file" if s.failed == 1 else "files"
+        console.print(f"{s.failed:,} {files} failed; see {s.failures_csv}")

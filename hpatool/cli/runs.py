@@ -1,0 +1,109 @@
+"""``hpatool runs list`` and ``hpatool runs show``: the training runs of the registry."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
+
+app = typer.Typer(
+    help="List and show training runs.\n\nExample: hpatool runs list", no_args_is_help=True
+)
+
+
+@app.command("list")
+def runs_list(json_: JsonOpt = False, home: HomeOpt = None) -> None:
+    """List training runs: arch, datasets, fold, epochs, best macro F1, status.
+
+    Example: hpatool runs list --json
+    """
+    from hpatool.cli._console import Table, out, print_json
+
+    with open_registry(home) as reg:
+        records = reg.runs()
+    if json_:
+        print_json([r.to_json() for r in records])
+        return
+    if not records:
+        out().print("No runs yet; start one with 'hpatool train --dataset NAME --arch ARCH'.")
+        return
+    table = Table(title="Runs")
+    for col in ("name", "arch", "datasets", "fold", "epochs", "best F1", "status", "folder"):
+        table.add_column(col, justify="right" if col in ("fold", "epochs", "best F1") else "left")
+    for r in records:
+        best = f"{r.best_f1:.4f}" if r.best_f1 is not None else "-"
+        table.add_row(
+            r.name,
+            r.arch,
+            ", ".join(r.datasets),
+            "-" if r.fold is None else str(r.fold),
+            str(r.epochs_done),
+            best,
+            r.status,
+            str(r.out_dir),
+        )
+    out().print(table)
+
+
+@app.command("show")
+def runs_show(
+    run: Annotated[str, typer.Argument(help="Run name.", show_default=False)],
+    json_: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Show one training run: its configuration, best macro F1 and files.
+
+    Example: hpatool runs show resnet50-f0-20240101-120000
+    """
+    from hpatool.cli._console import Table, out, print_json
+    from hpatool.engine.run_dir import RunDir
+
+    with open_registry(home) as reg:
+        record = reg.run(run)
+    doc = record.to_json()
+    files = {name: str(path) for name, path in RunDir(record.out_dir).files().items()}
+    doc["files"] = files
+    if json_:
+        print_json(doc)
+        return
+    table = Table(title=f"Run {record.name}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key in (
+        "name",
+        "arch",
+        "datasets",
+        "fold",
+        "status",
+        "epochs_done",
+        "best_f1",
+        "best_epoch",
+        "out_dir",
+        "created_at",
+        "updated_at",
+    ):
+        value = doc[key]
+        if isinstance(value, list):
+            value = ", ".join(map(str, value))
+        elif isinstance(value, float):
+            value = f"{value:.4f}"
+        table.add_row(key, "-" if value is None else str(value))
+    options = record.config.get("options", {})
+    for key, value in options.items():
+        table.add_row(f"option: {key}", "-" if value is None else str(value))
+    for key in (
+        "train_samples",
+        "val_samples",
+        "steps_per_epoch",
+        "total_steps",
+        "device",
+        "amp",
+        "world_size",
+    ):
+        if key in record.config:
+            table.add_row(key, str(record.config[key]))
+    for key, path in files.items():
+        table.add_row(f"file: {key}", path)
+    out().print(table)

@@ -1,0 +1,67 @@
+"""``hpatool split``: multilabel-stratified folds of a dataset."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
+
+
+def split(
+    name: Annotated[str, typer.Argument(help="Dataset to split (labelled).", show_default=False)],
+    folds: Annotated[int, typer.Option("--folds", help="Number of folds.", min=2, max=20)] = 5,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of the split.", min=0)] = 0,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing split with other --folds/--seed.")
+    ] = False,
+    json_: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Split a dataset into multilabel-stratified folds (iterative stratification).
+
+    Every class with at least --folds samples lands in every fold. The folds are stored in the
+    registry; 'hpatool train --fold K' validates on fold K, and 'hpatool datasets show NAME'
+    shows the class counts per fold.
+
+    Example: hpatool split kaggle-train --folds 5 --seed 0
+    """
+    from hpatool.cli._console import Table, out, print_json
+    from hpatool.data.split import split_dataset
+    from hpatool.labels import CLASS_NAMES
+
+    with open_registry(home) as reg:
+        result = split_dataset(reg, name, folds=folds, seed=seed, force=force)
+    if json_:
+        print_json(
+            {
+                "dataset": result.dataset,
+                "folds": result.folds,
+                "seed": result.seed,
+                "samples": result.samples,
+                "fold_sizes": result.fold_sizes,
+                "class_counts": result.class_counts,
+                "replaced": result.replaced,
+                "uneven": result.uneven,
+            }
+        )
+        return
+    console = out()
+    sizes = ", ".join(f"{n:,}" for n in result.fold_sizes)
+    console.print(
+        f"Split [bold]{name}[/] into {result.folds} folds (seed {result.seed}): "
+        f"{result.samples:,} samples, fold sizes {sizes}."
+    )
+    totals = [sum(counts[c] for counts in result.class_counts) for c in range(len(CLASS_NAMES))]
+    rare = sorted((c for c in range(len(CLASS_NAMES)) if totals[c]), key=lambda c: totals[c])[:5]
+    table = Table(title="Rarest classes per fold")
+    table.add_column("class")
+    for k in range(result.folds):
+        table.add_column(f"fold {k}", justify="right")
+    for c in rare:
+        table.add_row(f"{c} {CLASS_NAMES[c]}", *(str(counts[c]) for counts in result.class_counts))
+    console.print(table)
+    if result.uneven:
+        names = ", ".join(CLASS_NAMES[c] for c in result.uneven)
+        console.print(f"[yellow]warning:[/] some folds have no sample of: {names}")

@@ -1,0 +1,345 @@
+"""``hpatool train``: train (or resume) a run; the library's ``engine.train.fit`` does the work."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from hpatool.cli._common import ROOT_HOME, HomeOpt, JsonOpt
+from hpatool.engine.config import TrainConfig, default_text
+
+if TYPE_CHECKING:
+    from hpatool.engine.events import ProgressCallback, TrainEvent
+    from hpatool.engine.train import FitResult
+
+
+def _default(name: str) -> str:
+    """``(default: X)`` for option ``name``, from ``TrainConfig``."""
+    return f"(default: {default_text(TrainConfig, name)})"
+
+
+DatasetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--dataset",
+        "-d",
+        help="Registered dataset; repeat for more. Validation is "
+        "a fold of the first (run 'hpatool split' on it); the others only add "
+        "training samples. Required unless --resume.",
+        show_default=False,
+    ),
+]
+
+ArchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--arch",
+        help=f"resnet50, inceptionresnetv2, or any timm model name {_default('arch')}.",
+        show_default=False,
+    ),
+]
+
+FoldOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--fold",
+        help=f"Validation fold of the first dataset {_default('fold')}.",
+        min=0,
+        show_default=False,
+    ),
+]
+
+EpochsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--epochs",
+        help=f"Epochs; the cosine schedule spans them all {_default('epochs')}.",
+        min=1,
+        show_default=False,
+    ),
+]
+
+BatchSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        help=f"Samples per step per process {_default('batch_size')}.",
+        min=1,
+        show_default=False,
+    ),
+]
+
+CropOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--crop",
+        help="Random square crop side in pixels; validation "
+        f"uses the centre crop {_default('crop')}.",
+        min=8,
+        show_default=False,
+    ),
+]
+
+LrOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--lr",
+        help=f"Peak AdamW learning rate after warm-up {_default('lr')}.",
+        show_default=False,
+    ),
+]
+
+WeightDecayOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--weight-decay",
+        help=f"AdamW weight decay {_default('weight_decay')}.",
+        show_default=False,
+    ),
+]
+
+LossOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--loss",
+        help=f"bce or focal (sigmoid focal, gamma 2) {_default('loss')}.",
+        show_default=False,
+    ),
+]
+
+OversampleOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--oversample",
+        help="auto (rare classes 2-7x), none, or "
+        f"CLASS=FACTOR,... e.g. 27=7,Lysosomes=5 {_default('oversample')}.",
+        show_default=False,
+    ),
+]
+
+PretrainedOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--pretrained",
+        help="Local 3-channel state dict (timm or "
+        f"torchvision) to start from, or none {_default('pretrained')}.",
+        show_default=False,
+    ),
+]
+
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        help=f"DataLoader worker processes {_default('workers')}.",
+        min=0,
+        show_default=False,
+    ),
+]
+
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option("--device", help=f"auto, cpu or cuda {_default('device')}.", show_default=False),
+]
+
+AmpOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--amp/--no-amp",
+        help=f"Mixed precision on CUDA {_default('amp')}.",
+        show_default=False,
+    ),
+]
+
+OutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        help=f"Parent folder of run folders {_default('out')}.",
+        show_default=False,
+    ),
+]
+
+NameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--name",
+        help="Run name and folder (default: ARCH-fFOLD-TIMESTAMP).",
+        show_default=False,
+    ),
+]
+
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue run --name from its checkpoint-last.pt.")
+]
+
+SeedOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--seed",
+        help=f"Seed of init, sampling and augmentation {_default('seed')}.",
+        min=0,
+        show_default=False,
+    ),
+]
+
+MaxStepsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-steps",
+        help="Stop after this many optimizer steps in total (smoke tests).",
+        min=1,
+        show_default=False,
+    ),
+]
+
+LimitOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--limit",
+        help="Use only the first N samples of each dataset (quick runs).",
+        min=1,
+        show_default=False,
+    ),
+]
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Read options from this TOML file (its [train] table, else its top level; "
+        "named as the flags are) or from a run's config.json; options given on the "
+        "command line win.",
+        show_default=False,
+    ),
+]
+
+
+def train(
+    dataset: DatasetOpt = None,
+    arch: ArchOpt = None,
+    fold: FoldOpt = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    crop: CropOpt = None,
+    lr: LrOpt = None,
+    weight_decay: WeightDecayOpt = None,
+    loss: LossOpt = None,
+    oversample: OversampleOpt = None,
+    pretrained: PretrainedOpt = None,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = None,
+    amp: AmpOpt = None,
+    out: OutOpt = None,
+    name: NameOpt = None,
+    resume: ResumeOpt = False,
+    seed: SeedOpt = None,
+    max_steps: MaxStepsOpt = None,
+    limit: LimitOpt = None,
+    config: ConfigOpt = None,
+    json_: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Train a 4-channel (R, G, B, Y) CNN with 28 outputs on registered datasets.
+
+    Validation is fold --fold of the first --dataset. Each epoch writes metrics.csv,
+    checkpoint-last.pt, checkpoint-best.pt (on a new best tuned macro F1), thresholds.json and
+    curves.png to OUT/NAME; config.json holds the resolved configuration. --resume --name RUN
+    continues exactly where the run stopped (other options default to the run's). Under
+    'torchrun --nproc-per-node N -m hpatool train ...' it trains with DDP.
+
+    Example: hpatool train --dataset kaggle-train --arch resnet50 --fold 0 --epochs 20
+    """
+    options = dict(locals())  # the parameters as given (None = not given), before anything else
+    from hpatool.engine.distributed import env_rank
+    from hpatool.engine.train import fit
+
+    main_rank = env_rank()[0] == 0
+    with _train_progress(enabled=main_rank and not json_) as callback:
+        result = fit(
+            options,
+            config_file=config,
+            home=home if home is not None else ROOT_HOME.get(),
+            resume=resume,
+            progress=callback,
+        )
+    if main_rank:
+        _print_result(result, json_)
+
+
+@contextlib.contextmanager
+def _train_progress(enabled: bool) -> Iterator[ProgressCallback]:
+    """A progress bar on stderr (steps, loss, images/s, ETA) + one stdout line per epoch."""
+    from hpatool.cli._console import out, progress_bar
+
+    with progress_bar("train", "steps", enabled=enabled) as bar:
+
+        def callback(event: TrainEvent) -> None:
+            if not enabled:
+                return
+            if event.kind == "start":
+                info = event.info
+                resumed = " (resumed)" if info.get("resumed") else ""
+                out().print(
+                    f"Run [bold]{event.name}[/]{resumed}: {info['train_samples']:,} training, "
+                    f"{info['val_samples']:,} validation samples on {info['device']}"
+                    + (f" x{info['world_size']}" if info["world_size"] > 1 else "")
+                    + f"; files in {event.run_dir}"
+                )
+                bar.update(event.step, event.total_steps, stats="loss -  - img/s")
+            elif event.kind == "step":
+                loss = f"{event.loss:.4f}" if event.loss is not None else "-"
+                ips = f"{event.images_per_s:.1f}" if event.images_per_s else "-"
+                bar.update(
+                    event.step,
+                    description=f"epoch {event.epoch}/{event.epochs}",
+                    stats=f"loss {loss}  {ips} img/s",
+                )
+            elif event.kind == "validate":
+                bar.update(description=f"epoch {event.epoch}/{event.epochs} validating")
+            elif event.kind == "epoch" and event.metrics is not None:
+                bar.update(description=f"epoch {event.epoch}/{event.epochs} done")
+                out().print(_epoch_line(event))
+
+        yield callback
+
+
+def _epoch_line(event: TrainEvent) -> str:
+    m = event.metrics or {}
+    partial = " (partial, --max-steps)" if m.get("partial") else ""
+    return (
+        f"epoch {event.epoch}/{event.epochs}{partial}: train loss {m['train_loss']:.4f}, "
+        f"val loss {m['val_loss']:.4f}, macro F1 {m['macro_f1']:.4f} tuned / "
+        f"{m['macro_f1_at_0.5']:.4f} at 0.5, {m['images_per_s']:.1f} img/s"
+        + ("  [green]best[/]" if event.best else "")
+    )
+
+
+def _print_result(result: FitResult, json_: bool) -> None:
+    from hpatool.cli._console import out, print_json
+
+    if json_:
+        print_json(
+            {
+                "name": result.name,
+                "run_dir": str(result.run_dir),
+                "status": result.status,
+                "epochs_done": result.epochs_done,
+                "steps": result.steps,
+                "best_f1": result.best_f1,
+                "best_epoch": result.best_epoch,
+                "history": result.history,
+            }
+        )
+        return
+    best = (
+        f"{result.best_f1:.4f} (epoch {result.best_epoch})" if result.best_f1 is not None else "-"
+    )
+    out().print(
+        f"Run [bold]{result.name}[/] {result.status}: {result.epochs_done} epochs, "
+        f"{result.steps:,} steps, best tuned macro F1 {best}. Files in {result.run_dir}"
+    )

@@ -1,0 +1,131 @@
+"""Per-file results of a download turned into per-sample statuses (written to the registry in
+small batches), failures and progress snapshots."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hpatool.download._client import Counters, FileResult
+from hpatool.registry import Registry
+
+STATUS_DONE = "done"
+STATUS_FAILED = "failed"
+#: Statuses reach the registry at least this often (seconds), or every STATUS_BATCH samples.
+STATUS_FLUSH_S = 1.0
+STATUS_BATCH = 500
+PROGRESS_EVERY_S = 0.1
+
+
+@dataclass(frozen=True)
+class DownloadProgress:
+    """A snapshot for progress bars; counts are for this run's selection of samples."""
+
+    samples_total: int
+    samples_done: int  # complete, including those complete before the run
+    samples_failed: int
+    files_total: int  # files this run has to fetch or convert
+    files_done: int
+    files_failed: int
+    bytes: int
+    requests: int
+    retries: int
+    elapsed_s: float
+
+
+DownloadProgressFn = Callable[[DownloadProgress], None]
+
+
+@dataclass(frozen=True)
+class FileFailure:
+    id: str
+    colour: str
+    url: str
+    status: int | None
+    error: str
+
+
+@dataclass
+class Tracker:
+    """Turns per-file results into per-sample statuses, batched registry writes and progress.
+
+    Status batches are short transactions of their own (a long download keeps its progress
+    even if it is killed)."""
+
+    reg: Registry
+    name: str
+    remaining: dict[str, int]  # files still to come, per sample
+    samples_total: int
+    samples_done: int
+    files_total: int
+    counters: Counters
+    progress: DownloadProgressFn | None
+    started: float = field(default_factory=time.perf_counter)
+    completed: int = 0
+    failed_samples: int = 0
+    files_done: int = 0
+    files_failed: int = 0
+    files_fetched: int = 0
+    files_converted: int = 0
+    failures: list[FileFailure] = field(default_factory=list)
+    _failed_ids: set[str] = field(default_factory=set)
+    _batch: list[tuple[str, str | None]] = field(default_factory=list)
+    _last_flush: float = field(default_factory=time.monotonic)
+    _last_progress: float = 0.0
+
+    def on_result(self, r: FileResult) -> None:
+        job = r.job
+        self.files_done += 1
+        if r.ok:
+            if r.fetched:
+                self.files_fetched += 1
+            else:
+                self.files_converted += 1
+        else:
+            self.files_failed += 1
+            self._failed_ids.add(job.sample_id)
+            self.failures.append(
+                FileFailure(job.sample_id, job.colour, job.url, r.status, r.error or "failed")
+            )
+        left = self.remaining[job.sample_id] - 1
+        self.remaining[job.sample_id] = left
+        if left == 0:
+            if job.sample_id in self._failed_ids:
+                self.failed_samples += 1
+                self._batch.append((job.sample_id, STATUS_FAILED))
+            else:
+                self.completed += 1
+                self._batch.append((job.sample_id, STATUS_DONE))
+        now_m = time.monotonic()
+        if len(self._batch) >= STATUS_BATCH or now_m - self._last_flush >= STATUS_FLUSH_S:
+            self.flush()
+        self.report(force=False)
+
+    def flush(self) -> None:
+        if self._batch:
+            batch, self._batch = self._batch, []
+            self.reg.set_status(self.name, batch)
+        self._last_flush = time.monotonic()
+
+    def report(self, force: bool = True) -> None:
+        if self.progress is None:
+            return
+        now_m = time.monotonic()
+        if not force and now_m - self._last_progress < PROGRESS_EVERY_S:
+            return
+        self._last_progress = now_m
+        self.progress(
+            DownloadProgress(
+                samples_total=self.samples_total,
+                samples_done=self.samples_done + self.completed,
+                samples_failed=self.failed_samples,
+                files_total=self.files_total,
+                files_done=self.files_done,
+                files_failed=self.files_failed,
+                bytes=self.counters.bytes,
+                requests=self.counters.requests,
+                retries=self.counters.retries,
+                elapsed_s=time.perf_counter() - self.started,
+            )
+        )

@@ -1,0 +1,110 @@
+"""A training run's folder: its file names and the writers of its text files and figure.
+
+``OUT/NAME/`` holds ``config.json`` (the resolved configuration), ``metrics.csv`` (one row per
+epoch), ``checkpoint-last.pt`` and ``checkpoint-best.pt`` (written by ``engine.checkpoint``),
+``thresholds.json`` (the per-class thresholds of the best epoch) and ``curves.png``. Training
+writes them, ``predict``/``evaluate`` and ``runs show`` read them. Every file is written
+atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpatool._io import write_csv, write_text_atomic
+from hpatool.labels import CLASS_NAMES
+from hpatool.plots import plot_curves
+
+LAST = "checkpoint-last.pt"
+BEST = "checkpoint-best.pt"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.csv"
+THRESHOLDS_FILE = "thresholds.json"
+CURVES_FILE = "curves.png"
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST, BEST, THRESHOLDS_FILE, CURVES_FILE)
+
+#: The columns of ``metrics.csv``, in order.
+METRIC_COLUMNS = (
+    "epoch", "step", "partial", "train_loss", "val_loss", "macro_f1", "macro_f1_at_0.5", "lr",
+    "images_per_s", "seconds",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The folder of one run and the paths of its files."""
+
+    path: Path
+
+    @property
+    def last(self) -> Path:
+        return self.path / LAST
+
+    @property
+    def best(self) -> Path:
+        return self.path / BEST
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def thresholds(self) -> Path:
+        return self.path / THRESHOLDS_FILE
+
+    @property
+    def curves(self) -> Path:
+        return self.path / CURVES_FILE
+
+    def files(self) -> dict[str, Path]:
+        """The run files that exist, by name, in ``RUN_FILES`` order."""
+        return {name: self.path / name for name in RUN_FILES if (self.path / name).exists()}
+
+    def write_config(self, resolved: dict[str, Any]) -> None:
+        """``config.json``: the run's resolved configuration."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.config, json.dumps(resolved, indent=2) + "\n")
+
+    def write_history(self, history: Sequence[dict[str, Any]]) -> None:
+        """``metrics.csv`` and ``curves.png`` from the metrics rows of the epochs so far."""
+        write_metrics_csv(self.metrics, history)
+        plot_curves(history, self.curves)
+
+    def write_thresholds(
+        self, thresholds: Sequence[float], metrics: dict[str, Any], epoch: int
+    ) -> None:
+        write_thresholds(self.thresholds, thresholds, metrics, epoch)
+
+
+def write_metrics_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """One line per row, the ``METRIC_COLUMNS`` only; floats with 6 significant digits."""
+
+    def cell(value: Any) -> Any:
+        return f"{value:.6g}" if isinstance(value, float) else value
+
+    write_csv(
+        path, METRIC_COLUMNS, ([cell(row.get(c, "")) for c in METRIC_COLUMNS] for row in rows)
+    )
+
+
+def write_thresholds(
+    path: Path, thresholds: Sequence[float], metrics: dict[str, Any], epoch: int
+) -> None:
+    """``thresholds.json``: the per-class thresholds tuned at ``epoch`` and its macro F1s."""
+    doc = {
+        "thresholds": [float(t) for t in thresholds],
+        "macro_f1": float(metrics["macro_f1"]),
+        "macro_f1_at_0.5": float(metrics["macro_f1_at_0.5"]),
+        "epoch": int(epoch),
+        "checkpoint": BEST,
+        "class_names": list(CLASS_NAMES),
+    }
+    write_text_atomic(path, json.dumps(doc, indent=2) + "\n")

@@ -1,0 +1,186 @@
+"""Which run a ``train`` invocation trains, and its row in the registry: a new run (its name and
+folder, refused if taken), or, with ``--resume``, the run whose ``checkpoint-last.pt`` it
+continues, with the rules that refuse a resume that would change what the run is (another arch,
+dataset, fold, crop...), a checkpoint that is another run's, and a validation fold that changed
+since the run started. ``register_run`` records the run once every check has passed.
+
+Options given on the command line or in a ``--config`` file take part in these rules alike; the
+options not given come from the run's saved ones (see ``engine.config.train_config``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from hpatool.data.samples import TrainValItems
+from hpatool.engine import checkpoint as ckpt_mod
+from hpatool.engine.config import IDENTITY_KEYS, TrainConfig, flag, train_config
+from hpatool.engine.distributed import DistContext
+from hpatool.engine.run_dir import LAST, RunDir
+from hpatool.errors import AlreadyExists, DataError, UsageError
+from hpatool.models import resolve_arch
+from hpatool.registry import Registry, check_name
+
+
+@dataclass
+class RunTarget:
+    """The run to train: its configuration, name, folder and, when resumed, its checkpoint."""
+
+    config: TrainConfig
+    name: str
+    run_dir: RunDir
+    checkpoint: dict[str, Any] | None = None
+
+    @property
+    def resumed(self) -> bool:
+        return self.checkpoint is not None
+
+
+def default_run_name(arch: str, fold: int) -> str:
+    return f"{arch}-f{fold}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def resolve_run(given: dict[str, Any], resume: bool, ctx: DistContext, reg: Registry) -> RunTarget:
+    """The run that options ``given`` (by ``TrainConfig`` name) and ``resume`` mean."""
+    return _resumed_run(given, reg) if resume else _new_run(given, ctx, reg)
+
+
+def _new_run(given: dict[str, Any], ctx: DistContext, reg: Registry) -> RunTarget:
+    config = train_config(given)
+    config.validate()
+    if not config.name:
+        config.name = ctx.broadcast(default_run_name(config.arch, config.fold))
+    name = check_name(str(config.name), "run")
+    if reg.has_run(name) and not is_stale_run(reg, name):
+        raise AlreadyExists(
+            f"run {name!r} already exists in {reg.path}; pass --resume to continue it or choose "
+            "another --name"
+        )
+    run_dir = RunDir(Path(config.out).expanduser().resolve() / name)
+    if run_dir.last.exists():
+        raise AlreadyExists(
+            f"{run_dir.path} already holds a run ({LAST}); pass --resume to continue it or "
+            "choose another --name or --out"
+        )
+    return RunTarget(config, name, run_dir)
+
+
+def _resumed_run(given: dict[str, Any], reg: Registry) -> RunTarget:
+    name = given.get("name")
+    if not name:
+        raise UsageError("--resume needs --name RUN (see 'hpatool runs list')")
+    check_name(name, "run")
+    folder = (
+        reg.run(name).out_dir
+        if reg.has_run(name)
+        else Path(given.get("out") or "runs").expanduser().resolve() / name
+    )
+    run_dir = RunDir(folder)
+    if not run_dir.last.is_file():
+        raise UsageError(
+            f"--resume: run {name!r} has no {LAST} in {folder} (no epoch finished "
+            "yet, or a different --out); start it again with another --name"
+        )
+    checkpoint = ckpt_mod.load_checkpoint(run_dir.last)
+    saved = checkpoint.get("config", {}).get("options", {})
+    check_own_checkpoint(checkpoint, saved, name, reg, run_dir.last)
+    check_resume_options(saved, given, run_dir.last)
+    config = train_config({**given, "name": name}, base=saved)
+    if config.epochs * max(1, checkpoint["steps_per_epoch"]) < checkpoint["step"]:
+        raise UsageError(
+            f"--epochs {config.epochs} is fewer than the {checkpoint['epoch']} epochs run "
+            f"{name!r} has done; give more --epochs"
+        )
+    config.validate()
+    return RunTarget(config, name, run_dir, checkpoint)
+
+
+def check_resume_options(saved: dict[str, Any], given: dict[str, Any], path: Path) -> None:
+    """Refuse to resume with options that would change what the run is."""
+    given_arch = given.get("arch")
+    if given_arch is not None and resolve_arch(given_arch) != resolve_arch(saved["arch"]):
+        raise UsageError(
+            f"checkpoint {path} is of --arch {saved.get('arch')}, not {given_arch}; resume "
+            "with the run's arch or start a new run with another --name"
+        )
+    for key in IDENTITY_KEYS:
+        if key == "arch" or given.get(key) is None:
+            continue
+        value = list(given[key]) if key == "datasets" else given[key]
+        if value != saved.get(key):
+            raise UsageError(
+                f"{flag(key)} {_show(value)} differs from the run's {_show(saved.get(key))} in "
+                f"{path}; resume with the same value (or leave it out) or start a new run with "
+                "another --name"
+            )
+
+
+def _show(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+
+
+def check_own_checkpoint(
+    checkpoint: dict[str, Any], saved: dict[str, Any], name: str, reg: Registry, path: Path
+) -> None:
+    """Refuse a checkpoint that belongs to another run (copied in, or another run's folder)."""
+    other = saved.get("name")
+    if other and other != name:
+        raise DataError(
+            f"{path} is a checkpoint of run {other!r}, not {name!r}; resume {other!r} instead "
+            "or start a new run"
+        )
+    if reg.has_run(name):
+        registered = reg.run(name).arch
+        if resolve_arch(str(checkpoint.get("arch"))) != resolve_arch(registered):
+            raise DataError(
+                f"{path} holds a {checkpoint.get('arch')} model but run {name!r} is registered as "
+                f"{registered}; the file is not this run's checkpoint"
+            )
+
+
+def check_same_split(target: RunTarget, parts: TrainValItems) -> None:
+    """Refuse to resume a run whose validation fold changed (its first dataset was re-split)."""
+    if target.checkpoint is None:
+        return
+    saved_split = target.checkpoint["config"].get("split")
+    if saved_split is not None and saved_split != parts.split:
+        raise UsageError(
+            f"dataset {target.config.datasets[0]!r} was re-split since run {target.name!r} "
+            f"started ({saved_split} -> {parts.split}); its validation fold has changed, start "
+            "a new run"
+        )
+
+
+def is_stale_run(reg: Registry, name: str) -> bool:
+    """A run that failed or was interrupted before its first checkpoint: nothing to resume,
+    so a new run may take its name (the old row is replaced when the new one registers)."""
+    record = reg.run(name)
+    return record.status in ("failed", "interrupted") and not (record.out_dir / LAST).exists()
+
+
+def register_run(
+    reg: Registry, target: RunTarget, resolved: dict[str, Any], ctx: DistContext
+) -> None:
+    """Once every rank has passed its checks, rank 0 registers the run (or marks a resumed one
+    running) and writes its ``config.json``: one unit of work, so a failure leaves neither."""
+    ctx.barrier()
+    if ctx.is_main:
+        name = target.name
+        with reg.transaction():
+            if target.resumed and reg.has_run(name):
+                reg.update_run(name, status="running", config=resolved)
+            else:  # a new run, a resumed run missing from this registry, or a stale one replaced
+                reg.create_run(
+                    name,
+                    arch=target.config.arch,
+                    datasets=target.config.datasets,
+                    fold=target.config.fold,
+                    config=resolved,
+                    out_dir=target.run_dir.path,
+                    replace=not target.resumed and reg.has_run(name) and is_stale_run(reg, name),
+                )
+            target.run_dir.write_config(resolved)
+    ctx.barrier()

@@ -1,0 +1,240 @@
+"""Scoring images with crop test-time augmentation: the crop windows, a dataset of cropped
+images, the batched scoring loop, aggregation over the crops, and thresholds -> labels.
+
+Each image is scored on ``crops`` random ``crop x crop`` windows in one batched forward pass; the
+sigmoid probabilities are aggregated over the crops by ``max`` or ``mean``. The windows of
+sample ``i`` are drawn from ``numpy.random.default_rng([seed, i])``, so they depend only on the
+seed and the sample's position in the dataset: the same command gives the same file, and a
+``torchrun`` run gives the same file as one process. Under ``torchrun`` the images are cut into
+batches of ``batch_size`` in dataset order and rank ``r`` scores batches ``r, r + world, ...``,
+so every batch has the same composition whatever the number of processes (and so the same
+floating-point results).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hpatool._io import ProgressFn
+from hpatool.engine.config import AGGREGATIONS
+from hpatool.engine.metrics import apply_thresholds
+from hpatool.errors import DataError, UsageError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class ScoreItem:
+    """One image to score: its position in the dataset, folder and id."""
+
+    index: int
+    root: Path
+    id: str
+
+
+def crop_windows(
+    index: int, height: int, width: int, crop: int, crops: int, seed: int
+) -> list[tuple[int, int]]:
+    """``crops`` (top, left) corners for sample ``index``; one window if the crop fills it."""
+    if crop >= height and crop >= width:
+        return [(0, 0)]
+    rng = np.random.default_rng([seed, index])
+    tops = rng.integers(0, height - crop + 1, size=crops)
+    lefts = rng.integers(0, width - crop + 1, size=crops)
+    return [(int(t), int(left)) for t, left in zip(tops, lefts, strict=True)]
+
+
+def resolve_crop(
+    crop_size: int | None, trained_crop: int, items: Sequence[ScoreItem], dataset: str
+) -> int:
+    """The crop size (``--crop-size``, else the run's training crop), checked against the size
+    of the first image that can be read; unreadable images are left to the per-image failure
+    path, so one bad first file doesn't cost the partial submission."""
+    from hpatool.data.samples import Item, image_size
+
+    crop = crop_size if crop_size is not None else trained_crop
+    what = f"--crop-size {crop}" if crop_size is not None else f"the run's training crop {crop}"
+    if crop < 8:
+        raise UsageError(f"{what} is too small; use --crop-size 8 or more")
+    first_error: str | None = None
+    for t in items:
+        try:
+            h, w = image_size(Item(dataset, t.root, t.id, ()))
+        except DataError as exc:
+            first_error = first_error or str(exc)
+            continue
+        if crop > min(h, w):
+            raise UsageError(
+                f"{what} is larger than the {w}x{h} images of dataset {dataset!r} (sample "
+                f"{t.id!r}); use --crop-size {min(h, w)} or less (equal to the image size means "
+                "the whole image)"
+            )
+        return crop
+    raise DataError(
+        f"none of the {len(items)} images of dataset {dataset!r} can be read "
+        f"(first: {first_error}); run 'hpatool datasets verify {dataset}'"
+    )
+
+
+class CropDataset:
+    """``(4, H, W)`` samples cut into their TTA crops: item ``i`` is ``(n_crops, 4, c, c)``.
+
+    A sample that cannot be read comes back as ``None`` plus the error text, so one bad file
+    doesn't stop the others (the caller decides whether to stop).
+    """
+
+    def __init__(
+        self,
+        items: Sequence[ScoreItem],
+        crop: int,
+        crops: int,
+        seed: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        self.items = list(items)
+        self.crop = crop
+        self.crops = crops
+        self.seed = seed
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+        import torch
+
+        from hpatool.data.transforms import to_tensor
+        from hpatool.imaging import read_sample
+
+        t = self.items[i]
+        try:
+            img = read_sample(t.root, t.id)
+        except DataError as exc:
+            return t.index, None, str(exc)
+        _, h, w = img.shape
+        if self.crop > min(h, w):
+            return t.index, None, f"image is {w}x{h}, smaller than the {self.crop} crop"
+        windows = crop_windows(t.index, h, w, self.crop, self.crops, self.seed)
+        c = self.crop
+        stack = np.stack([img[:, top : top + c, left : left + c] for top, left in windows])
+        return t.index, torch.stack([to_tensor(x, self.mean, self.std) for x in stack]), None
+
+
+def _collate(
+    batch: list[tuple[int, torch.Tensor | None, str | None]],
+) -> list[tuple[int, torch.Tensor | None, str | None]]:
+    return batch
+
+
+@dataclass
+class Scores:
+    """Aggregated probabilities by dataset position, and the samples that failed."""
+
+    probs: dict[int, np.ndarray] = field(default_factory=dict)
+    failures: dict[int, str] = field(default_factory=dict)
+
+    def update(self, other: Scores) -> None:
+        self.probs.update(other.probs)
+        self.failures.update(other.failures)
+
+
+def aggregate(crop_probs: torch.Tensor, agg: str) -> np.ndarray:
+    """One image's probabilities from its crops' ``(n_crops, C)``: their ``max`` or ``mean``."""
+    if agg not in AGGREGATIONS:
+        raise UsageError(f"--agg {agg!r} is invalid; use max or mean")
+    combined = crop_probs.max(dim=0).values if agg == "max" else crop_probs.mean(dim=0)
+    return combined.numpy().astype(np.float64)
+
+
+def rank_share(n: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[int]:
+    """The positions rank ``rank`` scores: batches ``rank, rank + world_size, ...`` of the
+    ``n`` images cut into batches of ``batch_size`` in order."""
+    batches = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
+    return [i for b in batches[rank::world_size] for i in b]
+
+
+def score(
+    model: nn.Module,
+    items: Sequence[ScoreItem],
+    *,
+    crop: int,
+    crops: int,
+    agg: str,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    seed: int,
+    strict: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: ProgressFn | None = None,
+) -> Scores:
+    """Score this rank's share of ``items`` (see the module docstring); returns local scores.
+    An unreadable image is a failure in the result, or, with ``strict``, a ``DataError``."""
+    import torch
+    from torch.utils.data import DataLoader, Subset
+
+    if agg not in AGGREGATIONS:
+        raise UsageError(f"--agg {agg!r} is invalid; use max or mean")
+    mine = rank_share(len(items), batch_size, rank, world_size)
+    loader: DataLoader[Any] = DataLoader(
+        Subset(CropDataset(items, crop, crops, seed, mean, std), mine),  # type: ignore[arg-type]
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    out = Scores()
+    done = 0
+    with torch.inference_mode():
+        for batch in loader:
+            for idx, x, error in batch:
+                if x is None:
+                    if strict:
+                        raise DataError(error or "unreadable image")
+                    out.failures[idx] = error or "unreadable"
+            good = [(idx, x) for idx, x, _ in batch if x is not None]
+            if good:
+                probs = _forward(model, [x for _, x in good], device)
+                for (idx, _), part in zip(good, probs, strict=True):
+                    out.probs[idx] = aggregate(part, agg)
+            done += len(batch)
+            if progress:
+                progress(done, len(mine))
+    return out
+
+
+def _forward(model: nn.Module, stacks: list[torch.Tensor], device: torch.device) -> Any:
+    """Sigmoid probabilities of each image's crop stack, from one forward pass of them all."""
+    import torch
+
+    inputs = torch.cat(stacks).to(device, non_blocking=True)
+    inputs = inputs.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, enabled=device.type == "cuda"):
+        logits = model(inputs)
+    probs = torch.sigmoid(logits.float()).cpu()
+    return torch.split(probs, [x.shape[0] for x in stacks])
+
+
+def decide_labels(probs: np.ndarray, thresholds: np.ndarray, min_labels: int) -> list[int]:
+    """Classes at or above their threshold; topped up with the most probable to ``min_labels``."""
+    chosen = set(np.flatnonzero(apply_thresholds(probs, thresholds)).tolist())
+    if len(chosen) < min_labels:
+        for c in np.argsort(-probs, kind="stable"):
+            if len(chosen) >= min_labels:
+                break
+            chosen.add(int(c))
+    return sorted(chosen)

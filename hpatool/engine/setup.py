@@ -1,0 +1,201 @@
+"""What a training run is built from, before its first step: the samples and their loaders
+(``build_data``), the model and what trains it (``build_trainer``), and the resolved
+configuration that ``config.json``, the registry and every checkpoint hold (``resolved_config``).
+
+Everything here is checked on every rank before anything is written. The model is created right
+after ``torch.manual_seed(seed)``, so its initial weights depend on the seed alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from hpatool.data.samples import (
+    HpaDataset,
+    TrainValItems,
+    check_crop,
+    targets_array,
+    train_val_items,
+)
+from hpatool.data.sampling import (
+    ShardSampler,
+    WeightedEpochSampler,
+    class_multipliers,
+    sample_weights,
+)
+from hpatool.data.transforms import HPA_MEAN, HPA_STD
+from hpatool.engine.checkpoint import ModelSpec
+from hpatool.engine.config import TrainConfig
+from hpatool.engine.distributed import DistContext
+from hpatool.engine.optim import (
+    LossFn,
+    create_loss,
+    create_optimizer,
+    create_scheduler,
+    loader_generator,
+    set_seeds,
+    warmup_steps_for,
+)
+from hpatool.engine.runs import RunTarget, check_same_split
+from hpatool.engine.state import TrainObjects
+from hpatool.errors import UsageError
+from hpatool.labels import CLASS_NAMES, NUM_CLASSES
+from hpatool.models import IN_CHANS, create_model, resolve_arch
+from hpatool.registry import Registry
+
+
+@dataclass
+class TrainData:
+    """The training and validation samples of a run, and their loaders."""
+
+    parts: TrainValItems
+    image_sizes: dict[str, tuple[int, int]]  # (height, width) per dataset
+    multipliers: np.ndarray  # the oversampling multiplier of each class
+    sampler: WeightedEpochSampler
+    train_loader: DataLoader[Any]
+    val_loader: DataLoader[Any]
+    steps_per_epoch: int  # per process
+
+
+def build_data(
+    target: RunTarget, reg: Registry, ctx: DistContext, device: torch.device
+) -> TrainData:
+    """The samples of the run (a resumed run's validation fold must not have changed), the
+    oversampling sampler of this rank, and the loaders."""
+    config = target.config
+    parts = train_val_items(reg, config.datasets, config.fold, config.limit)
+    check_same_split(target, parts)
+    sizes = check_crop(config.crop, [*parts.val, *parts.train])
+    train_targets = targets_array(parts.train)
+    multipliers = class_multipliers(config.oversample, train_targets)
+    sampler = WeightedEpochSampler(
+        sample_weights(train_targets, multipliers),
+        seed=config.seed,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+    )
+    steps_per_epoch = sampler.per_rank // config.batch_size
+    if steps_per_epoch < 1:
+        raise UsageError(
+            f"--batch-size {config.batch_size} is larger than the {sampler.per_rank} training "
+            f"samples per process; use --batch-size {max(1, sampler.per_rank)} or less"
+        )
+    loader_kw: dict[str, Any] = {
+        "batch_size": config.batch_size,
+        "num_workers": config.workers,
+        "pin_memory": device.type == "cuda",
+        "persistent_workers": config.workers > 0,
+    }
+    train_loader = DataLoader(
+        HpaDataset(parts.train, config.crop),
+        sampler=sampler,
+        drop_last=True,
+        generator=loader_generator(config.seed),
+        **loader_kw,
+    )
+    val_loader = DataLoader(
+        HpaDataset(parts.val, config.crop),
+        sampler=ShardSampler(len(parts.val), ctx.rank, ctx.world_size),
+        generator=loader_generator(config.seed + 1),
+        **loader_kw,
+    )
+    return TrainData(parts, sizes, multipliers, sampler, train_loader, val_loader, steps_per_epoch)
+
+
+@dataclass
+class Trainer:
+    """The model and what trains it, on its device."""
+
+    objects: TrainObjects  # model (bare), optimizer, scheduler, scaler, sampler
+    loss_fn: LossFn
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    spec: ModelSpec
+    train_model: nn.Module  # the model the steps run through: DDP-wrapped under torchrun
+
+    def distribute(self, ctx: DistContext) -> None:
+        """Wrap the model in DDP when running under torchrun (after any restore)."""
+        if ctx.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.objects.model, device_ids=ids)
+
+
+def build_trainer(
+    config: TrainConfig, data: TrainData, device: torch.device, *, fresh: bool = True
+) -> Trainer:
+    """The seeded model (from ``--pretrained`` weights if ``fresh`` and given), AdamW, the
+    schedule over all steps, the AMP scaler and the loss."""
+    use_cuda = device.type == "cuda"
+    amp_dtype: torch.dtype | None = None
+    if use_cuda and config.amp:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    spec = ModelSpec(
+        arch=config.arch,
+        timm_name=resolve_arch(config.arch),
+        in_chans=IN_CHANS,
+        num_classes=NUM_CLASSES,
+        crop=config.crop,
+        mean=HPA_MEAN,
+        std=HPA_STD,
+        class_names=CLASS_NAMES,
+        datasets=tuple(config.datasets),
+        image_size=data.image_sizes.get(config.datasets[0]),
+    )
+    set_seeds(config.seed)
+    model = create_model(
+        config.arch,
+        in_chans=IN_CHANS,
+        num_classes=NUM_CLASSES,
+        pretrained=config.pretrained if fresh else None,
+    )
+    model.to(device)
+    if use_cuda:
+        model.to(memory_format=torch.channels_last)
+    optimizer = create_optimizer(model, config.lr, config.weight_decay)
+    scheduler = create_scheduler(optimizer, config.epochs * data.steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    objects = TrainObjects(model, optimizer, scheduler, scaler, data.sampler)
+    loss_fn = create_loss(config.loss)
+    return Trainer(objects, loss_fn, device, amp_dtype, use_cuda, spec, train_model=model)
+
+
+def resolved_config(
+    config: TrainConfig, data: TrainData, trainer: Trainer, ctx: DistContext
+) -> dict[str, Any]:
+    """What ``config.json`` holds: the options, and everything resolved from them."""
+    parts = data.parts
+    total_steps = config.epochs * data.steps_per_epoch
+    amp = trainer.amp_dtype
+    return {
+        "options": config.to_json(),
+        "timm_name": trainer.spec.timm_name,
+        "split": parts.split,
+        "train_samples": len(parts.train),
+        "val_samples": len(parts.val),
+        "train_samples_per_dataset": parts.per_dataset,
+        "skipped_unlabelled": parts.skipped_unlabelled,
+        "removed_overlap": parts.removed_overlap,
+        "removed_duplicates": parts.removed_duplicates,
+        "image_sizes": {k: list(v) for k, v in data.image_sizes.items()},
+        "class_multipliers": data.multipliers.tolist(),
+        "world_size": ctx.world_size,
+        "global_batch_size": config.batch_size * ctx.world_size,
+        "steps_per_epoch": data.steps_per_epoch,
+        "total_steps": total_steps,
+        "warmup_steps": warmup_steps_for(total_steps),
+        "optimizer": "AdamW",
+        "schedule": "linear warm-up, then cosine to 0 over all steps",
+        "device": str(trainer.device),
+        "amp": str(amp).replace("torch.", "") if amp else None,
+        "channels_last": trainer.channels_last,
+        "model_spec": trainer.spec.to_json(),
+    }
