@@ -149,7 +149,8 @@ def test_architecture_md_maps_every_module() -> None:
     modules = {
         str(p.relative_to(package))
         for p in package.rglob("*.py")
-        if p.name not in ("__main__.py",) and not (p.name == "__init__.py" and p.parent == package)
+        if p.name not in ("__main__.py",)
+        and not (p.name == "__init__.py" and p.parent == package)
         and not (p.name == "__init__.py" and p.parent.name in ("convert", "data", "engine"))
     }
     missing = sorted(m for m in modules if f"`{m}`" not in text)

@@ -1,4 +1,5 @@
-"""Training and evaluation: the fit loop (``train``), metrics, checkpoints.
+"""Training and prediction engines (see docs/architecture.md for the module map).
 
-``train`` imports torch; ``metrics`` only numpy; ``checkpoint`` imports torch lazily.
+``config`` and ``distributed`` import no torch; ``train``, ``build``, ``state``, ``scoring`` and
+``predict`` do; ``metrics`` needs only numpy; ``checkpoint`` imports torch lazily.
 """

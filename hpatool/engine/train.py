@@ -40,14 +40,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from hpatool.engine.build import TrainData, Trainer, build_data, build_trainer, resolved_config
 from hpatool.engine.checkpoint import save_checkpoint
 from hpatool.engine.config import TrainConfig, given_train_options
 from hpatool.engine.distributed import DistContext, resolve_device
 from hpatool.engine.events import ProgressCallback, RunEvents
 from hpatool.engine.metrics import apply_thresholds, macro_f1, tune_thresholds
 from hpatool.engine.optim import LossFn
-from hpatool.engine.runs import RunTarget, register_run, resolve_run
-from hpatool.engine.setup import TrainData, Trainer, build_data, build_trainer, resolved_config
+from hpatool.engine.resume import RunTarget, register_run, resolve_run
 from hpatool.engine.state import TrainState
 from hpatool.errors import HpaToolError
 from hpatool.labels import NUM_CLASSES

@@ -42,7 +42,7 @@ from hpatool.engine.optim import (
     set_seeds,
     warmup_steps_for,
 )
-from hpatool.engine.runs import RunTarget, check_same_split
+from hpatool.engine.resume import RunTarget, check_same_split
 from hpatool.engine.state import TrainObjects
 from hpatool.errors import UsageError
 from hpatool.labels import CLASS_NAMES, NUM_CLASSES
