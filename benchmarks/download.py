@@ -7,12 +7,12 @@ The fake HPA server runs in its own process on 127.0.0.1 and answers every reque
 ``--latency`` seconds with a small JPEG: by default the test suite's aiohttp.web server
 (tests/integration/hpa_server.py), with ``--server light`` a bare asyncio.Protocol server that
 sends the same bytes for a fraction of the CPU (the client shares the machine's cores with it).
-The library call ``download_external(..., size=0)`` (raw JPEGs only: read, decode-checked,
-written and renamed in threads) fetches ``--samples`` × 4 files at ``--concurrency``; with
-50 ms per request the latency bound is concurrency / latency files/s (64 / 0.05 = 1,280
-files/s). A sequential run (concurrency 1) of a smaller subset gives the speed-up of
-concurrency. The client runs on uvloop when it is installed (``HPATOOL_EVENT_LOOP=asyncio``
-turns that off).
+The library call ``download_external(..., DownloadConfig(size=0))`` (raw JPEGs only: read,
+decode-checked, written and renamed in threads) fetches ``--samples`` × 4 files at
+``--concurrency``; with 50 ms per request the latency bound is concurrency / latency files/s
+(64 / 0.05 = 1,280 files/s). A sequential run (concurrency 1) of a smaller subset gives the
+speed-up of concurrency. The client runs on uvloop when it is installed
+(``HPATOOL_EVENT_LOOP=asyncio`` turns that off).
 
 Printed: files/s of the whole call (registry, planning and pool start-up included) and of the
 download phase alone (first request to last file), each as a share of the latency bound; the
@@ -37,7 +37,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hpatool.download import DownloadProgress, download_external  # noqa: E402
+from hpatool.download import DownloadConfig, DownloadProgress, download_external  # noqa: E402
 from hpatool.registry import Registry  # noqa: E402
 
 DISTINCT = 64  # bodies per colour the server picks from (by the id's CRC-32)
@@ -161,18 +161,15 @@ def run(
 
     with Registry.open(home) as reg:
         started = time.perf_counter()
-        summary = download_external(
-            reg,
-            labels,
-            out,
+        config = DownloadConfig(
             base_url=base_url,
             concurrency=concurrency,
             size=0,
             workers=workers,
             limit=limit,
             timeout=30,
-            progress=progress,
         )
+        summary = download_external(reg, labels, out, config, progress=progress)
         ended = time.perf_counter()
     if summary.failed:
         raise SystemExit(f"benchmark download failed: {summary.failures[:3]}")

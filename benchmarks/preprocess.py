@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hpatool.imaging import STAIN_BANDS, convert_channel  # noqa: E402
+from hpatool.options import PreprocessConfig  # noqa: E402
 from hpatool.preprocess import preprocess_images  # noqa: E402
 from tests.integration.hpa_server import fluorescence, stain_rgb  # noqa: E402
 
@@ -116,7 +117,9 @@ def main() -> None:
         for workers in (1, 2):
             out = Path(tmp) / f"out{workers}"
             t0 = time.perf_counter()
-            summary = preprocess_images(folder, out, size=args.size, workers=workers)
+            summary = preprocess_images(
+                folder, out, PreprocessConfig(size=args.size, workers=workers)
+            )
             walls[workers] = time.perf_counter() - t0
             n = args.folder_images
             assert summary.converted == n, summary

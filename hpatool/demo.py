@@ -14,6 +14,7 @@ from pathlib import Path
 from hpatool._io import ProgressFn
 from hpatool.catalog import add_dataset
 from hpatool.errors import UsageError
+from hpatool.options import DemoConfig
 from hpatool.registry import Registry
 from hpatool.synth import synth_dataset
 
@@ -72,9 +73,9 @@ def prepare_out_dir(out_dir: Path) -> None:
 
 def make_demo_data(
     out_dir: Path,
-    samples: int = 400,
-    size: int = 64,
-    seed: int = 0,
+    samples: int = DemoConfig.samples,
+    size: int = DemoConfig.size,
+    seed: int = DemoConfig.seed,
     progress: ProgressFn | None = None,
 ) -> DemoData:
     """Synthesise a training set (``samples``) and a test set (a quarter as many) and register

@@ -55,7 +55,9 @@ def plot_f1(series: Sequence[tuple[str, Sequence[float]]], title: str, path: Pat
     fig = _figure(14, 5.5)
     ax = fig.subplots()
     _class_bars(ax, series)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.15)  # headroom above F1 = 1 for the legend
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.legend(loc="upper left", ncols=max(1, len(series)))
     ax.set_ylabel("F1")
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)

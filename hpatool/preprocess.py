@@ -40,6 +40,7 @@ from hpatool.convert.workers import OutcomeKind, convert_file
 from hpatool.errors import AlreadyExists, DataError, NotFound, UsageError, WorkFailed
 from hpatool.ids import COLOURS, id_problem
 from hpatool.imaging import check_channel_rule
+from hpatool.options import PreprocessConfig
 from hpatool.registry import DatasetRecord, Registry, check_name
 
 SOURCE_EXTS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
@@ -225,16 +226,13 @@ def _plan_registration(
 def preprocess_images(
     src_dir: Path,
     out_dir: Path,
+    config: PreprocessConfig | None = None,
     *,
-    size: int = 512,
-    channel_rule: str = "stain",
-    workers: int | None = None,
     registry: Registry | None = None,
-    name: str | None = None,
-    labels: Path | None = None,
     progress: ProgressFn | None = None,
 ) -> PreprocessSummary:
-    """Convert every ``<Id>_<colour>.<ext>`` in ``src_dir`` to ``out_dir/<Id>_<colour>.png``.
+    """Convert every ``<Id>_<colour>.<ext>`` in ``src_dir`` to ``out_dir/<Id>_<colour>.png``,
+    with the options of ``config`` (default: ``PreprocessConfig()``).
 
     8-bit greyscale, ``size``×``size`` (0 keeps each image's size), channel rule ``stain`` or
     ``luma`` for RGB sources. Idempotent: outputs already there and not older than their
@@ -245,9 +243,11 @@ def preprocess_images(
     found), with its lineage.
     """
     started = time.perf_counter()
+    cfg = config if config is not None else PreprocessConfig()
+    size, channel_rule, name, labels = cfg.size, cfg.channel_rule, cfg.name, cfg.labels
     check_size(size, zero="keeps each image's own size")
     check_channel_rule(channel_rule)
-    n_workers = check_workers(workers)
+    n_workers = check_workers(cfg.workers)
     if registry is None and (name is not None or labels is not None):
         raise UsageError("--no-register leaves nothing for --name or --labels; drop one of them")
     src, out = _check_folders(src_dir, out_dir)

@@ -36,6 +36,7 @@ from hpatool.errors import AlreadyExists, UsageError
 from hpatool.ids import COLOURS, channel_path
 from hpatool.imaging import save_png
 from hpatool.labels import NUM_CLASSES, format_target
+from hpatool.options import SynthConfig
 
 #: Samples carrying each class 0..27 in the Kaggle 2018 ``train.csv`` (31,072 samples).
 TRAIN_CLASS_COUNTS: tuple[int, ...] = (
@@ -719,11 +720,11 @@ def _write_sample(task: tuple[Path, str, tuple[int, ...], int, int, int]) -> Non
 
 def synth_dataset(
     out_dir: Path,
-    samples: int = 256,
-    size: int = 512,
-    seed: int = 0,
+    samples: int = SynthConfig.samples,
+    size: int = SynthConfig.size,
+    seed: int = SynthConfig.seed,
     progress: ProgressFn | None = None,
-    workers: int = 1,
+    workers: int = SynthConfig.workers,
 ) -> SynthResult:
     """Write ``samples`` synthetic samples (four PNGs each) and a ``labels.csv`` to ``out_dir``.
 

@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from hpatool.options import DemoConfig
+
 
 def demo(
     out_dir: Annotated[
@@ -16,16 +18,20 @@ def demo(
         typer.Option(
             "--out", help="Folder for everything the demo makes (its own registry home included)."
         ),
-    ] = Path("hpatool-demo"),
+    ] = DemoConfig.out,
     samples: Annotated[
         int, typer.Option("--samples", help="Training samples to synthesise.", min=1)
-    ] = 320,
-    size: Annotated[int, typer.Option("--size", help="Synthetic image size.", min=32)] = 64,
-    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.", min=1)] = 6,
+    ] = DemoConfig.samples,
+    size: Annotated[
+        int, typer.Option("--size", help="Synthetic image size.", min=32)
+    ] = DemoConfig.size,
+    epochs: Annotated[
+        int, typer.Option("--epochs", help="Training epochs.", min=1)
+    ] = DemoConfig.epochs,
     arch: Annotated[
         str, typer.Option("--arch", help="Model (a small timm ResNet by default).")
-    ] = "resnet10t",
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    ] = DemoConfig.arch,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = DemoConfig.seed,
 ) -> None:
     """Run the whole chain on synthetic data on a CPU, in a fresh registry home under --out.
 

@@ -12,6 +12,7 @@ import typer
 from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
 from hpatool.cli.preprocess import RuleOpt, WorkersOpt
 from hpatool.errors import WorkFailed
+from hpatool.options import DownloadConfig
 
 if TYPE_CHECKING:
     from hpatool.download import DownloadProgress, DownloadProgressFn, DownloadSummary
@@ -109,19 +110,19 @@ def _download_bar() -> Iterator[DownloadProgressFn]:
 def download_external(
     labels: LabelsOpt,
     out: OutOpt,
-    name: NameOpt = "hpa-v18",
-    base_url: BaseUrlOpt = "http://v18.proteinatlas.org/images",
-    colors: ColorsOpt = "red,green,blue,yellow",
-    concurrency: ConcurrencyOpt = 32,
-    retries: RetriesOpt = 5,
-    timeout: TimeoutOpt = 30.0,
-    size: SizeOpt = 512,
-    channel_rule: RuleOpt = "stain",
-    keep_raw: KeepRawOpt = False,
-    workers: WorkersOpt = None,
-    limit: LimitOpt = None,
-    shard: ShardOpt = None,
-    backoff: BackoffOpt = 0.5,
+    name: NameOpt = DownloadConfig.name,
+    base_url: BaseUrlOpt = DownloadConfig.base_url,
+    colors: ColorsOpt = DownloadConfig.colours,
+    concurrency: ConcurrencyOpt = DownloadConfig.concurrency,
+    retries: RetriesOpt = DownloadConfig.retries,
+    timeout: TimeoutOpt = DownloadConfig.timeout,
+    size: SizeOpt = DownloadConfig.size,
+    channel_rule: RuleOpt = DownloadConfig.channel_rule,
+    keep_raw: KeepRawOpt = DownloadConfig.keep_raw,
+    workers: WorkersOpt = DownloadConfig.workers,
+    limit: LimitOpt = DownloadConfig.limit,
+    shard: ShardOpt = DownloadConfig.shard,
+    backoff: BackoffOpt = DownloadConfig.backoff,
     json_: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
@@ -139,26 +140,23 @@ def download_external(
     """
     from hpatool.download import download_external as run_download
 
+    config = DownloadConfig(
+        name=name,
+        base_url=base_url,
+        colours=colors,
+        concurrency=concurrency,
+        retries=retries,
+        timeout=timeout,
+        size=size,
+        channel_rule=channel_rule,
+        keep_raw=keep_raw,
+        workers=workers,
+        limit=limit,
+        shard=shard,
+        backoff=backoff,
+    )
     with open_registry(home) as reg, _download_bar() as progress:
-        summary = run_download(
-            reg,
-            labels,
-            out,
-            name=name,
-            base_url=base_url,
-            colours=colors,
-            concurrency=concurrency,
-            retries=retries,
-            timeout=timeout,
-            size=size,
-            channel_rule=channel_rule,
-            keep_raw=keep_raw,
-            workers=workers,
-            limit=limit,
-            shard=shard,
-            backoff=backoff,
-            progress=progress,
-        )
+        summary = run_download(reg, labels, out, config, progress=progress)
     _print_summary(summary, json_)
     if summary.failed:
         raise WorkFailed(

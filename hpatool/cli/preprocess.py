@@ -10,6 +10,7 @@ import typer
 
 from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
 from hpatool.errors import WorkFailed
+from hpatool.options import PreprocessConfig
 
 if TYPE_CHECKING:
     from hpatool.preprocess import PreprocessSummary
@@ -71,11 +72,11 @@ RegisterOpt = Annotated[
 def preprocess(
     src_dir: SrcDirArg,
     out: OutOpt,
-    size: SizeOpt = 512,
-    channel_rule: RuleOpt = "stain",
-    workers: WorkersOpt = None,
-    name: NameOpt = None,
-    labels: LabelsOpt = None,
+    size: SizeOpt = PreprocessConfig.size,
+    channel_rule: RuleOpt = PreprocessConfig.channel_rule,
+    workers: WorkersOpt = PreprocessConfig.workers,
+    name: NameOpt = PreprocessConfig.name,
+    labels: LabelsOpt = PreprocessConfig.labels,
     register: RegisterOpt = True,
     json_: JsonOpt = False,
     home: HomeOpt = None,
@@ -93,20 +94,13 @@ def preprocess(
     from hpatool.cli._console import progress_bar
     from hpatool.preprocess import preprocess_images
 
+    config = PreprocessConfig(
+        size=size, channel_rule=channel_rule, workers=workers, name=name, labels=labels
+    )
     with contextlib.ExitStack() as stack:
         reg = stack.enter_context(open_registry(home)) if register else None
         progress = stack.enter_context(progress_bar("preprocess", unit="files"))
-        summary = preprocess_images(
-            src_dir,
-            out,
-            size=size,
-            channel_rule=channel_rule,
-            workers=workers,
-            registry=reg,
-            name=name,
-            labels=labels,
-            progress=progress,
-        )
+        summary = preprocess_images(src_dir, out, config, registry=reg, progress=progress)
     _print_summary(summary, json_)
     if summary.failed:
         raise WorkFailed(

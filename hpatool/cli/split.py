@@ -7,12 +7,17 @@ from typing import Annotated
 import typer
 
 from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
+from hpatool.options import SplitConfig
 
 
 def split(
     name: Annotated[str, typer.Argument(help="Dataset to split (labelled).", show_default=False)],
-    folds: Annotated[int, typer.Option("--folds", help="Number of folds.", min=2, max=20)] = 5,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed of the split.", min=0)] = 0,
+    folds: Annotated[
+        int, typer.Option("--folds", help="Number of folds.", min=2, max=20)
+    ] = SplitConfig.folds,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Random seed of the split.", min=0)
+    ] = SplitConfig.seed,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing split with other --folds/--seed.")
     ] = False,

@@ -7,15 +7,25 @@ from typing import Annotated
 
 import typer
 
+from hpatool.options import SynthConfig
+
 
 def synth(
     out_dir: Annotated[
         Path, typer.Argument(metavar="OUT_DIR", help="Folder to write into.", show_default=False)
     ],
-    samples: Annotated[int, typer.Option("--samples", help="Number of samples.", min=1)] = 256,
-    size: Annotated[int, typer.Option("--size", help="Image width and height.", min=32)] = 512,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same files).")] = 0,
-    workers: Annotated[int, typer.Option("--workers", help="Processes.", min=1)] = 1,
+    samples: Annotated[
+        int, typer.Option("--samples", help="Number of samples.", min=1)
+    ] = SynthConfig.samples,
+    size: Annotated[
+        int, typer.Option("--size", help="Image width and height.", min=32)
+    ] = SynthConfig.size,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Random seed (same seed, same files).")
+    ] = SynthConfig.seed,
+    workers: Annotated[
+        int, typer.Option("--workers", help="Processes.", min=1)
+    ] = SynthConfig.workers,
 ) -> None:
     """Write an HPA-like dataset: four 8-bit greyscale PNGs per sample and a labels.csv.
 

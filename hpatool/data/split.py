@@ -14,6 +14,7 @@ import numpy as np
 
 from hpatool.errors import AlreadyExists, UsageError
 from hpatool.labels import NUM_CLASSES, to_multihot
+from hpatool.options import SplitConfig
 from hpatool.registry import Registry
 
 MIN_FOLDS = 2
@@ -33,7 +34,9 @@ class SplitResult:
     uneven: list[int]
 
 
-def make_folds(targets: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
+def make_folds(
+    targets: np.ndarray, folds: int = SplitConfig.folds, seed: int = SplitConfig.seed
+) -> np.ndarray:
     """Fold index per sample for an ``(n, 28)`` multi-hot array, multilabel-stratified."""
     from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
@@ -55,7 +58,12 @@ def fold_class_counts(targets: np.ndarray, assignment: np.ndarray, folds: int) -
 
 
 def split_dataset(
-    reg: Registry, name: str, folds: int = 5, seed: int = 0, *, force: bool = False
+    reg: Registry,
+    name: str,
+    folds: int = SplitConfig.folds,
+    seed: int = SplitConfig.seed,
+    *,
+    force: bool = False,
 ) -> SplitResult:
     """Split dataset ``name`` into ``folds`` stratified folds and store them in the registry.
 

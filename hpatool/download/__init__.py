@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,13 +56,14 @@ from hpatool.download.tracker import (
 )
 from hpatool.download.urls import DEFAULT_BASE_URL, is_loopback, url_problem
 from hpatool.errors import DataError, Interrupted, UsageError
-from hpatool.ids import COLOURS
 from hpatool.labels import LabelTable, load_label_csv
+from hpatool.options import DownloadConfig
 from hpatool.registry import DatasetRecord, Registry, now
 
 __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_NAME",
+    "DownloadConfig",
     "DownloadProgress",
     "DownloadProgressFn",
     "DownloadSummary",
@@ -119,23 +120,12 @@ def download_external(
     reg: Registry,
     labels: Path,
     out_dir: Path,
+    config: DownloadConfig | None = None,
     *,
-    name: str = DEFAULT_NAME,
-    base_url: str = DEFAULT_BASE_URL,
-    colours: str | Sequence[str] = COLOURS,
-    concurrency: int = 32,
-    retries: int = 5,
-    timeout: float = 30.0,
-    size: int = 512,
-    channel_rule: str = "stain",
-    keep_raw: bool = False,
-    workers: int | None = None,
-    limit: int | None = None,
-    shard: str | Shard | None = None,
-    backoff: float = 0.5,
     progress: DownloadProgressFn | None = None,
 ) -> DownloadSummary:
-    """Download (what is missing of) the external images listed in ``labels`` into ``out_dir``.
+    """Download (what is missing of) the external images listed in ``labels`` into ``out_dir``,
+    with the options of ``config`` (default: ``DownloadConfig()``).
 
     Returns a summary; permanent failures are data (``summary.failures`` and
     ``out_dir/failures.csv``), not exceptions. Raises ``UsageError`` for bad options,
@@ -144,21 +134,8 @@ def download_external(
     """
     started = time.perf_counter()
     # ---- check everything before touching the registry or the disk
-    opts = check_options(
-        name=name,
-        base_url=base_url,
-        colours=colours,
-        concurrency=concurrency,
-        retries=retries,
-        timeout=timeout,
-        backoff=backoff,
-        size=size,
-        channel_rule=channel_rule,
-        keep_raw=keep_raw,
-        workers=workers,
-        limit=limit,
-        shard=shard,
-    )
+    opts = check_options(config if config is not None else DownloadConfig())
+    name = opts.name
     source = _read_labels(labels)
     existing = reg.dataset(name) if reg.has_dataset(name) else None
     if existing is not None:
@@ -179,7 +156,7 @@ def download_external(
     tracker.report()
     interrupted = None
     if plans:
-        jobs = file_jobs(plans, opts.base_url, folders, size, keep_raw=opts.keep_raw)
+        jobs = file_jobs(plans, opts.base_url, folders, opts.size, keep_raw=opts.keep_raw)
         interrupted = _fetch(opts, jobs, tracker)
     tracker.report()
     summary = _summarise(opts, folders, chosen, tracker, interrupted, started)

@@ -14,9 +14,10 @@ from hpatool.download.urls import check_base_url
 from hpatool.errors import UsageError
 from hpatool.ids import COLOURS
 from hpatool.imaging import check_channel_rule
+from hpatool.options import DownloadConfig
 from hpatool.registry import check_name
 
-DEFAULT_NAME = "hpa-v18"
+DEFAULT_NAME = DownloadConfig.name
 MAX_CONCURRENCY = 1024
 
 
@@ -93,7 +94,8 @@ def _check_number(value: float, lo: float, hi: float, option: str, what: str) ->
 
 @dataclass(frozen=True)
 class DownloadOptions:
-    """``download_external``'s options, checked (see :func:`check_options`)."""
+    """``download_external``'s options (a ``DownloadConfig``), checked and resolved (see
+    :func:`check_options`)."""
 
     name: str
     base_url: str
@@ -110,49 +112,35 @@ class DownloadOptions:
     shard: Shard | None
 
 
-def check_options(
-    *,
-    name: str,
-    base_url: str,
-    colours: str | Sequence[str],
-    concurrency: int,
-    retries: int,
-    timeout: float,
-    backoff: float,
-    size: int,
-    channel_rule: str,
-    keep_raw: bool,
-    workers: int | None,
-    limit: int | None,
-    shard: str | Shard | None,
-) -> DownloadOptions:
+def check_options(config: DownloadConfig) -> DownloadOptions:
     """The options, checked in the order a person reads them; a ``UsageError`` for the first
     bad one. Raises the open-files limit for ``concurrency`` if it has to."""
-    check_name(name)
-    base = check_base_url(base_url)
-    colour_list = parse_colours(colours)
-    _check_number(concurrency, 1, MAX_CONCURRENCY, "--concurrency", "parallel requests")
-    _check_number(retries, 0, 100, "--retries", "a number of retries")
-    _check_number(timeout, 0.01, 3600, "--timeout", "seconds")
-    _check_number(backoff, 0, 60, "--backoff", "seconds")
-    check_size(size, zero="keeps only the raw JPEGs")
-    check_channel_rule(channel_rule)
-    n_workers = check_workers(workers)
-    if limit is not None and limit < 1:
-        raise UsageError(f"invalid --limit {limit}: give 1 or more samples")
-    ensure_open_files(concurrency)
+    c = config
+    check_name(c.name)
+    base = check_base_url(c.base_url)
+    colour_list = parse_colours(c.colours)
+    _check_number(c.concurrency, 1, MAX_CONCURRENCY, "--concurrency", "parallel requests")
+    _check_number(c.retries, 0, 100, "--retries", "a number of retries")
+    _check_number(c.timeout, 0.01, 3600, "--timeout", "seconds")
+    _check_number(c.backoff, 0, 60, "--backoff", "seconds")
+    check_size(c.size, zero="keeps only the raw JPEGs")
+    check_channel_rule(c.channel_rule)
+    n_workers = check_workers(c.workers)
+    if c.limit is not None and c.limit < 1:
+        raise UsageError(f"invalid --limit {c.limit}: give 1 or more samples")
+    ensure_open_files(c.concurrency)
     return DownloadOptions(
-        name=name,
+        name=c.name,
         base_url=base,
         colours=colour_list,
-        concurrency=concurrency,
-        retries=retries,
-        timeout=timeout,
-        backoff=backoff,
-        size=size,
-        channel_rule=channel_rule,
-        keep_raw=keep_raw or size == 0,
+        concurrency=c.concurrency,
+        retries=c.retries,
+        timeout=c.timeout,
+        backoff=c.backoff,
+        size=c.size,
+        channel_rule=c.channel_rule,
+        keep_raw=c.keep_raw or c.size == 0,
         workers=n_workers,
-        limit=limit,
-        shard=Shard.parse(shard) if isinstance(shard, str) else shard,
+        limit=c.limit,
+        shard=Shard.parse(c.shard) if c.shard is not None else None,
     )

@@ -12,8 +12,9 @@ from urllib.parse import quote, urlsplit
 
 from hpatool.errors import UsageError
 from hpatool.ids import COLOURS, id_problem
+from hpatool.options import DownloadConfig
 
-DEFAULT_BASE_URL = "http://v18.proteinatlas.org/images"
+DEFAULT_BASE_URL = DownloadConfig.base_url
 _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 

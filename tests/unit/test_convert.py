@@ -25,6 +25,7 @@ from hpatool.convert.workers import (
 )
 from hpatool.errors import WorkFailed
 from hpatool.ids import COLOURS
+from hpatool.options import PreprocessConfig
 
 
 def grey_png(path: Path, size: int = 16) -> Path:
@@ -87,11 +88,15 @@ def test_preprocess_decides_on_the_kind_not_the_message(
 
     monkeypatch.setattr(pre, "convert_file", reworded(OutcomeKind.WRITE_ERROR, "the disk said no"))
     with pytest.raises(WorkFailed, match="the disk said no; free some space"):
-        pre.preprocess_images(tmp_path / "src", tmp_path / "o1", size=8, workers=1)
+        pre.preprocess_images(
+            tmp_path / "src", tmp_path / "o1", PreprocessConfig(size=8, workers=1)
+        )
     monkeypatch.setattr(
         pre, "convert_file", reworded(OutcomeKind.BAD_IMAGE, "cannot write this one: bad pixels")
     )
-    summary = pre.preprocess_images(tmp_path / "src", tmp_path / "o2", size=8, workers=1)
+    summary = pre.preprocess_images(
+        tmp_path / "src", tmp_path / "o2", PreprocessConfig(size=8, workers=1)
+    )
     assert summary.converted == 7 and summary.failed == 1
     assert summary.failures[0].error.endswith("a_red.png: cannot write this one: bad pixels")
 
