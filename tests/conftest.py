@@ -8,7 +8,7 @@ not beside the checkout (CI has it and runs them all). Helpers that are not fixt
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,9 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from hpatool.cli import app
-from tests.support import REPO, Invoke
+from hpatool.synth import synth_dataset
+from tests.integration.hpa_server import HpaServer
+from tests.support import REPO, SIZE, Invoke
 
 SHARED_HPA = REPO.parent / "shared" / "data" / "hpa"
 
@@ -59,6 +61,31 @@ def portal_field() -> Path:
 def real_samples() -> Path:
     """``real/``: 60 real Kaggle train samples, HPAv18 JPEGs, full-resolution fields."""
     return _shared("real")
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``synth_data(samples, size=SIZE, seed=0)``: a synthetic dataset folder (images and
+    labels.csv), made once per session for each set of arguments. Tests must not modify it:
+    copy it first."""
+    made: dict[tuple[int, int, int], Path] = {}
+
+    def make(samples: int, size: int = SIZE, seed: int = 0) -> Path:
+        key = (samples, size, seed)
+        if key not in made:
+            out = tmp_path_factory.mktemp("synth") / "data"
+            synth_dataset(out, samples=samples, size=size, seed=seed)
+            made[key] = out
+        return made[key]
+
+    return make
+
+
+@pytest.fixture
+def server() -> Iterator[HpaServer]:
+    """A fake HPA image server on 127.0.0.1 (see ``tests/integration/hpa_server.py``)."""
+    with HpaServer(image_size=64) as srv:
+        yield srv
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +39,6 @@ IDS = [
     "1000_1_A2_1",
     "1000_1_A2_2",
 ]
-
-
-@pytest.fixture
-def server() -> Iterator[HpaServer]:
-    with HpaServer(image_size=64) as srv:
-        yield srv
 
 
 # --------------------------------------------------------------------------- pure helpers

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -100,12 +99,6 @@ def decodes(path: Path) -> bool:
     with Image.open(path) as img:
         img.load()
         return img.mode == "L"
-
-
-@pytest.fixture
-def server() -> Iterator[HpaServer]:
-    with HpaServer(image_size=64) as srv:
-        yield srv
 
 
 def download(cli: Invoke, labels: Path, out: Path, base_url: str, *extra: str) -> Result:

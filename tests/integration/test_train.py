@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,8 @@ from tests.support import ARCH, SIZE, TRAIN, Invoke, one_line_error, register
 
 
 @pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("synth") / "data"
-    synth_dataset(out, samples=40, size=SIZE, seed=0)
-    return out
+def synth_dir(synth_data: Callable[..., Path]) -> Path:
+    return synth_data(40, SIZE, seed=0)
 
 
 def test_train_writes_run_files_and_registers_the_run(

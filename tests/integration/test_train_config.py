@@ -5,21 +5,19 @@ a bad file; ``--weight-decay``; the defaults the help shows and ``fit()`` from P
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from hpatool.engine.config import TrainConfig, default_workers
 from hpatool.engine.train import fit
-from hpatool.synth import synth_dataset
 from tests.support import ARCH, SIZE, Invoke, one_line_error, register
 
 
 @pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("synth") / "data"
-    synth_dataset(out, samples=24, size=SIZE, seed=2)
-    return out
+def synth_dir(synth_data: Callable[..., Path]) -> Path:
+    return synth_data(24, SIZE, seed=2)
 
 
 def _options(run: Path) -> dict[str, object]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,17 +14,14 @@ from PIL import Image
 
 from hpatool.data.samples import train_val_items
 from hpatool.registry import Registry
-from hpatool.synth import synth_dataset
 from tests.support import SIZE, TRAIN, Invoke, one_line_error, register
 
 FAST = (*TRAIN, "--epochs", "1", "--max-steps", "1", "--workers", "0")
 
 
 @pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("synth") / "data"
-    synth_dataset(out, samples=24, size=SIZE, seed=1)
-    return out
+def synth_dir(synth_data: Callable[..., Path]) -> Path:
+    return synth_data(24, SIZE, seed=1)
 
 
 def _copy(src: Path, dst: Path) -> Path:
