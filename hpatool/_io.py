@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import functools
 import hashlib
 import io
@@ -13,10 +14,65 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from hpatool.errors import UsageError
+from hpatool.errors import UsageError, WorkFailed
 
 #: ``progress(done, total)``: how library code reports progress; the CLI draws the bar.
 ProgressFn = Callable[[int, int], None]
+
+
+#: The errors that mean the disk (or the user's quota on it) has no room left.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(WorkFailed, OSError):
+    """A file could not be written because the disk is full; the file at ``path`` is as it was.
+
+    Still an ``OSError`` (``errno`` ENOSPC or EDQUOT, ``strerror``), so code that handles write
+    errors as ``OSError`` keeps doing so; the CLI prints its one-line message (exit 1).
+    """
+
+    def __init__(
+        self, path: str | Path, reason: str, code: int = errno.ENOSPC, advice: str = ""
+    ) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        self.advice = advice or "run the command again"
+        super().__init__(
+            f"disk full: could not write {self.path} ({reason}); nothing was replaced: free "
+            f"some space, then {self.advice}"
+        )
+        self.errno, self.strerror, self.filename = code, reason, str(self.path)
+
+    def __str__(self) -> str:  # the message, not OSError's "[Errno 28] ..."
+        return str(self.args[0])
+
+    def with_advice(self, advice: str) -> DiskFull:
+        """The same error, saying ``advice`` ("continue the run with ...") as the way on."""
+        code = self.errno if self.errno is not None else errno.ENOSPC
+        return DiskFull(self.path, self.reason, code, advice)
+
+
+def disk_full_cause(exc: BaseException) -> OSError | None:
+    """The disk-full ``OSError`` that ``exc`` is or was raised from (its ``__cause__`` /
+    ``__context__`` chain: torch reports a failed write of a file object as a ``RuntimeError``
+    raised while handling the ``OSError``), else ``None``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in DISK_FULL_ERRNOS:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _raise_if_disk_full(exc: BaseException, target: Path) -> None:
+    if isinstance(exc, DiskFull):
+        return
+    cause = disk_full_cause(exc)
+    if cause is not None:
+        code = cause.errno if cause.errno is not None else errno.ENOSPC
+        raise DiskFull(target, cause.strerror or os.strerror(code), code) from None
 
 
 @contextlib.contextmanager
@@ -25,15 +81,20 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
 
     The temporary name keeps ``path``'s suffix (or ``suffix``) so writers that infer a format
     from the extension still work. A killed process leaves at most a ``.tmp-*`` file, never a
-    half-written ``path``.
+    half-written ``path``. A full disk, wherever in the block it shows, is a ``DiskFull``
+    naming ``path``.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".tmp-{target.name}.",
-        suffix=suffix if suffix is not None else target.suffix,
-        dir=target.parent,
-    )
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".tmp-{target.name}.",
+            suffix=suffix if suffix is not None else target.suffix,
+            dir=target.parent,
+        )
+    except OSError as exc:
+        _raise_if_disk_full(exc, target)
+        raise
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -42,9 +103,10 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        _raise_if_disk_full(exc, target)
         raise
 
 

@@ -11,10 +11,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpatool._io import ProgressFn, check_output_file, sha256_file, write_csv
+from hpatool._io import ProgressFn, write_csv
 from hpatool.errors import DataError, NotFound, UsageError, WorkFailed
 from hpatool.ids import COLOURS, channel_path, id_problem
 from hpatool.labels import load_label_csv
+from hpatool.outputs import check_output
 from hpatool.registry import KINDS, DatasetRecord, Registry, check_name
 
 _CHANNEL_FILE = re.compile(r"^(?P<id>.+)_(?P<colour>red|green|blue|yellow)\.png$")
@@ -80,7 +81,7 @@ def add_dataset(
         ids = table.ids
         targets: list[tuple[int, ...] | None] = list(table.targets)
         labels_path = str(labels.expanduser().resolve())
-        labels_sha = sha256_file(labels)
+        labels_sha = table.sha256  # of the bytes parsed: the file is read once
         has_target = table.labelled
     else:
         assert root_abs is not None
@@ -181,14 +182,15 @@ class VerifyReport:
 
 
 def _check_sample(root: Path, sample_id: str) -> tuple[list[Failure], tuple[int, int] | None]:
-    from PIL import Image
+    from hpatool.imaging import BadImage, _regular_file, open_image
 
     failures: list[Failure] = []
     sizes: dict[str, tuple[int, int]] = {}
     for colour in COLOURS:
         path = channel_path(root, sample_id, colour)
         try:
-            with Image.open(path) as img:
+            _regular_file(path)  # a FIFO named like an image would hang the reader
+            with open_image(path) as img:
                 img.load()
                 if img.mode != "L":
                     failures.append(
@@ -202,6 +204,8 @@ def _check_sample(root: Path, sample_id: str) -> tuple[list[Failure], tuple[int,
                 sizes[colour] = img.size
         except FileNotFoundError:
             failures.append(Failure(sample_id, colour, str(path), "missing"))
+        except BadImage as exc:
+            failures.append(Failure(sample_id, colour, str(path), exc.reason))
         except Exception as exc:
             failures.append(Failure(sample_id, colour, str(path), f"does not decode ({exc})"))
     distinct = set(sizes.values())
@@ -227,7 +231,7 @@ def verify_dataset(
     one size: ``size``×``size`` if given, else the size most samples have. With ``failures``,
     also write the failures to that CSV (``FAILURE_COLUMNS``; just the header if none)."""
     if failures is not None:
-        failures = check_output_file(failures, "--failures")
+        failures = check_output(failures, "--failures", reg)
     root = reg.dataset(name).image_root()
     samples = reg.samples(name)
     report = VerifyReport(dataset=name, root=root)

@@ -6,6 +6,9 @@ memory it is a ``(4, H, W)`` uint8 array in channel order R, G, B, Y.
 
 from __future__ import annotations
 
+import os
+import stat
+import warnings
 from pathlib import Path
 from typing import IO
 
@@ -16,9 +19,14 @@ from hpatool._io import atomic_path
 from hpatool.errors import DataError, UsageError
 from hpatool.ids import COLOURS, channel_path
 
-# Pillow refuses images above ~179 Mpx as a "decompression bomb"; HPA fields are at most
-# 4-16 Mpx, so keep a guard but a generous one.
-Image.MAX_IMAGE_PIXELS = 20_000 * 20_000
+#: The most pixels (width x height) hpatool decodes in one image, in every command: real HPA
+#: fields are 4-16 Mpx, so this is generous; a header that claims more (a "decompression bomb")
+#: makes the file a bad image like any other unreadable one (``open_image``).
+MAX_PIXELS = 20_000 * 20_000
+# Set once, here: Pillow refuses above twice its limit wherever an image is opened (a backstop);
+# its warning between once and twice the limit is replaced by ``open_image``'s refusal.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def image_to_array(img: Image.Image) -> np.ndarray:
@@ -28,10 +36,47 @@ def image_to_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img)
 
 
+def _regular_file(path: Path | str) -> None:
+    """Refuse a path that exists but is not a regular file: a FIFO named like an image would
+    block its reader forever, a device never ends. A missing file is left to the open."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        raise BadImage(
+            path, "not a regular file (a FIFO, device or folder); replace it with the image file"
+        )
+
+
+def open_image(path: Path | str | IO[bytes]) -> Image.Image:
+    """``Image.open(path)`` (the header only, nothing decoded yet), refusing an image of more
+    than ``MAX_PIXELS`` pixels with a ``BadImage`` naming the file. Other failures to open
+    (``OSError``, ...) propagate as from ``Image.open``."""
+    where = path if isinstance(path, (str, Path)) else "image bytes"
+    try:
+        img = Image.open(path)
+    except Image.DecompressionBombError:
+        raise BadImage(where, _too_large(f"more than {2 * MAX_PIXELS:,} pixels")) from None
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        img.close()
+        raise BadImage(where, _too_large(f"{width}x{height}"))
+    return img
+
+
+def _too_large(size: str) -> str:
+    return (
+        f"image of {size} is over the limit of {MAX_PIXELS:,} pixels (a real HPA field has "
+        "4-16 million); replace the file"
+    )
+
+
 def read_channel(path: Path) -> np.ndarray:
     """One 8-bit greyscale channel file as a 2-D uint8 array, with a clear error if it isn't."""
     try:
-        with Image.open(path) as img:
+        _regular_file(path)
+        with open_image(path) as img:
             img.load()
             mode = img.mode
             if mode != "L":
@@ -167,9 +212,11 @@ def open_reduced(path: Path, size: int, rule: str = "stain") -> Image.Image:
     gives at least ``size``×``size`` pixels (for ``luma`` it also returns libjpeg's own luma, Y,
     the same weights as ``convert("L")``), which is several times faster than a full decode
     followed by a resize and differs from it by well under one grey level on average.
-    Raises ``OSError`` (or ``SyntaxError``/``ValueError``) if the file does not decode.
+    Raises ``OSError`` (or ``SyntaxError``/``ValueError``) if the file does not decode, and
+    ``BadImage`` if it is not a regular file or is over ``MAX_PIXELS``.
     """
-    img = Image.open(path)
+    _regular_file(path)
+    img = open_image(path)
     try:
         if size > 0 and img.format == "JPEG":
             img.draft("L" if rule == "luma" else img.mode, (size, size))
@@ -208,8 +255,10 @@ def check_decodes(path: Path | IO[bytes]) -> tuple[int, int]:
     Raises ``BadImage`` (a ``DataError``) naming the file if it is truncated or not an image.
     """
     where = path if isinstance(path, (str, Path)) else "image bytes"
+    if isinstance(path, (str, Path)):
+        _regular_file(path)
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             size = img.size
             if img.format == "JPEG":
                 img.draft(img.mode, (max(1, size[0] // 8), max(1, size[1] // 8)))

@@ -7,13 +7,17 @@ and every error names the exact row, line and value.
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
+import os
 import re
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hpatool.errors import DataError, NotFound
+from hpatool.errors import DataError, NotFound, UsageError
 from hpatool.ids import id_problem
 
 if TYPE_CHECKING:
@@ -111,6 +115,8 @@ class LabelTable:
     path: Path
     ids: list[str]
     targets: list[tuple[int, ...] | None]
+    #: sha256 of the bytes that were parsed (the file is read once)
+    sha256: str = ""
 
     @property
     def labelled(self) -> bool:
@@ -124,25 +130,59 @@ def _find_column(header: list[str], name: str) -> int | None:
     return None
 
 
-def _read_csv_text(path: Path) -> str:
-    """The text of a label CSV, or an error that says why it is not one."""
+def _check_one_line(
+    where: str, fields: list[str], header: list[str], cols: list[int | None]
+) -> None:
+    """Refuse a line break inside an Id or Target cell: joining or splitting it would register
+    a different sample or label than the one in the file."""
+    for col in cols:
+        if col is not None and ("\n" in fields[col] or "\r" in fields[col]):
+            raise DataError(
+                f"{where}: line break inside the {header[col].strip()} cell "
+                f"{fields[col]!r}; an Id or Target must be on one line: remove the line break "
+                "and save the CSV again"
+            )
+
+
+def _read_csv_bytes(path: Path) -> bytes:
+    """The bytes of a label CSV, read once; only a regular file is read (a FIFO or a
+    ``<(command)`` pipe would hang, or be read empty when hashed a second time)."""
     name = str(path)
     if not path.exists():
         raise NotFound(f"{name}: no such file; give the path of a label CSV with an Id column")
     if path.is_dir():
         raise NotFound(f"{name}: is a folder, not a CSV file; give the path of a label CSV")
     try:
-        with path.open("r", encoding="utf-8-sig", newline="") as fh:
-            text = fh.read()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise DataError(f"{name}: cannot read: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UsageError(
+                f"{name}: not a regular file (a pipe, FIFO or device); save the CSV to a file "
+                "and give its path with --labels"
+            )
+        try:
+            return fh.read()
+        except OSError as exc:
+            raise DataError(f"{name}: cannot read: {exc.strerror}") from None
+
+
+def _read_csv_text(path: Path) -> tuple[str, str]:
+    """The text of a label CSV and the sha256 of the bytes it was decoded from, or an error
+    that says why it is not one."""
+    name = str(path)
+    data = _read_csv_bytes(path)
+    try:
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(
             f"{name}: not UTF-8 text (byte {exc.start}); is this a CSV file? Save it as UTF-8 CSV"
         ) from None
-    except OSError as exc:
-        raise DataError(f"{name}: cannot read: {exc.strerror}") from None
     if "\x00" in text:
         raise DataError(f"{name}: contains NUL bytes; this is not a CSV text file")
-    return text
+    return text, hashlib.sha256(data).hexdigest()
 
 
 def load_label_csv(path: str | Path) -> LabelTable:
@@ -153,7 +193,9 @@ def load_label_csv(path: str | Path) -> LabelTable:
     """
     path = Path(path)
     name = str(path)
-    reader = csv.reader(_read_csv_text(path).splitlines(), strict=True)
+    text, sha256 = _read_csv_text(path)
+    # Parsed as CSV, not line by line: a quoted cell may hold a line break (Excel's Alt+Enter).
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -176,7 +218,7 @@ def load_label_csv(path: str | Path) -> LabelTable:
     try:
         for fields in reader:
             row += 1
-            line = reader.line_num
+            line = reader.line_num - sum(f.count("\n") for f in fields)
             where = f"{name}: row {row} (line {line})"
             if not fields or (len(fields) == 1 and not fields[0].strip()):
                 if width == 1:
@@ -187,6 +229,7 @@ def load_label_csv(path: str | Path) -> LabelTable:
                     f"{where}: {len(fields)} fields where the header has {width}; "
                     "check for unquoted commas or a missing column"
                 )
+            _check_one_line(where, fields, header, [id_col, target_col])
             sample_id = fields[id_col].strip()
             problem = id_problem(sample_id)
             if problem:
@@ -214,4 +257,4 @@ def load_label_csv(path: str | Path) -> LabelTable:
         ) from None
     if not ids:
         raise DataError(f"{name}: no data rows after the header; nothing to register")
-    return LabelTable(path=path, ids=ids, targets=targets)
+    return LabelTable(path=path, ids=ids, targets=targets, sha256=sha256)

@@ -60,6 +60,9 @@ class DownloadConfig(ConvertConfig):
     backoff: float = 0.5
     #: also keep the JPEGs as served (always so with ``size`` 0)
     keep_raw: bool = False
+    #: the most bytes one file may have, decoded, in MiB; a larger (or endless) body is a failed
+    #: file (real HPA JPEGs are 40-300 kB at 2048 px, 1-3 MB at 3072 px)
+    max_file_size: int = 64
     #: only the first N samples (CSV order, after ``shard``)
     limit: int | None = None
     #: ``I/N``: this machine's share of the ids

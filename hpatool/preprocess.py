@@ -20,10 +20,14 @@ from typing import Any
 
 from hpatool import __version__
 from hpatool._io import ProgressFn, sha256_file
+from hpatool.convert.lock import output_lock
 from hpatool.convert.outdir import (
     FAILURES_CSV,
+    check_path_text,
     check_size,
     claim_output_dir,
+    is_utf8,
+    looks_whole,
     names_ending,
     prepare_out_dir,
     remove_leftovers,
@@ -116,6 +120,12 @@ def scan_sources(src_dir: Path) -> tuple[list[SourceFile], list[ConvertFailure]]
             m = _SOURCE_FILE.match(entry.name)
             if not m:
                 continue
+            if not is_utf8(entry.name):
+                raise DataError(
+                    f"{src_dir}: the file name {entry.name!r} is not valid UTF-8 and cannot be "
+                    "recorded; rename it (e.g. with 'convmv -f latin1 -t utf8') and rerun "
+                    "(nothing was converted)"
+                )
             sample_id, colour = m.group("id"), m.group("colour").lower()
             problem = id_problem(sample_id)
             if problem:
@@ -148,12 +158,13 @@ def _output(out: Path, source: SourceFile) -> Path:
 
 
 def _is_current(dst: Path, src: Path) -> bool:
-    """An output is current if it exists (outputs are written atomically, so whole) and is
-    not older than its source."""
+    """An output is current if it exists, is not older than its source and looks whole (an
+    empty or truncated PNG, damaged after it was written, is converted again)."""
     try:
-        return dst.stat().st_mtime >= src.stat().st_mtime
+        newer = dst.stat().st_mtime >= src.stat().st_mtime
     except FileNotFoundError:
         return False
+    return newer and looks_whole(dst)
 
 
 def default_output_name(reg: Registry, src: Path, out: Path, size: int) -> str:
@@ -250,6 +261,13 @@ def preprocess_images(
     n_workers = check_workers(cfg.workers)
     if registry is None and (name is not None or labels is not None):
         raise UsageError("--no-register leaves nothing for --name or --labels; drop one of them")
+    for path, what in (
+        (src_dir, "source folder"),
+        (out_dir, "--out folder"),
+        (labels, "--labels file"),
+    ):
+        if path is not None:
+            check_path_text(path, what)
     src, out = _check_folders(src_dir, out_dir)
     registration = _plan_registration(registry, name, labels, src, out, size)
     sources, failures = scan_sources(src)
@@ -259,42 +277,57 @@ def preprocess_images(
             "nothing to convert"
         )
     out = prepare_out_dir(out_dir)
-    claim_output_dir(out, size, channel_rule)
-    summary = PreprocessSummary(src_dir=src, out_dir=out, files=len(sources) + len(failures))
+    with output_lock(out, "preprocess"):
+        claim_output_dir(out, size, channel_rule)
+        summary = PreprocessSummary(src_dir=src, out_dir=out, files=len(sources) + len(failures))
+        _convert_sources(summary, sources, failures, cfg, n_workers, progress)
+        if registration is not None:
+            summary.dataset = _register_output(
+                registration,
+                src,
+                out,
+                size=size,
+                channel_rule=channel_rule,
+                ids_found=sorted({s.id for s in sources} | {f.id for f in failures}),
+                present=names_ending(out, ".png"),
+                failed_ids={f.id for f in failures},
+            )
+    summary.elapsed_s = time.perf_counter() - started
+    return summary
+
+
+def _convert_sources(
+    summary: PreprocessSummary,
+    sources: list[SourceFile],
+    failures: list[ConvertFailure],
+    cfg: PreprocessConfig,
+    workers: int,
+    progress: ProgressFn | None,
+) -> None:
+    """Convert the ``sources`` whose output is not current into ``summary.out_dir``; the
+    counts, failures (and ``failures.csv``) and complete samples go to ``summary``."""
+    out = summary.out_dir
     remove_leftovers(out, {s.id for s in sources})
     todo = [s for s in sources if not _is_current(_output(out, s), s.path)]
     summary.skipped = len(sources) - len(todo)
     summary.converted = _convert_all(
         todo,
         out,
-        size=size,
-        rule=channel_rule,
-        workers=n_workers,
+        size=cfg.size,
+        rule=cfg.channel_rule,
+        workers=workers,
         failures=failures,
         done=summary.skipped + len(failures),
         total=summary.files,
         progress=progress,
     )
     _record_failures(summary, failures)
-    ids_found = sorted({s.id for s in sources} | {f.id for f in failures})
+    ids_found = {s.id for s in sources} | {f.id for f in failures}
     summary.samples = len(ids_found)
     present = names_ending(out, ".png")
     summary.complete_samples = sum(
         1 for i in ids_found if all(f"{i}_{c}.png" in present for c in COLOURS)
     )
-    if registration is not None:
-        summary.dataset = _register_output(
-            registration,
-            src,
-            out,
-            size=size,
-            channel_rule=channel_rule,
-            ids_found=ids_found,
-            present=present,
-            failed_ids={f.id for f in failures},
-        )
-    summary.elapsed_s = time.perf_counter() - started
-    return summary
 
 
 def _check_folders(src_dir: Path, out_dir: Path) -> tuple[Path, Path]:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hpatool._io import figure_file
 from hpatool.imaging import composite, read_sample
 from hpatool.labels import label_names
+from hpatool.outputs import check_figure
 from hpatool.plots import plot_sample
 from hpatool.registry import Registry
 
 
 def show_sample(reg: Registry, name: str, sample_id: str, out: Path) -> Path:
     """Draw red, green, blue, yellow and the composite of ``sample_id`` into ``out`` (PNG)."""
-    out = figure_file(out, "--out")
+    out = check_figure(out, "--out", reg)
     record = reg.dataset(name)
     sample = reg.sample(name, sample_id)
     arr = read_sample(record.image_root(), sample.id)

@@ -70,9 +70,9 @@ def stats_report(
 ) -> list[DatasetStats]:
     """The statistics of datasets ``names``, in that order; with ``plot``, also their class
     counts drawn into that picture (its name is checked before anything is counted)."""
-    from hpatool._io import figure_file
+    from hpatool.outputs import check_figure
 
-    target = figure_file(plot, "--plot") if plot is not None else None
+    target = check_figure(plot, "--plot", reg) if plot is not None else None
     all_stats = [dataset_stats(reg, name) for name in names]
     if target is not None:
         plot_class_counts(all_stats, target)

@@ -98,3 +98,24 @@ def wait_for_pngs(out: Path, n: int, proc: subprocess.Popen[str], limit_s: float
         time.sleep(0.02)
     proc.kill()
     pytest.fail("no progress")
+
+
+# ------------------------------------------------------------------------------ hostile images
+
+
+def claimed_size_png(path: Path, width: int, height: int) -> Path:
+    """A tiny 8-bit greyscale PNG whose header claims ``width`` x ``height`` pixels (a
+    "decompression bomb" when that is huge): a few hundred bytes on disk."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * (width + 1) * 4)  # the first rows only: a truncated image
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+    return path

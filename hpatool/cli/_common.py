@@ -17,10 +17,25 @@ TRAINING_PANEL = "Training"
 PREDICTION_PANEL = "Prediction"
 TOOLS_PANEL = "Tools"
 
+
+def _home_path(value: str | Path) -> Path:
+    """The ``--home`` folder; an empty value is refused (it would mean the current folder)."""
+    if isinstance(value, Path):
+        return value
+    if not value.strip():
+        raise typer.BadParameter(
+            "empty path; give the registry folder, or leave --home out to use $HPATOOL_HOME "
+            "or the user data dir"
+        )
+    return Path(value)
+
+
 HomeOpt = Annotated[
     Path | None,
     typer.Option(
         "--home",
+        parser=_home_path,
+        metavar="<path>",
         help="Registry home folder (default: $HPATOOL_HOME, else the user data dir).",
         show_default=False,
     ),

@@ -69,12 +69,18 @@ def add(
 def list_(json_: JsonOpt = False, home: HomeOpt = None) -> None:
     """List registered datasets.
 
+    A dataset whose registry row cannot be used (edited by hand) is listed with a warning
+    that names the row (and a "problem" key in --json); the others are unaffected.
+
     Example: hpatool datasets list --json
     """
-    from hpatool.cli._console import Table, out, print_json
+    from hpatool.cli._console import Table, err, out, print_json
 
     with open_registry(home) as reg:
         records = reg.datasets()
+    for r in records:
+        if r.problem:
+            err().print(f"warning: {r.problem}", markup=False, soft_wrap=True)
     if json_:
         print_json([r.to_json() for r in records])
         return
@@ -86,7 +92,7 @@ def list_(json_: JsonOpt = False, home: HomeOpt = None) -> None:
         table.add_column(col, justify="right" if col in ("samples", "labelled") else "left")
     for r in records:
         table.add_row(
-            r.name,
+            r.name + (" (bad row)" if r.problem else ""),
             r.kind,
             f"{r.samples:,}",
             f"{r.labelled:,}",

@@ -78,6 +78,14 @@ ShardOpt = Annotated[
         show_default=False,
     ),
 ]
+MaxFileSizeOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-file-size",
+        help="The most MiB one file may have, decoded; a larger (or endless) body is a failed "
+        "file, not retried (HPA JPEGs are 40-300 kB at 2048 px).",
+    ),
+]
 BackoffOpt = Annotated[
     float,
     typer.Option(
@@ -123,6 +131,7 @@ def download_external(
     limit: LimitOpt = DownloadConfig.limit,
     shard: ShardOpt = DownloadConfig.shard,
     backoff: BackoffOpt = DownloadConfig.backoff,
+    max_file_size: MaxFileSizeOpt = DownloadConfig.max_file_size,
     json_: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
@@ -154,6 +163,7 @@ def download_external(
         limit=limit,
         shard=shard,
         backoff=backoff,
+        max_file_size=max_file_size,
     )
     with open_registry(home) as reg, _download_bar() as progress:
         summary = run_download(reg, labels, out, config, progress=progress)

@@ -78,7 +78,9 @@ def evaluate(
         open_registry(home) as reg,
         progress_bar(f"evaluate {settings.dataset}", "images") as progress,
     ):
-        report = evaluate_run(reg, settings, progress=progress)
+        report = evaluate_run(
+            reg, settings, progress=progress, inputs=[(config, "the --config file")]
+        )
     if not report.is_main:
         return
     if json_:

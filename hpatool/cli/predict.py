@@ -87,7 +87,9 @@ def predict(
         open_registry(home) as reg,
         progress_bar(f"predict {settings.dataset}", "images") as progress,
     ):
-        result = run_predict(reg, settings, progress=progress)
+        result = run_predict(
+            reg, settings, progress=progress, inputs=[(config, "the --config file")]
+        )
     if not result.is_main:
         return
     console = console_out()

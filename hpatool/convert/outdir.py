@@ -40,6 +40,27 @@ def check_size(size: int, *, zero: str) -> int:
     return size
 
 
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` (a file name as the OS gave it) is valid UTF-8: a name that is not
+    holds surrogate escapes, which cannot be stored in the registry or a CSV."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_path_text(path: Path, what: str) -> None:
+    """A ``UsageError`` if ``path`` (made absolute) is not valid UTF-8: it could not be
+    recorded, so refuse it before any work rather than fail after it."""
+    full = str(path.expanduser().absolute())
+    if not is_utf8(full):
+        raise UsageError(
+            f"the {what} {full!r} has a name that is not valid UTF-8; rename it (e.g. with "
+            "'convmv -f latin1 -t utf8') and rerun"
+        )
+
+
 def prepare_out_dir(out_dir: Path) -> Path:
     """``out_dir`` resolved and created, or a ``UsageError`` if it cannot be a folder."""
     out = out_dir.expanduser().resolve()
@@ -108,6 +129,40 @@ def names_ending(folder: Path, suffix: str) -> set[str]:
             return {e.name for e in entries if e.name.endswith(suffix)}
     except FileNotFoundError:
         return set()
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: length 0, type, CRC
+_JPEG_START = b"\xff\xd8"
+_JPEG_END = b"\xff\xd9"
+#: How far from a JPEG's end its end-of-image marker may be (some writers pad after it).
+_JPEG_TAIL = 1024
+
+
+def looks_whole(path: Path) -> bool:
+    """Cheaply (a few bytes read, nothing decoded): whether the finished output ``path`` is a
+    whole image, not an empty or truncated file (a copy cut short, a disk that filled, a file
+    damaged by hand). A PNG must start with the PNG signature and end with its IEND chunk; a
+    JPEG must start with SOI and have its EOI marker near its end. Other files: not empty."""
+    suffix = path.suffix.lower()
+    try:
+        with open(path, "rb") as fh:
+            length = os.fstat(fh.fileno()).st_size
+            if suffix == ".png":
+                if length < len(_PNG_SIGNATURE) + len(_PNG_END):
+                    return False
+                head = fh.read(len(_PNG_SIGNATURE))
+                fh.seek(-len(_PNG_END), os.SEEK_END)
+                return head == _PNG_SIGNATURE and fh.read() == _PNG_END
+            if suffix in (".jpg", ".jpeg"):
+                if length < 4:
+                    return False
+                head = fh.read(2)
+                fh.seek(-min(length, _JPEG_TAIL), os.SEEK_END)
+                return head == _JPEG_START and _JPEG_END in fh.read()
+            return length > 0
+    except OSError:
+        return False
 
 
 def write_failures_csv(

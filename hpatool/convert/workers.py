@@ -15,8 +15,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
+
 from hpatool.errors import Interrupted
 from hpatool.imaging import BadImage, check_decodes, convert_channel, save_png
+
+#: The smallest short side, in pixels, a source image may have (or the output ``size``, if that
+#: is smaller): a real HPA field is 2048 or 3072 px. Anything much smaller is a placeholder, an
+#: icon or an error pixel from a server, and enlarging it to ``size`` would make a flat image
+#: that looks valid; such a file fails (``BAD_IMAGE``) instead. See docs/workflow.md.
+MIN_SIDE = 64
 
 
 class OutcomeKind(enum.Enum):
@@ -65,10 +73,38 @@ def _bad(src: str, exc: Exception) -> Outcome:
     return Outcome(OutcomeKind.BAD_IMAGE, src, f"{type(exc).__name__}: {text}")
 
 
+def min_side(size: int) -> int:
+    """The smallest short side a source for outputs of ``size`` px (0: its own size) may have."""
+    return min(MIN_SIDE, size) if size > 0 else MIN_SIDE
+
+
+def check_not_tiny(dims: tuple[int, int], least: int) -> None:
+    """A ``BadImage`` if an image of ``dims`` (width, height) has a side under ``least`` px."""
+    if min(dims) < least:
+        raise BadImage(
+            "",
+            f"image is only {dims[0]}x{dims[1]} px, under the {least} px a field has at least "
+            "on its short side (a placeholder or error image?)",
+        )
+
+
+def _check_source_size(src: str, size: int) -> None:
+    """Read ``src``'s header (cheap: no decoding) and refuse a tiny image; a file that does
+    not open is left for the decoder to report."""
+    try:
+        with Image.open(src) as img:
+            dims = img.size
+    except Exception:  # the conversion names the problem
+        return
+    check_not_tiny(dims, min_side(size))
+
+
 def convert_file(src: str, dst: str, colour: str, size: int, rule: str) -> Outcome:
     """Convert the raw image ``src`` to ``dst``: an 8-bit greyscale PNG of stain ``colour``,
-    ``size``×``size`` (0 keeps its size), channel rule ``rule``, written atomically."""
+    ``size``×``size`` (0 keeps its size), channel rule ``rule``, written atomically. A source
+    under ``min_side(size)`` px on its short side is a ``BAD_IMAGE``."""
     try:
+        _check_source_size(src, size)
         arr = convert_channel(Path(src), colour, size, rule)
     except Interrupted:
         raise  # SIGTERM while converting inline (--workers 1): stop, not a failed file
@@ -85,10 +121,11 @@ def convert_file(src: str, dst: str, colour: str, size: int, rule: str) -> Outco
     return OK
 
 
-def verify_file(src: str) -> Outcome:
-    """Whether ``src`` decodes as a whole image (``OK``), else why not (``BAD_IMAGE``)."""
+def verify_file(src: str, least: int = 0) -> Outcome:
+    """Whether ``src`` decodes as a whole image of at least ``least`` px on its short side
+    (``OK``), else why not (``BAD_IMAGE``)."""
     try:
-        check_decodes(Path(src))
+        check_not_tiny(check_decodes(Path(src)), least)
     except Interrupted:
         raise
     except Exception as exc:
@@ -96,13 +133,14 @@ def verify_file(src: str) -> Outcome:
     return OK
 
 
-def place_checked_body(body: bytes, part: str, raw: str) -> Outcome:
+def place_checked_body(body: bytes, part: str, raw: str, least: int = 0) -> Outcome:
     """Check that a downloaded ``body`` decodes (as ``check_decodes`` does a file), then write
     it to ``part`` and rename that to ``raw``. Runs in a thread: the JPEG decoder releases the
     GIL, and the file is created, written and renamed in one hand-off; a ``.part`` file only
-    exists inside this call. ``BAD_IMAGE`` is about the body (``path`` is ``part``)."""
+    exists inside this call. ``BAD_IMAGE`` is about the body (``path`` is ``part``), also for
+    an image under ``least`` px on its short side."""
     try:
-        check_decodes(io.BytesIO(body))
+        check_not_tiny(check_decodes(io.BytesIO(body)), least)
     except Interrupted:
         raise
     except Exception as exc:

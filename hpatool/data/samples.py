@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from hpatool.data.transforms import HPA_MEAN, HPA_STD, augment, center_crop, to_tensor
 from hpatool.errors import DataError, NotFound, UsageError
 from hpatool.ids import channel_path
-from hpatool.imaging import read_sample
+from hpatool.imaging import open_image, read_sample
 from hpatool.labels import NUM_CLASSES, to_multihot
 from hpatool.registry import Registry
 
@@ -138,11 +138,9 @@ def train_val_items(
 
 def image_size(item: Item) -> tuple[int, int]:
     """``(height, width)`` of a sample, read from the header of its red channel file."""
-    from PIL import Image
-
     path = channel_path(item.root, item.id, "red")
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             width, height = img.size
     except FileNotFoundError:
         raise DataError(

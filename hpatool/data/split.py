@@ -9,10 +9,11 @@ folds give 2 or 3 per fold). Same targets and seed, same folds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from hpatool.errors import AlreadyExists, UsageError
+from hpatool.errors import AlreadyExists, DataError, UsageError
 from hpatool.labels import NUM_CLASSES, to_multihot
 from hpatool.options import SplitConfig
 from hpatool.registry import Registry
@@ -57,6 +58,21 @@ def fold_class_counts(targets: np.ndarray, assignment: np.ndarray, folds: int) -
     return [y[assignment == k].sum(axis=0).astype(int).tolist() for k in range(folds)]
 
 
+def _check_existing(
+    reg: Registry, name: str, folds: int, seed: int, force: bool
+) -> dict[str, Any] | None:
+    """The dataset's stored split; ``AlreadyExists`` if it has other folds or seed and not
+    ``force``."""
+    existing = reg.split_info(name)
+    same = existing is not None and (existing["folds"], existing["seed"]) == (folds, seed)
+    if existing is not None and not same and not force:
+        raise AlreadyExists(
+            f"dataset {name!r} is already split into {existing['folds']} folds with seed "
+            f"{existing['seed']}; pass --force to replace the split (runs keep their record)"
+        )
+    return existing
+
+
 def split_dataset(
     reg: Registry,
     name: str,
@@ -88,17 +104,18 @@ def split_dataset(
             f"dataset {name!r} has {len(samples)} samples, fewer than --folds {folds}; "
             "use fewer folds"
         )
-    existing = reg.split_info(name)
-    same = existing is not None and (existing["folds"], existing["seed"]) == (folds, seed)
-    if existing is not None and not same and not force:
-        raise AlreadyExists(
-            f"dataset {name!r} is already split into {existing['folds']} folds with seed "
-            f"{existing['seed']}; pass --force to replace the split (runs keep their record)"
-        )
+    _check_existing(reg, name, folds, seed, force)
     y = to_multihot([s.target for s in samples])
     assignment = make_folds(y, folds=folds, seed=seed)
-    replaced = existing is not None
     with reg.transaction():  # the command's unit of work: the split and its folds, together
+        # Decide again inside the write lock: another split, or a 'datasets remove' and 'add',
+        # may have landed while the folds were being computed.
+        replaced = _check_existing(reg, name, folds, seed, force) is not None
+        if [(s.id, s.target) for s in reg.samples(name)] != [(s.id, s.target) for s in samples]:
+            raise DataError(
+                f"dataset {name!r} changed in {reg.path} while it was being split (removed and "
+                "added again, or given other samples); nothing was stored: run the split again"
+            )
         reg.set_folds(name, [s.id for s in samples], assignment.tolist(), folds=folds, seed=seed)
     counts = fold_class_counts(y, assignment, folds)
     sizes = np.bincount(assignment, minlength=folds).astype(int).tolist()

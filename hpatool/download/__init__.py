@@ -30,8 +30,10 @@ from pathlib import Path
 
 from hpatool import __version__
 from hpatool._io import sha256_file
+from hpatool.convert.lock import output_lock
 from hpatool.convert.outdir import (
     FAILURES_CSV,
+    check_path_text,
     claim_output_dir,
     prepare_out_dir,
     write_failures_csv,
@@ -54,7 +56,7 @@ from hpatool.download.tracker import (
     FileFailure,
     Tracker,
 )
-from hpatool.download.urls import DEFAULT_BASE_URL, is_loopback, url_problem
+from hpatool.download.urls import DEFAULT_BASE_URL, is_loopback, redact_url, url_problem
 from hpatool.errors import DataError, Interrupted, UsageError
 from hpatool.labels import LabelTable, load_label_csv
 from hpatool.options import DownloadConfig
@@ -135,17 +137,31 @@ def download_external(
     started = time.perf_counter()
     # ---- check everything before touching the registry or the disk
     opts = check_options(config if config is not None else DownloadConfig())
-    name = opts.name
     source = _read_labels(labels)
-    existing = reg.dataset(name) if reg.has_dataset(name) else None
+    check_path_text(out_dir, "--out folder")
+    existing = reg.dataset(opts.name) if reg.has_dataset(opts.name) else None
     if existing is not None:
-        _check_existing(existing, name, labels, source.sha256)
-    folders, chosen, plans = _prepare(reg, opts, source, existing, out_dir)
-    # ---- the work
+        _check_existing(existing, opts.name, labels, source.sha256)
+    out = prepare_out_dir(out_dir)
+    shard = str(opts.shard) if opts.shard is not None else None
+    with output_lock(out, "download-external", shard):
+        return _download(reg, opts, source, out, started, progress)
+
+
+def _download(
+    reg: Registry,
+    opts: DownloadOptions,
+    source: _Labels,
+    out: Path,
+    started: float,
+    progress: DownloadProgressFn | None,
+) -> DownloadSummary:
+    """The work of :func:`download_external`, with the output folder locked."""
+    folders, chosen, plans = _prepare(reg, opts, source, out)
     counters = Counters()
     tracker = Tracker(
         reg=reg,
-        name=name,
+        name=opts.name,
         remaining={i: p.files for i, p in plans.items()},
         samples_total=len(chosen),
         samples_done=len(chosen) - len(plans),
@@ -169,13 +185,12 @@ def _prepare(
     reg: Registry,
     opts: DownloadOptions,
     source: _Labels,
-    existing: DatasetRecord | None,
     out_dir: Path,
 ) -> tuple[Folders, list[str], dict[str, Plan]]:
     """The folders, the samples of this run (after --shard and --limit), and the work left for
     them, from the disk; the dataset registered and its statuses set to agree with the disk,
     in one transaction."""
-    folders = Folders.under(prepare_out_dir(out_dir), opts.size)
+    folders = Folders.under(out_dir, opts.size)
     if opts.size > 0:
         claim_output_dir(folders.out, opts.size, opts.channel_rule)
     if opts.keep_raw:
@@ -185,6 +200,11 @@ def _prepare(
         chosen = chosen[: opts.limit]
     plans = plan_from_disk(chosen, opts.colours, folders, opts.size, opts.keep_raw)
     with reg.transaction():
+        # Checked again inside the write transaction: another run (a shard of the same CSV)
+        # may have registered the dataset since the first check; it is then adopted.
+        existing = reg.dataset(opts.name) if reg.has_dataset(opts.name) else None
+        if existing is not None:
+            _check_existing(existing, opts.name, source.path, source.sha256)
         _register(reg, opts, source, existing, folders)
         statuses = {s.id: s.status for s in reg.samples(opts.name)}
         fixes = status_fixes(chosen, plans, statuses, STATUS_DONE)
@@ -195,6 +215,7 @@ def _prepare(
 
 def _read_labels(labels: Path) -> _Labels:
     """The label CSV, every id checked to make a safe URL (a ``DataError`` naming the row)."""
+    check_path_text(labels, "--labels file")
     table = load_label_csv(labels)
     for row, sample_id in enumerate(table.ids, 1):
         problem = url_problem(sample_id, safe=True)
@@ -236,7 +257,7 @@ def _register(
         "made_by": "download-external",
         "labels": str(source.path),
         "labels_sha256": source.sha256,
-        "base_url": opts.base_url,
+        "base_url": redact_url(opts.base_url),  # never a password
         "size": opts.size,
         "channel_rule": opts.channel_rule,
         "colours": ",".join(opts.colours),
@@ -276,6 +297,7 @@ def _fetch(opts: DownloadOptions, jobs: Iterator[FileJob], tracker: Tracker) -> 
         backoff=opts.backoff,
         size=opts.size,
         channel_rule=opts.channel_rule,
+        max_bytes=opts.max_bytes,
     )
     # Converting is CPU work for a process pool; with --size 0 the only work is the decode
     # check, which Pillow runs without the GIL: threads do it with less overhead per file.

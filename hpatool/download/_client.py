@@ -9,9 +9,10 @@ conversion (decode, resize, PNG encode) runs in a process pool, never on the eve
 
 Timeouts, connection errors, 5xx, 408, 429 and truncated or undecodable bodies are retried with
 exponential backoff and full jitter (``Retry-After`` honoured, capped); 403, 404, 410 and other
-4xx are permanent. Each failed attempt has a :class:`~hpatool.download.retry.Failure` kind,
-and the decisions (retry, give up, "the server cannot be reached") are made on kinds, never on
-message text. Nothing here prints: results go to a callback, one per file.
+4xx, and a body over ``max_bytes`` once decoded (an endless body, a gzip bomb), are permanent.
+Each failed attempt has a :class:`~hpatool.download.retry.Failure` kind, and the decisions
+(retry, give up, "the server cannot be reached") are made on kinds, never on message text.
+Nothing here prints: results go to a callback, one per file.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from yarl import URL
 from hpatool import __version__
 from hpatool.convert.pool import WORKER_DIED, WorkerDied
 from hpatool.convert.workers import (
+    MIN_SIDE,
     Outcome,
     OutcomeKind,
     convert_file,
@@ -38,6 +40,7 @@ from hpatool.convert.workers import (
     verify_file,
 )
 from hpatool.download.retry import UNREACHABLE_ATTEMPTS, Failure, backoff_delay, parse_retry_after
+from hpatool.download.urls import redact_text, redact_url
 from hpatool.errors import WorkFailed
 
 CHUNK = 1 << 16
@@ -74,6 +77,7 @@ class ClientSettings:
     backoff: float
     size: int
     channel_rule: str
+    max_bytes: int = 64 << 20  # the most bytes one body may have, decoded (--max-file-size)
 
 
 @dataclass(frozen=True)
@@ -246,9 +250,10 @@ class Downloader:
         limit = max(UNREACHABLE_ATTEMPTS, 2 * self.settings.concurrency)
         if self.unreachable >= limit:
             origin = URL(job.url).origin()
+            url, error = redact_url(job.url), redact_text(outcome.error or "", job.url)
             raise ServerUnreachable(
                 f"no image could be fetched from {origin}: the first {self.unreachable} attempts "
-                f"failed (last: {job.url}: {outcome.error}); check --base-url and the network, "
+                f"failed (last: {url}: {error}); check --base-url and the network, "
                 "then rerun the same command (finished files are kept)"
             )
 
@@ -290,6 +295,8 @@ class Downloader:
             )
         encoded = resp.headers.get("Content-Encoding", "identity").lower() != "identity"
         expected = None if encoded else resp.content_length
+        if expected is not None and expected > self.settings.max_bytes:
+            return self._too_large(status, f"Content-Length {expected:,} bytes, over")
         if job.png is None and expected is not None and 0 < expected <= MAX_MEMORY_BODY:
             body = await resp.read()
             self.counters.bytes += len(body)
@@ -299,6 +306,8 @@ class Downloader:
                 )
             return _Attempt(None, status, body=body)
         received = await self._stream(resp, job.part)
+        if received > self.settings.max_bytes:
+            return self._too_large(status, "more than")
         if expected is not None and received != expected:
             return _Attempt(
                 Failure.TRUNCATED, status, f"truncated body: {received} of {expected} bytes"
@@ -307,12 +316,26 @@ class Downloader:
             return _Attempt(Failure.EMPTY, status, "empty body")
         return _Attempt(None, status)
 
+    def _too_large(self, status: int, what: str) -> _Attempt:
+        """A body over the cap: ``what`` is "more than" or "Content-Length N bytes, over"."""
+        mib = self.settings.max_bytes >> 20
+        return _Attempt(
+            Failure.TOO_LARGE,
+            status,
+            f"body too large: {what} --max-file-size {mib} MiB (decoded); not an HPA image, "
+            "or raise --max-file-size",
+        )
+
     async def _stream(self, resp: aiohttp.ClientResponse, part: Path) -> int:
-        """Write the body to ``part``; the bytes received. Write errors are fatal."""
+        """Write the (decoded) body to ``part``; the bytes received. Stops once more than
+        ``max_bytes`` arrived (the caller fails the file). Write errors are fatal."""
         received = 0
+        cap = self.settings.max_bytes
         fh = self._open(part)
         try:
             async for chunk in resp.content.iter_chunked(CHUNK):
+                if received + len(chunk) > cap:
+                    return cap + 1  # an endless body or a gzip bomb: write no more
                 self._write(fh, part, chunk)
                 received += len(chunk)
                 self.counters.bytes += len(chunk)
@@ -351,11 +374,11 @@ class Downloader:
         image), or ``None``. A file that cannot be written is fatal: ``_DiskError``."""
         if body is not None:
             placed = self._fatal(
-                await self._run(place_checked_body, body, str(job.part), str(job.raw))
+                await self._run(place_checked_body, body, str(job.part), str(job.raw), MIN_SIDE)
             )
             return None if placed.ok else f"downloaded file {placed.reason}"
         if job.png is None:
-            checked = await self._run(verify_file, str(job.part))
+            checked = await self._run(verify_file, str(job.part), MIN_SIDE)
         else:
             checked = await self._convert(job.part, job)
         if not checked.ok:

@@ -19,6 +19,8 @@ from hpatool.registry import check_name
 
 DEFAULT_NAME = DownloadConfig.name
 MAX_CONCURRENCY = 1024
+#: The largest ``--max-file-size`` in MiB.
+MAX_FILE_SIZE = 65536
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ class DownloadOptions:
     size: int
     channel_rule: str
     keep_raw: bool  # the raw JPEGs are kept: --keep-raw, or --size 0
+    max_bytes: int  # --max-file-size in bytes: the most one file's decoded body may have
     workers: int
     limit: int | None
     shard: Shard | None
@@ -125,6 +128,7 @@ def check_options(config: DownloadConfig) -> DownloadOptions:
     _check_number(c.backoff, 0, 60, "--backoff", "seconds")
     check_size(c.size, zero="keeps only the raw JPEGs")
     check_channel_rule(c.channel_rule)
+    _check_number(c.max_file_size, 1, MAX_FILE_SIZE, "--max-file-size", "MiB")
     n_workers = check_workers(c.workers)
     if c.limit is not None and c.limit < 1:
         raise UsageError(f"invalid --limit {c.limit}: give 1 or more samples")
@@ -140,6 +144,7 @@ def check_options(config: DownloadConfig) -> DownloadOptions:
         size=c.size,
         channel_rule=c.channel_rule,
         keep_raw=c.keep_raw or c.size == 0,
+        max_bytes=int(c.max_file_size) << 20,
         workers=n_workers,
         limit=c.limit,
         shard=Shard.parse(c.shard) if c.shard is not None else None,

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpatool.convert.outdir import names_ending, remove_leftovers
+from hpatool.convert.outdir import looks_whole, names_ending, remove_leftovers
 from hpatool.download._client import FileJob
 from hpatool.download.urls import image_url
 
@@ -42,7 +42,8 @@ def plan_from_disk(
     chosen: list[str], colours: Iterable[str], folders: Folders, size: int, keep_raw: bool
 ) -> dict[str, Plan]:
     """The samples of ``chosen`` with work left, and what work (after removing the leftovers
-    of a killed run for these ids)."""
+    of a killed run for these ids). A file counts as there only if it looks whole
+    (:func:`~hpatool.convert.outdir.looks_whole`): an empty or truncated one is made again."""
     chosen_set = set(chosen)
     remove_leftovers(folders.out, chosen_set)
     if keep_raw or folders.raw.is_dir():
@@ -53,8 +54,9 @@ def plan_from_disk(
     for sample_id in chosen:
         plan = Plan()
         for colour in colours:
-            png_ok = size == 0 or f"{sample_id}_{colour}.png" in pngs
-            raw_ok = f"{sample_id}_{colour}.jpg" in raws
+            png, raw = f"{sample_id}_{colour}.png", f"{sample_id}_{colour}.jpg"
+            png_ok = size == 0 or (png in pngs and looks_whole(folders.out / png))
+            raw_ok = raw in raws and looks_whole(folders.raw / raw)
             if png_ok and (raw_ok or not keep_raw):
                 continue
             (plan.local if (not png_ok and raw_ok) else plan.fetch).append(colour)

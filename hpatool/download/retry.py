@@ -32,13 +32,17 @@ class Failure(enum.Enum):
     EMPTY = "empty"  # 200 with no body
     BAD_IMAGE = "bad_image"  # the body arrived but does not decode as an image
     BAD_REQUEST = "bad_request"  # a request that cannot work (too many redirects, a bad URL)
+    #: the body (decoded) is larger than ``--max-file-size``: an endless body, a gzip bomb, or
+    #: not an HPA image; the server would send the same again, so it is not retried
+    TOO_LARGE = "too_large"
 
     def retryable(self, status: int | None) -> bool:
         """Whether another attempt may succeed: not for 403, 404, 410 and other 4xx (but 408,
-        425 and 429), nor for a request that cannot work; yes for everything else."""
+        425 and 429), nor for a request that cannot work or a body over the size cap; yes for
+        everything else."""
         if self is Failure.HTTP_STATUS:
             return status is not None and (status in RETRY_STATUS or status >= 500)
-        return self is not Failure.BAD_REQUEST
+        return self not in (Failure.BAD_REQUEST, Failure.TOO_LARGE)
 
     @property
     def unreachable(self) -> bool:

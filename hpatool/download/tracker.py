@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hpatool.download._client import Counters, FileResult
+from hpatool.download.urls import redact_text, redact_url
 from hpatool.registry import Registry
 
 STATUS_DONE = "done"
@@ -85,8 +86,10 @@ class Tracker:
         else:
             self.files_failed += 1
             self._failed_ids.add(job.sample_id)
+            # What is kept and shown never holds a password of --base-url.
+            error = redact_text(r.error or "failed", job.url)
             self.failures.append(
-                FileFailure(job.sample_id, job.colour, job.url, r.status, r.error or "failed")
+                FileFailure(job.sample_id, job.colour, redact_url(job.url), r.status, error)
             )
         left = self.remaining[job.sample_id] - 1
         self.remaining[job.sample_id] = left

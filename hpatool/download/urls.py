@@ -8,7 +8,8 @@ The HPA v18 server keeps each field as ``<base>/<antibody>/<rest>_<colour>.jpg``
 
 from __future__ import annotations
 
-from urllib.parse import quote, urlsplit
+import re
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from hpatool.errors import UsageError
 from hpatool.ids import COLOURS, id_problem
@@ -18,27 +19,89 @@ DEFAULT_BASE_URL = DownloadConfig.base_url
 _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
+#: Characters a URL path may hold as they are (RFC 3986 pchar and "/"; "%" starts an escape).
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+_USER_SAFE = "%!$&'()*+,;=-._~"
+_STRAY_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
 def check_base_url(base_url: str) -> str:
-    """``base_url`` without a trailing ``/``, or a ``UsageError`` if it is not an http(s) URL."""
+    """``base_url`` without a trailing ``/``, its path (and user info) percent-encoded and a
+    non-ASCII host in IDNA form, or a ``UsageError`` if it is not an http(s) URL. Messages show
+    it with its password redacted (see :func:`redact_url`)."""
     text = (base_url or "").strip()
+    shown = redact_url(text)
     try:
         parts = urlsplit(text)
         port_ok = parts.port is None or parts.port > 0
     except ValueError as exc:
-        raise UsageError(
-            f"invalid --base-url {base_url!r} ({exc}); e.g. {DEFAULT_BASE_URL}"
-        ) from None
+        raise UsageError(f"invalid --base-url {shown!r} ({exc}); e.g. {DEFAULT_BASE_URL}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
         raise UsageError(
-            f"invalid --base-url {base_url!r}: give an http:// or https:// URL with a host, "
+            f"invalid --base-url {shown!r}: give an http:// or https:// URL with a host, "
             f"e.g. {DEFAULT_BASE_URL}"
         )
     if parts.query or parts.fragment:
         raise UsageError(
-            f"invalid --base-url {base_url!r}: no '?query' or '#fragment'; give the folder URL "
+            f"invalid --base-url {shown!r}: no '?query' or '#fragment'; give the folder URL "
             f"the images are under, e.g. {DEFAULT_BASE_URL}"
         )
-    return text.rstrip("/")
+    netloc = _encoded_netloc(parts.netloc, parts.hostname, parts.port, shown)
+    path = quote(_STRAY_PERCENT.sub("%25", parts.path), safe=_PATH_SAFE)
+    return urlunsplit((parts.scheme, netloc, path, "", "")).rstrip("/")
+
+
+def _encoded_netloc(netloc: str, hostname: str, port: int | None, shown: str) -> str:
+    """``netloc`` with its user info percent-encoded and its host in IDNA form if need be."""
+    userinfo, at, hostport = netloc.rpartition("@")
+    if not hostport.isascii():
+        try:
+            host = hostname.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise UsageError(
+                f"invalid --base-url {shown!r}: the host {hostname!r} is no valid domain name"
+            ) from None
+        hostport = host + (f":{port}" if port is not None else "")
+    if any(c.isspace() or not c.isprintable() for c in hostport):
+        raise UsageError(
+            f"invalid --base-url {shown!r}: a space or control character in the host; "
+            f"e.g. {DEFAULT_BASE_URL}"
+        )
+    if at:
+        user, colon, password = userinfo.partition(":")
+        userinfo = quote(_STRAY_PERCENT.sub("%25", user), safe=_USER_SAFE) + colon
+        userinfo += quote(_STRAY_PERCENT.sub("%25", password), safe=_USER_SAFE)
+    return f"{userinfo}{at}{hostport}"
+
+
+def _password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user info replaced by ``***``
+    (``http://user:***@host/...``): what is stored and shown instead of a URL with
+    credentials. A URL without a password is returned as it is."""
+    if _password(url) is None:
+        return url
+    scheme, rest = url.split("://", 1) if "://" in url else ("", url)
+    netloc, slash, tail = rest.partition("/")
+    userinfo, _, hostport = netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    prefix = f"{scheme}://" if scheme else ""
+    return f"{prefix}{user}:***@{hostport}{slash}{tail}"
+
+
+def redact_text(text: str, url: str) -> str:
+    """``text`` (an error message) with the password of ``url`` redacted wherever the URL's
+    user info appears in it."""
+    password = _password(url)
+    if not password:
+        return text
+    return text.replace(f":{password}@", ":***@")
 
 
 def url_problem(sample_id: str, *, safe: bool = False) -> str | None:

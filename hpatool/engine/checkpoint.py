@@ -27,7 +27,7 @@ from hpatool.engine.run_dir import (  # noqa: F401 - the run-folder file names, 
     RUN_FILES,
     THRESHOLDS_FILE,
 )
-from hpatool.errors import DataError, NotFound
+from hpatool.errors import DataError, HpaToolError, NotFound
 
 if TYPE_CHECKING:
     import torch
@@ -38,12 +38,24 @@ VERSION = 1
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file + ``os.replace``)."""
+    """Write ``state`` to ``path`` atomically (temporary file + ``os.replace``).
+
+    torch writes through a Python file object, not a path: then a full disk is an ``OSError``
+    with its errno (behind torch's ``RuntimeError``), which ``atomic_path`` turns into a
+    ``DiskFull`` naming ``path``, where torch's own C++ writer would only say "unexpected pos".
+    """
     import torch
 
     doc = {"format": FORMAT, "version": VERSION, **state}
-    with atomic_path(path) as tmp:
-        torch.save(doc, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        try:
+            torch.save(doc, fh)
+        except RuntimeError as exc:
+            # torch turns whatever the file's write raised (a full disk; Ctrl-C or SIGTERM,
+            # whose handlers raise there too) into a RuntimeError: raise that instead.
+            if isinstance(exc.__context__, OSError | KeyboardInterrupt | HpaToolError):
+                raise exc.__context__ from None
+            raise
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from hpatool._io import ProgressFn, check_output_file, figure_file, write_csv
+from hpatool._io import ProgressFn
 from hpatool.engine import checkpoint as ckpt_mod
 from hpatool.engine.config import PredictConfig
 from hpatool.engine.metrics import DEFAULT_THRESHOLD, ClassReport, macro_f1, per_class_report
@@ -25,40 +25,20 @@ from hpatool.engine.model_source import (
     resolve_thresholds,
     validation_fold,
 )
+from hpatool.engine.predict_files import (
+    check_predict_outputs,
+    failures_path_for,
+    model_inputs,
+    partial_path,
+    write_failures,
+    write_probabilities,
+    write_submission,
+)
 from hpatool.engine.scoring import ScoreItem, Scores, decide_labels, resolve_crop, score
-from hpatool.errors import NotFound, UsageError, WorkFailed
-from hpatool.labels import NUM_CLASSES, format_target
+from hpatool.errors import Interrupted, NotFound, UsageError, WorkFailed
+from hpatool.labels import NUM_CLASSES
+from hpatool.outputs import Inputs, check_figure
 from hpatool.registry import Registry, Sample
-
-# ------------------------------------------------------------------------------------- files
-
-
-def partial_path(path: Path) -> Path:
-    """``submission.csv`` -> ``submission.partial.csv``."""
-    return path.with_name(f"{path.stem}.partial{path.suffix or '.csv'}")
-
-
-def failures_path_for(path: Path) -> Path:
-    """``submission.csv`` -> ``submission.failures.csv``: the images that could not be scored."""
-    return path.with_name(f"{path.stem}.failures.csv")
-
-
-def write_submission(path: Path, ids: Sequence[str], labels: Sequence[Sequence[int]]) -> Path:
-    """The Kaggle submission: ``Id,Predicted`` with space-separated class numbers."""
-    rows = ([i, format_target(lab)] for i, lab in zip(ids, labels, strict=True))
-    return write_csv(path, ["Id", "Predicted"], rows)
-
-
-def write_probabilities(path: Path, ids: Sequence[str], probs: Sequence[np.ndarray]) -> Path:
-    """``Id`` and the 28 class probabilities ``0..27``, to 6 decimals."""
-    rows = ([i, *[f"{v:.6f}" for v in p]] for i, p in zip(ids, probs, strict=True))
-    return write_csv(path, ["Id", *[str(c) for c in range(NUM_CLASSES)]], rows)
-
-
-def write_failures(path: Path, failures: dict[str, str]) -> Path:
-    """``Id,error``: the images that could not be scored and why."""
-    return write_csv(path, ["Id", "error"], failures.items())
-
 
 # ------------------------------------------------------------------------------------ scoring
 
@@ -125,6 +105,28 @@ def _score_dataset(
         ctx.destroy()
 
 
+def _score_or_stop(
+    reg: Registry,
+    items: list[ScoreItem],
+    config: PredictConfig,
+    *,
+    strict: bool,
+    progress: ProgressFn | None,
+) -> _Scored:
+    """``_score_dataset``, with SIGTERM stopping it as Ctrl-C does: one line, exit 143 (130)."""
+    from hpatool.convert.pool import sigterm_as_interrupt
+
+    try:
+        with sigterm_as_interrupt():
+            return _score_dataset(reg, items, config, strict=strict, progress=progress)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        code = exc.exit_code if isinstance(exc, Interrupted) else 130
+        why = "terminated (SIGTERM)" if code == 143 else "interrupted"
+        raise Interrupted(
+            f"{why} while scoring: no file was written; run the command again", code
+        ) from None
+
+
 def _dataset_name(config: PredictConfig) -> str:
     config.validate()
     assert config.dataset is not None  # validate() says so
@@ -152,7 +154,10 @@ class PredictResult:
 
 
 def predict(
-    reg: Registry, config: PredictConfig, progress: ProgressFn | None = None
+    reg: Registry,
+    config: PredictConfig,
+    progress: ProgressFn | None = None,
+    inputs: Inputs = (),
 ) -> PredictResult:
     """Score every sample of ``config.dataset`` and write a Kaggle submission to ``config.out``
     (and the probabilities to ``config.probs``).
@@ -160,17 +165,14 @@ def predict(
     If some images cannot be read, the others are written to ``<out stem>.partial.csv`` (and
     ``<probs stem>.partial.csv``), ``out`` itself is not written, and ``WorkFailed`` is raised
     after the files are down; with ``config.strict`` the first bad image stops everything.
+    Every file it may write is checked first (``hpatool.outputs``); ``inputs`` are the
+    command's own input files (``--config``), never to be written over.
     """
     dataset = _dataset_name(config)
-    out = check_output_file(config.out, "--out")
-    probs_out = None
-    if config.probs is not None:
-        probs_out = check_output_file(config.probs, "--probs")
-        if probs_out.resolve() == out.resolve():
-            raise UsageError(f"--probs {probs_out} is the --out file; give it another name")
+    out, probs_out = check_predict_outputs(reg, config, inputs)
     root = reg.dataset(dataset).image_root()
     items = [ScoreItem(i, root, s.id) for i, s in enumerate(reg.samples(dataset))]
-    scored = _score_dataset(reg, items, config, strict=config.strict, progress=progress)
+    scored = _score_or_stop(reg, items, config, strict=config.strict, progress=progress)
     result = PredictResult(
         dataset=dataset,
         checkpoint=scored.source.checkpoint,
@@ -278,18 +280,24 @@ class EvaluationReport:
 
 
 def evaluate_run(
-    reg: Registry, config: PredictConfig, progress: ProgressFn | None = None
+    reg: Registry,
+    config: PredictConfig,
+    progress: ProgressFn | None = None,
+    inputs: Inputs = (),
 ) -> EvaluationReport:
     """Per-class precision, recall, F1 and support and macro F1 on the labelled samples of
     ``config.dataset`` (only fold ``config.fold`` if given; for the run's own validation dataset
     the run's fold is the default), scored as ``predict`` scores; with ``config.plot``, the
     per-class F1 as a bar chart too."""
     dataset = _dataset_name(config)
-    plot = figure_file(config.plot, "--plot") if config.plot is not None else None
+    plot = None
+    if config.plot is not None:
+        own = [*inputs, *model_inputs(reg, config)]
+        plot = check_figure(config.plot, "--plot", reg, own)
     fold, labelled = _labelled_samples(reg, config)
     root = reg.dataset(dataset).image_root()
     items = [ScoreItem(i, root, s.id) for i, s in labelled]
-    scored = _score_dataset(reg, items, config, strict=True, progress=progress)
+    scored = _score_or_stop(reg, items, config, strict=True, progress=progress)
     from hpatool.labels import to_multihot
 
     y_true = to_multihot([s.target for _, s in labelled])

@@ -2,7 +2,9 @@
 folder, refused if taken), or, with ``--resume``, the run whose ``checkpoint-last.pt`` it
 continues, with the rules that refuse a resume that would change what the run is (another arch,
 dataset, fold, crop...), a checkpoint that is another run's, and a validation fold that changed
-since the run started. ``register_run`` records the run once every check has passed.
+since the run started. ``register_run`` records the run once every check has passed; the run's
+folder is checked as an output (``hpatool.outputs``) first. A run that stops early (Ctrl-C,
+SIGTERM, a full disk) ends with a line that says how to go on (``stop_error``).
 
 Options given on the command line or in a ``--config`` file take part in these rules alike; the
 options not given come from the run's saved ones (see ``engine.config.train_config``).
@@ -15,13 +17,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from hpatool._io import DiskFull
 from hpatool.data.samples import TrainValItems
 from hpatool.engine import checkpoint as ckpt_mod
 from hpatool.engine.config import IDENTITY_KEYS, TrainConfig, flag, train_config
 from hpatool.engine.distributed import DistContext
-from hpatool.engine.run_dir import LAST, RunDir
-from hpatool.errors import AlreadyExists, DataError, UsageError
+from hpatool.engine.run_dir import LAST, RUN_FILES, RunDir
+from hpatool.errors import AlreadyExists, DataError, HpaToolError, Interrupted, UsageError
 from hpatool.models import resolve_arch
+from hpatool.outputs import check_output
 from hpatool.registry import Registry, check_name
 
 
@@ -44,8 +48,12 @@ def default_run_name(arch: str, fold: int) -> str:
 
 
 def resolve_run(given: dict[str, Any], resume: bool, ctx: DistContext, reg: Registry) -> RunTarget:
-    """The run that options ``given`` (by ``TrainConfig`` name) and ``resume`` mean."""
-    return _resumed_run(given, reg) if resume else _new_run(given, ctx, reg)
+    """The run that options ``given`` (by ``TrainConfig`` name) and ``resume`` mean; its
+    folder's files are checked as outputs (``hpatool.outputs``) before any work."""
+    target = _resumed_run(given, reg) if resume else _new_run(given, ctx, reg)
+    for name in RUN_FILES:
+        check_output(target.run_dir.path / name, "--out", reg)
+    return target
 
 
 def _new_run(given: dict[str, Any], ctx: DistContext, reg: Registry) -> RunTarget:
@@ -184,3 +192,24 @@ def register_run(
                 )
             target.run_dir.write_config(resolved)
     ctx.barrier()
+
+
+def resume_advice(target: RunTarget) -> str:
+    """How to go on with a run that stopped early (Ctrl-C, SIGTERM, a full disk): resume it
+    from its last saved epoch, or, with none saved yet, start it again."""
+    if target.run_dir.last.is_file():
+        return f"continue the run with 'hpatool train --resume --name {target.name}'"
+    return f"start run {target.name!r} again with the same command (no epoch of it was saved)"
+
+
+def stop_error(exc: BaseException, target: RunTarget) -> HpaToolError | None:
+    """The one-line error for a run stopped by ``exc`` that says how to go on: Ctrl-C (exit
+    130), SIGTERM (143) or a full disk; ``None`` for any other failure."""
+    advice = resume_advice(target)
+    if isinstance(exc, KeyboardInterrupt | Interrupted):
+        code = exc.exit_code if isinstance(exc, Interrupted) else 130
+        why = "terminated (SIGTERM)" if code == 143 else "interrupted"
+        return Interrupted(f"{why}: run {target.name!r} stopped; {advice}", code)
+    if isinstance(exc, DiskFull):
+        return exc.with_advice(advice)
+    return None

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from hpatool.convert.pool import sigterm_as_interrupt
 from hpatool.engine.build import TrainData, Trainer, build_data, build_trainer, resolved_config
 from hpatool.engine.checkpoint import save_checkpoint
 from hpatool.engine.config import TrainConfig, given_train_options
@@ -47,9 +48,9 @@ from hpatool.engine.distributed import DistContext, resolve_device
 from hpatool.engine.events import ProgressCallback, RunEvents
 from hpatool.engine.metrics import apply_thresholds, macro_f1, tune_thresholds
 from hpatool.engine.optim import LossFn
-from hpatool.engine.resume import RunTarget, register_run, resolve_run
+from hpatool.engine.resume import RunTarget, register_run, resolve_run, stop_error
 from hpatool.engine.state import TrainState
-from hpatool.errors import HpaToolError
+from hpatool.errors import HpaToolError, Interrupted
 from hpatool.labels import NUM_CLASSES
 from hpatool.registry import Registry
 
@@ -244,7 +245,7 @@ def fit(
     device = resolve_device(str(given.get("device") or "auto"), ctx)
     ctx.init(device)
     try:
-        with Registry.open(home) as reg:
+        with sigterm_as_interrupt(), Registry.open(home) as reg:
             target = resolve_run(given, resume, ctx, reg)
             data = build_data(target, reg, ctx, device)
             trainer = build_trainer(target.config, data, device, fresh=not target.resumed)
@@ -319,7 +320,8 @@ def announce(
 
 def train_epochs(run: _Run) -> str:
     """Train from the run's state to its last epoch or the step budget: ``done`` or
-    ``stopped``. The registry says ``failed`` (or ``interrupted``) if it raises."""
+    ``stopped``. The registry says ``failed`` (or ``interrupted``: Ctrl-C or SIGTERM) if it
+    raises; an interruption or a full disk says how to go on (``resume.stop_error``)."""
     config, state = run.target.config, run.state
     status = "done"
     try:
@@ -332,10 +334,14 @@ def train_epochs(run: _Run) -> str:
                 status = "stopped"
                 break
     except BaseException as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt | Interrupted)
         if run.ctx.is_main:
-            failed = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             with contextlib.suppress(HpaToolError):
-                run.reg.update_run(run.target.name, status=failed)
+                status = "interrupted" if interrupted else "failed"
+                run.reg.update_run(run.target.name, status=status)
+        stopped = stop_error(exc, run.target)
+        if stopped is not None:
+            raise stopped from None
         raise
     if run.ctx.is_main:
         run.reg.update_run(run.target.name, status=status)

@@ -13,6 +13,12 @@ bytes every time. Per path, a list of behaviours is played one request after ano
 - ``stall:S``: wait S seconds before answering; ``stallbody:S``: headers and half the body,
   then wait S seconds
 - ``html``: 200 ``text/html`` error page; ``htmljpg``: the same page labelled ``image/jpeg``
+- ``endless``: 200 ``image/jpeg`` with no length, the JPEG then zeros without end (bounded:
+  at most ``ENDLESS_LIMIT`` bytes, or until the client hangs up)
+- ``gzipbomb:M``: 200 ``image/jpeg`` with ``Content-Encoding: gzip``, a body of a few kB that
+  inflates to the JPEG followed by M MiB of zeros (default 64)
+- ``tiny``: 200 with a well-formed 1x1 JPEG
+- ``big:M``: 200 ``image/jpeg``, the JPEG then M MiB of zeros, with its ``Content-Length``
 
 Runs in a background thread with its own event loop; ``latency`` seconds are added to every
 request. ``requests`` counts requests per path. Used by ``tests/integration/test_download.py``
@@ -35,6 +41,8 @@ from aiohttp import web
 from PIL import Image, ImageFilter
 
 BANDS = {"red": (0,), "green": (1,), "blue": (2,), "yellow": (0, 1)}
+#: The most bytes an ``endless`` body sends before it ends after all (tests stay bounded).
+ENDLESS_LIMIT = 256 << 20
 HTML_PAGE = b"<!DOCTYPE html><html><body><h1>Service temporarily unavailable</h1></body></html>"
 
 
@@ -73,6 +81,23 @@ def stain_jpeg(sample_id: str, colour: str, size: int = 64, quality: int = 90) -
     return buf.getvalue()
 
 
+def tiny_jpeg() -> bytes:
+    """A well-formed 1x1 JPEG (what a server may send as a placeholder)."""
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1), (40, 200, 40)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def gzip_bomb(data: bytes, mib: int) -> bytes:
+    """``data`` followed by ``mib`` MiB of zeros, gzip-compressed (about 1 kB per MiB)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: a gzip stream
+    parts = [packer.compress(data)]
+    zeros = bytes(1 << 20)
+    parts.extend(packer.compress(zeros) for _ in range(mib))
+    parts.append(packer.flush())
+    return b"".join(parts)
+
+
 def image_path(sample_id: str, colour: str) -> str:
     """The URL path of one stain: ``/images/<antibody>/<rest>_<colour>.jpg``."""
     antibody, _, rest = sample_id.partition("_")
@@ -95,6 +120,7 @@ class HpaServer:
         self.faults: dict[str, list[str]] = {k: list(v) for k, v in (faults or {}).items()}
         self.distinct = distinct  # serve one of this many bodies per colour (fast benchmarks)
         self.requests: Counter[str] = Counter()
+        self.authorizations: set[str] = set()  # the Authorization headers received
         self.log: list[tuple[float, str, str]] = []
         self._cache: dict[tuple[str, str], bytes] = {}
         self._lock = threading.Lock()
@@ -201,6 +227,8 @@ class HpaServer:
     async def _start(self) -> None:
         app = web.Application()
         app.router.add_get("/images/{antibody}/{name}", self._handle)
+        # any other folder too (a --base-url with spaces or non-ASCII in its path)
+        app.router.add_get("/{folder:.+}/{antibody}/{name}", self._handle)
         runner = web.AppRunner(
             app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5
         )
@@ -226,6 +254,9 @@ class HpaServer:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         behaviour = self._next_behaviour(path)
+        if "Authorization" in request.headers:
+            with self._lock:
+                self.authorizations.add(request.headers["Authorization"])
         if self.latency:
             await asyncio.sleep(self.latency)
         name = request.match_info["name"]
@@ -245,6 +276,17 @@ class HpaServer:
             ctype = "text/html" if kind == "html" else "image/jpeg"
             return web.Response(status=200, body=HTML_PAGE, content_type=ctype)
         data = self.body(sample_id, colour)
+        if kind == "tiny":
+            return web.Response(body=tiny_jpeg(), content_type="image/jpeg")
+        if kind == "gzipbomb":
+            return web.Response(
+                body=gzip_bomb(data, int(arg or 64)),
+                headers={"Content-Type": "image/jpeg", "Content-Encoding": "gzip"},
+            )
+        if kind == "big":
+            return web.Response(body=data + bytes(int(arg or 1) << 20), content_type="image/jpeg")
+        if kind == "endless":
+            return await self._endless(request, data)
         if kind == "short":
             return web.Response(body=data[: len(data) // 2], content_type="image/jpeg")
         if kind in ("truncate", "stallbody"):
@@ -252,6 +294,21 @@ class HpaServer:
                 request, data, stall=float(arg or 30) if arg else None, cut=kind == "truncate"
             )
         return web.Response(body=data, content_type="image/jpeg")
+
+    @staticmethod
+    async def _endless(request: web.Request, data: bytes) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(data)
+        zeros, sent = bytes(1 << 16), len(data)
+        while sent < ENDLESS_LIMIT:
+            try:
+                await resp.write(zeros)
+            except (ConnectionError, RuntimeError):  # the client hung up
+                break
+            sent += len(zeros)
+        return resp
 
     @staticmethod
     async def _partial(

@@ -44,6 +44,7 @@ def test_retry_taxonomy() -> None:
     for status in (400, 401, 403, 404, 410):
         assert not Failure.HTTP_STATUS.retryable(status), status
     assert not Failure.BAD_REQUEST.retryable(None)
+    assert not Failure.TOO_LARGE.retryable(200)  # an endless body or a gzip bomb: asked once
     for kind in (Failure.TIMEOUT, Failure.CONNECTION, Failure.TRUNCATED, Failure.BAD_IMAGE):
         assert kind.retryable(None) and kind.retryable(200)
     assert {k for k in Failure if k.unreachable} == {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +12,18 @@ from PIL import Image
 
 from hpatool.errors import DataError, UsageError
 from hpatool.imaging import (
+    MAX_PIXELS,
+    BadImage,
     check_channel_rule,
     check_decodes,
     convert_channel,
     image_to_array,
+    read_channel,
     select_stain,
     to_uint8,
 )
 from tests.integration.hpa_server import fluorescence, stain_rgb
+from tests.support import claimed_size_png
 
 
 def rgb_jpeg(path: Path, colour: str, size: int = 256, seed: int = 0, quality: int = 92) -> Path:
@@ -130,3 +135,38 @@ def test_bad_files_raise_data_error_naming_the_file(tmp_path: Path) -> None:
     Image.new("I;16", (8, 8)).save(buf, "PNG")
     (tmp_path / "d_red.png").write_bytes(buf.getvalue())
     assert check_decodes(tmp_path / "d_red.png") == (8, 8)
+
+
+# ------------------------------------------------------------------- the one pixel limit
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "size"),
+    [(60_000, 60_000, "more than 800,000,000 pixels"), (20_001, 20_000, "20001x20000")],
+)
+def test_images_over_the_pixel_limit_are_bad_images(
+    tmp_path: Path, width: int, height: int, size: str
+) -> None:
+    """Above twice Pillow's limit (its DecompressionBombError, not an OSError) and between once
+    and twice it (only a warning from Pillow) alike: a ``BadImage`` naming the file (no stray
+    warning on stderr either: ``tests/integration/test_pixel_limit.py`` runs the real CLI)."""
+    path = claimed_size_png(tmp_path / "x_red.png", width, height)
+    reason = (
+        f"image of {size} is over the limit of {MAX_PIXELS:,} pixels (a real HPA field has 4-16 "
+        "million); replace the file"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the CLI's filter; pytest's collection drops it
+        for read in (
+            read_channel,
+            check_decodes,
+            lambda p: convert_channel(p, "red", 32),
+            lambda p: convert_channel(p, "red", 0),
+        ):
+            with pytest.raises(BadImage) as info:
+                read(path)
+            assert str(info.value) == f"{path}: {reason}"
+
+
+def test_the_pixel_limit_is_set_once_for_pillow() -> None:
+    assert MAX_PIXELS == 400_000_000 and Image.MAX_IMAGE_PIXELS == MAX_PIXELS

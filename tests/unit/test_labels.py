@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +154,75 @@ def test_bom_and_blank_lines(tmp_path: Path) -> None:
     table = load_label_csv(path)
     assert table.ids == ["a1", "a2"]
     assert table.targets == [(1, 3), (0,)]
+
+
+# ---- issue 9: a label CSV is parsed as CSV, read once, and only from a regular file
+
+
+def test_line_break_inside_a_quoted_target_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, 'Id,Target\nok1,3\nabc,"0\n16"\n', "excel.csv")
+    with pytest.raises(DataError) as info:
+        load_label_csv(path)
+    assert str(info.value) == (
+        f"{path}: row 2 (line 3): line break inside the Target cell '0\\n16'; an Id or Target "
+        "must be on one line: remove the line break and save the CSV again"
+    )
+
+
+def test_line_break_inside_a_quoted_id_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, 'Id,Target\n"a\r\nb",0\n', "crlf.csv")
+    with pytest.raises(DataError) as info:
+        load_label_csv(path)
+    assert str(info.value) == (
+        f"{path}: row 1 (line 2): line break inside the Id cell 'a\\r\\nb'; an Id or Target "
+        "must be on one line: remove the line break and save the CSV again"
+    )
+
+
+def test_line_break_in_another_column_is_kept_and_line_numbers_stay_right(tmp_path: Path) -> None:
+    path = write(tmp_path, 'Id,Note,Target\na1,"two\nlines",1\na2,x,28\n', "note.csv")
+    with pytest.raises(DataError, match=r"row 2 \(line 4\): bad Target '28' for Id 'a2'"):
+        load_label_csv(path)
+    path.write_text('Id,Note,Target\na1,"two\nlines",1\na2,,0 2\n')
+    table = load_label_csv(path)
+    assert table.ids == ["a1", "a2"] and table.targets == [(1,), (0, 2)]
+
+
+def test_quoted_comma_in_a_cell_is_one_field(tmp_path: Path) -> None:
+    table = load_label_csv(write(tmp_path, 'Id,Note,Target\na1,"x, y",1\n', "comma.csv"))
+    assert table.ids == ["a1"] and table.targets == [(1,)]
+
+
+def test_sha256_is_of_the_bytes_read(tmp_path: Path) -> None:
+    import hashlib
+
+    path = write(tmp_path, "Id,Target\na1,1\n", "h.csv")
+    assert load_label_csv(path).sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.timeout(30)
+def test_fifo_is_refused_without_waiting(tmp_path: Path) -> None:
+    from hpatool.errors import UsageError
+
+    fifo = tmp_path / "labels.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(UsageError) as info:
+        load_label_csv(fifo)
+    assert str(info.value) == (
+        f"{fifo}: not a regular file (a pipe, FIFO or device); save the CSV to a file and give "
+        "its path with --labels"
+    )
+
+
+@pytest.mark.timeout(30)
+def test_pipe_path_is_refused(tmp_path: Path) -> None:
+    from hpatool.errors import UsageError
+
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b"Id,Target\na1,1\n")
+        os.close(write_end)
+        with pytest.raises(UsageError, match=r"^/dev/fd/\d+: not a regular file"):
+            load_label_csv(f"/dev/fd/{read_end}")
+    finally:
+        os.close(read_end)

@@ -1,0 +1,64 @@
+"""SIGTERM (what schedulers send) stops ``train`` as Ctrl-C does: one line saying how to go on,
+the run ``interrupted`` in the registry, its last epoch kept, and ``--resume`` continues it
+(issue 9). A real process gets the real signal."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from hpatool.cli import app
+from hpatool.engine.checkpoint import load_checkpoint
+from hpatool.registry import Registry
+from tests.support import SIZE, TRAIN, leftovers, start_hpatool
+
+
+def run_cli(home: Path, *args: object) -> Result:
+    return CliRunner().invoke(app, ["--home", str(home), *[str(a) for a in args]])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("sig", "code", "why"),
+    [(signal.SIGTERM, 143, "terminated (SIGTERM)"), (signal.SIGINT, 130, "interrupted")],
+)
+def test_a_signal_after_the_first_epoch_ends_the_run_interrupted_and_resumable(
+    synth_data: Callable[..., Path], tmp_path: Path, sig: int, code: int, why: str
+) -> None:
+    home, runs = tmp_path / "home", tmp_path / "runs"
+    data = synth_data(24, SIZE, seed=1)
+    for args in (
+        ("datasets", "add", "syn", "--labels", data / "labels.csv", "--root", data),
+        ("split", "syn", "--folds", "2"),
+    ):
+        assert run_cli(home, *args).exit_code == 0
+    last = runs / "t" / "checkpoint-last.pt"
+    args = ["train", "--dataset", "syn", *TRAIN, "--epochs", "1000", "--workers", "0"]
+    proc = start_hpatool([*args, "--out", str(runs), "--name", "t"], home)
+    deadline = time.monotonic() + 120
+    while not last.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no epoch finished"
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == code, (stdout, stderr)
+    assert stderr.strip().splitlines()[-1] == (
+        f"error: {why}: run 't' stopped; continue the run with 'hpatool train --resume --name t'"
+    )
+    assert "Traceback" not in stderr and leftovers(runs) == []
+    with Registry.open(home) as reg:
+        record = reg.run("t")
+    assert record.status == "interrupted"
+    saved = load_checkpoint(last)["epoch"]
+    assert saved >= 1 and record.epochs_done <= saved  # the registry follows the checkpoint
+    res = run_cli(home, "train", "--resume", "--name", "t", "--epochs", saved + 1)
+    assert res.exit_code == 0, res.output
+    assert load_checkpoint(last)["epoch"] == saved + 1
+    with Registry.open(home) as reg:
+        assert reg.run("t").status == "done"
