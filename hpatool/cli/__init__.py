@@ -240,7 +240,17 @@ def _build(name: str) -> Any:
 
 
 def _summary(name: str) -> tuple[str, str]:
-    """``(panel, help text)`` of command ``name``, without building it."""
+    """``(panel, help text)`` of command ``name``, without building it.
+
+    Read from the command module's source (the function's docstring, or a sub-app's
+    ``typer.Typer(help=...)``) without importing it: importing the twelve command modules took
+    about 100 ms of the root ``--help``'s 270 ms. A module already imported, or a help text
+    that is not a literal, is read from the live object instead."""
+    for command, module_name, attr, panel in COMMANDS:
+        if command == name and f"hpatool.cli.{module_name}" not in sys.modules:
+            text = _summary_from_source(module_name, attr)
+            if text is not None:
+                return panel, text
     target, panel = _target(name)
     if not isinstance(target, typer.Typer):
         return panel, inspect.getdoc(target) or ""
@@ -248,6 +258,31 @@ def _summary(name: str) -> tuple[str, str]:
         return panel, target.info.help
     callback = target.registered_callback.callback if target.registered_callback else None
     return panel, (inspect.getdoc(callback) if callback else None) or ""
+
+
+def _summary_from_source(module_name: str, attr: str) -> str | None:
+    """The help text of ``attr`` in ``hpatool/cli/<module_name>.py``, read with ``ast``; None
+    where it cannot be read that way."""
+    import ast
+    from pathlib import Path
+
+    source = Path(__file__).with_name(f"{module_name}.py")
+    try:
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == attr:
+            return ast.get_docstring(node) or ""
+        if (
+            isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == attr for t in node.targets)
+            and isinstance(node.value, ast.Call)
+        ):
+            for keyword in node.value.keywords:
+                if keyword.arg == "help" and isinstance(keyword.value, ast.Constant):
+                    return str(keyword.value.value)
+    return None
 
 
 class _LazyCommands(MutableMapping[str, Any]):
