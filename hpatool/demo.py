@@ -15,6 +15,7 @@ from hpatool._io import ProgressFn
 from hpatool.catalog import add_dataset
 from hpatool.errors import UsageError
 from hpatool.options import DemoConfig
+from hpatool.outputs import check_output_dir, same_folder
 from hpatool.registry import Registry
 from hpatool.synth import synth_dataset
 
@@ -52,8 +53,14 @@ class DemoData:
         return self.out_dir / "probs.csv"
 
 
-def prepare_out_dir(out_dir: Path) -> None:
-    """Make ``out_dir`` ready: new, empty, or a previous demo's folder (which is cleared)."""
+def prepare_out_dir(out_dir: Path, registry: Registry | None = None) -> None:
+    """Make ``out_dir`` ready: new, empty, or a previous demo's folder (which is cleared).
+
+    With the user's ``registry``, a folder holding what it must keep (its home, a registered
+    dataset's images or label CSV) is refused before anything is cleared; the demo's own
+    registry (``out_dir/home``) is the demo's to clear."""
+    own = registry is not None and same_folder(registry.home, out_dir / "home")
+    check_output_dir(out_dir, "--out", None if own else registry, clears=True)
     if out_dir.exists():
         if not out_dir.is_dir():
             raise UsageError(f"{out_dir} is a file; give --out a folder")
@@ -77,12 +84,15 @@ def make_demo_data(
     size: int = DemoConfig.size,
     seed: int = DemoConfig.seed,
     progress: ProgressFn | None = None,
+    *,
+    registry: Registry | None = None,
 ) -> DemoData:
     """Synthesise a training set (``samples``) and a test set (a quarter as many) and register
-    them in a fresh registry under ``out_dir``."""
+    them in a fresh registry under ``out_dir``. ``registry``, the user's, is only checked (see
+    :func:`prepare_out_dir`)."""
     if samples < MIN_SAMPLES:
         raise UsageError(f"--samples {samples} is too few for a demo; use at least {MIN_SAMPLES}")
-    prepare_out_dir(out_dir)
+    prepare_out_dir(out_dir, registry)
     data = DemoData(
         out_dir=out_dir,
         home=out_dir / "home",

@@ -7,6 +7,12 @@ file, in a folder this user can create files in) and must not be a file that hpa
 must never lose: the registry (and its ``-wal`` / ``-shm`` / ``-journal`` files), a registered
 dataset's label CSV or one of its channel images, or one of the command's own inputs.
 Each refusal is one ``UsageError`` line (exit 2) naming the option, the file and what it is.
+
+Options that name a FOLDER hpatool writes files into (``synth OUT_DIR``, ``preprocess --out``,
+``download-external --out``, ``demo --out``) go through :func:`check_output_dir`: the folder must
+not be the registry's home, the image folder of a registered dataset other than the command's
+own output dataset (whose rerun resumes in it), the folder of a label CSV the command would
+write over, or one of the command's own input folders.
 """
 
 from __future__ import annotations
@@ -14,12 +20,13 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from hpatool._io import check_output_file, figure_file
-from hpatool.errors import UsageError
-from hpatool.registry import Registry
+from hpatool.errors import HpaToolError, UsageError
+from hpatool.registry import REGISTRY_FILE, DatasetRecord, Registry, resolve_home
 
 #: What the registry's files are called beside ``registry.sqlite``: SQLite's companions.
 REGISTRY_COMPANIONS = ("", "-wal", "-shm", "-journal")
@@ -115,3 +122,105 @@ def _is_channel_file_under(target: Path, root: Path) -> bool:
     return _CHANNEL_NAME.match(target.name) is not None and _resolved(target).is_relative_to(
         _resolved(root)
     )
+
+
+# --------------------------------------------------------------------------- output folders
+
+
+def check_output_dir(
+    path: str | Path,
+    option: str,
+    reg: Registry | None,
+    *,
+    own_dataset: str | None = None,
+    inputs: Inputs = (),
+    writes: Iterable[str] = (),
+    clears: bool = False,
+) -> Path:
+    """``path`` (``~`` expanded, links followed) if ``option`` may write files into it; else a
+    one-line ``UsageError``.
+
+    Refused: one of the command's ``inputs`` (folders); the registry's home; the image folder
+    of a registered dataset, unless it is also ``own_dataset``'s (the command's own output,
+    which a rerun resumes in); the folder of a registered label CSV
+    named like a file the command writes there (``writes``). With ``clears`` (the command
+    empties the folder first) anything of these *inside* the folder is refused too.
+    """
+    target = _resolved(Path(path))
+
+    def holds(folder: Path) -> bool:
+        return folder == target or (clears and folder.is_relative_to(target))
+
+    for given, what in inputs:
+        if given is not None and _resolved(Path(given)) == target:
+            raise UsageError(f"{option} {path} is {what}; choose another folder")
+    if reg is None:
+        return target
+    home = _resolved(reg.home)
+    if holds(home):
+        where = "is" if home == target else f"holds ({home})"
+        raise UsageError(
+            f"{option} {path} {where} hpatool's registry folder; choose another folder"
+        )
+    names = set(writes)
+    records = reg.datasets()
+    own = [r for r in records if r.name == own_dataset]
+    if any(folder == target for r in own for folder, _ in _folders_of(r)):
+        return target  # the command's own output folder: a rerun resumes in it
+    for record in records:
+        if record.name == own_dataset:
+            continue
+        for folder, what in _folders_of(record):
+            if holds(folder):
+                where = "is" if folder == target else f"holds ({folder})"
+                raise UsageError(
+                    f"{option} {path} {where} the {what} of registered dataset "
+                    f"{record.name!r}; choose another folder"
+                )
+        labels = _resolved(Path(record.labels_path)) if record.labels_path else None
+        if labels is not None and (
+            (labels.parent == target and labels.name in names)
+            or (clears and labels.is_relative_to(target))
+        ):
+            raise UsageError(
+                f"{option} {path} holds the label CSV of registered dataset {record.name!r} "
+                f"({labels}); choose another folder"
+            )
+    return target
+
+
+def same_folder(a: str | Path, b: str | Path) -> bool:
+    """Whether ``a`` and ``b`` name one folder (``~`` expanded, links followed)."""
+    return _resolved(Path(a)) == _resolved(Path(b))
+
+
+def _folders_of(record: DatasetRecord) -> Iterator[tuple[Path, str]]:
+    """The folders whose images belong to ``record``: its image folder, and the raw JPEG
+    folder a download keeps."""
+    if record.root is not None:
+        yield _resolved(record.root), "image folder"
+    raw = record.provenance.get("raw_dir")
+    if isinstance(raw, str) and raw:
+        yield _resolved(Path(raw)), "raw image folder"
+
+
+@contextmanager
+def existing_registry(home: str | Path | None) -> Iterator[Registry | None]:
+    """The registry at ``home`` (as :meth:`Registry.open` finds it) if there is one to check
+    an output folder against, else None: nothing is created, and a registry that cannot be
+    opened is left to the commands that use it."""
+    try:
+        found = (resolve_home(home) / REGISTRY_FILE).is_file()
+    except HpaToolError:
+        found = False
+    reg: Registry | None = None
+    if found:
+        try:
+            reg = Registry.open(home)
+        except HpaToolError:
+            reg = None
+    try:
+        yield reg
+    finally:
+        if reg is not None:
+            reg.close()

@@ -45,6 +45,7 @@ from hpatool.errors import AlreadyExists, DataError, NotFound, UsageError, WorkF
 from hpatool.ids import COLOURS, id_problem
 from hpatool.imaging import check_channel_rule
 from hpatool.options import PreprocessConfig
+from hpatool.outputs import check_output_dir
 from hpatool.registry import DatasetRecord, Registry, check_name
 
 SOURCE_EXTS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
@@ -241,6 +242,7 @@ def preprocess_images(
     *,
     registry: Registry | None = None,
     progress: ProgressFn | None = None,
+    register: bool = True,
 ) -> PreprocessSummary:
     """Convert every ``<Id>_<colour>.<ext>`` in ``src_dir`` to ``out_dir/<Id>_<colour>.png``,
     with the options of ``config`` (default: ``PreprocessConfig()``).
@@ -251,7 +253,8 @@ def preprocess_images(
     ``out_dir/failures.csv``); the others are still converted. With a ``registry`` the output is
     registered as dataset ``name`` (default: ``default_output_name``; samples from ``labels`` if
     given, else from the source dataset if ``src_dir`` is one's image folder, else the ids
-    found), with its lineage.
+    found), with its lineage. With ``register=False`` the ``registry`` is only checked: an
+    ``out_dir`` holding what it must keep (its home, another dataset's images) is refused.
     """
     started = time.perf_counter()
     cfg = config if config is not None else PreprocessConfig()
@@ -259,7 +262,7 @@ def preprocess_images(
     check_size(size, zero="keeps each image's own size")
     check_channel_rule(channel_rule)
     n_workers = check_workers(cfg.workers)
-    if registry is None and (name is not None or labels is not None):
+    if (registry is None or not register) and (name is not None or labels is not None):
         raise UsageError("--no-register leaves nothing for --name or --labels; drop one of them")
     for path, what in (
         (src_dir, "source folder"),
@@ -269,7 +272,9 @@ def preprocess_images(
         if path is not None:
             check_path_text(path, what)
     src, out = _check_folders(src_dir, out_dir)
-    registration = _plan_registration(registry, name, labels, src, out, size)
+    registration = _plan_registration(registry if register else None, name, labels, src, out, size)
+    own = registration.name if registration is not None and registration.existing else None
+    check_output_dir(out_dir, "--out", registry, own_dataset=own, writes=(FAILURES_CSV,))
     sources, failures = scan_sources(src)
     if not sources and not failures:
         raise DataError(

@@ -37,6 +37,8 @@ from hpatool.ids import COLOURS, channel_path
 from hpatool.imaging import save_png
 from hpatool.labels import NUM_CLASSES, format_target
 from hpatool.options import SynthConfig
+from hpatool.outputs import check_output_dir
+from hpatool.registry import Registry
 
 #: Samples carrying each class 0..27 in the Kaggle 2018 ``train.csv`` (31,072 samples).
 TRAIN_CLASS_COUNTS: tuple[int, ...] = (
@@ -725,11 +727,15 @@ def synth_dataset(
     seed: int = SynthConfig.seed,
     progress: ProgressFn | None = None,
     workers: int = SynthConfig.workers,
+    *,
+    registry: Registry | None = None,
 ) -> SynthResult:
     """Write ``samples`` synthetic samples (four PNGs each) and a ``labels.csv`` to ``out_dir``.
 
     Same ``(samples, size, seed)``, byte-identical files, for any ``workers``. ``labels.csv``
-    (``Id,Target``) is written last, so its presence means the dataset is complete.
+    (``Id,Target``) is written last, so its presence means the dataset is complete. With a
+    ``registry``, a folder whose files it must keep (its home, a registered dataset's images
+    or label CSV) is refused first (``outputs.check_output_dir``).
     """
     if samples < 1:
         raise UsageError(f"--samples must be at least 1, not {samples}")
@@ -743,6 +749,7 @@ def synth_dataset(
     labels_csv = out_dir / "labels.csv"
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"{out_dir} is a file, not a folder; choose an empty folder for the data")
+    check_output_dir(out_dir, "OUT_DIR", registry, writes=("labels.csv",))
     if labels_csv.exists():
         raise AlreadyExists(
             f"{out_dir} already holds a dataset ({labels_csv.name}); choose an empty folder "

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from hpatool.cli._common import ROOT_HOME
 from hpatool.options import DemoConfig
 
 
@@ -44,6 +45,7 @@ def demo(
     """
     from hpatool.cli._console import out, progress_bar
     from hpatool.demo import constant_baseline, make_demo_data, plan_steps
+    from hpatool.outputs import existing_registry
 
     started = time.perf_counter()
     console = out()
@@ -52,8 +54,10 @@ def demo(
         console.rule(f"[bold]{text}[/] ({time.perf_counter() - started:.0f} s)")
 
     heading("1. synthesise and register a training and a test set")
-    with progress_bar("synth") as progress:
-        data = make_demo_data(out_dir, samples=samples, size=size, seed=seed, progress=progress)
+    with existing_registry(ROOT_HOME.get()) as reg, progress_bar("synth") as progress:
+        data = make_demo_data(
+            out_dir, samples=samples, size=size, seed=seed, progress=progress, registry=reg
+        )
     console.print(f"{data.train} and {data.test} ({size}x{size} px) registered in {data.home}")
     for step in plan_steps(data, size=size, epochs=epochs, arch=arch, seed=seed):
         if step.args[0] == "predict":  # after both evaluations: the bar the model had to clear

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
+from hpatool.cli._common import ROOT_HOME, HomeOpt, JsonOpt, open_registry
 from hpatool.errors import WorkFailed
 from hpatool.options import PreprocessConfig
 
@@ -92,15 +92,20 @@ def preprocess(
     Example: hpatool preprocess data/hpa-v18/raw --out data/hpa-v18-512 --name hpa-v18-512
     """
     from hpatool.cli._console import progress_bar
+    from hpatool.outputs import existing_registry
     from hpatool.preprocess import preprocess_images
 
     config = PreprocessConfig(
         size=size, channel_rule=channel_rule, workers=workers, name=name, labels=labels
     )
     with contextlib.ExitStack() as stack:
-        reg = stack.enter_context(open_registry(home)) if register else None
+        reg = stack.enter_context(
+            open_registry(home) if register else existing_registry(home or ROOT_HOME.get())
+        )
         progress = stack.enter_context(progress_bar("preprocess", unit="files"))
-        summary = preprocess_images(src_dir, out, config, registry=reg, progress=progress)
+        summary = preprocess_images(
+            src_dir, out, config, registry=reg, progress=progress, register=register
+        )
     _print_summary(summary, json_)
     if summary.failed:
         raise WorkFailed(

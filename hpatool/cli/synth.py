@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from hpatool.cli._common import ROOT_HOME
 from hpatool.options import SynthConfig
 
 
@@ -36,11 +37,18 @@ def synth(
     Example: hpatool synth data/synth --samples 500 --size 256 --seed 1
     """
     from hpatool.cli._console import out, progress_bar
+    from hpatool.outputs import existing_registry
     from hpatool.synth import synth_dataset
 
-    with progress_bar("synth") as progress:
+    with existing_registry(ROOT_HOME.get()) as reg, progress_bar("synth") as progress:
         result = synth_dataset(
-            out_dir, samples=samples, size=size, seed=seed, workers=workers, progress=progress
+            out_dir,
+            samples=samples,
+            size=size,
+            seed=seed,
+            workers=workers,
+            progress=progress,
+            registry=reg,
         )
     out().print(
         f"Wrote {len(result.ids):,} samples ({size}x{size}) to {result.out_dir}; "

@@ -60,6 +60,7 @@ from hpatool.download.urls import DEFAULT_BASE_URL, is_loopback, redact_url, url
 from hpatool.errors import DataError, Interrupted, UsageError
 from hpatool.labels import LabelTable, load_label_csv
 from hpatool.options import DownloadConfig
+from hpatool.outputs import check_output_dir
 from hpatool.registry import DatasetRecord, Registry, now
 
 __all__ = [
@@ -142,10 +143,19 @@ def download_external(
     existing = reg.dataset(opts.name) if reg.has_dataset(opts.name) else None
     if existing is not None:
         _check_existing(existing, opts.name, labels, source.sha256)
+    _check_out_dir(reg, opts, out_dir)
     out = prepare_out_dir(out_dir)
     shard = str(opts.shard) if opts.shard is not None else None
     with output_lock(out, "download-external", shard):
         return _download(reg, opts, source, out, started, progress)
+
+
+def _check_out_dir(reg: Registry, opts: DownloadOptions, out_dir: Path) -> None:
+    """Refuse an ``--out`` (or its ``raw`` folder) holding what must be kept: the registry's
+    home, or the images of a registered dataset other than this download's own."""
+    folders = [out_dir, out_dir / "raw"] if opts.keep_raw else [out_dir]
+    for folder in folders:
+        check_output_dir(folder, "--out", reg, own_dataset=opts.name, writes=(FAILURES_CSV,))
 
 
 def _download(

@@ -344,7 +344,7 @@ def test_read_only_registry_of_an_older_schema_is_read(tmp_path: Path, home: Pat
 def small_disk(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Registries opened from now on can grow by a few pages only: SQLite itself then fails
     with SQLITE_FULL ("database or disk is full"), as it does on a full disk."""
-    import hpatool.registry as registry
+    import hpatool.registry.core as registry
 
     connect = registry._connect
 

@@ -1,0 +1,40 @@
+"""The dataset registry: one SQLite file under the hpatool home.
+
+Home: ``--home`` > ``HPATOOL_HOME`` > the platform's user data dir. WAL journal, a busy timeout
+so that concurrent commands wait instead of failing, and a schema version in
+``PRAGMA user_version`` with ordered migrations. Each command does its writes in one
+``transaction()``, so a failed command leaves the registry as it was.
+
+The package: ``schema`` (migrations), ``records`` (record types, value checks), ``connection``
+(home, connecting, SQLite errors), ``transaction`` (the unit of work), ``datasets``, ``folds``
+and ``runs`` (the queries, by table), ``core`` (``Registry``, composed of them).
+"""
+
+from hpatool.registry.connection import BUSY_TIMEOUT_S, REGISTRY_FILE, resolve_home
+from hpatool.registry.core import Registry
+from hpatool.registry.records import (
+    KINDS,
+    DatasetRecord,
+    RunRecord,
+    Sample,
+    bad_row,
+    check_name,
+    now,
+)
+from hpatool.registry.schema import MIGRATIONS, SCHEMA_VERSION
+
+__all__ = [
+    "BUSY_TIMEOUT_S",
+    "KINDS",
+    "MIGRATIONS",
+    "REGISTRY_FILE",
+    "SCHEMA_VERSION",
+    "DatasetRecord",
+    "Registry",
+    "RunRecord",
+    "Sample",
+    "bad_row",
+    "check_name",
+    "now",
+    "resolve_home",
+]

@@ -1,0 +1,127 @@
+"""The registry's training runs: creating, listing, looking up and updating them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hpatool.errors import AlreadyExists, DataError, NotFound
+from hpatool.registry.records import RunRecord, _json_value, bad_row, check_name, now
+from hpatool.registry.transaction import RegistryConnection
+
+
+class RunQueries(RegistryConnection):
+    """The ``runs`` table (a mixin of ``Registry``)."""
+
+    _RUN_SELECT = (
+        "SELECT name, arch, datasets, fold, config, best_f1, best_epoch, epochs_done, out_dir,"
+        " status, created_at, updated_at FROM runs"
+    )
+
+    def _run_row(self, row: Sequence[Any]) -> RunRecord:
+        """A run row; a value that cannot be used is kept in ``problem`` (``runs()`` lists the
+        others) and ``run(name)`` refuses it."""
+        values: dict[str, Any] = {"datasets": [], "config": {}}
+        problem = None
+        for column, i, kind in (("datasets", 2, list), ("config", 4, dict)):
+            try:
+                values[column] = _json_value(row[i], kind)
+            except ValueError as exc:
+                fix = "repair the value (JSON text) with an SQLite editor"
+                where = f"run {row[0]!r}"
+                problem = problem or bad_row(
+                    self.path, "runs", where, column, row[i], str(exc), fix
+                )
+        return RunRecord(
+            name=row[0],
+            arch=row[1],
+            datasets=values["datasets"],
+            fold=row[3],
+            config=values["config"],
+            best_f1=row[5],
+            best_epoch=row[6],
+            epochs_done=row[7],
+            out_dir=Path(row[8]),
+            status=row[9],
+            created_at=row[10],
+            updated_at=row[11],
+            problem=problem,
+        )
+
+    def has_run(self, name: str) -> bool:
+        row = self.conn.execute("SELECT 1 FROM runs WHERE name = ?", (name,)).fetchone()
+        return row is not None
+
+    def runs(self) -> list[RunRecord]:
+        rows = self.conn.execute(self._RUN_SELECT + " ORDER BY created_at, name").fetchall()
+        return [self._run_row(r) for r in rows]
+
+    def run(self, name: str) -> RunRecord:
+        row = self.conn.execute(self._RUN_SELECT + " WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            names = [r[0] for r in self.conn.execute("SELECT name FROM runs ORDER BY name")]
+            known = ", ".join(names) if names else "none yet; start one with 'hpatool train'"
+            raise NotFound(f"unknown run {name!r} in {self.path} (known: {known})")
+        record = self._run_row(row)
+        if record.problem:
+            raise DataError(record.problem)
+        return record
+
+    def create_run(
+        self,
+        name: str,
+        *,
+        arch: str,
+        datasets: Sequence[str],
+        fold: int | None,
+        config: dict[str, Any],
+        out_dir: Path,
+        replace: bool = False,
+    ) -> RunRecord:
+        """Register a new training run (status ``running``); the name must be new, unless
+        ``replace`` (a run that never reached a checkpoint is started again)."""
+        check_name(name, "run")
+        stamp = now()
+        with self.transaction() as conn:
+            if replace:
+                conn.execute("DELETE FROM runs WHERE name = ?", (name,))
+            if self.has_run(name):
+                raise AlreadyExists(
+                    f"run {name!r} already exists in {self.path}; pass --resume to continue it "
+                    "or choose another --name"
+                )
+            conn.execute(
+                "INSERT INTO runs (name, arch, datasets, fold, config, out_dir, status,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?)",
+                (
+                    name,
+                    arch,
+                    json.dumps(list(datasets)),
+                    fold,
+                    json.dumps(config, sort_keys=True),
+                    str(out_dir),
+                    stamp,
+                    stamp,
+                ),
+            )
+        return self.run(name)
+
+    def update_run(self, name: str, **fields: Any) -> RunRecord:
+        """Update some of ``config``, ``best_f1``, ``best_epoch``, ``epochs_done``, ``status``."""
+        allowed = {"config", "best_f1", "best_epoch", "epochs_done", "status"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"cannot update run fields {sorted(unknown)}")
+        sets = [f"{key} = ?" for key in fields]
+        values = [
+            json.dumps(v, sort_keys=True) if key == "config" else v for key, v in fields.items()
+        ]
+        with self.transaction() as conn:
+            self.run(name)  # NotFound if missing, checked under the write lock
+            conn.execute(
+                f"UPDATE runs SET {', '.join([*sets, 'updated_at = ?'])} WHERE name = ?",
+                (*values, now(), name),
+            )
+        return self.run(name)
