@@ -66,13 +66,25 @@ class DatasetRecord:
             "labels": self.labels_path,
             "labels_sha256": self.labels_sha256,
             "parent": self.parent,
-            "provenance": self.provenance,
+            "provenance": _redacted(self.provenance),
             "samples": self.samples,
             "labelled": self.labelled,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             **({"problem": self.problem} if self.problem else {}),
         }
+
+
+def _redacted(provenance: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``provenance`` with any password in a URL value shown as ``***``: downloads store URLs
+    redacted, but a registry written by an older hpatool may still hold one in clear."""
+    if not provenance:
+        return provenance
+    from hpatool.download.urls import redact_url
+
+    return {
+        k: redact_url(v) if isinstance(v, str) and "://" in v else v for k, v in provenance.items()
+    }
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hpatool.registry import REGISTRY_FILE
+from hpatool.registry import REGISTRY_FILE, Registry
 from tests.support import REPO, Invoke, one_line_error
 
 TRAIN_COUNTS = [
@@ -384,3 +384,21 @@ def test_two_processes_add_at_once(
     with Registry.open(home) as reg:
         counts = {d.name: d.samples for d in reg.datasets()}
     assert counts == {"v18": 74606, "train": 31072, "test": 11702}
+
+
+def test_a_password_stored_by_an_older_hpatool_is_never_shown(
+    cli: Invoke, home: Path, tmp_path: Path
+) -> None:
+    """A registry written before passwords were redacted at store time may hold one in a
+    provenance URL: ``datasets show`` and ``datasets list --json`` still show ``***``."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text("Id,Target\n10580_1610_C1_1,0\n")
+    assert cli("datasets", "add", "v18", "--labels", labels).exit_code == 0
+    with Registry.open(home) as reg:
+        reg.update_dataset("v18", provenance={"base_url": "http://ann:s3cret@example.org/images"})
+    for args in (("datasets", "show", "v18"), ("datasets", "show", "v18", "--json")):
+        res = cli(*args)
+        assert res.exit_code == 0, res.output
+        assert "s3cret" not in res.output and "ann:***@example.org" in res.output
+    res = cli("datasets", "list", "--json")
+    assert res.exit_code == 0 and "s3cret" not in res.output
