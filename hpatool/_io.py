@@ -6,7 +6,6 @@ import contextlib
 import csv
 import errno
 import functools
-import hashlib
 import io
 import os
 import tempfile
@@ -195,11 +194,3 @@ def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[A
     """The one CSV writer: ``header`` and ``rows`` written atomically to ``path``."""
     write_text_atomic(path, csv_text(header, rows))
     return Path(path)
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()

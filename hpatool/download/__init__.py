@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpatool import __version__
-from hpatool._io import sha256_file
 from hpatool.convert.lock import output_lock
 from hpatool.convert.outdir import (
     FAILURES_CSV,
@@ -232,7 +231,7 @@ def _read_labels(labels: Path) -> _Labels:
         if problem:
             raise DataError(f"{labels}: row {row}: Id {sample_id!r}: {problem}")
     path = labels.expanduser().resolve()
-    return _Labels(table, path, sha256_file(path))
+    return _Labels(table, path, table.sha256)  # of the bytes parsed: the CSV is read once
 
 
 def _check_existing(existing: DatasetRecord, name: str, labels: Path, sha: str) -> None:

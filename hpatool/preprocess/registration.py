@@ -1,0 +1,176 @@
+"""Registering what ``preprocess`` made: the output dataset's name (given, or derived from the
+source), the checks a rerun must pass before any work, and the one transaction that creates or
+updates the dataset with its samples, statuses and lineage."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpatool import __version__
+from hpatool.errors import AlreadyExists
+from hpatool.ids import COLOURS
+from hpatool.registry import DatasetRecord, Registry, check_name
+
+
+@dataclass(frozen=True)
+class _Registration:
+    """Registering the output, as checked before any work: the dataset ``name`` (``existing``
+    if a rerun updates it) and, with ``--labels``, its label table, path and sha256."""
+
+    reg: Registry
+    name: str
+    existing: DatasetRecord | None
+    table: Any = None
+    labels_path: str | None = None
+    labels_sha256: str | None = None
+
+
+def default_output_name(reg: Registry, src: Path, out: Path, size: int) -> str:
+    """The dataset name ``preprocess`` registers its output under when no ``--name`` is given:
+    the dataset an earlier run of the same conversion registered; else ``<source>-<size>`` when
+    the source folder is a registered dataset's, else the output folder's name; made unique
+    with ``-2``, ``-3``... if taken."""
+    for record in reg.datasets():
+        prov = record.provenance
+        made_here = prov.get("made_by") == "preprocess" and record.root == out
+        if made_here and prov.get("source") == str(src):
+            return record.name
+    source = reg.dataset_at(src)
+    if source is not None:
+        base = f"{source.name}-{size}" if size else f"{source.name}-converted"
+    else:
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "-", out.name).strip("-._")[:56] or "images"
+        if not base[0].isalnum():
+            base = f"d{base}"
+    name, n = base, 1
+    while reg.has_dataset(name):
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def _check_registration(reg: Registry, name: str, src: Path, out: Path) -> DatasetRecord | None:
+    """The existing dataset ``name`` if a rerun may update it; None if the name is new."""
+    check_name(name)
+    if not reg.has_dataset(name):
+        return None
+    record = reg.dataset(name)
+    prov = record.provenance
+    same_source = prov.get("source") == str(src) and record.root == out
+    if prov.get("made_by") == "preprocess" and same_source:
+        return record
+    raise AlreadyExists(
+        f"dataset {name!r} already exists and was not made by 'hpatool preprocess {src} --out "
+        f"{out}'; choose another --name or run 'hpatool datasets remove {name}' first"
+    )
+
+
+def _plan_registration(
+    reg: Registry | None, name: str | None, labels: Path | None, src: Path, out: Path, size: int
+) -> _Registration | None:
+    """Check the registration (name, label CSV) before any work; None without a registry."""
+    if reg is None:
+        return None
+    if name is None:
+        name = default_output_name(reg, src, out, size)
+    existing = _check_registration(reg, name, src, out)
+    if labels is None:
+        return _Registration(reg, name, existing)
+    from hpatool.labels import load_label_csv
+
+    table = load_label_csv(labels)
+    return _Registration(
+        reg,
+        name,
+        existing,
+        table=table,
+        labels_path=str(labels.expanduser().resolve()),
+        labels_sha256=table.sha256,  # of the bytes parsed: the file is read once
+    )
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def _register_output(
+    plan: _Registration,
+    src: Path,
+    out: Path,
+    *,
+    size: int,
+    channel_rule: str,
+    ids_found: list[str],
+    present: set[str],
+    failed_ids: set[str],
+) -> DatasetRecord:
+    """Create or update the output dataset, its samples, statuses and lineage: one
+    transaction."""
+    reg, name = plan.reg, plan.name
+
+    def status(sample_id: str) -> str | None:
+        if all(f"{sample_id}_{c}.png" in present for c in COLOURS):
+            return "done"
+        return "failed" if sample_id in failed_ids else None
+
+    with reg.transaction():
+        parent = reg.dataset_at(src)
+        if parent is not None and parent.name == name:
+            parent = None
+        ids, targets, kind, labels_path, labels_sha = _samples_of(reg, plan, parent, ids_found)
+        provenance = {
+            "made_by": "preprocess",
+            "source": str(src),
+            "source_dataset": parent.name if parent is not None else None,
+            "size": size,
+            "channel_rule": channel_rule,
+            "labels": labels_path,
+            "tool_version": __version__,
+        }
+        provenance = {k: v for k, v in provenance.items() if v is not None}
+        if plan.existing is None:
+            return reg.create_dataset(
+                name,
+                kind,
+                ids,
+                targets,
+                root=out,
+                labels_path=labels_path,
+                labels_sha256=labels_sha,
+                parent=parent.name if parent is not None else None,
+                provenance=provenance,
+                statuses=[status(i) for i in ids],
+            )
+        known = {s.id for s in reg.samples(name)}
+        new = [(i, t) for i, t in zip(ids, targets, strict=True) if i not in known]
+        if new:
+            reg.add_samples(name, [i for i, _ in new], [t for _, t in new])
+        reg.set_status(name, [(i, status(i)) for i in ids])
+        if labels_path is not None:
+            reg.set_origin(name, labels_path=labels_path, labels_sha256=labels_sha)
+        if parent is not None:
+            reg.set_origin(name, parent=parent.name)
+        return reg.update_dataset(name, root=out, provenance=provenance)
+
+
+def _samples_of(
+    reg: Registry, plan: _Registration, parent: DatasetRecord | None, ids_found: list[str]
+) -> tuple[list[str], list[tuple[int, ...] | None], str, str | None, str | None]:
+    """The output dataset's ``(ids, targets, kind, labels_path, labels_sha256)``: from
+    ``--labels``, else from the source dataset, else the ids found, unlabelled."""
+    if plan.table is not None:
+        table = plan.table
+        kind = parent.kind if parent is not None else ("train" if table.labelled else "test")
+        return list(table.ids), list(table.targets), kind, plan.labels_path, plan.labels_sha256
+    if parent is not None:
+        samples = reg.samples(parent.name)
+        return (
+            [s.id for s in samples],
+            [s.target for s in samples],
+            parent.kind,
+            parent.labels_path,
+            parent.labels_sha256,
+        )
+    return list(ids_found), [None] * len(ids_found), "test", None, None
