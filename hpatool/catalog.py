@@ -48,6 +48,20 @@ def scan_folder(root: Path) -> list[str]:
     return sorted(ids)
 
 
+@dataclass(frozen=True)
+class AddedDataset:
+    """A registered dataset and how its label CSV was read (``datasets add`` reports it)."""
+
+    record: DatasetRecord
+    #: the CSV's Id and Target columns as named in its header (``None``: no CSV / no Target)
+    id_column: str | None = None
+    target_column: str | None = None
+    #: what to do about a column that looks like labels but was not used, if there is one
+    label_hint: str | None = None
+    #: a submission's prediction column (``Predicted``), read as no labels
+    predictions_column: str | None = None
+
+
 def add_dataset(
     reg: Registry,
     name: str,
@@ -56,6 +70,18 @@ def add_dataset(
     root: Path | None = None,
     kind: str | None = None,
 ) -> DatasetRecord:
+    """Register ``name`` (see ``register_dataset``) and return its record."""
+    return register_dataset(reg, name, labels=labels, root=root, kind=kind).record
+
+
+def register_dataset(
+    reg: Registry,
+    name: str,
+    *,
+    labels: Path | None = None,
+    root: Path | None = None,
+    kind: str | None = None,
+) -> AddedDataset:
     """Register ``name`` from a label CSV, an image folder, or both.
 
     With a CSV the CSV defines the samples (and their order); ``root`` only says where their
@@ -76,6 +102,7 @@ def add_dataset(
     if root_abs is not None and labels is None and not root_abs.is_dir():
         raise NotFound(f"{root}: no such folder; --root must be the folder holding the images")
     labels_path = labels_sha = None
+    table = None
     if labels is not None:
         table = load_label_csv(labels)
         ids = table.ids
@@ -90,7 +117,7 @@ def add_dataset(
         has_target = False
     resolved_kind = kind or ("train" if has_target else "test")
     with reg.transaction():
-        return reg.create_dataset(
+        record = reg.create_dataset(
             name,
             resolved_kind,
             ids,
@@ -99,6 +126,15 @@ def add_dataset(
             labels_path=labels_path,
             labels_sha256=labels_sha,
         )
+    if table is None:
+        return AddedDataset(record)
+    return AddedDataset(
+        record,
+        table.id_column,
+        table.target_column,
+        table.label_hint,
+        table.predictions_column,
+    )
 
 
 def remove_dataset(reg: Registry, name: str) -> DatasetRecord:

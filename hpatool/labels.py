@@ -117,17 +117,96 @@ class LabelTable:
     targets: list[tuple[int, ...] | None]
     #: sha256 of the bytes that were parsed (the file is read once)
     sha256: str = ""
+    #: the header names of the columns used for the ids and the targets (``None``: no targets)
+    id_column: str = "Id"
+    target_column: str | None = "Target"
+    #: without a Target column: a column that looks like labels (not used; see ``label_hint``)
+    label_like: str | None = None
+
+    @property
+    def label_hint(self) -> str | None:
+        """What to do about a column that looks like labels but was not used, if there is one."""
+        if self.label_like is None or self.predictions_column is not None:
+            return None
+        return (
+            f"column {self.label_like!r} looks like labels but was not used (the labels column "
+            "must be named Target); rename it to Target and register again"
+        )
+
+    @property
+    def predictions_column(self) -> str | None:
+        """A submission's prediction column (``Predicted``), not used as labels; not worth a
+        warning: it is what Kaggle's ``sample_submission.csv`` has."""
+        if self.label_like is not None and self.label_like.strip().lower() in _PREDICTION_NAMES:
+            return self.label_like
+        return None
 
     @property
     def labelled(self) -> bool:
         return any(t is not None for t in self.targets)
 
 
+#: header names (lower case) of a column that probably holds labels, best first
+_LABEL_NAMES = ("label", "labels", "targets", "class", "classes", "predicted", "prediction")
+#: header names (lower case) of a submission's prediction column: never used as labels
+_PREDICTION_NAMES = frozenset({"predicted", "prediction", "predictions"})
+#: header names (lower case) of a column that probably holds the ids
+_ID_NAMES = ("image", "imageid", "image_id", "sample", "sampleid", "sample_id", "name", "file")
+#: data rows looked at to guess which column holds labels or ids
+_SNIFF_ROWS = 50
+
+
 def _find_column(header: list[str], name: str) -> int | None:
+    """The index of column ``name``, matched case-insensitively and ignoring spaces around it
+    (``ID``, ``id`` and `` Id `` are the Id column)."""
     for i, col in enumerate(header):
         if col.strip().lower() == name.lower():
             return i
     return None
+
+
+def _looks_like_labels(values: list[str]) -> bool:
+    """Whether every (non-blank) value is a space-separated list of class indices."""
+    seen = False
+    for value in values:
+        if not value.strip():
+            continue
+        try:
+            parse_target(value)
+        except ValueError:
+            return False
+        seen = True
+    return seen
+
+
+def _label_like_column(header: list[str], skip: int, rows: list[list[str]]) -> str | None:
+    """A column (other than ``skip``) that looks like labels: by its name, else by its values."""
+    by_name = {col.strip().lower(): col for i, col in enumerate(header) if i != skip}
+    for name in _LABEL_NAMES:
+        if name in by_name:
+            return by_name[name]
+    for i, col in enumerate(header):
+        if i != skip and _looks_like_labels([r[i] for r in rows if len(r) == len(header)]):
+            return col
+    return None
+
+
+def _missing_id_column(name: str, header: list[str], reader: Iterable[list[str]]) -> DataError:
+    """The error for a CSV without an Id column, naming a column that looks like the ids."""
+    cols = ", ".join(repr(c) for c in header) or "none"
+    guess = next((c for c in header if c.strip().lower() in _ID_NAMES), None)
+    if guess is None:
+        rows = [r for _, r in zip(range(_SNIFF_ROWS), reader, strict=False)]
+        for i, col in enumerate(header):
+            values = [r[i].strip() for r in rows if len(r) == len(header)]
+            if values and all(v and not id_problem(v) and not _INT.match(v) for v in values):
+                guess = col
+                break
+    hint = f"; column {guess!r} looks like the ids: rename it to Id" if guess else ""
+    return DataError(
+        f"{name}: no 'Id' column (columns: {cols}); the first line must be a header "
+        f"such as 'Id,Target'{hint}"
+    )
 
 
 def _check_one_line(
@@ -185,11 +264,27 @@ def _read_csv_text(path: Path) -> tuple[str, str]:
     return text, hashlib.sha256(data).hexdigest()
 
 
+def _checked_id(where: str, sample_id: str, first_seen: dict[str, int]) -> str:
+    """``sample_id`` if it is a safe id not seen before (``first_seen``: id → row), else the
+    error naming the row."""
+    problem = id_problem(sample_id)
+    if problem:
+        raise DataError(f"{where}: unsafe or invalid Id {sample_id!r}: {problem}")
+    if sample_id in first_seen:
+        raise DataError(
+            f"{where}: duplicate Id {sample_id!r} (first at row {first_seen[sample_id]}); "
+            "each sample may appear once"
+        )
+    return sample_id
+
+
 def load_label_csv(path: str | Path) -> LabelTable:
     """Read a label CSV (``Id`` column, optional ``Target`` column) with exact error messages.
 
-    A CSV without ``Target`` (such as Kaggle's ``sample_submission.csv``) gives unlabelled rows.
-    Row numbers count data rows from 1; the line number in the file is given too.
+    Column names are matched case-insensitively (``ID``, ``target``). A CSV without ``Target``
+    (such as Kaggle's ``sample_submission.csv``) gives unlabelled rows, and ``label_like`` names
+    a column that looks like labels, if one does. Row numbers count data rows from 1; the line
+    number in the file is given too.
     """
     path = Path(path)
     name = str(path)
@@ -204,16 +299,16 @@ def load_label_csv(path: str | Path) -> LabelTable:
         raise DataError(f"{name}: line 1: malformed CSV header ({exc})") from None
     id_col = _find_column(header, "Id")
     if id_col is None:
-        cols = ", ".join(repr(c) for c in header) or "none"
-        raise DataError(
-            f"{name}: no 'Id' column (columns: {cols}); the first line must be a header "
-            "such as 'Id,Target'"
-        )
+        try:
+            raise _missing_id_column(name, header, reader)
+        except csv.Error:
+            raise _missing_id_column(name, header, []) from None
     target_col = _find_column(header, "Target")
     width = len(header)
     ids: list[str] = []
     targets: list[tuple[int, ...] | None] = []
     first_seen: dict[str, int] = {}
+    sniffed: list[list[str]] = []  # the first rows, to find a column that looks like labels
     row = 0
     try:
         for fields in reader:
@@ -230,19 +325,13 @@ def load_label_csv(path: str | Path) -> LabelTable:
                     "check for unquoted commas or a missing column"
                 )
             _check_one_line(where, fields, header, [id_col, target_col])
-            sample_id = fields[id_col].strip()
-            problem = id_problem(sample_id)
-            if problem:
-                raise DataError(f"{where}: unsafe or invalid Id {sample_id!r}: {problem}")
-            if sample_id in first_seen:
-                raise DataError(
-                    f"{where}: duplicate Id {sample_id!r} (first at row {first_seen[sample_id]}); "
-                    "each sample may appear once"
-                )
+            sample_id = _checked_id(where, fields[id_col].strip(), first_seen)
             first_seen[sample_id] = row
             ids.append(sample_id)
             if target_col is None:
                 targets.append(None)
+                if len(sniffed) < _SNIFF_ROWS:
+                    sniffed.append(fields)
                 continue
             raw = fields[target_col]
             try:
@@ -257,4 +346,12 @@ def load_label_csv(path: str | Path) -> LabelTable:
         ) from None
     if not ids:
         raise DataError(f"{name}: no data rows after the header; nothing to register")
-    return LabelTable(path=path, ids=ids, targets=targets, sha256=sha256)
+    return LabelTable(
+        path=path,
+        ids=ids,
+        targets=targets,
+        sha256=sha256,
+        id_column=header[id_col].strip(),
+        target_column=None if target_col is None else header[target_col].strip(),
+        label_like=None if target_col is not None else _label_like_column(header, id_col, sniffed),
+    )

@@ -12,6 +12,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from hpatool.errors import DataError
 from hpatool.labels import CLASS_NAMES, NUM_CLASSES
 from hpatool.registry import Registry
 
@@ -27,6 +28,10 @@ class DatasetStats:
     class_counts: list[int]
     labels_per_sample: dict[str, int]
     pairs: Counter[tuple[int, int]] = field(default_factory=Counter)
+
+    @property
+    def has_labels(self) -> bool:
+        return self.labelled > 0
 
     def share(self, cls: int) -> float:
         return self.class_counts[cls] / self.labelled if self.labelled else 0.0
@@ -68,15 +73,24 @@ def dataset_stats(reg: Registry, name: str) -> DatasetStats:
 def stats_report(
     reg: Registry, names: list[str], *, plot: Path | None = None
 ) -> list[DatasetStats]:
-    """The statistics of datasets ``names``, in that order; with ``plot``, also their class
-    counts drawn into that picture (its name is checked before anything is counted)."""
+    """The statistics of datasets ``names``, in that order; with ``plot``, also the class
+    counts of those with labels drawn into that picture (its name is checked before anything is
+    counted; if none has labels, nothing is drawn and ``DataError`` says so)."""
     from hpatool.outputs import check_figure
 
     target = check_figure(plot, "--plot", reg) if plot is not None else None
     all_stats = [dataset_stats(reg, name) for name in names]
     if target is not None:
-        plot_class_counts(all_stats, target)
+        labelled = [s for s in all_stats if s.has_labels]
+        if not labelled:
+            raise DataError(nothing_to_count(all_stats[0].name))
+        plot_class_counts(labelled, target)
     return all_stats
+
+
+def nothing_to_count(name: str) -> str:
+    """What ``stats`` says about a dataset without labels (a test set)."""
+    return f"dataset {name!r} has no labels (a test set): nothing to count"
 
 
 def stats_json(stats: list[DatasetStats]) -> dict[str, Any]:

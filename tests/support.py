@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,48 @@ def claimed_size_png(path: Path, width: int, height: int) -> Path:
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
     )
     return path
+
+
+# ------------------------------------------------------------------------- stopped training runs
+
+
+@dataclass
+class StoppedRun:
+    """A ``train`` subprocess stopped by a signal: its exit code, output, home and runs folder."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    home: Path
+    runs: Path
+
+
+def stop_training_after_first_epoch(
+    synth_data: Callable[..., Path], tmp_path: Path, sig: int, name: str = "t"
+) -> StoppedRun:
+    """Register a small synthetic dataset in ``tmp_path/home``, start ``hpatool train`` (run
+    ``name`` in ``tmp_path/runs``) in a subprocess, and send it ``sig`` once its first
+    ``checkpoint-last.pt`` exists."""
+    from typer.testing import CliRunner
+
+    from hpatool.cli import app
+
+    home, runs = tmp_path / "home", tmp_path / "runs"
+    data = synth_data(24, SIZE, seed=1)
+    for args in (
+        ("datasets", "add", "syn", "--labels", data / "labels.csv", "--root", data),
+        ("split", "syn", "--folds", "2"),
+    ):
+        result = CliRunner().invoke(app, ["--home", str(home), *map(str, args)])
+        assert result.exit_code == 0, result.output
+    last = runs / name / "checkpoint-last.pt"
+    args = ["train", "--dataset", "syn", *TRAIN, "--epochs", "1000", "--workers", "0"]
+    proc = start_hpatool([*args, "--out", str(runs), "--name", name], home)
+    deadline = time.monotonic() + 120
+    while not last.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no epoch finished"
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    return StoppedRun(proc.returncode, stdout, stderr, home, runs)

@@ -63,6 +63,8 @@ class _Group(HelpGroup):
         return [(name, *_summary(name)) for name in self.list_commands(ctx)]
 
     def make_context(self, info_name: Any, args: Any, parent: Any = None, **extra: Any) -> Any:
+        if parent is None:
+            args = _debug_first(list(args))
         with _quiet_broken_pipe():
             try:
                 return super().make_context(info_name, args, parent=parent, **extra)
@@ -73,7 +75,7 @@ class _Group(HelpGroup):
                 raise typer.Exit(2) from None
 
     def invoke(self, ctx: Any) -> Any:  # a click Context (Typer vendors click)
-        with _quiet_broken_pipe():
+        with _quiet_broken_pipe(), _own_warnings():
             return self._invoke(ctx)
 
     def _invoke(self, ctx: Any) -> Any:
@@ -120,6 +122,28 @@ def _quiet_broken_pipe() -> Iterator[None]:
         raise typer.Exit(BROKEN_PIPE_EXIT) from None
 
 
+@contextlib.contextmanager
+def _own_warnings() -> Iterator[None]:
+    """hpatool's own warnings (``warnings.warn`` with a category defined in hpatool, such as
+    ``WorkersCapped``) as one ``warning: ...`` line on stderr, once per command; others as
+    Python shows them."""
+    import warnings
+
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+            if category.__module__.startswith("hpatool."):
+                from hpatool.cli._console import err
+
+                err().print(f"warning: {message}", markup=False, soft_wrap=True)
+            else:
+                shown(message, category, *args, **kwargs)
+
+        warnings.showwarning = show  # catch_warnings resets the "shown once" registries
+        yield
+
+
 def _silence_stdout() -> None:
     """The Python docs' recipe for a closed pipe (see the note on SIGPIPE in the ``signal``
     docs): point stdout at devnull, so that flushing it at exit cannot fail once more."""
@@ -157,6 +181,17 @@ def _from_worker(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _debug_first(args: list[str]) -> list[str]:
+    """``--debug`` anywhere before a ``--`` moves to the front, where the root group reads it:
+    ``hpatool datasets list --debug`` works as ``hpatool --debug datasets list`` (like
+    ``--home``, which every command takes too)."""
+    end = args.index("--") if "--" in args else len(args)
+    if "--debug" not in args[:end]:
+        return args
+    rest = [a for a in args[:end] if a != "--debug"]
+    return ["--debug", *rest, *args[end:]]
+
+
 def _debug(ctx: Any) -> bool:
     env = os.environ.get("HPATOOL_DEBUG", "")
     return bool(ctx.meta.get("hpatool.debug")) or env not in ("", "0")
@@ -183,7 +218,10 @@ def _version(value: bool) -> None:
 def _root(
     ctx: typer.Context,
     home: HomeOpt = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", help="Show tracebacks on errors (before or after the command)."),
+    ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,

@@ -8,18 +8,21 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
+from rich.table import Column, Table
+from rich.text import Text
 
 from hpatool.engine.distributed import env_rank
 
@@ -38,9 +41,13 @@ class _Console(Console):
 
 
 def out() -> Console:
-    """A console on the current stdout (looked up per call, so test runners can capture it)."""
+    """A console on the current stdout (looked up per call, so test runners can capture it).
+    On a terminal long lines wrap between words (the terminal itself would cut words in two);
+    piped, they stay whole."""
     console = _Console(file=sys.stdout, highlight=False, soft_wrap=True)
-    if not console.is_terminal and console.width < _MIN_WIDTH:
+    if console.is_terminal:
+        console.soft_wrap = False
+    elif console.width < _MIN_WIDTH:
         console.width = _MIN_WIDTH  # don't fold tables into 80 columns when piped
     return console
 
@@ -69,14 +76,25 @@ def print_json(doc: Any) -> None:
 
 class Bar:
     """A live progress bar: call it as a ``progress(done, total)`` callback, or ``update`` it
-    with a new description or stats text as well."""
+    with a new description or stats text as well; ``print`` a line above it."""
 
-    def __init__(self, progress: Progress, task: TaskID) -> None:
+    def __init__(self, progress: Progress, task: TaskID, *, live: bool = False) -> None:
         self._progress = progress
         self._task = task
+        self._live = live
 
     def __call__(self, done: int, total: int) -> None:
         self._progress.update(self._task, completed=done, total=total)
+
+    def print(self, renderable: RenderableType) -> None:
+        """Print a line while the bar is live: through the bar's console (rich draws the bar
+        again below the line, which stays whole) when the bar is drawn and stdout is a
+        terminal; otherwise on stdout, as ``out().print`` does."""
+        stdout = out()
+        if self._live and stdout.is_terminal:
+            self._progress.console.print(renderable, highlight=False)
+        else:
+            stdout.print(renderable)
 
     def update(
         self,
@@ -98,26 +116,68 @@ class Bar:
         self._progress.update(self._task, **fields)
 
 
+class _StatsColumn(ProgressColumn):
+    """The free stats text: the one column that gives way (cut with an ellipsis) when the
+    line is too long, so that the counts and the ETA stay whole."""
+
+    def __init__(self) -> None:
+        super().__init__(table_column=Column(no_wrap=False, overflow="ellipsis"))
+
+    def render(self, task: Task) -> Text:
+        text = Text.from_markup(str(task.fields.get("stats", "")))
+        text.no_wrap = True
+        text.overflow = "ellipsis"
+        return text
+
+
+#: Below this console width the bar drops its percentage and elapsed-time columns.
+_WIDE = 120
+
+
+def _columns(unit: str, width: int, compact: bool) -> list[Any]:
+    """The bar's columns for a console ``width`` columns wide: the counts and the ETA never
+    wrap; the stats text is cut first."""
+    keep = Column(no_wrap=True)
+    bar_width = max(8, min(40, width // (10 if compact or width < _WIDE else 6)))
+    columns: list[Any] = [
+        TextColumn("[bold]{task.description}", table_column=keep),
+        BarColumn(bar_width=bar_width),
+        MofNCompleteColumn(table_column=Column(no_wrap=True)),
+        TextColumn(unit, table_column=Column(no_wrap=True)),
+        _StatsColumn(),
+    ]
+    if not compact and width >= _WIDE:
+        columns += [
+            TaskProgressColumn(table_column=Column(no_wrap=True)),
+            TimeElapsedColumn(table_column=Column(no_wrap=True)),
+        ]
+    columns += [
+        TextColumn("eta", table_column=Column(no_wrap=True)),
+        TimeRemainingColumn(compact=compact, table_column=Column(no_wrap=True)),
+    ]
+    return columns
+
+
 @contextlib.contextmanager
 def progress_bar(
-    description: str, unit: str = "samples", *, enabled: bool = True, compact: bool = False
+    description: str,
+    unit: str = "samples",
+    *,
+    enabled: bool = True,
+    compact: bool = False,
+    console: Console | None = None,
 ) -> Iterator[Bar]:
-    """The one progress bar of hpatool, on stderr, drawn only on a terminal (piped output and
-    test runners stay clean): description, bar, ``done/total unit``, a free ``stats`` text set
-    through ``Bar.update``, elapsed time and ETA. ``compact`` keeps it short (a narrow bar and
-    no elapsed time) for rows that carry a long stats text."""
-    console = err()
-    columns: list[Any] = [
-        TextColumn("[bold]{task.description}"),
-        BarColumn(bar_width=12 if compact else None),
-        MofNCompleteColumn(),
-        TextColumn(unit),
-        TextColumn("{task.fields[stats]}"),
-    ]
-    if not compact:
-        columns += [TaskProgressColumn(), TimeElapsedColumn()]
-    columns += [TextColumn("eta"), TimeRemainingColumn(compact=compact)]
-    bar = Progress(*columns, console=console, disable=not (enabled and console.is_terminal))
+    """The one progress bar of hpatool, on stderr (or ``console``), drawn only on a terminal
+    (piped output and test runners stay clean): description, bar, ``done/total unit``, a free
+    ``stats`` text set through ``Bar.update``, and the ETA; on a console at least 120 columns
+    wide also the percentage and the elapsed time. At 80 columns the counts and the ETA stay
+    whole (the stats text is cut first). ``compact`` keeps the bar narrow and the ETA short for
+    rows that carry a long stats text. Lines printed while it is live go through
+    ``Bar.print``."""
+    console = console if console is not None else err()
+    live = enabled and console.is_terminal
+    columns = _columns(unit, console.width, compact)
+    bar = Progress(*columns, console=console, disable=not live)
     task = bar.add_task(description, total=None, stats="")
     with bar:
-        yield Bar(bar, task)
+        yield Bar(bar, task, live=live)

@@ -27,7 +27,8 @@ def add(
         Path | None,
         typer.Option(
             "--labels",
-            help="Label CSV with an Id column and optional Target column.",
+            help="Label CSV with an Id column and optional Target column (names matched "
+            "case-insensitively).",
             show_default=False,
         ),
     ] = None,
@@ -53,16 +54,29 @@ def add(
 
     Example: hpatool datasets add kaggle-train --labels train.csv --root train/
     """
-    from hpatool.catalog import add_dataset
-    from hpatool.cli._console import out
+    from hpatool.catalog import register_dataset
+    from hpatool.cli._console import err, out
 
     with open_registry(home) as reg:
-        rec = add_dataset(reg, name, labels=labels, root=root, kind=kind)
+        added = register_dataset(reg, name, labels=labels, root=root, kind=kind)
+    rec = added.record
     images = str(rec.root) if rec.root else "none yet (labels only)"
     out().print(
         f"Registered [bold]{rec.name}[/] ({rec.kind}): {rec.samples:,} samples, "
         f"{rec.labelled:,} labelled; images: {images}"
     )
+    if added.id_column is not None:
+        target = repr(added.target_column) if added.target_column else "none (unlabelled)"
+        if added.predictions_column:
+            target = (
+                f"none (unlabelled; {added.predictions_column!r} holds a submission's "
+                "predictions, not labels)"
+            )
+        out().print(
+            f"Columns used: Id {added.id_column!r}, Target {target}", markup=False, soft_wrap=True
+        )
+    if added.label_hint:
+        err().print(f"warning: {added.label_hint}", markup=False, soft_wrap=True)
 
 
 @app.command("list")

@@ -104,15 +104,20 @@ def _download_bar() -> Iterator[DownloadProgressFn]:
     with progress_bar("download", unit="samples", compact=True) as bar:
 
         def update(p: DownloadProgress) -> None:
-            secs = max(p.elapsed_s, 1e-9)
-            failed = f"[red]{p.samples_failed:,} failed[/]" if p.samples_failed else "0 failed"
-            stats = (
-                f"· {p.files_done / secs:,.0f} files/s · {p.bytes / 1e6 / secs:,.1f} MB/s · "
-                f"{p.retries:,} retries · {failed} ·"
-            )
-            bar.update(p.samples_done + p.samples_failed, p.samples_total, stats=stats)
+            bar.update(p.samples_done + p.samples_failed, p.samples_total, stats=_stats(p))
 
         yield update
+
+
+def _stats(p: DownloadProgress) -> str:
+    """The bar's stats: files/s and MB/s as the summary counts them (files downloaded, since
+    the download began), then retries and failures (when there are any)."""
+    parts = [f"{p.files_per_s:,.0f} files/s", f"{p.mb_per_s:,.1f} MB/s"]
+    if p.retries:
+        parts.append(f"{p.retries:,} retries")
+    if p.samples_failed:
+        parts.append(f"[red]{p.samples_failed:,} failed[/]")
+    return " · ".join(parts)
 
 
 def download_external(

@@ -88,8 +88,8 @@ def evaluate(
         return
     where = report.dataset + (f" fold {report.fold}" if report.fold is not None else "")
     table = Table(
-        title=f"{where}: {report.samples:,} images, {report.agg} of {report.crops} "
-        f"crops of {report.crop}px, thresholds {report.threshold}"
+        title=f"{where}: {report.samples:,} images, {report.scoring_text}, "
+        f"thresholds {report.threshold}"
     )
     for col in ("#", "class", "precision", "recall", "F1", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")

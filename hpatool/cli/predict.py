@@ -94,8 +94,8 @@ def predict(
         return
     console = console_out()
     console.print(
-        f"Scored {result.scored:,} images of {result.dataset} ({result.agg} of {result.crops} "
-        f"crops of {result.crop}px) with {result.checkpoint}"
+        f"Scored {result.scored:,} images of {result.dataset} ({result.scoring_text}) "
+        f"with {result.checkpoint}"
     )
     console.print(
         f"Submission: {result.submission}"

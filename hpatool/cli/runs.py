@@ -1,4 +1,4 @@
-"""``hpatool runs list`` and ``hpatool runs show``: the training runs of the registry."""
+"""``hpatool runs list``, ``runs show`` and ``runs remove``: the training runs of the registry."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
 
 app = typer.Typer(
-    help="List and show training runs.\n\nExample: hpatool runs list", no_args_is_help=True
+    help="List, show and remove training runs.\n\nExample: hpatool runs list", no_args_is_help=True
 )
 
 
@@ -107,3 +107,45 @@ def runs_show(
     for key, path in files.items():
         table.add_row(f"file: {key}", path)
     out().print(table)
+
+
+@app.command("remove")
+def runs_remove(
+    run: Annotated[str, typer.Argument(help="Run name.", show_default=False)],
+    files: Annotated[
+        bool,
+        typer.Option(
+            "--files",
+            help="Also delete the run's files (config.json, checkpoints, metrics, curves) and "
+            "its folder when nothing else is left in it.",
+        ),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Remove a run marked running although its process cannot be seen to be gone "
+            "(it ran on another host); one whose process is gone on this host needs no --force.",
+        ),
+    ] = False,
+    home: HomeOpt = None,
+) -> None:
+    """Remove a training run from the registry, and with --files its run files.
+
+    Example: hpatool runs remove resnet50-f0-20240101-120000 --files
+    """
+    from hpatool.cli._console import out
+    from hpatool.engine.run_admin import remove_run
+
+    with open_registry(home) as reg:
+        removed = remove_run(reg, run, files=files, force=force)
+    if not files:
+        out().print(f"Removed run {removed.name}; its files stay in {removed.out_dir}")
+    elif removed.folder_removed:
+        out().print(f"Removed run {removed.name} and its folder {removed.out_dir}")
+    else:
+        kept = f"; kept {len(removed.kept)} other entries" if removed.kept else ""
+        out().print(
+            f"Removed run {removed.name} and {len(removed.deleted)} of its files in "
+            f"{removed.out_dir}{kept}"
+        )

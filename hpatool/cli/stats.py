@@ -34,21 +34,35 @@ def stats(
 ) -> None:
     """Label statistics: class counts and shares side by side, labels per sample, label pairs.
 
-    Classes under 1% of the labelled samples are highlighted as rare.
+    Classes under 1% of the labelled samples are highlighted as rare. A dataset without
+    labels (a test set) has nothing to count: it is left out, with a note.
 
     Example: hpatool stats kaggle-train hpa-v18 --plot classes.png
     """
     from hpatool.cli._console import out, print_json
-    from hpatool.stats import stats_json, stats_report
+    from hpatool.stats import nothing_to_count, stats_json, stats_report
 
     with open_registry(home) as reg:
         all_stats = stats_report(reg, names, plot=plot)
     if json_:
         print_json(stats_json(all_stats))
         return
-    _print_class_counts(all_stats)
-    _print_labels_per_sample(all_stats)
-    _print_pairs(all_stats, top_pairs)
+    labelled = [s for s in all_stats if s.has_labels]
+    if not labelled:
+        for s in all_stats:
+            out().print(nothing_to_count(s.name), markup=False, soft_wrap=True)
+        return
+    _print_class_counts(labelled)
+    _print_labels_per_sample(labelled)
+    _print_pairs(labelled, top_pairs)
+    for s in all_stats:
+        if not s.has_labels:
+            out().print(
+                f"note: dataset {s.name!r} has no labels (a test set): left out of the tables"
+                + (" and the plot" if plot is not None else ""),
+                markup=False,
+                soft_wrap=True,
+            )
     if plot is not None:
         out().print(f"Plot written to {plot.expanduser()}")
 

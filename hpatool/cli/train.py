@@ -207,6 +207,18 @@ LimitOpt = Annotated[
     ),
 ]
 
+CheckpointEveryOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--checkpoint-every",
+        help="Also save checkpoint-last.pt every N optimizer steps within an epoch (none: "
+        "only at epoch ends), so a killed run loses at most N steps on --resume "
+        f"{_default('checkpoint_every')}.",
+        min=1,
+        show_default=False,
+    ),
+]
+
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(
@@ -240,6 +252,7 @@ def train(
     seed: SeedOpt = None,
     max_steps: MaxStepsOpt = None,
     limit: LimitOpt = None,
+    checkpoint_every: CheckpointEveryOpt = None,
     config: ConfigOpt = None,
     json_: JsonOpt = False,
     home: HomeOpt = None,
@@ -274,7 +287,7 @@ def train(
 @contextlib.contextmanager
 def _train_progress(enabled: bool) -> Iterator[ProgressCallback]:
     """A progress bar on stderr (steps, loss, images/s, ETA) + one stdout line per epoch."""
-    from hpatool.cli._console import out, progress_bar
+    from hpatool.cli._console import progress_bar
 
     with progress_bar("train", "steps", enabled=enabled) as bar:
 
@@ -284,7 +297,7 @@ def _train_progress(enabled: bool) -> Iterator[ProgressCallback]:
             if event.kind == "start":
                 info = event.info
                 resumed = " (resumed)" if info.get("resumed") else ""
-                out().print(
+                bar.print(
                     f"Run [bold]{event.name}[/]{resumed}: {info['train_samples']:,} training, "
                     f"{info['val_samples']:,} validation samples on {info['device']}"
                     + (f" x{info['world_size']}" if info["world_size"] > 1 else "")
@@ -303,7 +316,7 @@ def _train_progress(enabled: bool) -> Iterator[ProgressCallback]:
                 bar.update(description=f"epoch {event.epoch}/{event.epochs} validating")
             elif event.kind == "epoch" and event.metrics is not None:
                 bar.update(description=f"epoch {event.epoch}/{event.epochs} done")
-                out().print(_epoch_line(event))
+                bar.print(_epoch_line(event))
 
         yield callback
 
@@ -336,10 +349,27 @@ def _print_result(result: FitResult, json_: bool) -> None:
             }
         )
         return
-    best = (
-        f"{result.best_f1:.4f} (epoch {result.best_epoch})" if result.best_f1 is not None else "-"
-    )
-    out().print(
+    out().print(_result_line(result))
+
+
+def _result_line(result: FitResult) -> str:
+    """``Run NAME done: N epochs, ...``; a run stopped inside its first epoch says so, and
+    that its best F1 is that of the partial epoch."""
+    if result.epochs_done == 0 and result.steps > 0:
+        best = (
+            f"best tuned macro F1 {result.best_f1:.4f} on the partial epoch {result.best_epoch}"
+            if result.best_f1 is not None
+            else "no validation yet"
+        )
+        return (
+            f"Run [bold]{result.name}[/] {result.status} after {result.steps:,} steps in epoch 1 "
+            f"(no full epoch yet); {best}. Files in {result.run_dir}"
+        )
+    best = "-"
+    if result.best_f1 is not None:
+        partial = " partial" if (result.best_epoch or 0) > result.epochs_done else ""
+        best = f"{result.best_f1:.4f} (epoch {result.best_epoch}{partial})"
+    return (
         f"Run [bold]{result.name}[/] {result.status}: {result.epochs_done} epochs, "
         f"{result.steps:,} steps, best tuned macro F1 {best}. Files in {result.run_dir}"
     )

@@ -72,21 +72,26 @@ def deferred_interrupts() -> Iterator[list[int]]:
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM stops the work as cleanly as Ctrl-C does (exit 143)."""
+def sigterm_as_interrupt(*, hangup: bool = False) -> Iterator[None]:
+    """Within the block, SIGTERM stops the work as cleanly as Ctrl-C does (exit 143); with
+    ``hangup``, so does SIGHUP, a closed terminal (exit 129)."""
 
     def handler(signum: int, frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            raise Interrupted("hung up", exit_code=129)
         raise Interrupted("terminated", exit_code=143)
 
+    signals = [signal.SIGTERM, *([signal.SIGHUP] if hangup else [])]
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = {sig: signal.signal(sig, handler) for sig in signals}
     except ValueError:  # not the main thread
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 # --------------------------------------------------------------------------- the pool

@@ -32,6 +32,39 @@ from hpatool.labels import NUM_CLASSES, to_multihot
 from hpatool.registry import Registry
 
 
+class WorkersCapped(UserWarning):
+    """``--workers`` asked for more DataLoader workers than there are CPUs to run them."""
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, as torch's DataLoader counts them)."""
+    import os
+
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def loader_workers(requested: int) -> int:
+    """The DataLoader workers to start for ``--workers requested``: at most one per usable CPU.
+
+    More would only slow loading down (torch warns once per loader); a cut is reported once,
+    as a ``WorkersCapped`` warning (the CLI shows it as one ``warning:`` line).
+    """
+    import warnings
+
+    cpus = usable_cpus()
+    if requested <= cpus:
+        return requested
+    warnings.warn(
+        f"--workers {requested} is more than the {cpus} CPUs this process can use; "
+        f"using {cpus} DataLoader workers",
+        WorkersCapped,
+        stacklevel=2,
+    )
+    return cpus
+
+
 @dataclass(frozen=True)
 class Item:
     """One labelled sample: where its images are and its classes."""

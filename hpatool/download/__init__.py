@@ -177,6 +177,7 @@ def _download(
         files_total=sum(p.files for p in plans.values()),
         counters=counters,
         progress=progress,
+        started=started,
     )
     tracker.report()
     interrupted = None

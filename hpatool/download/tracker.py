@@ -32,7 +32,17 @@ class DownloadProgress:
     bytes: int
     requests: int
     retries: int
-    elapsed_s: float
+    elapsed_s: float  # since the download began (as the summary's elapsed_s)
+    files_fetched: int = 0  # downloaded (not converted from raw on disk, not failed)
+
+    @property
+    def files_per_s(self) -> float:
+        """Files downloaded per second so far: the summary's definition of files/s."""
+        return self.files_fetched / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
 DownloadProgressFn = Callable[[DownloadProgress], None]
@@ -62,6 +72,8 @@ class Tracker:
     files_total: int
     counters: Counters
     progress: DownloadProgressFn | None
+    #: ``time.perf_counter()`` when the download began: pass the summary's start, so that the
+    #: bar's rates and the summary's agree
     started: float = field(default_factory=time.perf_counter)
     completed: int = 0
     failed_samples: int = 0
@@ -130,5 +142,6 @@ class Tracker:
                 requests=self.counters.requests,
                 retries=self.counters.retries,
                 elapsed_s=time.perf_counter() - self.started,
+                files_fetched=self.files_fetched,
             )
         )

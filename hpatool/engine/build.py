@@ -20,6 +20,7 @@ from hpatool.data.samples import (
     HpaDataset,
     TrainValItems,
     check_crop,
+    loader_workers,
     targets_array,
     train_val_items,
 )
@@ -86,11 +87,12 @@ def build_data(
             f"--batch-size {config.batch_size} is larger than the {sampler.per_rank} training "
             f"samples per process; use --batch-size {max(1, sampler.per_rank)} or less"
         )
+    workers = loader_workers(config.workers)  # one warning, not torch's one per loader
     loader_kw: dict[str, Any] = {
         "batch_size": config.batch_size,
-        "num_workers": config.workers,
+        "num_workers": workers,
         "pin_memory": device.type == "cuda",
-        "persistent_workers": config.workers > 0,
+        "persistent_workers": workers > 0,
     }
     train_loader = DataLoader(
         HpaDataset(parts.train, config.crop),

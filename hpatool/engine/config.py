@@ -63,6 +63,7 @@ class TrainConfig:
     seed: int = 0
     max_steps: int | None = None
     limit: int | None = None
+    checkpoint_every: int | None = None  # steps; None = checkpoint-last.pt at epoch ends only
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,6 +90,7 @@ class TrainConfig:
         _at_least(self, "seed", 0, "use a non-negative integer")
         _at_least(self, "max_steps", 1, "use at least 1")
         _at_least(self, "limit", 1, "use at least 1")
+        _at_least(self, "checkpoint_every", 1, "use at least 1 step")
         if self.pretrained is not None and not Path(self.pretrained).expanduser().is_file():
             raise NotFound(
                 f"--pretrained {self.pretrained}: no such file; give a local state dict or 'none'"

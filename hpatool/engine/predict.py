@@ -34,7 +34,14 @@ from hpatool.engine.predict_files import (
     write_probabilities,
     write_submission,
 )
-from hpatool.engine.scoring import ScoreItem, Scores, decide_labels, resolve_crop, score
+from hpatool.engine.scoring import (
+    ScoreItem,
+    Scores,
+    decide_labels,
+    resolve_crop,
+    score,
+    windows_text,
+)
 from hpatool.errors import Interrupted, NotFound, UsageError, WorkFailed
 from hpatool.labels import NUM_CLASSES
 from hpatool.outputs import Inputs, check_figure
@@ -47,6 +54,7 @@ from hpatool.registry import Registry, Sample
 class _Scored:
     scores: Scores
     crop: int
+    windows: int  # windows scored per image: ``crops``, or 1 if the crop is the image
     thresholds: np.ndarray
     source: ModelSource
     is_main: bool
@@ -79,7 +87,7 @@ def _score_dataset(
         # channels_last is faster on CUDA and, through oneDNN, on the CPU too (resnet50 at 256:
         # 7.6-7.9 vs 6.4-6.6 crops/s on the 2-core development machine).
         model = model.to(memory_format=torch.channels_last)
-        crop = resolve_crop(config.crop_size, spec.crop, items, str(config.dataset))
+        crop, whole_image = resolve_crop(config.crop_size, spec.crop, items, str(config.dataset))
         local = score(
             model,
             items,
@@ -100,7 +108,8 @@ def _score_dataset(
         merged = Scores()
         for part in ctx.gather(local):
             merged.update(part)
-        return _Scored(merged, crop, thresholds, source, ctx.is_main)
+        windows = 1 if whole_image else config.crops
+        return _Scored(merged, crop, windows, thresholds, source, ctx.is_main)
     finally:
         ctx.destroy()
 
@@ -151,6 +160,11 @@ class PredictResult:
     agg: str
     label_counts: dict[int, int]
     is_main: bool = True
+    windows: int = 0  # windows scored per image: ``crops``, or 1 if the crop is the image
+
+    @property
+    def scoring_text(self) -> str:  # ``max of 8 crops of 256px`` or ``1 window of 512px ...``
+        return windows_text(self.agg, self.crops, self.crop, self.windows)
 
 
 def predict(
@@ -187,6 +201,7 @@ def predict(
         agg=config.agg,
         label_counts={},
         is_main=scored.is_main,
+        windows=scored.windows,
     )
     if scored.is_main:
         _write_predictions(result, items, scored, config.min_labels, out, probs_out)
@@ -262,6 +277,11 @@ class EvaluationReport:
     y_pred: np.ndarray | None = None
     probs: np.ndarray | None = None
     plot: Path | None = None  # the per-class F1 chart, if one was asked for
+    windows: int = 0  # windows scored per image: ``crops``, or 1 if the crop is the image
+
+    @property
+    def scoring_text(self) -> str:  # ``max of 8 crops of 256px`` or ``1 window of 512px ...``
+        return windows_text(self.agg, self.crops, self.crop, self.windows)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -325,6 +345,7 @@ def evaluate_run(
         y_true=y_true,
         y_pred=y_pred,
         probs=probs,
+        windows=scored.windows,
     )
     if plot is not None and report.is_main:
         report.plot = plot_f1([report], plot)
@@ -375,7 +396,6 @@ def plot_f1(reports: Sequence[EvaluationReport], path: Path) -> Path:
     first = reports[0]
     where = f" fold {first.fold}" if first.fold is not None else ""
     series = [
-        (f"{r.agg} of {r.crops} crops: macro F1 {r.macro_f1:.3f}", [c.f1 for c in r.classes])
-        for r in reports
+        (f"{r.scoring_text}: macro F1 {r.macro_f1:.3f}", [c.f1 for c in r.classes]) for r in reports
     ]
     return draw(series, f"Per-class F1 on {first.dataset}{where}", path)

@@ -4,7 +4,7 @@ continues, with the rules that refuse a resume that would change what the run is
 dataset, fold, crop...), a checkpoint that is another run's, and a validation fold that changed
 since the run started. ``register_run`` records the run once every check has passed; the run's
 folder is checked as an output (``hpatool.outputs``) first. A run that stops early (Ctrl-C,
-SIGTERM, a full disk) ends with a line that says how to go on (``stop_error``).
+SIGTERM, SIGHUP, a full disk) ends with a line that says how to go on (``stop_error``).
 
 Options given on the command line or in a ``--config`` file take part in these rules alike; the
 options not given come from the run's saved ones (see ``engine.config.train_config``).
@@ -22,6 +22,7 @@ from hpatool.data.samples import TrainValItems
 from hpatool.engine import checkpoint as ckpt_mod
 from hpatool.engine.config import IDENTITY_KEYS, TrainConfig, flag, train_config
 from hpatool.engine.distributed import DistContext
+from hpatool.engine.run_admin import process_gone, process_info
 from hpatool.engine.run_dir import LAST, RUN_FILES, RunDir
 from hpatool.errors import AlreadyExists, DataError, HpaToolError, Interrupted, UsageError
 from hpatool.models import resolve_arch
@@ -163,30 +164,34 @@ def check_same_split(target: RunTarget, parts: TrainValItems) -> None:
 
 
 def is_stale_run(reg: Registry, name: str) -> bool:
-    """A run that failed or was interrupted before its first checkpoint: nothing to resume,
-    so a new run may take its name (the old row is replaced when the new one registers)."""
+    """A run that failed, was interrupted or whose process is gone (``run_admin.process_gone``)
+    before its first checkpoint: nothing to resume, so a new run may take its name (the old row
+    is replaced when the new one registers)."""
     record = reg.run(name)
-    return record.status in ("failed", "interrupted") and not (record.out_dir / LAST).exists()
+    ended = record.status in ("failed", "interrupted") or process_gone(record)
+    return ended and not (record.out_dir / LAST).exists()
 
 
 def register_run(
     reg: Registry, target: RunTarget, resolved: dict[str, Any], ctx: DistContext
 ) -> None:
     """Once every rank has passed its checks, rank 0 registers the run (or marks a resumed one
-    running) and writes its ``config.json``: one unit of work, so a failure leaves neither."""
+    running) and writes its ``config.json``: one unit of work, so a failure leaves neither. The
+    registry's copy of the configuration also names the process (``run_admin.process_info``)."""
     ctx.barrier()
     if ctx.is_main:
         name = target.name
+        stored = {**resolved, "process": process_info()}
         with reg.transaction():
             if target.resumed and reg.has_run(name):
-                reg.update_run(name, status="running", config=resolved)
+                reg.update_run(name, status="running", config=stored)
             else:  # a new run, a resumed run missing from this registry, or a stale one replaced
                 reg.create_run(
                     name,
                     arch=target.config.arch,
                     datasets=target.config.datasets,
                     fold=target.config.fold,
-                    config=resolved,
+                    config=stored,
                     out_dir=target.run_dir.path,
                     replace=not target.resumed and reg.has_run(name) and is_stale_run(reg, name),
                 )
@@ -202,13 +207,18 @@ def resume_advice(target: RunTarget) -> str:
     return f"start run {target.name!r} again with the same command (no epoch of it was saved)"
 
 
+#: What stopped a run, by exit code (Ctrl-C, 130, is "interrupted").
+_STOP_REASONS = {143: "terminated (SIGTERM)", 129: "hung up (SIGHUP)"}
+
+
 def stop_error(exc: BaseException, target: RunTarget) -> HpaToolError | None:
     """The one-line error for a run stopped by ``exc`` that says how to go on: Ctrl-C (exit
-    130), SIGTERM (143) or a full disk; ``None`` for any other failure."""
+    130), SIGTERM (143), SIGHUP (129, a closed terminal) or a full disk; ``None`` for any other
+    failure."""
     advice = resume_advice(target)
     if isinstance(exc, KeyboardInterrupt | Interrupted):
         code = exc.exit_code if isinstance(exc, Interrupted) else 130
-        why = "terminated (SIGTERM)" if code == 143 else "interrupted"
+        why = _STOP_REASONS.get(code, "interrupted")
         return Interrupted(f"{why}: run {target.name!r} stopped; {advice}", code)
     if isinstance(exc, DiskFull):
         return exc.with_advice(advice)

@@ -51,12 +51,21 @@ def crop_windows(
     return [(int(t), int(left)) for t, left in zip(tops, lefts, strict=True)]
 
 
+def windows_text(agg: str, crops: int, crop: int, windows: int) -> str:
+    """How images are scored, in words: ``max of 8 crops of 256px``, or ``1 window of 512px
+    (the whole image)`` when the crop fills the image (``windows`` is 1: nothing to aggregate)."""
+    if windows == 1:
+        return f"1 window of {crop}px (the whole image)"
+    return f"{agg} of {crops} crops of {crop}px"
+
+
 def resolve_crop(
     crop_size: int | None, trained_crop: int, items: Sequence[ScoreItem], dataset: str
-) -> int:
+) -> tuple[int, bool]:
     """The crop size (``--crop-size``, else the run's training crop), checked against the size
-    of the first image that can be read; unreadable images are left to the per-image failure
-    path, so one bad first file doesn't cost the partial submission."""
+    of the first image that can be read, and whether it is the whole image (then each image is
+    scored once, ``crop_windows``); unreadable images are left to the per-image failure path,
+    so one bad first file doesn't cost the partial submission."""
     from hpatool.data.samples import Item, image_size
 
     crop = crop_size if crop_size is not None else trained_crop
@@ -76,7 +85,7 @@ def resolve_crop(
                 f"{t.id!r}); use --crop-size {min(h, w)} or less (equal to the image size means "
                 "the whole image)"
             )
-        return crop
+        return crop, crop >= h and crop >= w
     raise DataError(
         f"none of the {len(items)} images of dataset {dataset!r} can be read "
         f"(first: {first_error}); run 'hpatool datasets verify {dataset}'"
@@ -185,6 +194,8 @@ def score(
     import torch
     from torch.utils.data import DataLoader, Subset
 
+    from hpatool.data.samples import loader_workers
+
     if agg not in AGGREGATIONS:
         raise UsageError(f"--agg {agg!r} is invalid; use max or mean")
     mine = rank_share(len(items), batch_size, rank, world_size)
@@ -192,7 +203,7 @@ def score(
         Subset(CropDataset(items, crop, crops, seed, mean, std), mine),  # type: ignore[arg-type]
         batch_size=batch_size,
         shuffle=False,
-        num_workers=workers,
+        num_workers=loader_workers(workers),
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
         persistent_workers=False,

@@ -10,16 +10,19 @@ The keys of a checkpoint (besides ``format`` and ``version``, see ``engine.check
 ``model``           the model's state dict (never DDP-wrapped)
 ``optimizer``       AdamW state dict; ``scheduler``: LambdaLR state; ``scaler``: GradScaler state
 ``epoch``           epochs completed; ``step``: optimizer steps done
-``step_in_epoch``   steps done in epoch ``epoch`` (> 0 only if stopped by ``--max-steps`` in the
-                    middle of an epoch; ``epoch_loss_sum`` then holds that epoch's loss sum so far)
+``step_in_epoch``   steps done in epoch ``epoch`` (> 0 only if stopped by ``--max-steps`` or saved
+                    by ``--checkpoint-every`` in the middle of an epoch; ``epoch_loss_sum`` then
+                    holds that epoch's loss sum so far)
 ``steps_per_epoch`` optimizer steps in a whole epoch
 ``rng``             torch / numpy / python (and CUDA) RNG states
 ``sampler``         the training sampler's state (seed, epoch, draw size, world size)
 ``config``          the resolved run configuration (a plain dict, as in ``config.json``)
 ``model_spec``      what prediction needs to rebuild the model and its inputs (``ModelSpec``)
 ``best_f1``         best tuned macro F1 so far; ``best_epoch``: its epoch
-``thresholds``      per-class thresholds tuned on this epoch's validation predictions
-``metrics``         this epoch's metrics row; ``history``: the rows of all epochs so far
+``thresholds``      per-class thresholds tuned on this epoch's validation predictions (``None``
+                    in a checkpoint saved in the middle of an epoch: not validated)
+``metrics``         this epoch's metrics row (``None`` in the middle of an epoch); ``history``:
+                    the rows of all epochs so far
 ==================  ==============================================================================
 """
 
@@ -85,10 +88,11 @@ class TrainState:
         objects: TrainObjects,
         config: dict[str, Any],
         *,
-        thresholds: Sequence[float],
-        metrics: dict[str, Any],
+        thresholds: Sequence[float] | None,
+        metrics: dict[str, Any] | None,
     ) -> dict[str, Any]:
-        """The checkpoint of this state; ``config`` is the run's resolved configuration."""
+        """The checkpoint of this state; ``config`` is the run's resolved configuration.
+        ``thresholds`` and ``metrics`` are ``None`` in the middle of an epoch (not validated)."""
         return {
             "arch": config["options"]["arch"],
             "timm_name": config["timm_name"],
@@ -107,7 +111,7 @@ class TrainState:
             "model_spec": copy.deepcopy(config["model_spec"]),
             "best_f1": self.best_f1,
             "best_epoch": self.best_epoch,
-            "thresholds": [float(t) for t in thresholds],
+            "thresholds": None if thresholds is None else [float(t) for t in thresholds],
             "metrics": metrics,
             "history": self.history,
         }

@@ -29,6 +29,7 @@ The engine never prints: progress goes to an optional callback receiving ``Train
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -110,6 +111,9 @@ def train_one_epoch(
     on_step: Callable[[int, float, float], None] | None = None,
     world_size: int = 1,
     initial_loss_sum: float = 0.0,
+    on_checkpoint: Callable[[int, float], None] | None = None,
+    checkpoint_every: int | None = None,
+    first_step: int = 0,
 ) -> EpochStats:
     """Train over ``loader`` (stopping after ``max_steps`` steps if given).
 
@@ -117,6 +121,8 @@ def train_one_epoch(
     10th on CUDA, where reading the loss synchronises with the GPU).
     ``initial_loss_sum`` continues the loss sum of an epoch resumed in its middle, so that the
     epoch's mean loss comes out exactly as if it had never stopped.
+    ``on_checkpoint(steps_done, epoch_loss_sum)`` is called after every step whose run-wide
+    number (``first_step`` + steps done) is a multiple of ``checkpoint_every``.
     """
     model.train()
     started = time.perf_counter()
@@ -138,6 +144,12 @@ def train_one_epoch(
         step_loss = loss.detach().to(torch.float64)
         total_loss += step_loss
         epoch_sum += step_loss
+        if (
+            on_checkpoint is not None
+            and checkpoint_every
+            and not (first_step + steps) % (checkpoint_every)
+        ):
+            on_checkpoint(steps, float(epoch_sum.item()))
         # reading the loss waits for the GPU: on CUDA only every 10th step
         if on_step is not None and (device.type != "cuda" or steps % 10 == 0):
             elapsed = time.perf_counter() - started
@@ -245,7 +257,7 @@ def fit(
     device = resolve_device(str(given.get("device") or "auto"), ctx)
     ctx.init(device)
     try:
-        with sigterm_as_interrupt(), Registry.open(home) as reg:
+        with sigterm_as_interrupt(hangup=True), Registry.open(home) as reg:
             target = resolve_run(given, resume, ctx, reg)
             data = build_data(target, reg, ctx, device)
             trainer = build_trainer(target.config, data, device, fresh=not target.resumed)
@@ -320,8 +332,8 @@ def announce(
 
 def train_epochs(run: _Run) -> str:
     """Train from the run's state to its last epoch or the step budget: ``done`` or
-    ``stopped``. The registry says ``failed`` (or ``interrupted``: Ctrl-C or SIGTERM) if it
-    raises; an interruption or a full disk says how to go on (``resume.stop_error``)."""
+    ``stopped``. The registry says ``failed`` (or ``interrupted``: Ctrl-C, SIGTERM or SIGHUP)
+    if it raises; an interruption or a full disk says how to go on (``resume.stop_error``)."""
     config, state = run.target.config, run.state
     status = "done"
     try:
@@ -367,6 +379,9 @@ def run_epoch(run: _Run, epoch: int) -> tuple[bool, bool]:
         on_step=run.events.step_callback(epoch, state.step, state.step_in_epoch),
         world_size=run.ctx.world_size,
         initial_loss_sum=state.epoch_loss_sum,
+        on_checkpoint=step_saver(run, epoch),
+        checkpoint_every=config.checkpoint_every,
+        first_step=state.step,
     )
     in_epoch = state.step_in_epoch + stats.steps
     run.events("validate", epoch + 1, state.step + stats.steps, step_in_epoch=in_epoch)
@@ -425,3 +440,31 @@ def save_epoch(run: _Run, row: dict[str, Any], thresholds: list[float], is_best:
     run.reg.update_run(
         run.target.name, best_f1=state.best_f1, best_epoch=state.best_epoch, epochs_done=state.epoch
     )
+
+
+def step_saver(run: _Run, epoch: int) -> Callable[[int, float], None] | None:
+    """Rank 0's ``--checkpoint-every`` saver for 0-based ``epoch``: ``checkpoint-last.pt`` of
+    the state after ``steps`` more steps of it (not validated: no thresholds, no metrics), from
+    which ``--resume`` continues exactly; ``None`` without the option or on other ranks. The
+    epoch's last step is left to ``save_epoch``."""
+    if run.target.config.checkpoint_every is None or not run.ctx.is_main:
+        return None
+    state = run.state
+
+    def save(steps: int, loss_sum: float) -> None:
+        in_epoch = state.step_in_epoch + steps
+        if in_epoch >= run.data.steps_per_epoch:
+            return
+        now = dataclasses.replace(
+            state,
+            epoch=epoch,
+            step=state.step + steps,
+            step_in_epoch=in_epoch,
+            epoch_loss_sum=loss_sum,
+        )
+        checkpoint = now.to_checkpoint(
+            run.trainer.objects, run.resolved, thresholds=None, metrics=None
+        )
+        save_checkpoint(run.target.run_dir.last, checkpoint)
+
+    return save

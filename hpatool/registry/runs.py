@@ -108,6 +108,12 @@ class RunQueries(RegistryConnection):
             )
         return self.run(name)
 
+    def delete_run(self, name: str) -> None:
+        """Remove run ``name``'s row (``NotFound`` if there is none)."""
+        with self.transaction() as conn:
+            self.run(name)
+            conn.execute("DELETE FROM runs WHERE name = ?", (name,))
+
     def update_run(self, name: str, **fields: Any) -> RunRecord:
         """Update some of ``config``, ``best_f1``, ``best_epoch``, ``epochs_done``, ``status``."""
         allowed = {"config", "best_f1", "best_epoch", "epochs_done", "status"}

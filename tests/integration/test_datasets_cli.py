@@ -172,7 +172,8 @@ BAD_CSVS = {
     "missing Id column": (
         "Image,Target\na1,0\n",
         "no 'Id' column (columns: 'Image', 'Target'); "
-        "the first line must be a header such as 'Id,Target'",
+        "the first line must be a header such as 'Id,Target'; "
+        "column 'Image' looks like the ids: rename it to Id",
     ),
     "malformed": (
         "Id,Target\na1,0,5\n",
@@ -402,3 +403,45 @@ def test_a_password_stored_by_an_older_hpatool_is_never_shown(
         assert "s3cret" not in res.output and "ann:***@example.org" in res.output
     res = cli("datasets", "list", "--json")
     assert res.exit_code == 0 and "s3cret" not in res.output
+
+
+def test_add_says_which_columns_were_used(cli: Invoke, tmp_path: Path) -> None:
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("ID,Label\na1,0 2\na2,5\n")
+    res = cli("datasets", "add", "x", "--labels", csv_path)
+    assert res.exit_code == 0, res.output
+    assert "Columns used: Id 'ID', Target none (unlabelled)" in res.stdout
+    assert res.stderr.startswith("warning: column 'Label' looks like labels")
+    assert "rename it to Target" in res.stderr and res.stderr.count("\n") == 1
+    csv_path.write_text("id,TARGET\na1,0 2\n")
+    res = cli("datasets", "add", "y", "--labels", csv_path)
+    assert "Columns used: Id 'id', Target 'TARGET'" in res.stdout and not res.stderr
+    assert "1 labelled" in res.stdout
+
+
+def test_add_without_id_column_names_the_likely_one(cli: Invoke, tmp_path: Path) -> None:
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("Image,Target\na1,0\n")
+    msg = one_line_error(cli("datasets", "add", "x", "--labels", csv_path), 1)
+    assert "no 'Id' column" in msg and "column 'Image' looks like the ids" in msg
+
+
+def test_stats_on_a_test_set_says_there_is_nothing_to_count(
+    submission_csv: Path, train_csv: Path, cli: Invoke, tmp_path: Path
+) -> None:
+    cli("datasets", "add", "test", "--labels", submission_csv)
+    res = cli("stats", "test")
+    assert res.exit_code == 0, res.output
+    assert res.stdout == "dataset 'test' has no labels (a test set): nothing to count\n"
+    plot = tmp_path / "c.png"
+    msg = one_line_error(cli("stats", "test", "--plot", plot), 1)
+    assert msg == "error: dataset 'test' has no labels (a test set): nothing to count"
+    assert not plot.exists()
+    cli("datasets", "add", "train", "--labels", train_csv)
+    res = cli("stats", "train", "test", "--plot", plot)
+    assert res.exit_code == 0, res.output
+    assert (
+        "note: dataset 'test' has no labels (a test set): left out of the tables and the plot"
+        in res.stdout
+    )
+    assert "test\ncount" not in res.stdout and "12,885" in res.stdout and plot.exists()

@@ -226,3 +226,47 @@ def test_pipe_path_is_refused(tmp_path: Path) -> None:
             load_label_csv(f"/dev/fd/{read_end}")
     finally:
         os.close(read_end)
+
+
+def test_columns_are_matched_case_insensitively(tmp_path: Path) -> None:
+    table = load_label_csv(write(tmp_path, "ID,target\na1,0 2\n"))
+    assert table.ids == ["a1"] and table.targets == [(0, 2)]
+    assert (table.id_column, table.target_column, table.label_like) == ("ID", "target", None)
+
+
+@pytest.mark.parametrize("column", ["Label", "Labels", "classes"])
+def test_a_label_like_column_is_named_not_used(tmp_path: Path, column: str) -> None:
+    table = load_label_csv(write(tmp_path, f"ID,{column}\na1,0 2\na2,5\n"))
+    assert table.targets == [None, None] and table.target_column is None
+    assert table.label_like == column
+    assert table.label_hint is not None and "rename it to Target" in table.label_hint
+
+
+def test_a_column_of_class_numbers_is_named(tmp_path: Path) -> None:
+    table = load_label_csv(write(tmp_path, "Id,Whatever,Note\na1,0 2,x\na2,5,y\n"))
+    assert table.label_like == "Whatever"
+
+
+def test_predicted_stays_unlabelled(submission_csv: Path) -> None:
+    table = load_label_csv(submission_csv)
+    assert not table.labelled and table.label_like == "Predicted"
+    assert table.predictions_column == "Predicted" and table.label_hint is None  # no warning
+
+
+def test_no_label_hint_without_such_a_column(tmp_path: Path) -> None:
+    table = load_label_csv(write(tmp_path, "Id,Note\na1,hello\n"))
+    assert table.label_like is None and table.label_hint is None
+
+
+@pytest.mark.parametrize("column", ["Image", "ImageId", "Sample"])
+def test_missing_id_column_names_the_likely_one(tmp_path: Path, column: str) -> None:
+    path = write(tmp_path, f"{column},Target\na1,0\n")
+    with pytest.raises(DataError, match=rf"column '{column}' looks like the ids: rename it to Id"):
+        load_label_csv(path)
+
+
+def test_missing_id_column_guessed_from_values(tmp_path: Path) -> None:
+    uuid = "00008af0-bad0-11e8-b2b8-ac1f6b6435d0"
+    path = write(tmp_path, f"Target,Key\n0,{uuid}\n")
+    with pytest.raises(DataError, match=r"column 'Key' looks like the ids"):
+        load_label_csv(path)
