@@ -28,8 +28,6 @@ The engine never prints: progress goes to an optional callback receiving ``Train
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -42,16 +40,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from hpatool.convert.pool import sigterm_as_interrupt
-from hpatool.engine.build import TrainData, Trainer, build_data, build_trainer, resolved_config
-from hpatool.engine.checkpoint import save_checkpoint
+from hpatool.engine.build import build_data, build_trainer, resolved_config
 from hpatool.engine.config import TrainConfig, given_train_options
 from hpatool.engine.distributed import DistContext, resolve_device
-from hpatool.engine.events import ProgressCallback, RunEvents
+from hpatool.engine.events import ProgressCallback
 from hpatool.engine.metrics import apply_thresholds, macro_f1, tune_thresholds
 from hpatool.engine.optim import LossFn
-from hpatool.engine.resume import RunTarget, register_run, resolve_run, stop_error
+from hpatool.engine.resume import register_run, resolve_run
 from hpatool.engine.state import TrainState
-from hpatool.errors import HpaToolError, Interrupted
 from hpatool.labels import NUM_CLASSES
 from hpatool.registry import Registry
 
@@ -252,6 +248,9 @@ def fit(
     ``resume``, the options not given come from the run's checkpoint. Returns a ``FitResult`` on
     every rank; only rank 0 writes files and the registry.
     """
+    # the epoch loop builds on train_one_epoch and validate above: imported here, not at the top
+    from hpatool.engine.epochs import EpochRun, announce, train_epochs
+
     given = given_train_options(options, config_file)
     ctx = DistContext.from_env()
     device = resolve_device(str(given.get("device") or "auto"), ctx)
@@ -274,7 +273,9 @@ def fit(
             resolved = resolved_config(target.config, data, trainer, ctx)
             register_run(reg, target, resolved, ctx)
             events = announce(target, data, trainer, state, ctx, progress)
-            status = train_epochs(_Run(target, data, trainer, state, resolved, reg, ctx, events))
+            status = train_epochs(
+                EpochRun(target, data, trainer, state, resolved, reg, ctx, events)
+            )
     finally:
         ctx.destroy()
     last = state.history[-1] if state.history else None
@@ -289,182 +290,3 @@ def fit(
         history=state.history,
         config=resolved,
     )
-
-
-@dataclass
-class _Run:
-    """Everything the epoch loop works with."""
-
-    target: RunTarget
-    data: TrainData
-    trainer: Trainer
-    state: TrainState
-    resolved: dict[str, Any]
-    reg: Registry
-    ctx: DistContext
-    events: RunEvents
-
-
-def announce(
-    target: RunTarget,
-    data: TrainData,
-    trainer: Trainer,
-    state: TrainState,
-    ctx: DistContext,
-    progress: ProgressCallback | None,
-) -> RunEvents:
-    """The run's ``RunEvents`` (silent on ranks other than 0), once it has sent ``start``."""
-    config, per_epoch = target.config, data.steps_per_epoch
-    total = config.epochs * per_epoch
-    budget = total if config.max_steps is None else min(total, config.max_steps)
-    listener = progress if ctx.is_main else None
-    events = RunEvents(listener, target.name, target.run_dir.path, config.epochs, budget, per_epoch)
-    info = {
-        "train_samples": len(data.parts.train),
-        "val_samples": len(data.parts.val),
-        "device": str(trainer.device),
-        "world_size": ctx.world_size,
-        "resumed": target.resumed,
-    }
-    events("start", state.epoch + 1, state.step, info=info)
-    return events
-
-
-def train_epochs(run: _Run) -> str:
-    """Train from the run's state to its last epoch or the step budget: ``done`` or
-    ``stopped``. The registry says ``failed`` (or ``interrupted``: Ctrl-C, SIGTERM or SIGHUP)
-    if it raises; an interruption or a full disk says how to go on (``resume.stop_error``)."""
-    config, state = run.target.config, run.state
-    status = "done"
-    try:
-        for epoch in range(state.epoch, config.epochs):
-            if config.max_steps is not None and state.step >= config.max_steps:
-                status = "stopped"
-                break
-            complete, budget_spent = run_epoch(run, epoch)
-            if not complete or (budget_spent and epoch + 1 < config.epochs):
-                status = "stopped"
-                break
-    except BaseException as exc:
-        interrupted = isinstance(exc, KeyboardInterrupt | Interrupted)
-        if run.ctx.is_main:
-            with contextlib.suppress(HpaToolError):
-                status = "interrupted" if interrupted else "failed"
-                run.reg.update_run(run.target.name, status=status)
-        stopped = stop_error(exc, run.target)
-        if stopped is not None:
-            raise stopped from None
-        raise
-    if run.ctx.is_main:
-        run.reg.update_run(run.target.name, status=status)
-    return status
-
-
-def run_epoch(run: _Run, epoch: int) -> tuple[bool, bool]:
-    """Train (the rest of) 0-based ``epoch``, validate, save: ``(epoch complete, the step
-    budget spent)``."""
-    config, state, trainer, objects = run.target.config, run.state, run.trainer, run.trainer.objects
-    objects.sampler.set_epoch(epoch, start=state.step_in_epoch * config.batch_size)
-    stats = train_one_epoch(
-        trainer.train_model,
-        trainer.loss_fn,
-        objects.optimizer,
-        objects.scheduler,
-        objects.scaler,
-        run.data.train_loader,
-        trainer.device,
-        amp_dtype=trainer.amp_dtype,
-        channels_last=trainer.channels_last,
-        max_steps=None if config.max_steps is None else config.max_steps - state.step,
-        on_step=run.events.step_callback(epoch, state.step, state.step_in_epoch),
-        world_size=run.ctx.world_size,
-        initial_loss_sum=state.epoch_loss_sum,
-        on_checkpoint=step_saver(run, epoch),
-        checkpoint_every=config.checkpoint_every,
-        first_step=state.step,
-    )
-    in_epoch = state.step_in_epoch + stats.steps
-    run.events("validate", epoch + 1, state.step + stats.steps, step_in_epoch=in_epoch)
-    result = validate(
-        objects.model,
-        trainer.loss_fn,
-        run.data.val_loader,
-        trainer.device,
-        amp_dtype=trainer.amp_dtype,
-        channels_last=trainer.channels_last,
-        ctx=run.ctx,
-        n_total=len(run.data.parts.val),
-    )
-    metrics = result.metrics()
-    thresholds = metrics.pop("thresholds")
-    row = {
-        "epoch": epoch + 1,
-        "step": state.step + stats.steps,
-        "partial": int(in_epoch < run.data.steps_per_epoch),
-        "train_loss": stats.loss_sum / max(1, in_epoch),
-        **metrics,
-        "lr": float(objects.scheduler.get_last_lr()[0]),
-        "images_per_s": stats.images_per_s,
-        "seconds": stats.seconds,
-    }
-    complete = state.finish_epoch(epoch, stats.steps, stats.loss_sum, run.data.steps_per_epoch)
-    is_best = state.record(row)
-    if run.ctx.is_main:
-        save_epoch(run, row, thresholds, is_best)
-    run.ctx.barrier()
-    run.events(
-        "epoch",
-        epoch + 1,
-        state.step,
-        step_in_epoch=in_epoch,
-        loss=row["train_loss"],
-        images_per_s=stats.images_per_s,
-        metrics=row,
-        best=is_best,
-    )
-    return complete, stats.stopped
-
-
-def save_epoch(run: _Run, row: dict[str, Any], thresholds: list[float], is_best: bool) -> None:
-    """Rank 0, after an epoch: the checkpoints, ``thresholds.json`` on a new best, the metrics
-    files, and the run's progress in the registry."""
-    state, run_dir = run.state, run.target.run_dir
-    checkpoint = state.to_checkpoint(
-        run.trainer.objects, run.resolved, thresholds=thresholds, metrics=row
-    )
-    save_checkpoint(run_dir.last, checkpoint)
-    if is_best:
-        save_checkpoint(run_dir.best, checkpoint)
-        run_dir.write_thresholds(thresholds, row, row["epoch"])
-    run_dir.write_history(state.history)
-    run.reg.update_run(
-        run.target.name, best_f1=state.best_f1, best_epoch=state.best_epoch, epochs_done=state.epoch
-    )
-
-
-def step_saver(run: _Run, epoch: int) -> Callable[[int, float], None] | None:
-    """Rank 0's ``--checkpoint-every`` saver for 0-based ``epoch``: ``checkpoint-last.pt`` of
-    the state after ``steps`` more steps of it (not validated: no thresholds, no metrics), from
-    which ``--resume`` continues exactly; ``None`` without the option or on other ranks. The
-    epoch's last step is left to ``save_epoch``."""
-    if run.target.config.checkpoint_every is None or not run.ctx.is_main:
-        return None
-    state = run.state
-
-    def save(steps: int, loss_sum: float) -> None:
-        in_epoch = state.step_in_epoch + steps
-        if in_epoch >= run.data.steps_per_epoch:
-            return
-        now = dataclasses.replace(
-            state,
-            epoch=epoch,
-            step=state.step + steps,
-            step_in_epoch=in_epoch,
-            epoch_loss_sum=loss_sum,
-        )
-        checkpoint = now.to_checkpoint(
-            run.trainer.objects, run.resolved, thresholds=None, metrics=None
-        )
-        save_checkpoint(run.target.run_dir.last, checkpoint)
-
-    return save

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-import hpatool.engine.train as train_mod
+import hpatool.engine.epochs as train_mod
 from hpatool.engine.checkpoint import load_checkpoint
 from hpatool.registry import Registry
 from tests.support import SIZE, TRAIN, Invoke, one_line_error, register, start_hpatool
