@@ -18,15 +18,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hpatool._io import atomic_path, describe_load_error
-from hpatool.engine.run_dir import (  # noqa: F401 - the run-folder file names, also read from here
-    BEST,
-    CONFIG_FILE,
-    CURVES_FILE,
-    LAST,
-    METRICS_FILE,
-    RUN_FILES,
-    THRESHOLDS_FILE,
-)
 from hpatool.errors import DataError, HpaToolError, NotFound
 
 if TYPE_CHECKING:

@@ -11,13 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from hpatool.engine import checkpoint as ckpt_mod
 from hpatool.engine.config import parse_threshold
+from hpatool.engine.run_dir import BEST, CONFIG_FILE, LAST, THRESHOLDS_FILE
 from hpatool.errors import DataError, NotFound, UsageError
 from hpatool.labels import NUM_CLASSES
 from hpatool.registry import Registry
-
-THRESHOLDS_FILE = ckpt_mod.THRESHOLDS_FILE
 
 
 @dataclass(frozen=True)
@@ -35,14 +33,14 @@ def resolve_source(reg: Registry, run: str | None, checkpoint: Path | None) -> M
         raise UsageError("give exactly one of --run RUN or --checkpoint PATH")
     if run is not None:
         record = reg.run(run)
-        for name in (ckpt_mod.BEST, ckpt_mod.LAST):
+        for name in (BEST, LAST):
             path = record.out_dir / name
             if path.is_file():
                 thresholds = record.out_dir / THRESHOLDS_FILE
                 return ModelSource(path, run, thresholds if thresholds.is_file() else None)
         raise NotFound(
-            f"run {run!r} has no checkpoint in {record.out_dir} (looked for {ckpt_mod.BEST} and "
-            f"{ckpt_mod.LAST}); train it first or pass --checkpoint PATH"
+            f"run {run!r} has no checkpoint in {record.out_dir} (looked for {BEST} and "
+            f"{LAST}); train it first or pass --checkpoint PATH"
         )
     assert checkpoint is not None
     if not checkpoint.is_file():
@@ -99,7 +97,7 @@ def validation_fold(
         datasets, fold = list(r.datasets), r.fold
     elif checkpoint is not None:
         try:
-            config_text = (checkpoint.parent / ckpt_mod.CONFIG_FILE).read_text("utf-8")
+            config_text = (checkpoint.parent / CONFIG_FILE).read_text("utf-8")
             options = json.loads(config_text)["options"]
             datasets, fold = list(options["datasets"]), options["fold"]
         except (OSError, ValueError, KeyError, TypeError):

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from hpatool._io import write_csv
-from hpatool.engine import checkpoint as ckpt_mod
 from hpatool.engine.config import PredictConfig
+from hpatool.engine.run_dir import RUN_FILES, THRESHOLDS_FILE
 from hpatool.errors import UsageError
 from hpatool.labels import NUM_CLASSES, format_target
 from hpatool.outputs import Inputs, check_output
@@ -70,9 +70,9 @@ def model_inputs(reg: Registry, config: PredictConfig) -> list[tuple[str | Path 
         checkpoint = Path(config.checkpoint).expanduser()
         return [
             (checkpoint, "the --checkpoint file"),
-            (checkpoint.parent / ckpt_mod.THRESHOLDS_FILE, "the checkpoint's thresholds file"),
+            (checkpoint.parent / THRESHOLDS_FILE, "the checkpoint's thresholds file"),
         ]
     if config.run is not None and reg.has_run(config.run):
         folder = reg.run(config.run).out_dir
-        return [(folder / name, f"a file of run {config.run!r}") for name in ckpt_mod.RUN_FILES]
+        return [(folder / name, f"a file of run {config.run!r}") for name in RUN_FILES]
     return []
