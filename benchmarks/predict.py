@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--crops", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=1, help="images per batched pass")
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     if args.arch is not None:
         bench(args)
@@ -54,12 +55,12 @@ SWEEP = [("resnet50", 256, 512, 6), ("resnet18", 128, 512, 12), ("resnet10t", 64
 
 def bench(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
-    model = create_model(args.arch).eval().to(memory_format=torch.channels_last)
+    device = torch.device(args.device)
+    model = create_model(args.arch).eval().to(device, memory_format=torch.channels_last)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "imgs"
         result = synth_dataset(root, samples=args.images, size=args.size, seed=0)
         items = [ScoreItem(i, root, sid) for i, sid in enumerate(result.ids)]
-        device = torch.device("cpu")
 
         def batched() -> dict[int, np.ndarray]:
             return score(
@@ -85,8 +86,10 @@ def bench(args: argparse.Namespace) -> None:
                     probs = []
                     for top, left in windows:
                         x = to_tensor(img[:, top : top + args.crop, left : left + args.crop])
-                        probs.append(torch.sigmoid(model(x.unsqueeze(0)))[0])
-                    out[t.index] = torch.stack(probs).max(dim=0).values.numpy()
+                        x = x.unsqueeze(0).to(device, memory_format=torch.channels_last)
+                        with torch.autocast(device.type, enabled=device.type == "cuda"):
+                            probs.append(torch.sigmoid(model(x).float())[0])
+                    out[t.index] = torch.stack(probs).max(dim=0).values.cpu().numpy()
             return out
 
         batched()  # warm-up, both shapes
@@ -94,15 +97,19 @@ def bench(args: argparse.Namespace) -> None:
         times = {"batched": [], "separate": []}
         for _ in range(args.repeat):
             for name, fn in (("separate", separate), ("batched", batched)):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
                 start = time.perf_counter()
                 fn()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
                 times[name].append(time.perf_counter() - start)
         a, b = batched(), separate()
         diff = max(float(np.abs(a[i] - b[i]).max()) for i in a)
     best = {k: min(v) for k, v in times.items()}
     print(
         f"{args.arch}, {args.images} images of {args.size}px, {args.crops} crops of "
-        f"{args.crop}px, torch threads {torch.get_num_threads()}"
+        f"{args.crop}px, torch threads {torch.get_num_threads()}, {device}"
     )
     for name in ("batched", "separate"):
         print(

@@ -8,9 +8,10 @@ training step loop of ``hpatool train`` (forward, BCE, backward, fused AdamW) tw
 
 - pipeline: ``HpaDataset`` (four PNG decodes, random crop, dihedral transform, normalisation)
   behind the run's ``WeightedEpochSampler`` and a ``DataLoader`` with ``--workers`` processes;
-- memory: the very same batches, prepared beforehand and held as tensors.
+- memory: the first batches of that pipeline, prepared beforehand and held as tensors.
 
-Each mode runs ``--repeats`` times ``--steps`` timed steps (after one warm-up step), the modes
+Each mode runs ``--repeats`` times ``--steps`` timed steps (after one warm-up step; with N
+workers after 1 + 2N, the batches the workers make at once before the steady state), the modes
 taking turns in a rotating order; reported are images/s from the median step time (robust to
 other processes briefly taking the CPU) and over all timed steps, and the ratio pipeline /
 memory. Target: the pipeline costs at most 10% (ratio >= 0.90) with ``--workers`` >= 2.
@@ -70,9 +71,10 @@ def run_steps(
     device: torch.device,
     amp: bool,
     channels_last: bool,
+    warmup: int = 1,
 ) -> tuple[list[float], list[float]]:
     """Wall and CPU seconds (this process, all threads) of each of ``steps`` training steps
-    (data wait included), after one warm-up step."""
+    (data wait included), after ``warmup`` untimed steps."""
     model.train()
     times: list[float] = []
     cpu: list[float] = []
@@ -91,11 +93,11 @@ def run_steps(
         if device.type == "cuda":
             torch.cuda.synchronize()
         now, now_cpu = time.perf_counter(), time.process_time()
-        if done > 0:  # the first step is warm-up
+        if done >= warmup:
             times.append(now - last)
             cpu.append(now_cpu - last_cpu)
         last, last_cpu = now, now_cpu
-        if done >= steps:
+        if done + 1 >= warmup + steps:
             break
     return times, cpu
 
@@ -133,8 +135,11 @@ def bench(
     for r in range(args.repeats):
         # rotate the order, so that no mode always runs first (or after another one)
         for key in order[r % len(order) :] + order[: r % len(order)]:
+            # every worker makes its first batches at once, while the first step runs: time
+            # the steps after those (up to prefetch_factor 2 per worker), the steady state
+            w = int(key.rsplit("=", 1)[1]) if key != "memory" else 0
             wall, used = run_steps(
-                model, optimizer, modes[key], args.steps, device, amp, channels_last
+                model, optimizer, modes[key], args.steps, device, amp, channels_last, 1 + 2 * w
             )
             times[key] += wall
             cpu[key] += used

@@ -14,7 +14,7 @@ from typing import Any
 from hpatool._io import ProgressFn, write_csv
 from hpatool.errors import DataError, NotFound, UsageError, WorkFailed
 from hpatool.ids import COLOURS, channel_path, id_problem
-from hpatool.labels import load_label_csv
+from hpatool.labels import format_target, load_label_csv
 from hpatool.outputs import check_output
 from hpatool.registry import KINDS, DatasetRecord, Registry, check_name
 
@@ -163,7 +163,114 @@ def describe_dataset(reg: Registry, name: str) -> dict[str, Any]:
             "sizes": [fold_sizes.count(k) for k in range(split["folds"])],
             "class_counts": fold_counts,
         }
+    duplicates = duplicate_summary(reg, name)
+    if duplicates is not None:
+        doc["duplicates"] = duplicates
     return doc
+
+
+def duplicate_summary(reg: Registry, name: str) -> dict[str, int] | None:
+    """What ``hpatool dedup`` found in dataset ``name`` (``None`` if it was never run on it):
+    clusters with two or more of its samples, the samples in them, and, if it is split, how
+    many of those clusters lie in one fold (``kept_together``) or across folds (split before
+    ``dedup``: run ``split`` again)."""
+    if not reg.dedup_done(name):
+        return None
+    members: dict[int, list[str]] = {}
+    for sample_id, cluster in reg.cluster_ids(name, [name]).items():
+        members.setdefault(cluster, []).append(sample_id)
+    clusters = [ids for ids in members.values() if len(ids) >= 2]
+    doc = {
+        "clusters": len(clusters),
+        "samples_in_clusters": sum(len(ids) for ids in clusters),
+        # samples with a duplicate in any dataset (this one, or an external copy...)
+        "samples_with_duplicates": len(reg.cluster_ids(name)),
+    }
+    folds = reg.folds(name)
+    if folds:
+        together = sum(1 for ids in clusters if len({folds.get(i) for i in ids}) == 1)
+        doc["kept_together"] = together
+        doc["across_folds"] = len(clusters) - together
+    return doc
+
+
+def export_rows(reg: Registry, name: str) -> list[tuple[str, str, str, str]]:
+    """``datasets export``: ``(Id, Target, fold, cluster)`` of every sample of ``name`` in its
+    order; ``fold`` empty where the sample has none, ``cluster`` the number of its duplicate
+    cluster (``hpatool dedup``; with samples of any dataset) or empty."""
+    folds = reg.folds(name)
+    clusters = reg.cluster_ids(name) if reg.dedup_done(name) else {}
+    return [
+        (
+            s.id,
+            "" if s.target is None else format_target(s.target),
+            "" if folds.get(s.id) is None else str(folds[s.id]),
+            "" if clusters.get(s.id) is None else str(clusters[s.id]),
+        )
+        for s in reg.samples(name)
+    ]
+
+
+#: The status shown for a sample of a dataset with statuses whose own status is not set yet.
+PENDING = "pending"
+
+
+@dataclass(frozen=True)
+class SampleRow:
+    """One line of ``datasets show NAME --samples``."""
+
+    id: str
+    status: str | None  # None: the dataset records no statuses (registered from a CSV)
+    labels: tuple[int, ...] | None  # None: unlabelled
+    fold: int | None  # None: not split, or left out of the split
+
+    def to_json(self, split: bool) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "id": self.id,
+            "status": self.status,
+            "labels": None if self.labels is None else list(self.labels),
+        }
+        if split:
+            doc["fold"] = self.fold
+        return doc
+
+
+@dataclass
+class SampleListing:
+    """The samples of a dataset for ``datasets show NAME --samples``, in registry order."""
+
+    dataset: str
+    total: int  # samples in the dataset, before ``status`` filtered them
+    split: bool  # whether the dataset has folds (rows then carry a fold)
+    rows: list[SampleRow]
+
+
+def list_samples(reg: Registry, name: str, *, status: str | None = None) -> SampleListing:
+    """Every sample of ``name`` with its status, labels and fold (if split); with ``status``
+    only those with that status (``pending``: not set yet). A status no sample has is a
+    ``UsageError`` naming the statuses there are. One query each for the samples and the folds
+    (74k samples: well under a second)."""
+    samples = reg.samples(name)
+    folds = reg.folds(name) if reg.split_info(name) is not None else None
+    with_status = any(s.status is not None for s in samples)
+    default = PENDING if with_status else None
+    rows = [
+        SampleRow(
+            s.id,
+            s.status if s.status is not None else default,
+            s.target,
+            folds.get(s.id) if folds is not None else None,
+        )
+        for s in samples
+    ]
+    if status is not None:
+        counts = Counter(r.status for r in rows)
+        if status not in counts:
+            have = ", ".join(f"{k} ({n:,})" for k, n in sorted(counts.items()) if k is not None)
+            there = f"its statuses are {have}" if have else "it records no per-sample status"
+            raise UsageError(f"dataset {name!r} has no sample with --status {status!r}: {there}")
+        rows = [r for r in rows if r.status == status]
+    return SampleListing(name, len(samples), folds is not None, rows)
 
 
 #: The columns of ``datasets verify --failures FILE``.

@@ -22,69 +22,304 @@ def _figure(width: float, height: float, dpi: int = 100) -> Any:
     return Figure(figsize=(width, height), dpi=dpi, layout="constrained")
 
 
-def _class_bars(ax: Axes, series: Sequence[tuple[str, Sequence[float]]]) -> None:
-    """Grouped bars, one group per class and one colour per series, class names on the axis."""
+def _class_bars(
+    ax: Axes, series: Sequence[tuple[str, Sequence[float]]], *, legend: bool = True
+) -> list[tuple[float, Any]]:
+    """Grouped bars, one group per class and one colour per series, class names on the axis;
+    with ``legend``, the legend above the axes (outside them: it never covers a bar). Returns
+    each series' bar offset from its class position and its colour."""
     import numpy as np
 
     x = np.arange(NUM_CLASSES)
     width = 0.8 / max(len(series), 1)
+    placed: list[tuple[float, Any]] = []
     for i, (label, values) in enumerate(series):
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=label)
+        offset = (i - (len(series) - 1) / 2) * width
+        bars = ax.bar(x + offset, values, width, label=label)
+        placed.append((offset, bars.patches[0].get_facecolor()))
     ax.set_xticks(x)
     ax.set_xticklabels(
         [f"{i} {name}" for i, name in enumerate(CLASS_NAMES)], rotation=60, ha="right", fontsize=8
     )
-    ax.legend()
+    ax.set_xlim(-0.6, NUM_CLASSES - 0.4)
+    if legend:
+        _legend_above(ax)
+    return placed
 
 
-def plot_class_counts(series: Sequence[tuple[str, Sequence[int]]], path: Path) -> Path:
-    """Class counts of one or more datasets (``(legend label, 28 counts)``), log axis."""
-    fig = _figure(14, 6)
+def _legend_above(ax: Axes, handles: Sequence[Any] | None = None, ncols: int | None = None) -> None:
+    """The axes' legend in a row (or rows) above it, outside the plotting area."""
+    if handles is None:
+        handles = ax.get_legend_handles_labels()[0]
+    ax.legend(
+        handles=list(handles),
+        loc="lower left",
+        bbox_to_anchor=(0.0, 1.01, 1.0, 0.1),
+        ncols=ncols or min(len(handles), 4),
+        frameon=False,
+        fontsize=9,
+        borderaxespad=0.2,
+    )
+
+
+def plot_class_counts(
+    series: Sequence[tuple[str, Sequence[int], int]],
+    path: Path,
+    *,
+    share: bool = False,
+    rare_share: float | None = None,
+) -> Path:
+    """Class counts of one or more datasets (``(legend label, 28 counts, labelled samples)``),
+    log axis. With ``share``, each class's share of the dataset's labelled samples (%), so
+    datasets of different sizes compare. A class without any sample is marked with a ``0`` at
+    the foot of its (missing) bar. ``rare_share`` (a fraction, e.g. 0.01) draws the rare line:
+    one line at that share, or in count mode one per dataset at that share of its samples."""
+    from matplotlib.lines import Line2D
+    from matplotlib.transforms import blended_transform_factory
+
+    fig = _figure(14, 6.5)
     ax = fig.subplots()
-    # Log axis: zero counts are drawn as missing bars rather than failing on log(0).
-    _class_bars(ax, [(label, [c if c > 0 else float("nan") for c in v]) for label, v in series])
+    values = [
+        [100.0 * c / labelled if share else float(c) for c in counts]
+        for _, counts, labelled in series
+    ]
+    # Log axis: a zero cannot be drawn (log 0), so it is a missing bar marked with a "0".
+    placed = _class_bars(
+        ax,
+        [
+            (s[0], [v if v > 0 else float("nan") for v in vals])
+            for s, vals in zip(series, values, strict=True)
+        ],
+        legend=False,
+    )
     ax.set_yscale("log")
-    ax.set_ylabel("samples with the class (log scale)")
-    ax.set_title("Class counts")
+    handles = list(ax.get_legend_handles_labels()[0])
+    if rare_share is not None:
+        handles += _rare_lines(ax, series, placed, share=share, rare_share=rare_share)
+    foot = blended_transform_factory(ax.transData, ax.transAxes)
+    zeros = False
+    for (offset, colour), vals in zip(placed, values, strict=True):
+        for cls, v in enumerate(vals):
+            if v == 0:
+                zeros = True
+                ax.text(cls + offset, 0.01, "0", transform=foot, ha="center", va="bottom",
+                        color=colour, fontsize=9, fontweight="bold")  # fmt: skip
+    if zeros:
+        handles.append(
+            Line2D([], [], linestyle="none", marker="$0$", color="0.2", label="no sample")
+        )
+    _legend_above(ax, handles, ncols=len(series))
+    fig.suptitle("Class shares" if share else "Class counts")
+    what = "share of labelled samples, % (log scale)" if share else "samples with the class"
+    ax.set_ylabel(what if share else f"{what} (log scale)")
     ax.grid(axis="y", which="both", alpha=0.3)
+    if share:
+        from matplotlib.ticker import FuncFormatter
+
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}%"))
     return save_figure(fig, path, dpi=110)
 
 
-def plot_f1(series: Sequence[tuple[str, Sequence[float]]], title: str, path: Path) -> Path:
-    """Per-class F1 bars, one colour per ``(legend label, 28 F1 values)``."""
-    fig = _figure(14, 5.5)
-    ax = fig.subplots()
-    _class_bars(ax, series)
-    ax.set_ylim(0, 1.15)  # headroom above F1 = 1 for the legend
-    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    ax.legend(loc="upper left", ncols=max(1, len(series)))
-    ax.set_ylabel("F1")
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    return save_figure(fig, path, dpi=110)
+def _rare_lines(
+    ax: Axes,
+    series: Sequence[tuple[str, Sequence[int], int]],
+    placed: Sequence[tuple[float, Any]],
+    *,
+    share: bool,
+    rare_share: float,
+) -> list[Any]:
+    """The rare threshold: in share mode one grey line; in count mode one line per dataset
+    (its colour), at ``rare_share`` of its labelled samples. Returns the legend handles."""
+    pct = f"{100 * rare_share:g}%"
+    if share:
+        line = ax.axhline(100 * rare_share, color="0.25", linestyle="--", linewidth=1.2,
+                          label=f"{pct}: rare below")  # fmt: skip
+        return [line]
+    lines = []
+    for (label, _, labelled), (_, colour) in zip(series, placed, strict=True):
+        lines.append(
+            ax.axhline(
+                rare_share * labelled,
+                color=colour,
+                linestyle="--",
+                linewidth=1.2,
+                label=f"{pct} of {label}: rare below",
+            )
+        )
+    return lines
+
+
+#: The colours of ``curves.png``'s lines, one per metric.
+_CURVE_COLOURS = {
+    "train_loss": "C0", "val_loss": "C1", "macro_f1": "C2", "macro_f1_at_0.5": "C3", "lr": "C4",
+}  # fmt: skip
+TUNED_F1_LABEL = "macro F1 (thresholds tuned on validation)"
+F1_AT_05_LABEL = "macro F1 at threshold 0.5"
+
+
+def _num(value: Any) -> float:
+    """A metrics value as a float; NaN when it is missing or empty."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _by_epoch(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(rows, key=lambda r: int(r["epoch"]))
+
+
+def _epoch_line(
+    ax: Axes, rows: Sequence[dict[str, Any]], key: str, label: str | None, **style: Any
+) -> Any:
+    """One metric per epoch, markers on the epochs; an epoch stopped part-way (``partial``)
+    gets a hollow marker. Returns the line (for a legend)."""
+    xs = [int(r["epoch"]) for r in rows]
+    ys = [_num(r.get(key)) for r in rows]
+    (line,) = ax.plot(xs, ys, marker="o", markersize=5, label=label, **style)
+    hollow = [(x, y) for x, y, r in zip(xs, ys, rows, strict=True) if int(r.get("partial") or 0)]
+    if hollow:
+        hx, hy = zip(*hollow, strict=True)
+        ax.plot(hx, hy, linestyle="none", marker="o", markersize=5, markerfacecolor="white",
+                markeredgecolor=line.get_color(), zorder=line.get_zorder() + 0.1)  # fmt: skip
+    return line
+
+
+def _epoch_axis(ax: Axes, epochs: Sequence[int]) -> None:
+    """Whole epochs on the x axis, even for a single (partial) epoch."""
+    from matplotlib.ticker import MaxNLocator
+
+    ticks = sorted(set(epochs))
+    if ticks and len(ticks) <= 12:
+        ax.set_xticks(ticks)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if ticks:
+        ax.set_xlim(ticks[0] - 0.5, ticks[-1] + 0.5)
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
+
+
+def _partial_handle() -> Any:
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], linestyle="none", marker="o", markerfacecolor="white",
+                  markeredgecolor="0.3", label="epoch stopped part-way")  # fmt: skip
 
 
 def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    """A run's ``curves.png``: training/validation loss and macro F1 per epoch."""
-    epochs = [r["epoch"] for r in rows]
-    fig = _figure(10, 4)
-    ax_loss, ax_f1 = fig.subplots(1, 2)
-    ax_loss.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train")
-    ax_loss.plot(epochs, [r["val_loss"] for r in rows], "o-", label="validation")
-    ax_loss.set_xlabel("epoch")
+    """A run's ``curves.png`` from its ``metrics.csv`` rows: training and validation loss,
+    validation macro F1 (thresholds tuned on validation, and at 0.5) and the learning rate,
+    per epoch. The best epoch (highest tuned macro F1) is marked in every panel."""
+    from matplotlib.lines import Line2D
+
+    from hpatool.engine.run_dir import best_row
+
+    rows = _by_epoch(rows)
+    fig = _figure(14, 4.8)
+    ax_loss, ax_f1, ax_lr = fig.subplots(1, 3, width_ratios=(1, 1, 0.7))
+    c = _CURVE_COLOURS
+    handles = [
+        _epoch_line(ax_loss, rows, "train_loss", "training loss", color=c["train_loss"]),
+        _epoch_line(ax_loss, rows, "val_loss", "validation loss", color=c["val_loss"]),
+        _epoch_line(ax_f1, rows, "macro_f1", TUNED_F1_LABEL, color=c["macro_f1"]),
+        _epoch_line(ax_f1, rows, "macro_f1_at_0.5", F1_AT_05_LABEL, color=c["macro_f1_at_0.5"]),
+        _epoch_line(ax_lr, rows, "lr", "learning rate (end of epoch)", color=c["lr"]),
+    ]
+    best = best_row(rows)
+    if best is not None:
+        epoch, f1 = int(best["epoch"]), _num(best["macro_f1"])
+        for ax in (ax_loss, ax_f1, ax_lr):
+            ax.axvline(epoch, color="0.35", linestyle=":", linewidth=1.3)
+        ax_f1.plot([epoch], [f1], linestyle="none", marker="*", markersize=15,
+                   color=c["macro_f1"], markeredgecolor="black", zorder=5)  # fmt: skip
+        ax_f1.annotate(f"{f1:.3f}", (epoch, f1), textcoords="offset points", xytext=(0, 9),
+                       ha="center", fontsize=9)  # fmt: skip
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="0.35",
+                linestyle=":",
+                marker="*",
+                markersize=12,
+                markerfacecolor=c["macro_f1"],
+                markeredgecolor="black",
+                label=f"best epoch {epoch} (tuned macro F1 {f1:.3f})",
+            )
+        )
+    if any(int(r.get("partial") or 0) for r in rows):
+        handles.append(_partial_handle())
+    epochs = [int(r["epoch"]) for r in rows]
+    for ax, title in ((ax_loss, "Loss"), (ax_f1, "Validation macro F1"), (ax_lr, "Learning rate")):
+        _epoch_axis(ax, epochs)
+        ax.set_title(title)
     ax_loss.set_ylabel("loss")
-    ax_loss.set_title("Loss")
-    ax_loss.legend()
-    ax_f1.plot(epochs, [r["macro_f1"] for r in rows], "o-", label="tuned thresholds")
-    ax_f1.plot(epochs, [r["macro_f1_at_0.5"] for r in rows], "o-", label="threshold 0.5")
-    ax_f1.set_xlabel("epoch")
     ax_f1.set_ylabel("macro F1")
-    ax_f1.set_title("Validation macro F1")
-    ax_f1.set_ylim(0, 1)
-    ax_f1.legend()
-    for ax in (ax_loss, ax_f1):
-        ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax_f1.set_ylim(0, 1.05)
+    _lr_axis(ax_lr, [_num(r.get("lr")) for r in rows])
+    fig.legend(handles=handles, loc="outside lower center", ncols=4, frameon=False, fontsize=9)
+    return save_figure(fig, path, dpi=100)
+
+
+def _lr_axis(ax: Axes, lrs: Sequence[float]) -> None:
+    """A log axis when the learning rate spans more than a factor 20, else plain numbers in
+    scientific notation."""
+    known = [v for v in lrs if v == v and v > 0]
+    if known and max(known) / min(known) > 20:
+        ax.set_yscale("log")
+    else:
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    ax.set_ylabel("learning rate")
+
+
+def plot_run_comparison(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: Path) -> Path:
+    """``runs compare --plot``: the runs' validation macro F1 (tuned on validation: solid; at
+    0.5: dashed) and loss (validation: solid; training: dashed) per epoch, one colour per run
+    (``(run name, metrics rows)``), each run's best epoch starred."""
+    from matplotlib.lines import Line2D
+
+    from hpatool.engine.run_dir import best_row
+
+    fig = _figure(14, 5.2)
+    ax_f1, ax_loss = fig.subplots(1, 2)
+    handles, epochs, partial = [], [], False
+    for i, (name, unsorted) in enumerate(runs):
+        rows, colour = _by_epoch(unsorted), f"C{i % 10}"
+        handles.append(_epoch_line(ax_f1, rows, "macro_f1", name, color=colour))
+        _epoch_line(ax_f1, rows, "macro_f1_at_0.5", None, color=colour, linestyle="--", alpha=0.6)
+        _epoch_line(ax_loss, rows, "val_loss", None, color=colour)
+        _epoch_line(ax_loss, rows, "train_loss", None, color=colour, linestyle="--", alpha=0.6)
+        best = best_row(rows)
+        if best is not None:
+            ax_f1.plot([int(best["epoch"])], [_num(best["macro_f1"])], linestyle="none",
+                       marker="*", markersize=15, color=colour, markeredgecolor="black",
+                       zorder=5)  # fmt: skip
+        epochs += [int(r["epoch"]) for r in rows]
+        partial = partial or any(int(r.get("partial") or 0) for r in rows)
+    handles += [
+        Line2D([], [], color="0.3", label="solid: F1 tuned on validation / validation loss"),
+        Line2D([], [], color="0.3", linestyle="--", label="dashed: F1 at 0.5 / training loss"),
+        Line2D(
+            [],
+            [],
+            linestyle="none",
+            marker="*",
+            markersize=12,
+            color="0.6",
+            markeredgecolor="black",
+            label="best epoch (tuned macro F1)",
+        ),
+    ]
+    if partial:
+        handles.append(_partial_handle())
+    for ax, title in ((ax_f1, "Validation macro F1"), (ax_loss, "Loss")):
+        _epoch_axis(ax, epochs)
+        ax.set_title(title)
+    ax_f1.set_ylabel("macro F1")
+    ax_f1.set_ylim(0, 1.05)
+    ax_loss.set_ylabel("loss")
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False, fontsize=9)
     return save_figure(fig, path, dpi=100)
 
 
@@ -111,5 +346,67 @@ def plot_sample(arr: np.ndarray, composite_rgb: np.ndarray, title: str, path: Pa
     axes[4].set_title("composite (yellow = red + green)")
     for ax in axes:
         ax.set_axis_off()
+    fig.suptitle(title)
+    return save_figure(fig, path, dpi=100)
+
+
+def plot_evaluation(
+    series: Sequence[tuple[str, Sequence[tuple[float, float, float]]]],
+    support: Sequence[int],
+    title: str,
+    path: Path,
+) -> Path:
+    """``evaluate --plot``: per-class F1, precision and recall (three panels), one colour per
+    ``(legend label, 28 (f1, precision, recall))`` series (``max`` and ``mean`` of the same
+    crops), each class's support (positive samples) under its name; a class with no positives
+    is shaded and marked "no positives", with no bars (its F1 is not 0, it is undefined)."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(14, 10), dpi=100, layout="constrained")
+    axes = fig.subplots(3, 1, sharex=True)
+    x = np.arange(NUM_CLASSES)
+    empty = [c for c in range(NUM_CLASSES) if support[c] == 0]
+    width = 0.8 / max(len(series), 1)
+    for row, (ax, metric) in enumerate(zip(axes, ("F1", "precision", "recall"), strict=True)):
+        for i, (label, values) in enumerate(series):
+            heights = [np.nan if support[c] == 0 else values[c][row] for c in range(NUM_CLASSES)]
+            offset = (i - (len(series) - 1) / 2) * width
+            ax.bar(x + offset, heights, width, label=label, color=f"C{i}")
+        for c in empty:
+            ax.axvspan(c - 0.5, c + 0.5, color="0.9", zorder=0)
+            if row == 0:
+                ax.text(
+                    c,
+                    0.5,
+                    "no positives",
+                    rotation=90,
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="0.35",
+                )
+        ax.set_ylim(0, 1.05)
+        ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
+        ax.set_ylabel(metric)
+        ax.set_xlim(-0.6, NUM_CLASSES - 0.4)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(
+        loc="lower left",
+        bbox_to_anchor=(0, 1.0),
+        ncols=max(1, len(series)),
+        frameon=False,
+        fontsize=9,
+    )
+    axes[-1].set_xticks(x)
+    axes[-1].set_xticklabels(
+        [f"{i} {name} ({support[i]:,})" for i, name in enumerate(CLASS_NAMES)],
+        rotation=60,
+        ha="right",
+        fontsize=8,
+    )
+    axes[-1].set_xlabel(
+        "class (support: positive samples); macro F1 counts a class with no positives as 0"
+    )
     fig.suptitle(title)
     return save_figure(fig, path, dpi=100)

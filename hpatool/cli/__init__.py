@@ -247,6 +247,7 @@ COMMANDS = (
     ("preprocess", "preprocess", "preprocess", DATA_PANEL),
     ("stats", "stats", "stats", DATA_PANEL),
     ("show", "show", "show", DATA_PANEL),
+    ("dedup", "dedup", "dedup", DATA_PANEL),
     ("split", "split", "split", TRAINING_PANEL),
     ("train", "train", "train", TRAINING_PANEL),
     ("runs", "runs", "app", TRAINING_PANEL),

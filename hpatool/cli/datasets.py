@@ -1,4 +1,4 @@
-"""``hpatool datasets ...``: register, list, show, remove and verify datasets."""
+"""``hpatool datasets ...``: register, list, show, export, remove and verify datasets."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import typer
 from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
 
 if TYPE_CHECKING:
-    from hpatool.catalog import VerifyReport
+    from hpatool.catalog import SampleListing, VerifyReport
 
 app = typer.Typer(
-    help="Register, list, show, remove and verify datasets.\n\nExample: hpatool datasets list",
+    help="Register, list, show, export, remove and verify datasets.\n\nExample: hpatool "
+    "datasets list",
     no_args_is_help=True,
 )
 
@@ -117,14 +118,45 @@ def list_(json_: JsonOpt = False, home: HomeOpt = None) -> None:
 
 
 @app.command("show")
-def show(name: NameArg, json_: JsonOpt = False, home: HomeOpt = None) -> None:
-    """Show one dataset: kind, counts, files, how it was made, and its folds if it is split.
+def show(
+    name: NameArg,
+    samples: Annotated[
+        bool,
+        typer.Option(
+            "--samples",
+            help="List every sample instead: Id, status, labels (class numbers), and fold if "
+            "split. Plain columns (or one JSON object per sample with --json), for grep and "
+            "scripts.",
+        ),
+    ] = False,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            "--status",
+            help="With --samples: only the samples with this status (done, failed, missing, "
+            "pending...).",
+            show_default=False,
+        ),
+    ] = None,
+    json_: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Show one dataset: kind, counts, files, how it was made, its per-status sample counts,
+    and its folds if it is split. --samples lists each sample with its status, labels and fold.
 
-    Example: hpatool datasets show kaggle-train
+    Example: hpatool datasets show hpa-v18 --samples --status failed
     """
-    from hpatool.catalog import describe_dataset
+    from hpatool.catalog import describe_dataset, list_samples
     from hpatool.cli._console import print_json
+    from hpatool.errors import UsageError
 
+    if status is not None and not samples:
+        raise UsageError("--status filters the list of --samples; add --samples")
+    if samples:
+        with open_registry(home) as reg:
+            listing = list_samples(reg, name, status=status)
+        _write_samples(listing, json_)
+        return
     with open_registry(home) as reg:
         doc = describe_dataset(reg, name)
     if json_:
@@ -133,6 +165,103 @@ def show(name: NameArg, json_: JsonOpt = False, home: HomeOpt = None) -> None:
     _print_dataset(doc)
     if "folds" in doc:
         _print_folds(doc["folds"])
+    if "duplicates" in doc:
+        _print_duplicates(doc["duplicates"])
+
+
+def _print_duplicates(dup: dict[str, int]) -> None:
+    from hpatool.cli._console import out
+
+    line = (
+        f"Duplicates (hpatool dedup): {dup['clusters']:,} cluster(s) of 2+ of its samples "
+        f"({dup['samples_in_clusters']:,} samples); {dup['samples_with_duplicates']:,} samples "
+        "have a duplicate in this or another dataset"
+    )
+    if "kept_together" in dup:
+        line += f"; {dup['kept_together']:,} cluster(s) kept together in one fold"
+        if dup["across_folds"]:
+            line += (
+                f", {dup['across_folds']:,} across folds (split before dedup: run 'hpatool "
+                "split' again)"
+            )
+    out().print(line, markup=False)
+
+
+@app.command("export")
+def export(
+    name: NameArg,
+    out_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Write the CSV to this file (default: standard output).",
+            show_default=False,
+        ),
+    ] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Write a dataset as CSV: Id,Target,fold,cluster, in the dataset's order.
+
+    fold is the sample's fold ('hpatool split'), cluster the number of its duplicate cluster
+    ('hpatool dedup'; shared with samples of other datasets); each is empty where there is
+    none. For notebooks and other tools.
+
+    Example: hpatool datasets export kaggle-train --out kaggle-train-folds.csv
+    """
+    import sys
+
+    from hpatool._io import csv_text, write_csv
+    from hpatool.catalog import export_rows
+    from hpatool.cli._console import err
+    from hpatool.outputs import check_output
+
+    header = ("Id", "Target", "fold", "cluster")
+    with open_registry(home) as reg:
+        target = check_output(out_path, "--out", reg) if out_path is not None else None
+        rows = export_rows(reg, name)
+    if target is None:
+        sys.stdout.write(csv_text(header, rows))
+        return
+    write_csv(target, header, rows)
+    err().print(f"Wrote {len(rows):,} samples of {name} to {target}", markup=False)
+
+
+def _write_samples(listing: SampleListing, json_: bool) -> None:
+    """The samples as plain aligned columns (or a JSON array, one object per line), written in
+    blocks: a rich table of 74k rows would take most of a minute."""
+    import json
+    import sys
+
+    write = sys.stdout.write
+    rows, split = listing.rows, listing.split
+    block = 2000
+    if json_:
+        write("[\n" if rows else "[")
+        for start in range(0, len(rows), block):
+            chunk = rows[start : start + block]
+            last = start + block >= len(rows)
+            lines = [json.dumps(r.to_json(split)) for r in chunk]
+            write(",\n".join(lines) + ("\n" if last else ",\n"))
+        write("]\n")
+        return
+    width = max([len("Id"), *(len(r.id) for r in rows)])
+    swidth = max([len("status"), *(len(r.status or "-") for r in rows)])
+    lwidth = max([len("labels"), *(len(_labels_text(r.labels)) for r in rows)])
+    header = f"{'Id':<{width}}  {'status':<{swidth}}  {'labels':<{lwidth}}"
+    write((f"{header}  fold" if split else header.rstrip()) + "\n")
+    for start in range(0, len(rows), block):
+        lines = []
+        for r in rows[start : start + block]:
+            line = f"{r.id:<{width}}  {r.status or '-':<{swidth}}  "
+            line += f"{_labels_text(r.labels):<{lwidth}}"
+            if split:
+                line += f"  {'-' if r.fold is None else r.fold}"
+            lines.append(line.rstrip() + "\n")
+        write("".join(lines))
+
+
+def _labels_text(labels: tuple[int, ...] | None) -> str:
+    return "-" if labels is None else " ".join(map(str, labels))
 
 
 def _print_dataset(doc: dict[str, Any]) -> None:

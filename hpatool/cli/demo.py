@@ -37,9 +37,9 @@ def demo(
     """Run the whole chain on synthetic data on a CPU, in a fresh registry home under --out.
 
     Synthesises a training and a test set, registers them, prints their statistics, splits the
-    training set into folds, trains a small model briefly, evaluates it with max and with mean
-    aggregation of the crops, predicts the test set and says where everything is. It takes a few
-    minutes on a laptop CPU. Rerunning it clears the previous demo's folder first.
+    training set into folds, trains a small model briefly, evaluates it (max of the crops, the
+    mean beside it in the figure), predicts the test set and says where everything is. It takes
+    a few minutes on a laptop CPU. Rerunning it clears the previous demo's folder first.
 
     Example: hpatool demo --out /tmp/hpa-demo
     """
@@ -74,8 +74,8 @@ def demo(
         f"{data.run_dir / 'checkpoint-last.pt'}"
     )
     console.print(
-        f"Plots:        {data.run_dir / 'curves.png'}, {data.out_dir / 'f1-max.png'}, "
-        f"{data.out_dir / 'f1-mean.png'}, {data.out_dir / 'class-counts.png'}"
+        f"Plots:        {data.run_dir / 'curves.png'}, {data.out_dir / 'f1.png'}, "
+        f"{data.out_dir / 'class-counts.png'}"
     )
     console.print(
         f"Registry:     {data.home} (try: hpatool --home {data.home} runs show {data.run})"

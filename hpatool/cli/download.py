@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -43,8 +44,16 @@ RetriesOpt = Annotated[
     int,
     typer.Option(
         "--retries",
-        help="Retries per file for timeouts, connection errors, "
-        "5xx, 429 and bad bodies (403/404 are never retried).",
+        help="Retries per file for timeouts, connection errors, 5xx, 429 and bad bodies (a 403 "
+        "is asked once per run; a 404 is final, see --retry-missing).",
+    ),
+]
+RetryMissingOpt = Annotated[
+    bool,
+    typer.Option(
+        "--retry-missing",
+        help="Ask again for the samples an earlier run found missing on the server (404/410); "
+        "without it a rerun skips them without a request.",
     ),
 ]
 TimeoutOpt = Annotated[
@@ -104,7 +113,8 @@ def _download_bar() -> Iterator[DownloadProgressFn]:
     with progress_bar("download", unit="samples", compact=True) as bar:
 
         def update(p: DownloadProgress) -> None:
-            bar.update(p.samples_done + p.samples_failed, p.samples_total, stats=_stats(p))
+            finished = p.samples_done + p.samples_failed + p.samples_missing
+            bar.update(finished, p.samples_total, stats=_stats(p))
 
         yield update
 
@@ -117,6 +127,8 @@ def _stats(p: DownloadProgress) -> str:
         parts.append(f"{p.retries:,} retries")
     if p.samples_failed:
         parts.append(f"[red]{p.samples_failed:,} failed[/]")
+    if p.samples_missing:
+        parts.append(f"{p.samples_missing:,} missing")
     return " · ".join(parts)
 
 
@@ -137,6 +149,7 @@ def download_external(
     shard: ShardOpt = DownloadConfig.shard,
     backoff: BackoffOpt = DownloadConfig.backoff,
     max_file_size: MaxFileSizeOpt = DownloadConfig.max_file_size,
+    retry_missing: RetryMissingOpt = False,
     json_: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
@@ -148,10 +161,15 @@ def download_external(
     to DIR/<Id>_<colour>.png, 8-bit greyscale, --size square, with the --channel-rule.
     --size 0 keeps only the raw JPEGs, in DIR/raw/. The samples are registered as dataset
     --name (kind external) with a per-sample status; a rerun, or a run after Ctrl-C or a crash,
-    fetches only what is missing. Permanent failures go to DIR/failures.csv and exit 1.
+    fetches only what is missing. Failures go to DIR/failures.csv. Those a rerun may fix
+    (timeouts, 5xx, bad bodies, 403) exit 1: rerun the same command. A 404 (or 410) is final:
+    the sample is recorded as missing on the server and skipped by reruns unless
+    --retry-missing; a run whose only failures are 404s exits 0 with a warning. A run whose
+    first requests all get 404 stops early, recording nothing: check --base-url.
 
     Example: hpatool download-external --labels HPAv18RBGY_wodpl.csv --out data/hpa-v18 --shard 1/4
     """
+    from hpatool.download import MissingOnServer
     from hpatool.download import download_external as run_download
 
     config = DownloadConfig(
@@ -171,13 +189,28 @@ def download_external(
         max_file_size=max_file_size,
     )
     with open_registry(home) as reg, _download_bar() as progress:
-        summary = run_download(reg, labels, out, config, progress=progress)
+        summary = run_download(
+            reg, labels, out, config, progress=progress, retry_missing=retry_missing
+        )
     _print_summary(summary, json_)
+    if summary.missing:
+        warnings.warn(_missing_line(summary), MissingOnServer, stacklevel=1)
     if summary.failed:
         raise WorkFailed(
             f"{summary.failed:,} of {summary.samples:,} samples failed; see "
             f"{summary.failures_csv}; rerun the same command to retry them"
         )
+
+
+def _missing_line(s: DownloadSummary) -> str:
+    """The warning for samples missing on the server (exit 0 when nothing else failed)."""
+    samples = "sample" if s.missing == 1 else "samples"
+    skipped = f" ({s.skipped_missing:,} known from an earlier run)" if s.skipped_missing else ""
+    where = f"; listed in {s.failures_csv}" if s.failures_csv else ""
+    return (
+        f"{s.missing:,} {samples} missing on the server (404){skipped}, skipped on reruns; "
+        f"pass --retry-missing to ask again{where}"
+    )
 
 
 def _print_summary(s: DownloadSummary, json_: bool) -> None:
@@ -193,6 +226,8 @@ def _print_summary(s: DownloadSummary, json_: bool) -> None:
                 "already_done": s.already_done,
                 "completed": s.completed,
                 "failed": s.failed,
+                "missing": s.missing,
+                "skipped_missing": s.skipped_missing,
                 "files_fetched": s.files_fetched,
                 "files_converted": s.files_converted,
                 "bytes": s.bytes,
@@ -212,7 +247,8 @@ def _print_summary(s: DownloadSummary, json_: bool) -> None:
         ("samples in this run", f"{s.samples:,}"),
         ("already complete (no request)", f"{s.already_done:,}"),
         ("completed now", f"{s.completed:,}"),
-        ("failed", f"{s.failed:,}"),
+        ("failed (a rerun retries them)", f"{s.failed:,}"),
+        ("missing on the server (404)", _missing_cell(s)),
         ("files downloaded", f"{s.files_fetched:,}"),
         ("files converted from raw on disk", f"{s.files_converted:,}"),
         ("data", f"{s.bytes / 1e6:,.1f} MB"),
@@ -227,6 +263,11 @@ def _print_summary(s: DownloadSummary, json_: bool) -> None:
         _print_failures(s)
 
 
+def _missing_cell(s: DownloadSummary) -> str:
+    """The summary's count of samples missing on the server, and how many were skipped."""
+    return f"{s.missing:,}" + (f" ({s.skipped_missing:,} skipped)" if s.skipped_missing else "")
+
+
 def _print_failures(s: DownloadSummary) -> None:
     from hpatool.cli._console import Table, out
 
@@ -238,9 +279,11 @@ def _print_failures(s: DownloadSummary) -> None:
     for f in shown:
         fails.add_row(f.id, f.colour, str(f.status or "-"), f.error)
     console.print(fails)
-    samples = "sample" if s.failed == 1 else "samples"
-    files = "file" if len(s.failures) == 1 else "files"
-    console.print(
-        f"{s.failed:,} {samples} failed ({len(s.failures):,} {files}); see "
-        f"{s.failures_csv}. Rerun the same command to retry them."
-    )
+    if s.failed:
+        samples = "sample" if s.failed == 1 else "samples"
+        n_files = len(s.failures) - s.missing_files
+        files = "file" if n_files == 1 else "files"
+        console.print(
+            f"{s.failed:,} {samples} failed ({n_files:,} {files}); see "
+            f"{s.failures_csv}. Rerun the same command to retry them."
+        )

@@ -36,7 +36,10 @@ FoldOpt = Annotated[
 PlotOpt = Annotated[
     Path | None,
     typer.Option(
-        "--plot", help="Write per-class F1 as a bar chart to this PNG.", show_default=False
+        "--plot",
+        help="Write one figure to this PNG (or SVG, PDF): per-class F1, precision and recall "
+        "for max and mean of the same crops, with each class's support.",
+        show_default=False,
     ),
 ]
 
@@ -63,7 +66,11 @@ def evaluate(
     """Per-class precision, recall, F1 and support, and macro F1, for one aggregation.
 
     Predictions are made exactly as 'hpatool predict' makes them (crops, aggregation,
-    thresholds, --min-labels), so comparing --agg max with --agg mean is one command each.
+    thresholds, --min-labels); the other aggregation of the same crops is reported beside
+    the chosen one. On the run's own validation dataset and fold, the run's --limit applies.
+    Everything is checked before scoring: samples whose images are missing or unreadable are
+    left out (one warning line says how many and why), and a warning says how many of the
+    evaluated samples the run trained on.
 
     Example: hpatool evaluate --run resnet50-f0 --dataset kaggle-train --agg mean --plot f1.png
     """
@@ -71,7 +78,7 @@ def evaluate(
     from hpatool.cli._console import Table, print_json, progress_bar
     from hpatool.cli._console import out as console_out
     from hpatool.engine.config import predict_config
-    from hpatool.engine.predict import evaluate_run
+    from hpatool.engine.evaluate import evaluate_run
 
     settings = predict_config(options, config, "evaluate")
     with (
@@ -87,10 +94,11 @@ def evaluate(
         print_json(report.to_json())
         return
     where = report.dataset + (f" fold {report.fold}" if report.fold is not None else "")
-    table = Table(
-        title=f"{where}: {report.samples:,} images, {report.scoring_text}, "
-        f"thresholds {report.threshold}"
-    )
+    if report.limit is not None:
+        where += f" (the run's --limit {report.limit:,})"
+    left = sum(report.left_out.values())
+    images = f"{report.samples:,} images" + (f" ({left:,} left out)" if left else "")
+    table = Table(title=f"{where}: {images}, {report.scoring_text}, thresholds {report.threshold}")
     for col in ("#", "class", "precision", "recall", "F1", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for c in report.classes:
@@ -105,8 +113,10 @@ def evaluate(
         )
     console = console_out()
     console.print(table)
+    other = report.macro_f1_by_agg.get(report.other_agg)
+    also = f"; {report.other_agg} of the same crops: {other:.4f}" if other is not None else ""
     console.print(
-        f"macro F1 {report.macro_f1:.4f} (at a 0.5 threshold: {report.macro_f1_at_05:.4f})"
+        f"macro F1 {report.macro_f1:.4f} (at a 0.5 threshold: {report.macro_f1_at_05:.4f}{also})"
     )
     if report.plot is not None:
         console.print(f"Plot written to {report.plot}")

@@ -42,7 +42,21 @@ ProbsOpt = Annotated[
 StrictOpt = Annotated[
     bool | None,
     typer.Option(
-        "--strict", help="Stop at the first missing or corrupt image.", show_default=False
+        "--strict",
+        help="Refuse, before scoring, a dataset with missing or unreadable images; stop at "
+        "the first image that fails while scored.",
+        show_default=False,
+    ),
+]
+
+
+KnownLabelsOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--known-labels",
+        help="A sample whose duplicate cluster ('hpatool dedup') holds labelled samples gets "
+        "the union of their labels instead of the model's prediction (off by default).",
+        show_default=False,
     ),
 ]
 
@@ -63,6 +77,7 @@ def predict(
     device: DeviceOpt = None,
     seed: SeedOpt = None,
     strict: StrictOpt = None,
+    known_labels: KnownLabelsOpt = None,
     config: PredictConfigOpt = None,
     home: HomeOpt = None,
 ) -> None:
@@ -71,7 +86,9 @@ def predict(
     Each image is scored on --crops random crops (seeded: the same command gives the same file)
     in batched forward passes; the probabilities are combined by max or mean. Rows follow the
     dataset's order (a dataset registered from sample_submission.csv keeps that file's order).
-    A missing or corrupt image is reported and the others go to <out>.partial.csv (exit 1).
+    Images that are not there are found before scoring and named in one warning; their rows
+    get no labels (--strict refuses instead). An image that cannot be read (its header, checked
+    before scoring, or its body) is reported and the others go to <out>.partial.csv (exit 1).
     Works under torchrun: each rank scores a share, rank 0 writes.
 
     Example: hpatool predict --run resnet50-f0 --dataset kaggle-test --crops 8 --agg max
@@ -93,10 +110,20 @@ def predict(
     if not result.is_main:
         return
     console = console_out()
-    console.print(
-        f"Scored {result.scored:,} images of {result.dataset} ({result.scoring_text}) "
-        f"with {result.checkpoint}"
+    left = (
+        f"; {result.n_left_out:,} left out, with no labels in the submission"
+        if result.n_left_out
+        else ""
     )
+    console.print(
+        f"Scored {result.scored:,} of {result.samples:,} images of {result.dataset} "
+        f"({result.scoring_text}) with {result.checkpoint}{left}"
+    )
+    if result.known_labels is not None:
+        console.print(
+            f"--known-labels: {result.known_labels:,} samples took the labels of their labelled "
+            "duplicates (hpatool dedup) instead of the model's"
+        )
     console.print(
         f"Submission: {result.submission}"
         + (f"; probabilities: {result.probs}" if result.probs else "")

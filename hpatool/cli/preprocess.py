@@ -106,10 +106,22 @@ def preprocess(
         summary = preprocess_images(
             src_dir, out, config, registry=reg, progress=progress, register=register
         )
+        incomplete = ""
+        if summary.dataset is not None and reg is not None:
+            from hpatool.availability import usable_samples
+
+            incomplete = usable_samples(reg, summary.dataset.name).summary()
     _print_summary(summary, json_)
     if summary.failed:
         raise WorkFailed(
             f"{summary.failed:,} files could not be converted; see {summary.failures_csv}"
+        )
+    if incomplete:
+        # registered, but not whole: the samples of --labels without images in SRC_DIR
+        raise WorkFailed(
+            f"dataset registered, but {incomplete}: their images are not in {src_dir}; "
+            "train, split and evaluate leave them out; add the images and run the same "
+            "command again"
         )
 
 
@@ -128,6 +140,7 @@ def _print_summary(s: PreprocessSummary, json_: bool) -> None:
                 "samples": s.samples,
                 "complete_samples": s.complete_samples,
                 "dataset": s.dataset.name if s.dataset else None,
+                "folds_from": s.dataset.provenance.get("folds_from") if s.dataset else None,
                 "elapsed_s": round(s.elapsed_s, 3),
                 "failures_csv": str(s.failures_csv) if s.failures_csv else None,
                 "failures": [f.__dict__ for f in s.failures],
@@ -141,11 +154,16 @@ def _print_summary(s: PreprocessSummary, json_: bool) -> None:
         f"({s.complete_samples:,} of {s.samples:,} samples complete) in {s.elapsed_s:,.1f} s"
     )
     if s.dataset is not None:
+        from hpatool.preprocess.registration import carried_folds_line
+
         parent = f", derived from {s.dataset.parent}" if s.dataset.parent else ""
         console.print(
             f"Registered [bold]{s.dataset.name}[/] ({s.dataset.kind}, "
             f"{s.dataset.samples:,} samples{parent})"
         )
+        carried = carried_folds_line(s.dataset)
+        if carried:
+            console.print(carried)
     if s.failures:
         table = Table(title="Failures" + (" (first 10)" if len(s.failures) > 10 else ""))
         for col in ("Id", "colour", "error"):

@@ -1,15 +1,22 @@
-"""``hpatool runs list``, ``runs show`` and ``runs remove``: the training runs of the registry."""
+"""``hpatool runs list``, ``runs show``, ``runs compare`` and ``runs remove``: the training runs
+of the registry."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
 
+if TYPE_CHECKING:
+    from hpatool.engine.run_admin import RunSummary
+
 app = typer.Typer(
-    help="List, show and remove training runs.\n\nExample: hpatool runs list", no_args_is_help=True
+    help="List, show, compare and remove training runs.\n\nExample: hpatool runs list",
+    no_args_is_help=True,
 )
 
 
@@ -106,6 +113,89 @@ def runs_show(
             table.add_row(key, str(record.config[key]))
     for key, path in files.items():
         table.add_row(f"file: {key}", path)
+    out().print(table)
+
+
+@app.command("compare")
+def runs_compare(
+    runs: Annotated[
+        list[str],
+        typer.Argument(metavar="RUN", help="Run names, in the order to show.", show_default=False),
+    ],
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot",
+            help="Also draw the runs' validation macro F1 and losses per epoch in one figure "
+            "(PNG, SVG or PDF).",
+            show_default=False,
+        ),
+    ] = None,
+    json_: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Compare training runs side by side: best macro F1, its epoch, losses, speed.
+
+    For each run: arch, datasets, fold, epochs done, the best macro F1 (thresholds tuned on
+    validation) and its epoch, the macro F1 at threshold 0.5 and the validation loss at that
+    epoch, images/s, status; read from its metrics.csv (the registry's best F1 when it has
+    none yet).
+
+    Example: hpatool runs compare resnet50-f0 densenet121-f0 --plot compare.png
+    """
+    from hpatool.cli._console import out, print_json
+    from hpatool.engine.run_admin import compare_runs
+
+    with open_registry(home) as reg:
+        summaries = compare_runs(reg, runs, plot=plot)
+    if json_:
+        print_json([s.to_json() for s in summaries])
+        return
+    _print_comparison(summaries)
+    for s in summaries:
+        if s.note:
+            out().print(f"note: run {s.name}: {s.note}", markup=False, soft_wrap=True)
+    if plot is not None:
+        out().print(f"Plot written to {plot.expanduser()}")
+
+
+def _epochs_done(s: RunSummary) -> str:
+    """``'4'``, or ``'0 (+ part of epoch 1)'`` for a run stopped in the middle of an epoch."""
+    part = s.rows[-1]["epoch"] if s.rows and s.rows[-1]["partial"] else None
+    return f"{s.epochs_done}" + (f" (+ part of epoch {part})" if part else "")
+
+
+def _print_comparison(summaries: list[RunSummary]) -> None:
+    """The runs as columns, one row per field; the highest best F1 in bold."""
+    from hpatool.cli._console import Table, out
+
+    def num(value: float | None, fmt: str = ".4f") -> str:
+        return "-" if value is None else format(value, fmt)
+
+    top = max((s.best_f1 for s in summaries if s.best_f1 is not None), default=None)
+    table = Table(title="Runs compared")
+    table.add_column("")
+    for s in summaries:
+        table.add_column(s.name, justify="right")
+    fields: list[tuple[str, Callable[[RunSummary], str]]] = [
+        ("arch", lambda s: s.arch),
+        ("datasets", lambda s: ", ".join(s.datasets)),
+        ("fold", lambda s: "-" if s.fold is None else str(s.fold)),
+        ("epochs done", _epochs_done),
+        (
+            "best macro F1 (tuned on val.)",
+            lambda s: (
+                ("[bold]" if s.best_f1 == top and len(summaries) > 1 else "") + num(s.best_f1)
+            ),
+        ),
+        ("best epoch", lambda s: "-" if s.best_epoch is None else str(s.best_epoch)),
+        ("macro F1 at 0.5 (that epoch)", lambda s: num(s.f1_at_05)),
+        ("val loss (that epoch)", lambda s: num(s.val_loss)),
+        ("images/s (mean of epochs)", lambda s: num(s.images_per_s, ",.1f")),
+        ("status", lambda s: s.status),
+    ]
+    for label, cell in fields:
+        table.add_row(label, *[cell(s) for s in summaries])
     out().print(table)
 
 

@@ -21,6 +21,14 @@ def split(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing split with other --folds/--seed.")
     ] = False,
+    all_samples: Annotated[
+        bool,
+        typer.Option(
+            "--all-samples",
+            help="Split every registered sample, also those whose images are not there (yet); "
+            "by default only the samples with images are split.",
+        ),
+    ] = False,
     json_: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
@@ -28,7 +36,9 @@ def split(
 
     Every class with at least --folds samples lands in every fold. The folds are stored in the
     registry; 'hpatool train --fold K' validates on fold K, and 'hpatool datasets show NAME'
-    shows the class counts per fold.
+    shows the class counts per fold. Only the samples whose images are there are split
+    (--all-samples: every registered one), and the members of a duplicate cluster found by
+    'hpatool dedup' share a fold.
 
     Example: hpatool split kaggle-train --folds 5 --seed 0
     """
@@ -37,7 +47,9 @@ def split(
     from hpatool.labels import CLASS_NAMES
 
     with open_registry(home) as reg:
-        result = split_dataset(reg, name, folds=folds, seed=seed, force=force)
+        result = split_dataset(
+            reg, name, folds=folds, seed=seed, force=force, all_samples=all_samples
+        )
     if json_:
         print_json(
             {
@@ -49,6 +61,8 @@ def split(
                 "class_counts": result.class_counts,
                 "replaced": result.replaced,
                 "uneven": result.uneven,
+                "left_out": result.left_out,
+                "clusters_kept": result.clusters_kept,
             }
         )
         return
@@ -58,6 +72,18 @@ def split(
         f"Split [bold]{name}[/] into {result.folds} folds (seed {result.seed}): "
         f"{result.samples:,} samples, fold sizes {sizes}."
     )
+    if result.clusters_kept:
+        console.print(
+            f"Kept {result.clusters_kept:,} duplicate cluster(s) (hpatool dedup) together, "
+            "each in one fold."
+        )
+    if result.left_out:
+        why = ", ".join(f"{n:,} {r}" for r, n in sorted(result.left_out.items()))
+        console.print(
+            f"Left out {sum(result.left_out.values()):,} samples whose images are not there "
+            f"({why}): they get no fold and do not train; run this split again once they "
+            "are there (runs on the old folds cannot be resumed then), or pass --all-samples"
+        )
     totals = [sum(counts[c] for counts in result.class_counts) for c in range(len(CLASS_NAMES))]
     rare = sorted((c for c in range(len(CLASS_NAMES)) if totals[c]), key=lambda c: totals[c])[:5]
     table = Table(title="Rarest classes per fold")

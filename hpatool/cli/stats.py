@@ -23,10 +23,27 @@ def stats(
         Path | None,
         typer.Option(
             "--plot",
-            help="Write a bar chart of class counts (log axis) to this PNG.",
+            help="Write a bar chart of class counts (log axis) to this PNG, with the 1% rare "
+            "line of each dataset; a class without any sample is marked 0.",
             show_default=False,
         ),
     ] = None,
+    share: Annotated[
+        bool,
+        typer.Option(
+            "--share",
+            help="With --plot: draw each class's share of the labelled samples (%) instead of "
+            "its count, so datasets of different sizes compare; one 1% rare line.",
+        ),
+    ] = False,
+    all_samples: Annotated[
+        bool,
+        typer.Option(
+            "--all-samples",
+            help="Count the labels of every registered sample, also those whose images are "
+            "not there (not downloaded, failed, missing files).",
+        ),
+    ] = False,
     top_pairs: Annotated[
         int, typer.Option("--pairs", help="How many label pairs to list.", min=0)
     ] = 10,
@@ -37,28 +54,45 @@ def stats(
     Classes under 1% of the labelled samples are highlighted as rare. A dataset without
     labels (a test set) has nothing to count: it is left out, with a note.
 
-    Example: hpatool stats kaggle-train hpa-v18 --plot classes.png
+    Like train, stats describes the samples that can be used: in a dataset with an image
+    folder or download statuses, samples whose images are not there are left out, and one
+    line says how many and why (--all-samples counts them all). A dataset registered from a
+    label CSV alone is counted whole.
+
+    Example: hpatool stats kaggle-train hpa-v18 --plot classes.png --share
     """
     from hpatool.cli._console import out, print_json
     from hpatool.stats import nothing_to_count, stats_json, stats_report
 
     with open_registry(home) as reg:
-        all_stats = stats_report(reg, names, plot=plot)
+        all_stats = stats_report(reg, names, plot=plot, share=share, all_samples=all_samples)
     if json_:
         print_json(stats_json(all_stats))
         return
+    for s in all_stats:
+        if s.left_out_note and s.has_labels:
+            out().print(
+                f"note: {s.left_out_note}; --all-samples counts all registered labels",
+                markup=False,
+                soft_wrap=True,
+            )
     labelled = [s for s in all_stats if s.has_labels]
     if not labelled:
         for s in all_stats:
-            out().print(nothing_to_count(s.name), markup=False, soft_wrap=True)
+            out().print(nothing_to_count(s), markup=False, soft_wrap=True)
         return
     _print_class_counts(labelled)
     _print_labels_per_sample(labelled)
     _print_pairs(labelled, top_pairs)
     for s in all_stats:
         if not s.has_labels:
+            why = (
+                "has no labelled sample with its images"
+                if s.registered_labelled
+                else "has no labels (a test set)"
+            )
             out().print(
-                f"note: dataset {s.name!r} has no labels (a test set): left out of the tables"
+                f"note: dataset {s.name!r} {why}: left out of the tables"
                 + (" and the plot" if plot is not None else ""),
                 markup=False,
                 soft_wrap=True,

@@ -125,8 +125,9 @@ PretrainedOpt = Annotated[
     str | None,
     typer.Option(
         "--pretrained",
-        help="Local 3-channel state dict (timm or "
-        f"torchvision) to start from, or none {_default('pretrained')}.",
+        help="A local state dict to start from (ImageNet timm/torchvision, 3 or 4 channels), "
+        "or a run's checkpoint-best.pt (its 28-class head is kept), or none "
+        f"{_default('pretrained')}.",
         show_default=False,
     ),
 ]
@@ -219,6 +220,27 @@ CheckpointEveryOpt = Annotated[
     ),
 ]
 
+StrictOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--strict/--no-strict",
+        help="Refuse to start when samples of the validation fold have no images (default: "
+        "leave them out, as all samples without images are, and say how many).",
+        show_default=False,
+    ),
+]
+
+TensorboardOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--tensorboard/--no-tensorboard",
+        help="Also write the per-epoch and every-10-step scalars for TensorBoard to "
+        "OUT/NAME/tensorboard (needs the tensorboard package: pip install "
+        "'hpatool[tensorboard]').",
+        show_default=False,
+    ),
+]
+
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(
@@ -253,6 +275,8 @@ def train(
     max_steps: MaxStepsOpt = None,
     limit: LimitOpt = None,
     checkpoint_every: CheckpointEveryOpt = None,
+    strict: StrictOpt = None,
+    tensorboard: TensorboardOpt = None,
     config: ConfigOpt = None,
     json_: JsonOpt = False,
     home: HomeOpt = None,
@@ -303,6 +327,25 @@ def _train_progress(enabled: bool) -> Iterator[ProgressCallback]:
                     + (f" x{info['world_size']}" if info["world_size"] > 1 else "")
                     + f"; files in {event.run_dir}"
                 )
+                for line in info.get("left_out", []):
+                    bar.print(line)
+                if info.get("duplicates_removed"):
+                    bar.print(
+                        f"{info['duplicates_removed']:,} training samples left out: duplicates "
+                        "of validation samples (hpatool dedup; listed in config.json)"
+                    )
+                if info.get("dedup_hint") and not info.get("resumed"):
+                    names = " ".join(info["dedup_hint"])
+                    bar.print(
+                        f"hint: run 'hpatool dedup {names}' before splitting and training: "
+                        "duplicates across the train/validation boundary inflate validation F1"
+                    )
+                if info.get("unsplit"):
+                    bar.print(
+                        f"{info['unsplit']:,} samples of the first dataset left out: they have "
+                        "no fold (their images came after its split; 'hpatool split NAME "
+                        "--force' includes them)"
+                    )
                 bar.update(event.step, event.total_steps, stats="loss -  - img/s")
             elif event.kind == "step":
                 loss = f"{event.loss:.4f}" if event.loss is not None else "-"
@@ -313,7 +356,10 @@ def _train_progress(enabled: bool) -> Iterator[ProgressCallback]:
                     stats=f"loss {loss}  {ips} img/s",
                 )
             elif event.kind == "validate":
-                bar.update(description=f"epoch {event.epoch}/{event.epochs} validating")
+                bar.update(
+                    description=f"epoch {event.epoch}/{event.epochs} validating",
+                    stats=f"{event.val_done:,}/{event.val_total:,} val images",
+                )
             elif event.kind == "epoch" and event.metrics is not None:
                 bar.update(description=f"epoch {event.epoch}/{event.epochs} done")
                 bar.print(_epoch_line(event))

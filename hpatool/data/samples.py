@@ -79,38 +79,86 @@ class Item:
 class TrainValItems:
     train: list[Item]
     val: list[Item]
-    split: dict[str, Any]  # {"folds": n, "seed": s} of the first dataset
+    split: dict[str, Any]  # {"folds": n, "seed": s, "created_at": t} of the first dataset
     skipped_unlabelled: int = 0
     removed_overlap: int = 0  # samples of later datasets whose id is in the validation fold
     removed_duplicates: int = 0  # samples of later datasets whose id is already in training
     per_dataset: dict[str, int] = field(default_factory=dict)  # training samples per dataset
+    #: samples left out because their images are not there, per dataset: reason -> count
+    left_out: dict[str, dict[str, int]] = field(default_factory=dict)
+    val_left_out: int = 0  # of them, samples of the validation fold
+    unsplit: int = 0  # usable samples of the first dataset with no fold (added after the split)
+    #: training samples left out as duplicates (``hpatool dedup``) of a validation sample
+    duplicates_removed: list[tuple[str, str]] = field(default_factory=list)
+    #: the run's datasets that ``hpatool dedup`` has not hashed
+    not_deduplicated: list[str] = field(default_factory=list)
+
+    def left_out_lines(self) -> list[str]:
+        """One line per dataset with samples left out: how many and why."""
+        lines = []
+        for name, reasons in self.left_out.items():
+            n = sum(reasons.values())
+            why = ", ".join(f"{k} {r}" for r, k in sorted(reasons.items()))
+            val = (
+                f", {self.val_left_out} of them in the validation fold"
+                if self.val_left_out and name == next(iter(self.per_dataset), None)
+                else ""
+            )
+            lines.append(f"{n} samples of {name!r} left out: {why}{val}")
+        return lines
 
 
-def _labelled_items(reg: Registry, name: str, limit: int | None) -> tuple[list[Item], int]:
+def _labelled_items(
+    reg: Registry, name: str, limit: int | None
+) -> tuple[list[Item], int, list[Item], dict[str, int]]:
+    """The labelled samples of ``name`` (its first ``limit``): ``(usable items, unlabelled count,
+    unusable items, left-out counts by reason)``."""
+    from hpatool.availability import usable_samples
+
     record = reg.dataset(name)
     root = record.image_root()
     samples = reg.samples(name)
     if limit is not None:
         samples = samples[:limit]
-    items = [Item(name, root, s.id, s.target) for s in samples if s.target is not None]
-    skipped = len(samples) - len(items)
-    if not items:
+    labelled = [s for s in samples if s.target is not None]
+    skipped = len(samples) - len(labelled)
+    if not labelled:
         raise UsageError(
             f"dataset {name!r} has no labelled samples (kind {record.kind}); training needs a "
             "dataset registered from a CSV with a Target column"
         )
-    return items, skipped
+    usable = usable_samples(reg, name, labelled)
+    kept = {s.id for s in usable.samples}
+    items = [Item(name, root, s.id, s.target) for s in labelled if s.target is not None]
+    good = [it for it in items if it.id in kept]
+    if not good:
+        raise DataError(
+            f"none of the {len(labelled)} labelled samples of dataset {name!r} has its images "
+            f"({usable.summary().split('(', 1)[-1].rstrip(')')}); download or convert them first, "
+            f"or check its folder {root}"
+        )
+    return good, skipped, [it for it in items if it.id not in kept], usable.left_out
 
 
 def dataset_items(reg: Registry, name: str, limit: int | None = None) -> list[Item]:
-    """The labelled samples of one dataset in registration order (the first ``limit`` samples)."""
+    """The usable labelled samples of one dataset in registration order (of its first
+    ``limit`` samples)."""
     return _labelled_items(reg, name, limit)[0]
 
 
 def train_val_items(
-    reg: Registry, datasets: Sequence[str], fold: int, limit: int | None = None
+    reg: Registry,
+    datasets: Sequence[str],
+    fold: int,
+    limit: int | None = None,
+    *,
+    strict: bool = False,
 ) -> TrainValItems:
-    """Training and validation samples for ``--dataset``s ``datasets`` and ``--fold fold``."""
+    """Training and validation samples for ``--dataset``s ``datasets`` and ``--fold fold``.
+
+    Samples whose images are not there (``hpatool.availability``) are left out and counted;
+    with ``strict``, a validation sample left out is an error (the validation set would not be
+    the fold the user asked for)."""
     if not datasets:
         raise UsageError("give at least one --dataset")
     dupes = sorted({d for d in datasets if list(datasets).count(d) > 1})
@@ -133,21 +181,33 @@ def train_val_items(
     for name in datasets[1:]:
         reg.dataset(name)
     folds = reg.folds(first)
-    items, skipped = _labelled_items(reg, first, limit)
+    items, skipped, missing, reasons = _labelled_items(reg, first, limit)
+    left_out = {first: reasons} if reasons else {}
+    val_missing = [it for it in missing if folds.get(it.id) == fold]
+    if val_missing and strict:
+        raise DataError(
+            f"{len(val_missing)} samples of validation fold {fold} of {first!r} have no images "
+            f"(the first: {val_missing[0].id}); --strict refuses a partial validation fold: "
+            "download or convert them, or leave out --strict to validate on the rest"
+        )
     val = [it for it in items if folds.get(it.id) == fold]
     train = [it for it in items if folds.get(it.id) is not None and folds[it.id] != fold]
+    unsplit = sum(1 for it in items if folds.get(it.id) is None)
     if not val:
         raise UsageError(
             f"fold {fold} of dataset {first!r} has no samples"
             + (f" among the first {limit} (--limit); raise --limit" if limit else "")
+            + (f" with images ({len(val_missing)} without)" if val_missing else "")
         )
     per_dataset = {first: len(train)}
-    val_ids = {it.id for it in val}
+    val_ids = {it.id for it in val} | {it.id for it in val_missing}
     train_ids = {it.id for it in train}
     removed = duplicates = 0
     for name in datasets[1:]:
-        extra, sk = _labelled_items(reg, name, limit)
+        extra, sk, _, reasons = _labelled_items(reg, name, limit)
         skipped += sk
+        if reasons:
+            left_out[name] = reasons
         outside_val = [it for it in extra if it.id not in val_ids]
         removed += len(extra) - len(outside_val)
         # An id already in training (the same sample registered twice) is trained once.
@@ -156,17 +216,40 @@ def train_val_items(
         train_ids.update(it.id for it in kept)
         per_dataset[name] = len(kept)
         train.extend(kept)
+    dup_removed = _duplicates_of(reg, list(datasets), val, train)
+    if dup_removed:
+        train = [it for it in train if (it.dataset, it.id) not in dup_removed]
+        for it in dup_removed:
+            per_dataset[it[0]] -= 1
     if not train:
         raise UsageError("no training samples left after taking out the validation fold")
     return TrainValItems(
         train=train,
         val=val,
-        split={"folds": n_folds, "seed": int(info["seed"])},
+        split={"folds": n_folds, "seed": int(info["seed"]), "created_at": info.get("created_at")},
         skipped_unlabelled=skipped,
         removed_overlap=removed,
         removed_duplicates=duplicates,
         per_dataset=per_dataset,
+        left_out=left_out,
+        val_left_out=len(val_missing),
+        unsplit=unsplit,
+        duplicates_removed=sorted(dup_removed),
+        not_deduplicated=[d for d in datasets if not reg.dedup_done(d)],
     )
+
+
+def _duplicates_of(
+    reg: Registry, datasets: list[str], val: list[Item], train: list[Item]
+) -> set[tuple[str, str]]:
+    """The training samples (``(dataset, id)``) in a duplicate cluster (``hpatool dedup``)
+    with a validation sample: trained on, they would leak into validation."""
+    clusters = reg.clusters(datasets)
+    if not clusters:
+        return set()
+    val_keys = {(it.dataset, it.id) for it in val}
+    tainted = {m for c in clusters if any(tuple(m) in val_keys for m in c) for m in map(tuple, c)}
+    return {(it.dataset, it.id) for it in train if (it.dataset, it.id) in tainted}
 
 
 def image_size(item: Item) -> tuple[int, int]:

@@ -8,7 +8,7 @@ folds give 2 or 3 per fold). Same targets and seed, same folds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,10 @@ class SplitResult:
     replaced: bool
     #: classes with at least ``folds`` samples that still miss a fold (empty in practice)
     uneven: list[int]
+    #: samples not split because their images are not there: reason -> count
+    left_out: dict[str, int] = field(default_factory=dict)
+    #: duplicate clusters (``hpatool dedup``) of 2+ of the split samples, each kept in one fold
+    clusters_kept: int = 0
 
 
 def make_folds(
@@ -80,8 +84,15 @@ def split_dataset(
     seed: int = SplitConfig.seed,
     *,
     force: bool = False,
+    all_samples: bool = False,
 ) -> SplitResult:
     """Split dataset ``name`` into ``folds`` stratified folds and store them in the registry.
+
+    Only the samples whose images are there are split (``hpatool.availability``; a dataset of
+    labels alone, with no image folder or none of its images yet, is split whole), so that the
+    folds are balanced among the samples training will use; the others get no fold and are
+    counted in ``left_out``. ``all_samples`` splits every registered sample (folds that stay
+    the same while a download goes on).
 
     Splitting again with the same folds and seed is a no-op that reports the stored split;
     different parameters replace it only with ``force`` (runs validated on the old folds would
@@ -99,14 +110,25 @@ def split_dataset(
             f"dataset {name!r} has {unlabelled:,} unlabelled samples (kind {record.kind}); only a "
             "dataset registered from a CSV with a Target column can be split"
         )
-    if len(samples) < folds:
+    chosen, left_out = samples, {}
+    if not all_samples and (record.root is not None or any(s.status for s in samples)):
+        from hpatool.availability import usable_samples
+
+        usable = usable_samples(reg, name, samples)
+        chosen, left_out = usable.samples, usable.left_out
+        if not chosen and not any(s.status for s in samples):
+            # no image there yet (labels registered before the images): split them all
+            chosen, left_out = samples, {}
+    if len(chosen) < folds:
+        there = f" with images ({usable.summary()})" if left_out else ""
         raise UsageError(
-            f"dataset {name!r} has {len(samples)} samples, fewer than --folds {folds}; "
-            "use fewer folds"
+            f"dataset {name!r} has {len(chosen)} samples{there}, fewer than --folds {folds}; "
+            "use fewer folds" + (", or --all-samples" if left_out else "")
         )
     _check_existing(reg, name, folds, seed, force)
-    y = to_multihot([s.target for s in samples])
-    assignment = make_folds(y, folds=folds, seed=seed)
+    y = to_multihot([s.target for s in chosen])
+    group = _duplicate_groups(reg, name, [s.id for s in chosen])
+    assignment = make_grouped_folds(y, group, folds=folds, seed=seed)
     with reg.transaction():  # the command's unit of work: the split and its folds, together
         # Decide again inside the write lock: another split, or a 'datasets remove' and 'add',
         # may have landed while the folds were being computed.
@@ -116,7 +138,7 @@ def split_dataset(
                 f"dataset {name!r} changed in {reg.path} while it was being split (removed and "
                 "added again, or given other samples); nothing was stored: run the split again"
             )
-        reg.set_folds(name, [s.id for s in samples], assignment.tolist(), folds=folds, seed=seed)
+        reg.set_folds(name, [s.id for s in chosen], assignment.tolist(), folds=folds, seed=seed)
     counts = fold_class_counts(y, assignment, folds)
     sizes = np.bincount(assignment, minlength=folds).astype(int).tolist()
     totals = y.sum(axis=0)
@@ -127,9 +149,42 @@ def split_dataset(
         dataset=name,
         folds=folds,
         seed=seed,
-        samples=len(samples),
+        samples=len(chosen),
         fold_sizes=sizes,
         class_counts=counts,
         replaced=replaced,
         uneven=uneven,
+        left_out=left_out,
+        clusters_kept=int(np.sum(np.bincount(group) >= 2)) if len(group) else 0,
     )
+
+
+def _duplicate_groups(reg: Registry, name: str, ids: list[str]) -> np.ndarray:
+    """Group number of each of ``ids``: the members of one duplicate cluster (``hpatool
+    dedup``, found across all datasets) share one; every other sample is a group of its own."""
+    index = {sample_id: i for i, sample_id in enumerate(ids)}
+    group = np.arange(len(ids), dtype=np.int64)
+    for cluster in reg.clusters([name]):
+        members = [index[sid] for ds, sid in cluster if ds == name and sid in index]
+        if len(members) >= 2:
+            group[members] = min(members)
+    _, dense = np.unique(group, return_inverse=True)
+    return dense.astype(np.int64)
+
+
+def make_grouped_folds(
+    targets: np.ndarray,
+    group: np.ndarray,
+    folds: int = SplitConfig.folds,
+    seed: int = SplitConfig.seed,
+) -> np.ndarray:
+    """``make_folds`` over groups: the samples of one group (a duplicate cluster) share a fold.
+    Each group is stratified as one row holding the union of its members' labels; without
+    groups of two or more this is ``make_folds`` exactly."""
+    y = np.asarray(targets)
+    n_groups = int(group.max()) + 1 if len(group) else 0
+    if n_groups == len(group):
+        return make_folds(y, folds=folds, seed=seed)
+    union = np.zeros((n_groups, y.shape[1]), dtype=y.dtype)
+    np.maximum.at(union, group, y)
+    return make_folds(union, folds=folds, seed=seed)[group]

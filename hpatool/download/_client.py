@@ -9,7 +9,9 @@ conversion (decode, resize, PNG encode) runs in a process pool, never on the eve
 
 Timeouts, connection errors, 5xx, 408, 429 and truncated or undecodable bodies are retried with
 exponential backoff and full jitter (``Retry-After`` honoured, capped); 403, 404, 410 and other
-4xx, and a body over ``max_bytes`` once decoded (an endless body, a gzip bomb), are permanent.
+4xx, and a body over ``max_bytes`` once decoded (an endless body, a gzip bomb), are permanent;
+404 and 410 are the kind ``MISSING`` (not on the server: the caller remembers them), and a run
+whose first requests all get them stops (a wrong ``--base-url``).
 Each failed attempt has a :class:`~hpatool.download.retry.Failure` kind, and the decisions
 (retry, give up, "the server cannot be reached") are made on kinds, never on message text.
 Nothing here prints: results go to a callback, one per file.
@@ -39,8 +41,15 @@ from hpatool.convert.workers import (
     place_checked_body,
     verify_file,
 )
-from hpatool.download.retry import UNREACHABLE_ATTEMPTS, Failure, backoff_delay, parse_retry_after
-from hpatool.download.urls import redact_text, redact_url
+from hpatool.download.retry import (
+    MISSING_ATTEMPTS,
+    MISSING_STATUS,
+    UNREACHABLE_ATTEMPTS,
+    Failure,
+    backoff_delay,
+    parse_retry_after,
+)
+from hpatool.download.urls import DEFAULT_BASE_URL, redact_text, redact_url
 from hpatool.errors import WorkFailed
 
 CHUNK = 1 << 16
@@ -78,6 +87,7 @@ class ClientSettings:
     size: int
     channel_rule: str
     max_bytes: int = 64 << 20  # the most bytes one body may have, decoded (--max-file-size)
+    base_url: str = ""  # --base-url, for the "is --base-url right?" message (redacted there)
 
 
 @dataclass(frozen=True)
@@ -151,6 +161,10 @@ class Downloader:
         self._session: aiohttp.ClientSession | None = None
         self.fetched_ok = 0  # files fetched and checked
         self.unreachable = 0  # attempts that did not reach an image server, while fetched_ok == 0
+        self.failed_before_ok = 0  # failed attempts, while fetched_ok == 0
+        self.missing_before_ok = 0  # of them, those answered 404 or 410
+        self._missing_statuses: set[int] = set()
+        self._last_missing_url = ""
 
     # ------------------------------------------------------------------ running
 
@@ -243,8 +257,14 @@ class Downloader:
 
     def _check_reachable(self, job: FileJob, outcome: _Attempt) -> None:
         """Stop the run when the server has never answered with an image and many attempts
-        have failed to reach it (see ``UNREACHABLE_ATTEMPTS``)."""
-        if self.fetched_ok or outcome.failure is None or not outcome.failure.unreachable:
+        have failed to reach it (see ``UNREACHABLE_ATTEMPTS``) or got 404 / 410 (see
+        ``MISSING_ATTEMPTS``): the ``--base-url`` is wrong, or there is no network."""
+        if self.fetched_ok or outcome.failure is None:
+            return
+        self.failed_before_ok += 1
+        if outcome.failure is Failure.MISSING:
+            self._check_missing(job, outcome)
+        if not outcome.failure.unreachable:
             return
         self.unreachable += 1
         limit = max(UNREACHABLE_ATTEMPTS, 2 * self.settings.concurrency)
@@ -256,6 +276,37 @@ class Downloader:
                 f"failed (last: {url}: {error}); check --base-url and the network, "
                 "then rerun the same command (finished files are kept)"
             )
+
+    def _check_missing(self, job: FileJob, outcome: _Attempt) -> None:
+        """Stop the run when the first requests (``MISSING_ATTEMPTS``, or ``2 * concurrency``
+        if more) got 404 or 410 and none got an image: a wrong ``--base-url`` path, not a
+        server missing every file."""
+        self.missing_before_ok += 1
+        self._last_missing_url = job.url
+        if outcome.status is not None:
+            self._missing_statuses.add(outcome.status)
+        # == rather than >=: workers still in flight until the run is cancelled must not raise
+        # a second error with a larger count (the first one raised is not always the one seen)
+        if self.missing_before_ok == max(MISSING_ATTEMPTS, 2 * self.settings.concurrency):
+            raise self.wrong_base_url(first=True)
+
+    @property
+    def only_missing(self) -> bool:
+        """Whether every request so far got 404 or 410 (and there was at least one)."""
+        return not self.fetched_ok and 0 < self.missing_before_ok == self.failed_before_ok
+
+    def wrong_base_url(self, *, first: bool) -> ServerUnreachable:
+        """The error of a run whose (``first``) requests got 404 / 410 and no image."""
+        n, tried = self.missing_before_ok, self.failed_before_ok
+        of = "the first " if first else "the "
+        who = f"every one of {of}{n} requests" if n == tried else f"{n} of {of}{tried} requests"
+        got = "/".join(str(s) for s in sorted(self._missing_statuses))
+        base = self.settings.base_url or str(URL(self._last_missing_url).origin())
+        return ServerUnreachable(
+            f"{who} got {got} from {redact_url(base)}: is --base-url right? (last: "
+            f"{redact_url(self._last_missing_url)}; the HPA v18 images are at "
+            f"{DEFAULT_BASE_URL}); nothing was recorded, rerun with the right --base-url"
+        )
 
     async def _fetch_once(self, job: FileJob) -> _Attempt:
         """One request for ``job``: its body streamed to ``job.part`` (or read into memory)."""
@@ -284,6 +335,8 @@ class Downloader:
         status = resp.status
         if status != 200:
             reason = f"HTTP {status}" + (f" {resp.reason}" if resp.reason else "")
+            if status in MISSING_STATUS:
+                return _Attempt(Failure.MISSING, status, reason)
             after = parse_retry_after(resp.headers.get("Retry-After"))
             return _Attempt(Failure.HTTP_STATUS, status, reason, after)
         ctype = resp.headers.get("Content-Type", "")

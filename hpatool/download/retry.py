@@ -14,10 +14,21 @@ MAX_RETRY_AFTER = 120.0
 #: Longest backoff between two attempts of one file, in seconds.
 MAX_BACKOFF = 60.0
 RETRY_STATUS = frozenset({408, 425, 429})
+#: Answers that say the file is not on the server: final, remembered (a rerun skips the sample,
+#: unless ``--retry-missing``). The real HPA v18 server has such permanent 404s.
+MISSING_STATUS = frozenset({404, 410})
 #: Give up on the whole run when this many attempts (at least; ``2 * concurrency`` if more) have
 #: failed to reach the server (connection errors, timeouts, HTML instead of images) before any
 #: file arrived: a wrong ``--base-url`` or no network would otherwise retry every file for hours.
 UNREACHABLE_ATTEMPTS = 48
+#: Give up on the whole run when this many requests (at least; ``2 * concurrency`` if more) have
+#: got 404 or 410 before any file arrived: a ``--base-url`` with a wrong path would otherwise
+#: record every sample as missing on the server, and the wrong URL as the dataset's provenance.
+MISSING_ATTEMPTS = 24
+#: A shorter run (a trial with ``--limit``) that starts from nothing, makes at least this many
+#: requests and gets only 404 / 410 is stopped the same way at its end, unless
+#: ``--retry-missing`` (which asks for files known to be missing: 404s are expected there).
+MISSING_ONLY_MIN = 8
 
 
 class Failure(enum.Enum):
@@ -25,6 +36,9 @@ class Failure(enum.Enum):
     reached" are decided on these kinds (and the HTTP status), not on the messages."""
 
     HTTP_STATUS = "http_status"  # an answer other than 200; the attempt's status says which
+    #: 404 or 410 (``MISSING_STATUS``): the file is not on the server; final, and remembered
+    #: (the sample's status is ``missing``: reruns skip it unless ``--retry-missing``)
+    MISSING = "missing"
     TIMEOUT = "timeout"  # no data for --timeout seconds, or the whole file took too long
     CONNECTION = "connection"  # refused, reset, DNS, a broken connection
     NOT_AN_IMAGE = "not_an_image"  # 200, but with a Content-Type that is no image (a soft 404)
@@ -42,7 +56,7 @@ class Failure(enum.Enum):
         everything else."""
         if self is Failure.HTTP_STATUS:
             return status is not None and (status in RETRY_STATUS or status >= 500)
-        return self not in (Failure.BAD_REQUEST, Failure.TOO_LARGE)
+        return self not in (Failure.MISSING, Failure.BAD_REQUEST, Failure.TOO_LARGE)
 
     @property
     def unreachable(self) -> bool:

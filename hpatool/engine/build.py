@@ -63,6 +63,19 @@ class TrainData:
     val_loader: DataLoader[Any]
     steps_per_epoch: int  # per process
 
+    def close(self) -> None:
+        """Stop the loaders' worker processes (and the pin-memory thread) now.
+
+        Their workers are persistent, so they would otherwise live until the loaders are
+        garbage-collected; when a run is stopped, its traceback keeps them alive until the
+        interpreter exits, and torch skips its clean-up then."""
+        for loader in (self.train_loader, self.val_loader):
+            iterator = getattr(loader, "_iterator", None)
+            shutdown = getattr(iterator, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            loader._iterator = None
+
 
 def build_data(
     target: RunTarget, reg: Registry, ctx: DistContext, device: torch.device
@@ -70,7 +83,7 @@ def build_data(
     """The samples of the run (a resumed run's validation fold must not have changed), the
     oversampling sampler of this rank, and the loaders."""
     config = target.config
-    parts = train_val_items(reg, config.datasets, config.fold, config.limit)
+    parts = train_val_items(reg, config.datasets, config.fold, config.limit, strict=config.strict)
     check_same_split(target, parts)
     sizes = check_crop(config.crop, [*parts.val, *parts.train])
     train_targets = targets_array(parts.train)
@@ -187,6 +200,12 @@ def resolved_config(
         "skipped_unlabelled": parts.skipped_unlabelled,
         "removed_overlap": parts.removed_overlap,
         "removed_duplicates": parts.removed_duplicates,
+        # samples whose images are not there, per dataset and reason (hpatool.availability)
+        "left_out": parts.left_out,
+        "val_left_out": parts.val_left_out,
+        "unsplit": parts.unsplit,
+        # training samples that duplicate a validation sample (hpatool dedup), left out
+        "duplicates_removed": [list(key) for key in parts.duplicates_removed],
         "image_sizes": {k: list(v) for k, v in data.image_sizes.items()},
         "class_multipliers": data.multipliers.tolist(),
         "world_size": ctx.world_size,

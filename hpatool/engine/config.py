@@ -33,7 +33,8 @@ AGGREGATIONS = ("max", "mean")
 
 
 def default_workers() -> int:
-    """min(4, CPUs): the DataLoader workers of ``train`` when none are given."""
+    """min(4, CPUs): the DataLoader workers of ``train``, ``evaluate`` and ``predict`` when none
+    are given."""
     return min(4, os.cpu_count() or 1)
 
 
@@ -64,6 +65,8 @@ class TrainConfig:
     max_steps: int | None = None
     limit: int | None = None
     checkpoint_every: int | None = None  # steps; None = checkpoint-last.pt at epoch ends only
+    strict: bool = False  # refuse a validation fold with samples whose images are missing
+    tensorboard: bool = False  # also write scalars for TensorBoard to OUT/NAME/tensorboard
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +82,9 @@ class TrainConfig:
         _at_least(self, "epochs", 1, "train for at least 1 epoch")
         _at_least(self, "batch_size", 1, "use at least 1")
         _at_least(self, "crop", 8, "use at least 8 pixels")
+        from hpatool.models import check_input_size
+
+        check_input_size(self.arch, self.crop)  # inceptionresnetv2 needs 75 px, say
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise _bad("lr", self.lr, "use a positive learning rate such as 5e-4")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
@@ -158,10 +164,11 @@ class PredictConfig:
     threshold: str = "auto"
     min_labels: int = 1
     batch_size: int = 16
-    workers: int = 0
+    workers: int = field(default_factory=default_workers)  # as train's
     device: str = "auto"
     seed: int = 0
     # predict only
+    known_labels: bool = False  # a sample with labelled duplicates (hpatool dedup) takes theirs
     out: str = "submission.csv"
     probs: str | None = None
     strict: bool = False

@@ -53,6 +53,11 @@ def announce(
     info = {
         "train_samples": len(data.parts.train),
         "val_samples": len(data.parts.val),
+        "left_out": data.parts.left_out_lines(),
+        "unsplit": data.parts.unsplit,
+        "duplicates_removed": len(data.parts.duplicates_removed),
+        # the datasets to give 'hpatool dedup' together, when it has not hashed some of them
+        "dedup_hint": config.datasets if data.parts.not_deduplicated else [],
         "device": str(trainer.device),
         "world_size": ctx.world_size,
         "resumed": target.resumed,
@@ -115,7 +120,15 @@ def run_epoch(run: EpochRun, epoch: int) -> tuple[bool, bool]:
         first_step=state.step,
     )
     in_epoch = state.step_in_epoch + stats.steps
-    run.events("validate", epoch + 1, state.step + stats.steps, step_in_epoch=in_epoch)
+    step = state.step + stats.steps
+    n_val = len(run.data.val_loader.sampler)  # type: ignore[arg-type]
+
+    def on_batch(done: int) -> None:
+        run.events(
+            "validate", epoch + 1, step, step_in_epoch=in_epoch, val_done=done, val_total=n_val
+        )
+
+    on_batch(0)
     result = validate(
         objects.model,
         trainer.loss_fn,
@@ -125,6 +138,7 @@ def run_epoch(run: EpochRun, epoch: int) -> tuple[bool, bool]:
         channels_last=trainer.channels_last,
         ctx=run.ctx,
         n_total=len(run.data.parts.val),
+        on_batch=on_batch if run.ctx.is_main else None,
     )
     metrics = result.metrics()
     thresholds = metrics.pop("thresholds")

@@ -25,6 +25,8 @@ class TrainEvent:
     loss: float | None = None  # running mean training loss of the epoch
     images_per_s: float | None = None
     metrics: dict[str, Any] | None = None
+    val_done: int = 0  # "validate": validation samples scored so far (this process)
+    val_total: int = 0  # "validate": validation samples of this process
     best: bool = False
     info: dict[str, Any] = field(default_factory=dict)
 

@@ -85,23 +85,73 @@ def resolve_thresholds(
     return arr
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """What a model was trained on, as its run recorded it: ``--dataset``s, ``--fold`` (the
+    validation fold of the first dataset) and ``--limit`` (the first N samples of each)."""
+
+    run: str  # the run's name, or the checkpoint file when the run is not named
+    datasets: tuple[str, ...]
+    fold: int | None
+    limit: int | None
+
+
+def training_data(reg: Registry, run: str | None, checkpoint: Path | None) -> TrainingData | None:
+    """The training data of ``--run`` (from the registry) or of a ``--checkpoint`` (from the
+    ``config.json`` beside it); ``None`` for a checkpoint on its own."""
+    options: Any = None
+    name = run
+    if run is not None:
+        record = reg.run(run)
+        saved = record.config.get("options") if isinstance(record.config, dict) else None
+        limit = saved.get("limit") if isinstance(saved, dict) else None
+        options = {"datasets": list(record.datasets), "fold": record.fold, "limit": limit}
+    elif checkpoint is not None:
+        try:
+            options = json.loads((checkpoint.parent / CONFIG_FILE).read_text("utf-8"))["options"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        name = options.get("name") if isinstance(options, dict) else None
+        name = name if isinstance(name, str) and name else str(checkpoint)
+    if not isinstance(options, dict) or name is None:
+        return None
+    datasets, fold, limit = options.get("datasets"), options.get("fold"), options.get("limit")
+    if not isinstance(datasets, list) or not all(isinstance(d, str) for d in datasets):
+        return None
+    return TrainingData(
+        run=name,
+        datasets=tuple(datasets),
+        fold=fold if isinstance(fold, int) else None,
+        limit=limit if isinstance(limit, int) and limit > 0 else None,
+    )
+
+
 def validation_fold(
     reg: Registry, dataset: str, run: str | None, checkpoint: Path | None
 ) -> int | None:
     """The fold the model was validated on, when ``dataset`` is its first training dataset:
     from the registry for ``--run``, from the ``config.json`` beside a ``--checkpoint``."""
-    datasets: list[str] = []
-    fold: Any = None
-    if run is not None:
-        r = reg.run(run)
-        datasets, fold = list(r.datasets), r.fold
-    elif checkpoint is not None:
-        try:
-            config_text = (checkpoint.parent / CONFIG_FILE).read_text("utf-8")
-            options = json.loads(config_text)["options"]
-            datasets, fold = list(options["datasets"]), options["fold"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None  # a checkpoint on its own: evaluate every labelled sample
-    if datasets and datasets[0] == dataset and isinstance(fold, int):
-        return fold
+    data = training_data(reg, run, checkpoint)
+    if data is not None and data.datasets and data.datasets[0] == dataset:
+        return data.fold
     return None
+
+
+def training_ids(reg: Registry, data: TrainingData) -> set[str]:
+    """The ids of the samples the run trained on, as ``hpatool.data.samples.train_val_items``
+    chooses them: the labelled samples among the first ``limit`` of each dataset, except the
+    validation fold of the first (and, in the others, the ids in it). Datasets removed since
+    are skipped."""
+    train: set[str] = set()
+    val: set[str] = set()
+    for k, name in enumerate(data.datasets):
+        if not reg.has_dataset(name):
+            continue
+        samples = [s for s in reg.samples(name)[: data.limit] if s.target is not None]
+        if k == 0 and data.fold is not None:
+            folds = reg.folds(name)
+            val = {s.id for s in samples if folds.get(s.id) == data.fold}
+            train.update(s.id for s in samples if folds.get(s.id) is not None and s.id not in val)
+        else:
+            train.update(s.id for s in samples if s.id not in val)
+    return train

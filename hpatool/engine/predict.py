@@ -1,5 +1,6 @@
-"""``hpatool predict`` and ``hpatool evaluate``: score a dataset with a trained model and write
-a Kaggle submission (and probabilities), or report per-class precision, recall and F1.
+"""``hpatool predict``, and the scoring it shares with ``hpatool evaluate``
+(``hpatool.engine.evaluate``): score a dataset with a trained model and write a Kaggle
+submission (and probabilities).
 
 Both score images the same way (``hpatool.engine.scoring``: crops, aggregation, thresholds,
 ``--min-labels``) with the model that ``hpatool.engine.model_source`` finds. Under ``torchrun``
@@ -8,27 +9,23 @@ each rank scores its share and rank 0 gathers the probabilities and writes the f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from hpatool._io import ProgressFn
 from hpatool.engine import checkpoint as ckpt_mod
 from hpatool.engine.config import PredictConfig
-from hpatool.engine.metrics import DEFAULT_THRESHOLD, ClassReport, macro_f1, per_class_report
 from hpatool.engine.model_source import (
     ModelSource,
     resolve_source,
     resolve_thresholds,
-    validation_fold,
 )
 from hpatool.engine.predict_files import (
     check_predict_outputs,
     failures_path_for,
-    model_inputs,
     partial_path,
     write_failures,
     write_probabilities,
@@ -37,21 +34,28 @@ from hpatool.engine.predict_files import (
 from hpatool.engine.scoring import (
     ScoreItem,
     Scores,
+    check_images,
     decide_labels,
-    resolve_crop,
     score,
     windows_text,
 )
-from hpatool.errors import Interrupted, NotFound, UsageError, WorkFailed
-from hpatool.labels import NUM_CLASSES
-from hpatool.outputs import Inputs, check_figure
-from hpatool.registry import Registry, Sample
+from hpatool.engine.selection import (
+    Candidates,
+    LeftOut,
+    available,
+    warn_once,
+)
+from hpatool.errors import DataError, Interrupted, UsageError, WorkFailed
+from hpatool.outputs import Inputs
+from hpatool.registry import Registry
 
 # ------------------------------------------------------------------------------------ scoring
 
 
 @dataclass
-class _Scored:
+class Scored:
+    """A dataset scored: the probabilities (and failures), how, with what model, on which rank."""
+
     scores: Scores
     crop: int
     windows: int  # windows scored per image: ``crops``, or 1 if the crop is the image
@@ -60,21 +64,40 @@ class _Scored:
     is_main: bool
 
 
+#: Called once every check has passed, right before scoring, with the samples to score.
+BeforeScoring = Callable[[Candidates], None]
+
+
+def _check_input_size(arch: str, crop_size: int | None) -> None:
+    """Whether the model's architecture can take ``--crop-size`` inputs (the run's own
+    training crop it took already), before any image is read."""
+    from hpatool.models import check_input_size
+
+    if crop_size is None:
+        return
+    try:
+        check_input_size(arch, crop_size)
+    except UsageError as exc:
+        raise UsageError(f"--crop-size {crop_size} does not fit the model: {exc}") from None
+
+
 def _score_dataset(
     reg: Registry,
-    items: list[ScoreItem],
+    cands: Candidates,
     config: PredictConfig,
     *,
     strict: bool,
     progress: ProgressFn | None,
-) -> _Scored:
-    """Load the model, score ``items`` (sharded under torchrun), gather on rank 0."""
+    before: BeforeScoring,
+    both: bool = False,
+) -> Scored:
+    """Load the model, check every input (the architecture takes the crop, every image's
+    header is readable and fits the crop), call ``before``, then score ``cands.items``
+    (sharded under torchrun) and gather on rank 0."""
     import torch
 
     from hpatool.engine.distributed import DistContext, resolve_device
 
-    if not items:
-        raise UsageError("no samples to score")
     checkpoint = Path(config.checkpoint) if config.checkpoint is not None else None
     source = resolve_source(reg, config.run, checkpoint)
     ctx = DistContext.from_env()
@@ -87,11 +110,15 @@ def _score_dataset(
         # channels_last is faster on CUDA and, through oneDNN, on the CPU too (resnet50 at 256:
         # 7.6-7.9 vs 6.4-6.6 crops/s on the 2-core development machine).
         model = model.to(memory_format=torch.channels_last)
-        crop, whole_image = resolve_crop(config.crop_size, spec.crop, items, str(config.dataset))
+        _check_input_size(spec.arch, config.crop_size)
+        checked = check_images(cands.items, config.crop_size, spec.crop, cands.dataset)
+        cands.apply(checked)
+        cands.require_some()
+        before(cands)
         local = score(
             model,
-            items,
-            crop=crop,
+            cands.items,
+            crop=checked.crop,
             crops=config.crops,
             agg=config.agg,
             mean=spec.mean,
@@ -104,30 +131,35 @@ def _score_dataset(
             rank=ctx.rank,
             world_size=ctx.world_size,
             progress=progress if ctx.is_main else None,
+            both=both,
         )
         merged = Scores()
         for part in ctx.gather(local):
             merged.update(part)
-        windows = 1 if whole_image else config.crops
-        return _Scored(merged, crop, windows, thresholds, source, ctx.is_main)
+        windows = 1 if checked.whole_image else config.crops
+        return Scored(merged, checked.crop, windows, thresholds, source, ctx.is_main)
     finally:
         ctx.destroy()
 
 
-def _score_or_stop(
+def score_or_stop(
     reg: Registry,
-    items: list[ScoreItem],
+    cands: Candidates,
     config: PredictConfig,
     *,
     strict: bool,
     progress: ProgressFn | None,
-) -> _Scored:
+    before: BeforeScoring,
+    both: bool = False,
+) -> Scored:
     """``_score_dataset``, with SIGTERM stopping it as Ctrl-C does: one line, exit 143 (130)."""
     from hpatool.convert.pool import sigterm_as_interrupt
 
     try:
         with sigterm_as_interrupt():
-            return _score_dataset(reg, items, config, strict=strict, progress=progress)
+            return _score_dataset(
+                reg, cands, config, strict=strict, progress=progress, before=before, both=both
+            )
     except (KeyboardInterrupt, Interrupted) as exc:
         code = exc.exit_code if isinstance(exc, Interrupted) else 130
         why = "terminated (SIGTERM)" if code == 143 else "interrupted"
@@ -136,7 +168,7 @@ def _score_or_stop(
         ) from None
 
 
-def _dataset_name(config: PredictConfig) -> str:
+def dataset_name(config: PredictConfig) -> str:
     config.validate()
     assert config.dataset is not None  # validate() says so
     return config.dataset
@@ -161,10 +193,17 @@ class PredictResult:
     label_counts: dict[int, int]
     is_main: bool = True
     windows: int = 0  # windows scored per image: ``crops``, or 1 if the crop is the image
+    left_out: dict[str, int] = field(default_factory=dict)  # reason -> count, before scoring
+    #: with ``--known-labels``: the samples that took their labelled duplicates' labels
+    known_labels: int | None = None
 
     @property
     def scoring_text(self) -> str:  # ``max of 8 crops of 256px`` or ``1 window of 512px ...``
         return windows_text(self.agg, self.crops, self.crop, self.windows)
+
+    @property
+    def n_left_out(self) -> int:
+        return sum(self.left_out.values())
 
 
 def predict(
@@ -176,23 +215,62 @@ def predict(
     """Score every sample of ``config.dataset`` and write a Kaggle submission to ``config.out``
     (and the probabilities to ``config.probs``).
 
-    If some images cannot be read, the others are written to ``<out stem>.partial.csv`` (and
-    ``<probs stem>.partial.csv``), ``out`` itself is not written, and ``WorkFailed`` is raised
-    after the files are down; with ``config.strict`` the first bad image stops everything.
-    Every file it may write is checked first (``hpatool.outputs``); ``inputs`` are the
-    command's own input files (``--config``), never to be written over.
+    Before any scoring, the samples whose images are not there (``hpatool.availability``) are
+    found: they are named in one ``LeftOut`` warning and keep their row in the submission,
+    with no labels (Kaggle wants every Id), and no row in the probabilities; with
+    ``config.strict`` any of them stops the command before scoring. Every header is read
+    then too. If an image cannot be read (its header before scoring, or its body while it is
+    scored), the others are written to ``<out stem>.partial.csv``
+    (and ``<probs stem>.partial.csv``), ``out`` itself is not written, and ``WorkFailed`` is
+    raised after the files are down; with ``config.strict`` the first such image stops
+    everything. Every file it may write is checked first (``hpatool.outputs``); ``inputs``
+    are the command's own input files (``--config``), never to be written over.
     """
-    dataset = _dataset_name(config)
+    dataset = dataset_name(config)
     out, probs_out = check_predict_outputs(reg, config, inputs)
-    root = reg.dataset(dataset).image_root()
-    items = [ScoreItem(i, root, s.id) for i, s in enumerate(reg.samples(dataset))]
-    scored = _score_or_stop(reg, items, config, strict=config.strict, progress=progress)
+    cands = available(reg, dataset, list(enumerate(reg.samples(dataset))), repr(dataset))
+    all_items = [*cands.items, *(ScoreItem(i, Path(), sid) for i, sid in cands.left.items())]
+    all_items.sort(key=lambda t: t.index)
+    out_name = Path(str(config.out)).name
+    known = known_labels(reg, dataset) if config.known_labels else None  # before any scoring
+
+    def before(c: Candidates) -> None:
+        if not c.left_out:
+            return
+        if config.strict:
+            raise DataError(
+                f"{c.summary()}; --strict scores only a whole dataset: restore the files "
+                f"('hpatool datasets verify {dataset}' lists them) or leave out --strict"
+            )
+        if len(c.errors) == len(c.left):
+            return  # all of them unreadable: failures, named in the error at the end
+        warn_once(
+            f"{c.summary()}; their rows in {out_name} get no labels; scoring the other "
+            f"{len(c.items):,}",
+            LeftOut,
+        )
+
+    if config.strict:
+        before(cands)  # refuse before even loading the model
+    scored = score_or_stop(
+        reg, cands, config, strict=config.strict, progress=progress, before=before
+    )
     result = PredictResult(
         dataset=dataset,
         checkpoint=scored.source.checkpoint,
-        samples=len(items),
+        samples=cands.total,
         scored=len(scored.scores.probs),
-        failures={items[i].id: err for i, err in sorted(scored.scores.failures.items())},
+        # images that exist but cannot be read (found before scoring, or while scored) fail
+        # the command as before (partial and failures files, exit 1); only images that are
+        # not there at all are merely left out
+        failures={
+            **{cands.left[i]: error for i, error in cands.errors.items()},
+            **{
+                t.id: scored.scores.failures[t.index]
+                for t in cands.items
+                if t.index in scored.scores.failures
+            },
+        },
         submission=None,
         probs=None,
         partial=None,
@@ -202,26 +280,67 @@ def predict(
         label_counts={},
         is_main=scored.is_main,
         windows=scored.windows,
+        left_out=dict(cands.left_out),
     )
     if scored.is_main:
-        _write_predictions(result, items, scored, config.min_labels, out, probs_out)
+        _write_predictions(result, all_items, scored, config.min_labels, out, probs_out, known)
     return result
+
+
+def known_labels(reg: Registry, dataset: str) -> dict[str, tuple[int, ...]]:
+    """``--known-labels``: for each sample of ``dataset`` in a duplicate cluster (``hpatool
+    dedup``) with labelled samples (of any dataset, itself excluded), the union of their
+    labels. The public HPA images hold copies of Kaggle test images with their labels."""
+    if not reg.dedup_done(dataset):
+        raise UsageError(
+            f"--known-labels needs the duplicate clusters of {dataset!r}: run 'hpatool dedup "
+            f"{dataset} <labelled datasets>' first"
+        )
+    targets: dict[str, dict[str, tuple[int, ...] | None]] = {}
+    known: dict[str, tuple[int, ...]] = {}
+    for cluster in reg.clusters():
+        members = [(ds, sid) for ds, sid in cluster]
+        for ds, _ in members:
+            if ds not in targets:
+                targets[ds] = {s.id: s.target for s in reg.samples(ds)}
+        for ds, sid in members:
+            if ds != dataset:
+                continue
+            labels: set[int] = set()
+            for other_ds, other_id in members:
+                target = targets[other_ds].get(other_id)
+                if (other_ds, other_id) != (ds, sid) and target is not None:
+                    labels.update(target)
+            if labels:
+                known[sid] = tuple(sorted(labels))
+    return known
 
 
 def _write_predictions(
     result: PredictResult,
     items: list[ScoreItem],
-    scored: _Scored,
+    scored: Scored,
     min_labels: int,
     out: Path,
     probs_out: Path | None,
+    known: dict[str, tuple[int, ...]] | None = None,
 ) -> None:
-    """Write the submission (``.partial`` if some images failed, with a failures file, then
-    raise ``WorkFailed``) and the probabilities; fill in ``result``'s files and label counts."""
-    ok = [t for t in items if t.index in scored.scores.probs]
-    ids = [t.id for t in ok]
-    probs = [scored.scores.probs[t.index] for t in ok]
-    labels = [decide_labels(p, scored.thresholds, min_labels) for p in probs]
+    """Write the submission (``.partial`` if some images failed while scored, with a failures
+    file, then raise ``WorkFailed``) and the probabilities; fill in ``result``'s files and label
+    counts. ``items`` are every sample of the dataset: those left out before scoring keep
+    their row with no labels, and have none in the probabilities."""
+    got = scored.scores.probs
+    rows = [t for t in items if t.id not in result.failures]
+    ids = [t.id for t in rows]
+    labels = [
+        decide_labels(got[t.index], scored.thresholds, min_labels) if t.index in got else []
+        for t in rows
+    ]
+    if known is not None:  # --known-labels: a duplicate's labels win over the model's
+        labels = [
+            list(known[t.id]) if t.id in known else lab for t, lab in zip(rows, labels, strict=True)
+        ]
+        result.known_labels = sum(1 for t in rows if t.id in known)
     counts: dict[int, int] = {}
     for lab in labels:
         for c in lab:
@@ -230,8 +349,11 @@ def _write_predictions(
     incomplete = bool(result.failures)
     sub_path = write_submission(partial_path(out) if incomplete else out, ids, labels)
     if probs_out is not None:
+        with_probs = [t for t in rows if t.index in got]
         result.probs = write_probabilities(
-            partial_path(probs_out) if incomplete else probs_out, ids, probs
+            partial_path(probs_out) if incomplete else probs_out,
+            [t.id for t in with_probs],
+            [got[t.index] for t in with_probs],
         )
     failures_path = failures_path_for(out)
     if incomplete:
@@ -252,150 +374,3 @@ def _write_predictions(
     for path in stale:
         path.unlink(missing_ok=True)
     result.submission = sub_path
-
-
-# ----------------------------------------------------------------------------------- evaluate
-
-
-@dataclass
-class EvaluationReport:
-    """What ``hpatool evaluate`` reports: per-class scores and macro F1 on one dataset (fold)."""
-
-    dataset: str
-    fold: int | None
-    samples: int
-    crop: int
-    crops: int
-    agg: str
-    threshold: str
-    macro_f1: float
-    macro_f1_at_05: float
-    classes: list[ClassReport]
-    checkpoint: Path
-    is_main: bool = True
-    y_true: np.ndarray | None = None
-    y_pred: np.ndarray | None = None
-    probs: np.ndarray | None = None
-    plot: Path | None = None  # the per-class F1 chart, if one was asked for
-    windows: int = 0  # windows scored per image: ``crops``, or 1 if the crop is the image
-
-    @property
-    def scoring_text(self) -> str:  # ``max of 8 crops of 256px`` or ``1 window of 512px ...``
-        return windows_text(self.agg, self.crops, self.crop, self.windows)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "dataset": self.dataset,
-            "fold": self.fold,
-            "samples": self.samples,
-            "checkpoint": str(self.checkpoint),
-            "crop": self.crop,
-            "crops": self.crops,
-            "agg": self.agg,
-            "threshold": self.threshold,
-            "macro_f1": self.macro_f1,
-            "macro_f1_at_0.5": self.macro_f1_at_05,
-            "classes": [c.__dict__ for c in self.classes],
-        }
-
-
-def evaluate_run(
-    reg: Registry,
-    config: PredictConfig,
-    progress: ProgressFn | None = None,
-    inputs: Inputs = (),
-) -> EvaluationReport:
-    """Per-class precision, recall, F1 and support and macro F1 on the labelled samples of
-    ``config.dataset`` (only fold ``config.fold`` if given; for the run's own validation dataset
-    the run's fold is the default), scored as ``predict`` scores; with ``config.plot``, the
-    per-class F1 as a bar chart too."""
-    dataset = _dataset_name(config)
-    plot = None
-    if config.plot is not None:
-        own = [*inputs, *model_inputs(reg, config)]
-        plot = check_figure(config.plot, "--plot", reg, own)
-    fold, labelled = _labelled_samples(reg, config)
-    root = reg.dataset(dataset).image_root()
-    items = [ScoreItem(i, root, s.id) for i, s in labelled]
-    scored = _score_or_stop(reg, items, config, strict=True, progress=progress)
-    from hpatool.labels import to_multihot
-
-    y_true = to_multihot([s.target for _, s in labelled])
-    probs = np.stack([scored.scores.probs[t.index] for t in items])
-    y_pred = np.stack(
-        [
-            np.isin(np.arange(NUM_CLASSES), decide_labels(p, scored.thresholds, config.min_labels))
-            for p in probs
-        ]
-    )
-    classes = per_class_report(y_true, y_pred)
-    report = EvaluationReport(
-        dataset=dataset,
-        fold=fold,
-        samples=len(items),
-        crop=scored.crop,
-        crops=config.crops,
-        agg=config.agg,
-        threshold=str(config.threshold),
-        macro_f1=float(np.mean([c.f1 for c in classes])),
-        macro_f1_at_05=macro_f1(y_true, probs >= DEFAULT_THRESHOLD),
-        classes=classes,
-        checkpoint=scored.source.checkpoint,
-        is_main=scored.is_main,
-        y_true=y_true,
-        y_pred=y_pred,
-        probs=probs,
-        windows=scored.windows,
-    )
-    if plot is not None and report.is_main:
-        report.plot = plot_f1([report], plot)
-    return report
-
-
-def _labelled_samples(
-    reg: Registry, config: PredictConfig
-) -> tuple[int | None, list[tuple[int, Sample]]]:
-    """The fold to evaluate (``config.fold``, else the model's validation fold when the
-    dataset is its first, else none) and the labelled samples in it, by dataset position."""
-    dataset = str(config.dataset)
-    reg.dataset(dataset)  # an unknown name fails here, before anything else
-    fold = config.fold
-    if fold is None:
-        checkpoint = Path(config.checkpoint) if config.checkpoint is not None else None
-        fold = validation_fold(reg, dataset, config.run, checkpoint)
-    samples = reg.samples(dataset)
-    keep = {s.id for s in samples}
-    if fold is not None:
-        info = reg.split_info(dataset)
-        if info is None:
-            raise UsageError(
-                f"dataset {dataset!r} has no folds; run 'hpatool split {dataset}' "
-                "or leave out --fold"
-            )
-        if not 0 <= fold < int(info["folds"]):
-            raise NotFound(
-                f"fold {fold} does not exist: dataset {dataset!r} has "
-                f"{info['folds']} folds (0 to {int(info['folds']) - 1})"
-            )
-        folds = reg.folds(dataset)
-        keep = {s.id for s in samples if folds.get(s.id) == fold}
-    labelled = [(i, s) for i, s in enumerate(samples) if s.id in keep and s.target is not None]
-    if not labelled:
-        raise UsageError(
-            f"dataset {dataset!r} has no labelled samples"
-            + (f" in fold {fold}" if fold is not None else "")
-            + "; evaluate needs a dataset with a Target column"
-        )
-    return fold, labelled
-
-
-def plot_f1(reports: Sequence[EvaluationReport], path: Path) -> Path:
-    """Per-class F1 bars, one colour per report (drawn by ``hpatool.plots``)."""
-    from hpatool.plots import plot_f1 as draw
-
-    first = reports[0]
-    where = f" fold {first.fold}" if first.fold is not None else ""
-    series = [
-        (f"{r.scoring_text}: macro F1 {r.macro_f1:.3f}", [c.f1 for c in r.classes]) for r in reports
-    ]
-    return draw(series, f"Per-class F1 on {first.dataset}{where}", path)

@@ -89,9 +89,16 @@ def _resumed_run(given: dict[str, Any], reg: Registry) -> RunTarget:
     )
     run_dir = RunDir(folder)
     if not run_dir.last.is_file():
+        record = reg.run(name) if reg.has_run(name) else None
+        if record is not None and record.status == "running" and not process_gone(record):
+            how = "it is still running; wait for its first epoch, or stop it first"
+        elif record is not None:
+            how = "start it again without --resume (the same --name may be used)"
+        else:
+            how = "start it again without --resume"
         raise UsageError(
             f"--resume: run {name!r} has no {LAST} in {folder} (no epoch finished "
-            "yet, or a different --out); start it again with another --name"
+            f"yet, or a different --out); {how}"
         )
     checkpoint = ckpt_mod.load_checkpoint(run_dir.last)
     saved = checkpoint.get("config", {}).get("options", {})
@@ -150,15 +157,43 @@ def check_own_checkpoint(
             )
 
 
+def _split_text(split: dict[str, Any]) -> str:
+    made = f", made {split['created_at']}" if split.get("created_at") else ""
+    return f"{split.get('folds')} folds, seed {split.get('seed')}{made}"
+
+
+class SamplesChanged(UserWarning):
+    """A resumed run's samples differ from those it started with (images arrived or went)."""
+
+
 def check_same_split(target: RunTarget, parts: TrainValItems) -> None:
-    """Refuse to resume a run whose validation fold changed (its first dataset was re-split)."""
+    """Refuse to resume a run whose validation fold changed (its first dataset was re-split);
+    warn when its usable samples changed (a download went on, files were deleted): the run
+    continues on the samples there now, so it is no longer an exact continuation."""
     if target.checkpoint is None:
         return
-    saved_split = target.checkpoint["config"].get("split")
-    if saved_split is not None and saved_split != parts.split:
+    saved = target.checkpoint["config"]
+    was = (saved.get("train_samples"), saved.get("val_samples"))
+    now = (len(parts.train), len(parts.val))
+    if None not in was and was != now:
+        import warnings
+
+        warnings.warn(
+            f"run {target.name!r} started with {was[0]:,} training and {was[1]:,} validation "
+            f"samples and now has {now[0]:,} and {now[1]:,} (images arrived or went): it goes "
+            "on with these, so the resume is not exact and its scores compare with care",
+            SamplesChanged,
+            stacklevel=2,
+        )
+    saved_split = saved.get("split")
+    # a split made again with the same --folds and --seed (after more images arrived) has
+    # other folds: compare its time too, where the checkpoint has one
+    now_split = {k: parts.split.get(k) for k in (saved_split or {})}
+    if saved_split is not None and saved_split != now_split:
         raise UsageError(
             f"dataset {target.config.datasets[0]!r} was re-split since run {target.name!r} "
-            f"started ({saved_split} -> {parts.split}); its validation fold has changed, start "
+            f"started ({_split_text(saved_split)} -> {_split_text(parts.split)}); its validation "
+            "fold has changed, start "
             "a new run"
         )
 

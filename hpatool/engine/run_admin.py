@@ -5,18 +5,29 @@ folder that holds a run's ``config.json`` or checkpoint; the folder itself goes 
 nothing else is left in it. A training process records its id and host with its run
 (``process_info``, in the registry's copy of the configuration), so a run left ``running`` by
 a killed process or a closed terminal is known to be dead (``process_gone``) on that host.
+``runs compare`` puts runs side by side (``compare_runs``): their registry rows and the best
+epoch of each ``metrics.csv``.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpatool.engine.run_dir import BEST, CONFIG_FILE, LAST, RUN_FILES
-from hpatool.errors import UsageError
+from hpatool.engine.run_dir import (
+    BEST,
+    CONFIG_FILE,
+    LAST,
+    RUN_FILES,
+    RunDir,
+    best_row,
+    read_metrics_csv,
+)
+from hpatool.errors import DataError, NotFound, UsageError
 from hpatool.registry import Registry, RunRecord
 
 #: A folder is a run's only if it holds one of these.
@@ -109,3 +120,111 @@ def _started(pid: int) -> int | None:
         return int(stat.rsplit(")", 1)[1].split()[19])
     except (OSError, ValueError, IndexError):
         return None
+
+
+@dataclass
+class RunSummary:
+    """One run as ``runs compare`` shows it: its registry row and, from its ``metrics.csv``,
+    the best epoch (highest macro F1 with thresholds tuned on validation) and its metrics."""
+
+    name: str
+    arch: str
+    datasets: list[str]
+    fold: int | None
+    status: str
+    epochs_done: int
+    out_dir: Path
+    best_f1: float | None = None
+    best_epoch: int | None = None
+    f1_at_05: float | None = None  # macro F1 at threshold 0.5, at the best epoch
+    val_loss: float | None = None  # at the best epoch
+    images_per_s: float | None = None  # training speed, the mean of the epochs
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    #: why the metrics are missing (no ``metrics.csv`` yet); ``None`` when they are there
+    note: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "datasets": self.datasets,
+            "fold": self.fold,
+            "status": self.status,
+            "epochs_done": self.epochs_done,
+            "out_dir": str(self.out_dir),
+            "best_f1": self.best_f1,
+            "best_epoch": self.best_epoch,
+            "macro_f1_at_0.5": self.f1_at_05,
+            "val_loss": self.val_loss,
+            "images_per_s": self.images_per_s,
+            "metrics": self.rows,
+            **({"note": self.note} if self.note else {}),
+        }
+
+
+def compare_runs(
+    reg: Registry, names: Sequence[str], *, plot: Path | None = None
+) -> list[RunSummary]:
+    """``runs compare``: runs ``names`` (in that order) from the registry and their
+    ``metrics.csv``; with ``plot``, their validation macro F1 and losses per epoch drawn in one
+    figure (its name is checked before anything is read)."""
+    from hpatool.outputs import check_figure
+
+    known = {r.name for r in reg.runs()}
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise UsageError(f"run {name!r} is named twice; name each run once")
+        seen.add(name)
+        if name not in known:
+            raise NotFound(_unknown_run(name, known))
+    records = [reg.run(name) for name in names]
+    target = None
+    if plot is not None:
+        inputs = [
+            (p, f"a file of run {r.name!r}")
+            for r in records
+            for p in RunDir(r.out_dir).files().values()
+        ]
+        target = check_figure(plot, "--plot", reg, inputs)
+    summaries = [summarize_run(r) for r in records]
+    if target is not None:
+        drawn = [(s.name, s.rows) for s in summaries if s.rows]
+        if not drawn:
+            raise DataError(
+                "none of the runs has finished an epoch (no metrics.csv): nothing to plot"
+            )
+        from hpatool.plots import plot_run_comparison
+
+        plot_run_comparison(drawn, target)
+    return summaries
+
+
+def _unknown_run(name: str, known: set[str]) -> str:
+    from difflib import get_close_matches
+
+    close = get_close_matches(name, sorted(known), n=3)
+    hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+    return f"unknown run {name!r}{hint}; 'hpatool runs list' shows the runs"
+
+
+def summarize_run(record: RunRecord) -> RunSummary:
+    """A run's ``RunSummary``: its best epoch from ``metrics.csv`` (the registry's best F1 and
+    epoch when the file is not there)."""
+    summary = RunSummary(
+        name=record.name, arch=record.arch, datasets=list(record.datasets), fold=record.fold,
+        status=record.status, epochs_done=record.epochs_done, out_dir=record.out_dir,
+        best_f1=record.best_f1, best_epoch=record.best_epoch,
+    )  # fmt: skip
+    metrics = RunDir(record.out_dir).metrics
+    if not metrics.is_file():
+        summary.note = f"no {metrics.name} in {record.out_dir} (no epoch finished yet?)"
+        return summary
+    summary.rows = sorted(read_metrics_csv(metrics), key=lambda r: int(r["epoch"]))
+    best = best_row(summary.rows)
+    if best is not None:
+        summary.best_f1, summary.best_epoch = best["macro_f1"], best["epoch"]
+        summary.f1_at_05, summary.val_loss = best["macro_f1_at_0.5"], best["val_loss"]
+    speeds = [r["images_per_s"] for r in summary.rows if r["images_per_s"] is not None]
+    summary.images_per_s = sum(speeds) / len(speeds) if speeds else None
+    return summary

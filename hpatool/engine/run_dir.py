@@ -3,8 +3,8 @@
 ``OUT/NAME/`` holds ``config.json`` (the resolved configuration), ``metrics.csv`` (one row per
 epoch), ``checkpoint-last.pt`` and ``checkpoint-best.pt`` (written by ``engine.checkpoint``),
 ``thresholds.json`` (the per-class thresholds of the best epoch) and ``curves.png``. Training
-writes them, ``predict``/``evaluate`` and ``runs show`` read them. Every file is written
-atomically.
+writes them, ``predict``/``evaluate``, ``runs show`` and ``runs compare`` read them. Every
+file is written atomically.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hpatool._io import write_csv, write_text_atomic
+from hpatool.errors import DataError
 from hpatool.labels import CLASS_NAMES
 from hpatool.plots import plot_curves
 
@@ -93,6 +94,54 @@ def write_metrics_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     write_csv(
         path, METRIC_COLUMNS, ([cell(row.get(c, "")) for c in METRIC_COLUMNS] for row in rows)
     )
+
+
+#: The integer columns of ``metrics.csv``; the others are floats.
+_INT_COLUMNS = ("epoch", "step", "partial")
+
+
+def read_metrics_csv(path: Path) -> list[dict[str, Any]]:
+    """The rows of a run's ``metrics.csv``, typed as training wrote them (an empty cell is
+    ``None``); a file that is not one is a one-line ``DataError`` naming the row."""
+    import csv
+
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in ("epoch", "macro_f1") if c not in (reader.fieldnames or ())]
+            if missing:
+                raise DataError(f"{path}: not a metrics.csv (no {', '.join(missing)} column)")
+            return [_metrics_row(path, n, raw) for n, raw in enumerate(reader, start=2)]
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: not a metrics.csv ({exc})") from None
+
+
+def _metrics_row(path: Path, line: int, raw: dict[str, str | None]) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for key in METRIC_COLUMNS:
+        text = (raw.get(key) or "").strip()
+        try:
+            row[key] = None if not text else int(text) if key in _INT_COLUMNS else float(text)
+        except ValueError:
+            raise DataError(f"{path}, line {line}: {key} {text!r} is not a number") from None
+    if row["epoch"] is None:
+        raise DataError(f"{path}, line {line}: no epoch")
+    return row
+
+
+def best_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The best epoch's row: the highest macro F1 (thresholds tuned on validation), the first
+    of equals, as training picks it; ``None`` when no row has one."""
+    best: dict[str, Any] | None = None
+    for row in rows:
+        f1 = row.get("macro_f1")
+        if f1 is None or f1 != f1:  # missing or NaN
+            continue
+        if best is None or float(f1) > float(best["macro_f1"]):
+            best = row
+    return best
 
 
 def write_thresholds(

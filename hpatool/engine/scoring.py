@@ -59,37 +59,98 @@ def windows_text(agg: str, crops: int, crop: int, windows: int) -> str:
     return f"{agg} of {crops} crops of {crop}px"
 
 
-def resolve_crop(
-    crop_size: int | None, trained_crop: int, items: Sequence[ScoreItem], dataset: str
-) -> tuple[int, bool]:
-    """The crop size (``--crop-size``, else the run's training crop), checked against the size
-    of the first image that can be read, and whether it is the whole image (then each image is
-    scored once, ``crop_windows``); unreadable images are left to the per-image failure path,
-    so one bad first file doesn't cost the partial submission."""
-    from hpatool.data.samples import Item, image_size
+#: Why a sample whose four files are there is left out before scoring: a header that cannot be
+#: read (not an image, a truncated header, over the pixel limit, channels of different sizes).
+UNREADABLE = "with an unreadable image file"
 
+
+def too_small(crop: int) -> str:
+    """Why a sample smaller than the crop is left out before scoring."""
+    return f"smaller than the {crop}px crop"
+
+
+def sample_size(root: Path, sample_id: str) -> tuple[int, int]:
+    """``(height, width)`` of a sample, from the headers of its four channel files (nothing is
+    decoded: about 0.2 ms a file); a ``DataError`` naming the file that cannot be opened, or
+    the channels' sizes when they differ."""
+    from hpatool.ids import COLOURS, channel_path
+    from hpatool.imaging import open_image
+
+    sizes: list[tuple[int, int]] = []
+    for colour in COLOURS:
+        path = channel_path(root, sample_id, colour)
+        try:
+            with open_image(path) as img:
+                width, height = img.size
+        except DataError:
+            raise
+        except FileNotFoundError:
+            raise DataError(f"{path}: missing channel file") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DataError(f"{path}: cannot decode image ({exc})") from None
+        sizes.append((height, width))
+    if len(set(sizes)) > 1:
+        shown = ", ".join(f"{c} {w}x{h}" for c, (h, w) in zip(COLOURS, sizes, strict=True))
+        raise DataError(f"sample {sample_id!r}: its channels differ in size ({shown})")
+    return sizes[0]
+
+
+@dataclass
+class CheckedImages:
+    """The images that can be scored, after reading every header, and the crop to score them
+    with; the others by reason, and each one's error (by dataset position)."""
+
+    items: list[ScoreItem]
+    crop: int
+    whole_image: bool  # the crop fills the first image: each image is scored once
+    left_out: dict[str, int] = field(default_factory=dict)  # reason -> count
+    errors: dict[int, str] = field(default_factory=dict)  # position -> why it was left out
+
+
+def check_images(
+    items: Sequence[ScoreItem], crop_size: int | None, trained_crop: int, dataset: str
+) -> CheckedImages:
+    """Read the headers of every image before any scoring: the crop (``--crop-size``, else the
+    run's training crop) must fit the first readable image (a ``UsageError`` otherwise, and
+    then whether it is the whole image); an image whose header cannot be read, or that is
+    smaller than the crop, is left out with its reason (``UNREADABLE``, ``too_small``). None
+    readable is a ``DataError``."""
     crop = crop_size if crop_size is not None else trained_crop
     what = f"--crop-size {crop}" if crop_size is not None else f"the run's training crop {crop}"
     if crop < 8:
         raise UsageError(f"{what} is too small; use --crop-size 8 or more")
-    first_error: str | None = None
+    kept: list[ScoreItem] = []
+    errors: dict[int, str] = {}
+    left: dict[str, int] = {}
+    first: tuple[int, int] | None = None
     for t in items:
         try:
-            h, w = image_size(Item(dataset, t.root, t.id, ()))
+            h, w = sample_size(t.root, t.id)
         except DataError as exc:
-            first_error = first_error or str(exc)
+            errors[t.index] = str(exc)
+            left[UNREADABLE] = left.get(UNREADABLE, 0) + 1
             continue
+        if first is None:
+            first = (h, w)
+            if crop > min(h, w):
+                raise UsageError(
+                    f"{what} is larger than the {w}x{h} images of dataset {dataset!r} (sample "
+                    f"{t.id!r}); use --crop-size {min(h, w)} or less (equal to the image size "
+                    "means the whole image)"
+                )
         if crop > min(h, w):
-            raise UsageError(
-                f"{what} is larger than the {w}x{h} images of dataset {dataset!r} (sample "
-                f"{t.id!r}); use --crop-size {min(h, w)} or less (equal to the image size means "
-                "the whole image)"
-            )
-        return crop, crop >= h and crop >= w
-    raise DataError(
-        f"none of the {len(items)} images of dataset {dataset!r} can be read "
-        f"(first: {first_error}); run 'hpatool datasets verify {dataset}'"
-    )
+            errors[t.index] = f"sample {t.id!r} is {w}x{h}, {too_small(crop)}"
+            left[too_small(crop)] = left.get(too_small(crop), 0) + 1
+            continue
+        kept.append(t)
+    if first is None:
+        example = next(iter(errors.values()), "no images")
+        raise DataError(
+            f"none of the {len(items)} images of dataset {dataset!r} can be read "
+            f"(first: {example}); run 'hpatool datasets verify {dataset}'"
+        )
+    whole = crop >= first[0] and crop >= first[1]
+    return CheckedImages(kept, crop, whole, left, errors)
 
 
 class CropDataset:
@@ -146,14 +207,22 @@ def _collate(
 
 @dataclass
 class Scores:
-    """Aggregated probabilities by dataset position, and the samples that failed."""
+    """Aggregated probabilities by dataset position, and the samples that failed; with
+    ``score(..., both=True)`` also the same crops aggregated the other way (``other``)."""
 
     probs: dict[int, np.ndarray] = field(default_factory=dict)
     failures: dict[int, str] = field(default_factory=dict)
+    other: dict[int, np.ndarray] = field(default_factory=dict)
 
     def update(self, other: Scores) -> None:
         self.probs.update(other.probs)
         self.failures.update(other.failures)
+        self.other.update(other.other)
+
+
+def other_agg(agg: str) -> str:
+    """The aggregation that is not ``agg``: ``max`` <-> ``mean``."""
+    return "mean" if agg == "max" else "max"
 
 
 def aggregate(crop_probs: torch.Tensor, agg: str) -> np.ndarray:
@@ -188,9 +257,12 @@ def score(
     rank: int = 0,
     world_size: int = 1,
     progress: ProgressFn | None = None,
+    both: bool = False,
 ) -> Scores:
     """Score this rank's share of ``items`` (see the module docstring); returns local scores.
-    An unreadable image is a failure in the result, or, with ``strict``, a ``DataError``."""
+    An unreadable image is a failure in the result, or, with ``strict``, a ``DataError``.
+    With ``both``, the crops' probabilities are aggregated the other way too (free: the same
+    forward pass)."""
     import torch
     from torch.utils.data import DataLoader, Subset
 
@@ -210,6 +282,8 @@ def score(
     )
     out = Scores()
     done = 0
+    if progress:
+        progress(0, len(mine))  # the bar shows the total from the start
     with torch.inference_mode():
         for batch in loader:
             for idx, x, error in batch:
@@ -222,6 +296,8 @@ def score(
                 probs = _forward(model, [x for _, x in good], device)
                 for (idx, _), part in zip(good, probs, strict=True):
                     out.probs[idx] = aggregate(part, agg)
+                    if both:
+                        out.other[idx] = aggregate(part, other_agg(agg))
             done += len(batch)
             if progress:
                 progress(done, len(mine))

@@ -39,8 +39,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from hpatool.convert.pool import sigterm_as_interrupt
-from hpatool.engine.build import build_data, build_trainer, resolved_config
+from hpatool.convert.pool import deferred_interrupts, sigterm_as_interrupt
+from hpatool.engine.build import TrainData, build_data, build_trainer, resolved_config
 from hpatool.engine.config import TrainConfig, given_train_options
 from hpatool.engine.distributed import DistContext, resolve_device
 from hpatool.engine.events import ProgressCallback
@@ -48,6 +48,7 @@ from hpatool.engine.metrics import apply_thresholds, macro_f1, tune_thresholds
 from hpatool.engine.optim import LossFn
 from hpatool.engine.resume import register_run, resolve_run
 from hpatool.engine.state import TrainState
+from hpatool.engine.tensorboard import ScalarLog, check_available, with_scalars
 from hpatool.labels import NUM_CLASSES
 from hpatool.registry import Registry
 
@@ -187,8 +188,10 @@ def validate(
     channels_last: bool = False,
     ctx: DistContext | None = None,
     n_total: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> ValidationResult:
-    """Predict ``loader`` (a ``ShardSampler`` slice under DDP) and gather all ranks' outputs.
+    """Predict ``loader`` (a ``ShardSampler`` slice under DDP) and gather all ranks' outputs;
+    ``on_batch(samples done)`` after each batch (this rank's).
 
     ``model`` must be the bare model (not DDP-wrapped): ranks may hold different numbers of
     validation samples, so no collective may run inside the loop.
@@ -202,6 +205,8 @@ def validate(
         loss_sum += float(loss_fn(logits, y).item()) * x.shape[0]
         probs.append(torch.sigmoid(logits).cpu().numpy())
         targets.append(y.cpu().numpy())
+        if on_batch is not None:
+            on_batch(sum(len(p) for p in probs))
     local_p = np.concatenate(probs) if probs else np.zeros((0, NUM_CLASSES), np.float32)
     local_t = np.concatenate(targets) if targets else np.zeros((0, NUM_CLASSES), np.float32)
     if ctx is None or not ctx.distributed:
@@ -255,9 +260,13 @@ def fit(
     ctx = DistContext.from_env()
     device = resolve_device(str(given.get("device") or "auto"), ctx)
     ctx.init(device)
+    data: TrainData | None = None
+    scalars: ScalarLog | None = None
     try:
         with sigterm_as_interrupt(hangup=True), Registry.open(home) as reg:
             target = resolve_run(given, resume, ctx, reg)
+            if target.config.tensorboard:
+                check_available()  # before anything is built or registered
             data = build_data(target, reg, ctx, device)
             trainer = build_trainer(target.config, data, device, fresh=not target.resumed)
             state = TrainState()
@@ -272,12 +281,19 @@ def fit(
             trainer.distribute(ctx)
             resolved = resolved_config(target.config, data, trainer, ctx)
             register_run(reg, target, resolved, ctx)
-            events = announce(target, data, trainer, state, ctx, progress)
+            if target.config.tensorboard and ctx.is_main:
+                scalars = ScalarLog(target.run_dir.path)
+            events = announce(target, data, trainer, state, ctx, with_scalars(progress, scalars))
             status = train_epochs(
                 EpochRun(target, data, trainer, state, resolved, reg, ctx, events)
             )
     finally:
-        ctx.destroy()
+        with deferred_interrupts():
+            if data is not None:
+                data.close()
+            if scalars is not None:
+                scalars.close()
+            ctx.destroy()
     last = state.history[-1] if state.history else None
     return FitResult(
         name=target.name,

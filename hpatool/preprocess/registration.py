@@ -1,6 +1,7 @@
 """Registering what ``preprocess`` made: the output dataset's name (given, or derived from the
 source), the checks a rerun must pass before any work, and the one transaction that creates or
-updates the dataset with its samples, statuses and lineage."""
+updates the dataset with its samples, statuses, lineage and the source dataset's folds (a
+resized copy of a split dataset is split the same way: same ids, same folds)."""
 
 from __future__ import annotations
 
@@ -130,8 +131,13 @@ def _register_output(
             "tool_version": __version__,
         }
         provenance = {k: v for k, v in provenance.items() if v is not None}
+        carried = _parent_folds(reg, parent, name, ids, existing=plan.existing is not None)
+        if carried is not None:
+            provenance["folds_from"] = carried.source
+            provenance["folds_carried"] = len(carried.ids)
+            provenance["folds_sha256"] = carried.digest
         if plan.existing is None:
-            return reg.create_dataset(
+            record = reg.create_dataset(
                 name,
                 kind,
                 ids,
@@ -143,16 +149,83 @@ def _register_output(
                 provenance=provenance,
                 statuses=[status(i) for i in ids],
             )
-        known = {s.id for s in reg.samples(name)}
-        new = [(i, t) for i, t in zip(ids, targets, strict=True) if i not in known]
-        if new:
-            reg.add_samples(name, [i for i, _ in new], [t for _, t in new])
-        reg.set_status(name, [(i, status(i)) for i in ids])
-        if labels_path is not None:
-            reg.set_origin(name, labels_path=labels_path, labels_sha256=labels_sha)
-        if parent is not None:
-            reg.set_origin(name, parent=parent.name)
-        return reg.update_dataset(name, root=out, provenance=provenance)
+        else:
+            known = {s.id for s in reg.samples(name)}
+            new = [(i, t) for i, t in zip(ids, targets, strict=True) if i not in known]
+            if new:
+                reg.add_samples(name, [i for i, _ in new], [t for _, t in new])
+            reg.set_status(name, [(i, status(i)) for i in ids])
+            if labels_path is not None:
+                reg.set_origin(name, labels_path=labels_path, labels_sha256=labels_sha)
+            if parent is not None:
+                reg.set_origin(name, parent=parent.name)
+            record = reg.update_dataset(name, root=out, provenance=provenance)
+        if carried is not None:
+            reg.set_folds(name, carried.ids, carried.folds_of, folds=carried.n, seed=carried.seed)
+        return record
+
+
+@dataclass(frozen=True)
+class _CarriedFolds:
+    """The parent's folds of the output's samples (same ids, same folds)."""
+
+    source: str
+    ids: list[str]
+    folds_of: list[int]
+    n: int
+    seed: int
+    digest: str  # ``_folds_digest`` of the carried folds
+
+
+def _parent_folds(
+    reg: Registry, parent: DatasetRecord | None, name: str, ids: list[str], *, existing: bool
+) -> _CarriedFolds | None:
+    """The folds the output takes from its split parent (a resized copy must validate on the
+    same samples): when the output is new, not split yet, or holds the folds an earlier run
+    carried (brought up to date: the parent may have been split again). A split made since by
+    ``hpatool split`` is left alone; ``None`` then, or if the parent is not split or shares no
+    id."""
+    if parent is None:
+        return None
+    info = reg.split_info(parent.name)
+    if info is None:
+        return None
+    own = reg.split_info(name) if existing else None
+    if own is not None:
+        prov = reg.dataset(name).provenance
+        digest = _folds_digest(reg.folds(name), own["folds"], own["seed"])
+        if prov.get("folds_from") != parent.name or prov.get("folds_sha256") != digest:
+            return None  # split since ('hpatool split'): keep it
+    parent_folds = reg.folds(parent.name)
+    shared = [i for i in ids if i in parent_folds]
+    if not shared:
+        return None
+    n, seed = int(info["folds"]), int(info["seed"])
+    folds_of = [parent_folds[i] for i in shared]
+    digest = _folds_digest(dict(zip(shared, folds_of, strict=True)), n, seed)
+    return _CarriedFolds(parent.name, shared, folds_of, n, seed, digest)
+
+
+def _folds_digest(folds: dict[str, int], n: int, seed: int) -> str:
+    """A fingerprint of a fold assignment: a rerun tells folds it carried from a split made
+    since by ``hpatool split``."""
+    import hashlib
+
+    text = f"{n} {seed}\n" + "".join(f"{i}\t{k}\n" for i, k in sorted(folds.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def carried_folds_line(record: DatasetRecord) -> str | None:
+    """What ``preprocess`` says about the folds its output took from the source dataset, or
+    ``None`` if it took none."""
+    source = record.provenance.get("folds_from")
+    if not source:
+        return None
+    n = record.provenance.get("folds_carried", record.samples)
+    return (
+        f"Folds of {source} carried over: {n:,} samples keep their fold (same ids, same "
+        f"folds), so runs on {record.name} validate on the same samples as on {source}"
+    )
 
 
 def _samples_of(

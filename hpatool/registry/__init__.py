@@ -6,8 +6,8 @@ so that concurrent commands wait instead of failing, and a schema version in
 ``transaction()``, so a failed command leaves the registry as it was.
 
 The package: ``schema`` (migrations), ``records`` (record types, value checks), ``connection``
-(home, connecting, SQLite errors), ``transaction`` (the unit of work), ``datasets``, ``folds``
-and ``runs`` (the queries, by table), ``core`` (``Registry``, composed of them).
+(home, connecting, SQLite errors), ``transaction`` (the unit of work), ``datasets``, ``folds``,
+``runs`` and ``dedup`` (the queries, by table), ``core`` (``Registry``, composed of them).
 """
 
 from hpatool.registry.connection import BUSY_TIMEOUT_S, REGISTRY_FILE, resolve_home

@@ -35,8 +35,9 @@ class FoldQueries(RegistryConnection):
     ) -> None:
         """Store a dataset's fold assignment (replacing any earlier one) in one transaction.
 
-        ``sample_ids`` must be exactly the dataset's samples, checked inside the transaction:
-        folds made from samples that another command has since replaced are refused."""
+        ``sample_ids`` must be distinct samples of the dataset (all of them, or those whose
+        images are there: the others get no fold), checked inside the transaction: folds made
+        from samples that another command has since replaced are refused."""
         if len(sample_ids) != len(folds_of):
             raise ValueError("sample_ids and folds_of differ in length")
         with self.transaction() as conn:
@@ -47,7 +48,7 @@ class FoldQueries(RegistryConnection):
                     "SELECT sample_id FROM samples WHERE dataset_id = ?", (record.id,)
                 )
             }
-            if len(current) != len(sample_ids) or not current.issuperset(sample_ids):
+            if len(set(sample_ids)) != len(sample_ids) or not current.issuperset(sample_ids):
                 raise DataError(
                     f"dataset {name!r} changed in {self.path} while it was being split (it was "
                     "removed, added again or grew); nothing was stored: run the split again"

@@ -75,5 +75,36 @@ MIGRATIONS: tuple[str, ...] = (
     DROP TABLE folds;
     ALTER TABLE folds_v2 RENAME TO folds;
     """,
+    # 2 -> 3: duplicates (``hpatool dedup``): each sample's perceptual hash, with the signature
+    # (sizes, modification times) of the files it was made from; the duplicate clusters; and
+    # which datasets were clustered with which --max-distance.
+    """
+    CREATE TABLE sample_hashes (
+        dataset_id INTEGER NOT NULL,
+        sample_id TEXT NOT NULL,
+        signature TEXT NOT NULL,
+        method TEXT NOT NULL,
+        hash_green INTEGER,
+        hash_blue INTEGER,
+        PRIMARY KEY (dataset_id, sample_id),
+        FOREIGN KEY (dataset_id, sample_id) REFERENCES samples(dataset_id, sample_id)
+            ON DELETE CASCADE
+    ) WITHOUT ROWID;
+    CREATE TABLE clusters (
+        dataset_id INTEGER NOT NULL,
+        sample_id TEXT NOT NULL,
+        cluster INTEGER NOT NULL,
+        PRIMARY KEY (dataset_id, sample_id),
+        FOREIGN KEY (dataset_id, sample_id) REFERENCES samples(dataset_id, sample_id)
+            ON DELETE CASCADE
+    ) WITHOUT ROWID;
+    CREATE INDEX clusters_by_number ON clusters(cluster);
+    CREATE TABLE dedup_runs (
+        dataset_id INTEGER PRIMARY KEY REFERENCES datasets(id) ON DELETE CASCADE,
+        max_distance INTEGER NOT NULL,
+        datasets TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

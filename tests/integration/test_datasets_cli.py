@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 from PIL import Image
 
 from hpatool.registry import REGISTRY_FILE, Registry
-from tests.support import REPO, Invoke, one_line_error
+from tests.support import REPO, Invoke, one_line_error, register
 
 TRAIN_COUNTS = [
     12885,
@@ -70,7 +71,11 @@ def test_stats_json_on_real_train_csv(train_csv: Path, cli: Invoke) -> None:
     assert set(doc) == {"classes", "datasets"}
     assert len(doc["classes"]) == 28 and doc["classes"][27] == "Rods & rings"
     (ds,) = doc["datasets"]
-    assert set(ds) == {"name", "samples", "labelled", "class_counts", "labels_per_sample"}
+    assert set(ds) == {
+        "name", "samples", "labelled", "class_counts", "labels_per_sample", "registered",
+        "left_out",
+    }  # fmt: skip
+    assert ds["registered"] == 31072 and ds["left_out"] == {}  # labels only: counted whole
     assert ds["name"] == "train"
     assert ds["samples"] == ds["labelled"] == 31072
     assert ds["class_counts"] == TRAIN_COUNTS
@@ -445,3 +450,59 @@ def test_stats_on_a_test_set_says_there_is_nothing_to_count(
         in res.stdout
     )
     assert "test\ncount" not in res.stdout and "12,885" in res.stdout and plot.exists()
+
+
+def test_show_samples_lists_status_labels_and_folds(
+    synth_data: Callable[..., Path], cli: Invoke, home: Path
+) -> None:
+    data = synth_data(40, 32)
+    register(cli, data, name="syn", folds=4)
+    with Registry.open(home) as reg:
+        ids = [s.id for s in reg.samples("syn")]
+        targets = {s.id: s.target for s in reg.samples("syn")}
+        folds = reg.folds("syn")
+        # as a download leaves it: 3 failed, 2 missing on the server, 5 not fetched yet
+        reg.set_status("syn", [(i, "failed") for i in ids[:3]])
+        reg.set_status("syn", [(i, "missing") for i in ids[3:5]])
+        reg.set_status("syn", [(i, "done") for i in ids[10:]])
+
+    res = cli("datasets", "show", "syn", "--samples")
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0].split() == ["Id", "status", "labels", "fold"] and len(lines) == 41
+    cells = {line.split()[0]: line.split() for line in lines[1:]}
+    assert list(cells) == ids  # registry order
+    first = cells[ids[0]]
+    assert first[1] == "failed" and first[-1] == str(folds[ids[0]])
+    assert tuple(int(c) for c in first[2:-1]) == targets[ids[0]]
+    assert cells[ids[7]][1] == "pending" and cells[ids[20]][1] == "done"
+
+    res = cli("datasets", "show", "syn", "--samples", "--status", "failed", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout) == [
+        {"id": i, "status": "failed", "labels": list(targets[i]), "fold": folds[i]} for i in ids[:3]
+    ]
+    res = cli("datasets", "show", "syn", "--samples", "--status", "pending", "--json")
+    assert [row["id"] for row in json.loads(res.stdout)] == ids[5:10]
+
+    text = one_line_error(cli("datasets", "show", "syn", "--samples", "--status", "faild"))
+    assert "no sample with --status 'faild'" in text
+    assert "done (30), failed (3), missing (2), pending (5)" in text
+    text = one_line_error(cli("datasets", "show", "syn", "--status", "failed"))
+    assert "add --samples" in text
+
+
+@pytest.mark.slow  # 74,606 rows registered, then listed twice: about 10 s
+def test_show_samples_of_a_labels_only_dataset(hpav18_csv: Path, cli: Invoke) -> None:
+    assert cli("datasets", "add", "v18", "--labels", hpav18_csv).exit_code == 0
+    res = cli("datasets", "show", "v18", "--samples")
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert len(lines) == 1 + 74606 and lines[0].split() == ["Id", "status", "labels"]
+    assert lines[1].split() == ["10580_1610_C1_1", "-", "0", "2", "13", "21", "25"]
+    res = cli("datasets", "show", "v18", "--samples", "--json")
+    rows = json.loads(res.stdout)
+    assert len(rows) == 74606
+    assert rows[0] == {"id": "10580_1610_C1_1", "status": None, "labels": [0, 2, 13, 21, 25]}
+    text = one_line_error(cli("datasets", "show", "v18", "--samples", "--status", "failed"))
+    assert "it records no per-sample status" in text

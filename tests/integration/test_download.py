@@ -148,11 +148,15 @@ def test_faults_are_retried_and_404s_reported(
     assert rows[0]["url"] == server.base_url + "/10580/1756_B1_2_yellow.jpg"
     assert "404" in rows[0]["error"]
     assert "not an image" in rows[2]["error"]
-    assert "3 samples failed" in result.stdout and "failures.csv" in result.stdout
+    # the 404 is missing on the server, not a failure a rerun can fix
+    assert "2 samples failed (2 files)" in result.stdout and "failures.csv" in result.stdout
+    assert "error: 2 of 8 samples failed" in result.stderr
+    assert "warning: 1 sample missing on the server (404), skipped on reruns" in result.stderr
     with Registry.open(home) as reg:
         statuses = {s.id: s.status for s in reg.samples("hpa-v18")}
         record = reg.dataset("hpa-v18")
-    assert statuses == {i: ("failed" if i in IDS[3:6] else "done") for i in IDS}
+    expected = {i: ("failed" if i in IDS[4:6] else "done") for i in IDS}
+    assert statuses == {**expected, IDS[3]: "missing"}
     assert record.kind == "external"
     assert record.root == out.resolve()
     assert record.provenance["base_url"] == server.base_url
@@ -160,8 +164,8 @@ def test_faults_are_retried_and_404s_reported(
     assert record.provenance["channel_rule"] == "stain"
     assert record.labels_sha256 and record.provenance["labels_sha256"] == record.labels_sha256
 
-    # A rerun asks nothing for finished samples, only for the failed files (the rest of
-    # their samples is on disk).
+    # A rerun asks nothing for finished samples nor for the one missing on the server, only for
+    # the failed files (the rest of their samples is on disk).
     server.reset_counts()
     again = cli(
         "download-external",
@@ -177,11 +181,13 @@ def test_faults_are_retried_and_404s_reported(
     )
     assert again.exit_code == 1
     assert dict(server.requests) == {
-        image_path(IDS[3], "yellow"): 1,
         image_path(IDS[4], "green"): 1,
         image_path(IDS[5], "blue"): 1,
     }
-    # Once the server has them, a third run completes and removes failures.csv.
+    with open(out / "failures.csv", encoding="utf-8", newline="") as fh:
+        assert [r["Id"] for r in csv.DictReader(fh)] == [IDS[3], IDS[4], IDS[5]]
+    # Once the server has them, a third run with --retry-missing completes and removes
+    # failures.csv.
     server.faults.clear()
     server.reset_counts()
     third = cli(
@@ -193,6 +199,7 @@ def test_faults_are_retried_and_404s_reported(
         "--base-url",
         server.base_url,
         "--json",
+        "--retry-missing",
         *FAST,
     )
     assert third.exit_code == 0, third.output

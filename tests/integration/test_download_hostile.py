@@ -170,7 +170,7 @@ def test_credentials_in_the_base_url_are_used_but_never_stored_or_shown(
     out = tmp_path / "out"
     base = server.base_url.replace("http://", "http://anna:s3cr%40t@")
     shown = server.base_url.replace("http://", "http://anna:***@")
-    server.fault(IDS[0], "red", "404!")
+    server.fault(IDS[0], "red", "403!")
     result = download(cli, labels, out, base, "--json")
     assert one_line_error(result, 1) == failed_line(out, 1, 2)
     assert server.authorizations == {"Basic " + base64.b64encode(b"anna:s3cr@t").decode()}

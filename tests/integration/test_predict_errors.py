@@ -141,50 +141,50 @@ def no_scoring(monkeypatch: pytest.MonkeyPatch) -> None:
 # ------------------------------------------------------------------------ unreadable images
 
 
-def test_missing_first_image_scores_the_others(trained: Trained, tmp_path: Path) -> None:
+def test_missing_images_are_found_before_scoring_and_keep_their_rows(
+    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ids = trained.ids
     folder = copy_dataset(trained, tmp_path, "miss-first")
     (folder / f"{ids[0]}_red.png").unlink()
+    (folder / f"{ids[4]}_yellow.png").unlink()
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out, probs = out_dir / "submission.csv", out_dir / "probs.csv"
-    res = run_cli(
-        trained.home,
-        "predict",
-        "--run",
-        "r1",
-        "--dataset",
-        "miss-first",
-        "--out",
-        out,
-        "--probs",
-        probs,
-        *FAST,
+    args = ("predict", "--run", "r1", "--dataset", "miss-first", "--out", out, "--probs", probs)
+    res = run_cli(trained.home, *args, *FAST)
+    assert res.exit_code == 0, res.output
+    assert res.stderr == (
+        f"warning: 2 of {N_TEST} samples of 'miss-first' left out (2 without all four image files; "
+        f"first: {ids[0]}); their rows in submission.csv get no labels; scoring the other 8\n"
     )
-    line = one_line_error(res, 1)
-    assert ids[0] in line and "submission.partial.csv" in line and "submission.failures.csv" in line
-    assert f"1 of {N_TEST} images could not be scored" in line
-    assert sorted(p.name for p in out_dir.iterdir()) == [
-        "probs.partial.csv",
-        "submission.failures.csv",
-        "submission.partial.csv",
-    ]
-    rows = read_rows(out_dir / "submission.partial.csv")
-    assert rows[0] == ["Id", "Predicted"] and [r[0] for r in rows[1:]] == ids[1:]
-    prows = read_rows(out_dir / "probs.partial.csv")
-    assert [r[0] for r in prows[1:]] == ids[1:] and len(prows[0]) == 29
-    failures = read_rows(out_dir / "submission.failures.csv")
-    assert failures[0] == ["Id", "error"]
-    assert [r[0] for r in failures[1:]] == [ids[0]] and failures[1][1]
+    assert f"Scored 8 of {N_TEST} images" in res.stdout and "2 left out" in res.stdout
+    assert sorted(p.name for p in out_dir.iterdir()) == ["probs.csv", "submission.csv"]
+    rows = read_rows(out)  # every Id, in the file's order (Kaggle wants them all)
+    assert rows[0] == ["Id", "Predicted"] and [r[0] for r in rows[1:]] == ids
+    assert rows[1][1] == "" and rows[5][1] == ""
+    assert all(r[1] for k, r in enumerate(rows[1:]) if k not in (0, 4))  # --min-labels 1
+    prows = read_rows(probs)
+    assert [r[0] for r in prows[1:]] == [i for k, i in enumerate(ids) if k not in (0, 4)]
+    # --strict refuses before the model is even loaded: nothing scored, nothing written.
+    out.unlink()
+    probs.unlink()
+    no_scoring(monkeypatch)
+    line = one_line_error(run_cli(trained.home, *args, *FAST, "--strict"), 1)
+    assert line.startswith(f"error: 2 of {N_TEST} samples of 'miss-first' left out")
+    assert "--strict" in line and "hpatool datasets verify miss-first" in line
+    assert list(out_dir.iterdir()) == []
 
 
-def test_several_bad_images_are_all_listed(trained: Trained, tmp_path: Path) -> None:
+def test_unreadable_headers_are_found_before_scoring_and_bodies_while_scored(
+    trained: Trained, tmp_path: Path
+) -> None:
     ids = trained.ids
     folder = copy_dataset(trained, tmp_path, "several-bad")
     (folder / f"{ids[0]}_green.png").write_bytes(b"not a png")  # corrupt first image
     (folder / f"{ids[3]}_yellow.png").unlink()  # missing channel
     blue = folder / f"{ids[7]}_blue.png"
-    blue.write_bytes(blue.read_bytes()[: blue.stat().st_size // 2])  # truncated PNG
+    blue.write_bytes(blue.read_bytes()[: blue.stat().st_size // 2])  # header fine, body cut
     out = tmp_path / "submission.csv"
     res = run_cli(
         trained.home,
@@ -197,15 +197,24 @@ def test_several_bad_images_are_all_listed(trained: Trained, tmp_path: Path) -> 
         out,
         *FAST,
     )
-    line = one_line_error(res, 1)
-    assert f"3 of {N_TEST} images could not be scored" in line and ids[0] in line
+    assert res.exit_code == 1, res.output
+    warning, error = res.stderr.strip().split("\n")
+    assert warning.startswith(
+        f"warning: 2 of {N_TEST} samples of 'several-bad' left out "
+        "(1 with an unreadable image file, 1 without all four image files; "
+        f"first: {folder / ids[0]}_green.png: "
+    )
+    # an image that is there but cannot be read fails the command, found before scoring (its
+    # header) or while scored (its body); an image that is not there is only left out
+    assert error.startswith(f"error: 2 of {N_TEST} images could not be scored ({ids[0]}: ")
+    assert f"{ids[7]}: " in error
     assert not out.exists()
-    bad = [ids[0], ids[3], ids[7]]
     failures = read_rows(tmp_path / "submission.failures.csv")
-    assert failures[0] == ["Id", "error"] and [r[0] for r in failures[1:]] == bad
+    assert failures[0] == ["Id", "error"] and [r[0] for r in failures[1:]] == [ids[0], ids[7]]
     assert all(r[1] for r in failures[1:])
     rows = read_rows(tmp_path / "submission.partial.csv")
-    assert [r[0] for r in rows[1:]] == [i for i in ids if i not in bad]
+    assert [r[0] for r in rows[1:]] == [i for i in ids if i not in (ids[0], ids[7])]
+    assert rows[3][1] == ""  # ids[3], not there: its row, no labels
 
 
 def test_corrupt_first_image_with_strict_writes_nothing(trained: Trained, tmp_path: Path) -> None:
@@ -238,7 +247,7 @@ def test_complete_rerun_removes_stale_partial_files(trained: Trained, tmp_path: 
     folder = copy_dataset(trained, tmp_path, "restored")
     red = folder / f"{ids[0]}_red.png"
     saved = red.read_bytes()
-    red.unlink()
+    red.write_bytes(saved[: len(saved) // 2])  # fails while scored: a partial file
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     args = (

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +13,10 @@ import pytest
 from PIL import Image
 
 from hpatool.ids import COLOURS
+from hpatool.preprocess.registration import carried_folds_line
 from hpatool.registry import Registry
 from tests.integration.hpa_server import HpaServer, fluorescence, stain_rgb
-from tests.support import Invoke
+from tests.support import Invoke, register
 
 
 def make_sources(src: Path) -> dict[str, Path]:
@@ -68,8 +71,11 @@ def test_real_16_bit_field(portal_field: Path, cli: Invoke, tmp_path: Path) -> N
     src = tmp_path / "src"
     src.mkdir()
     (src / portal_field.name).symlink_to(portal_field)
-    result = cli("preprocess", src, "--out", tmp_path / "out")
+    result = cli("preprocess", src, "--out", tmp_path / "out", "--no-register")
     assert result.exit_code == 0, result.output
+    # registered, one channel is no whole sample: said, exit 1 (issue 10)
+    registered = cli("preprocess", src, "--out", tmp_path / "out")
+    assert registered.exit_code == 1 and "1 of 1 samples" in registered.stderr
     arr = np.asarray(Image.open(tmp_path / "out" / "1000_A12_2_green.png"))
     assert arr.shape == (512, 512) and arr.dtype == np.uint8
     assert arr.std() > 10, "black"
@@ -282,3 +288,42 @@ def test_workers_give_identical_output(cli: Invoke, tmp_path: Path, workers: str
     assert cli("preprocess", src, "--out", ref, "--size", "40", "--workers", "1").exit_code == 0
     for p in ref.glob("*.png"):
         assert np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(out / p.name)))
+
+
+def test_resized_copy_of_a_split_dataset_keeps_its_folds(
+    synth_data: Callable[..., Path], cli: Invoke, tmp_path: Path, home: Path
+) -> None:
+    data = synth_data(40, 48)
+    register(cli, data, name="syn", folds=4)
+    out = tmp_path / "syn-24"
+    result = cli("preprocess", data, "--out", out, "--size", "24")
+    assert result.exit_code == 0, result.output
+    with Registry.open(home) as reg:
+        parent_folds, parent_split = reg.folds("syn"), reg.split_info("syn")
+        copy = reg.dataset("syn-24")
+        assert reg.folds("syn-24") == parent_folds and len(parent_folds) == 40
+        split = reg.split_info("syn-24")
+    assert split is not None and parent_split is not None
+    assert (split["folds"], split["seed"]) == (parent_split["folds"], parent_split["seed"])
+    assert copy.provenance["folds_from"] == "syn" and copy.provenance["folds_carried"] == 40
+    assert carried_folds_line(copy) == (
+        "Folds of syn carried over: 40 samples keep their fold (same ids, same folds), so runs "
+        "on syn-24 validate on the same samples as on syn"
+    )
+    listed = cli("datasets", "show", "syn-24", "--samples", "--json")
+    assert {r["id"]: r["fold"] for r in json.loads(listed.stdout)} == parent_folds
+
+    # the source is split again: a rerun brings the carried folds up to date
+    assert cli("split", "syn", "--folds", "5", "--seed", "3", "--force").exit_code == 0
+    assert cli("preprocess", data, "--out", out, "--size", "24").exit_code == 0
+    with Registry.open(home) as reg:
+        assert reg.folds("syn-24") == reg.folds("syn")
+        assert reg.split_info("syn-24")["folds"] == 5  # type: ignore[index]
+    # a split of the copy's own is never overwritten by a rerun
+    assert cli("split", "syn-24", "--folds", "3", "--force").exit_code == 0
+    with Registry.open(home) as reg:
+        own = reg.folds("syn-24")
+    assert cli("preprocess", data, "--out", out, "--size", "24").exit_code == 0
+    with Registry.open(home) as reg:
+        assert reg.folds("syn-24") == own and reg.split_info("syn-24")["folds"] == 3  # type: ignore[index]
+        assert "folds_from" not in reg.dataset("syn-24").provenance

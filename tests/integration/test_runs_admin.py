@@ -159,8 +159,12 @@ def test_a_dead_run_without_a_checkpoint_can_be_started_again(
     args = ("train", "--dataset", "syn", *TRAIN, "--workers", "0", "--max-steps", "1")
     line = one_line_error(cli(*args, "--out", out, "--name", "t"), 2)
     assert "already exists" in line  # its process (this one) is alive
+    resume = ("train", "--resume", "--name", "t", "--out", out)
+    assert "it is still running" in one_line_error(cli(*resume), 2)
     with Registry.open(home) as reg:
         reg.update_run("t", config={"process": _dead_process()})
+    line = one_line_error(cli(*resume), 2)
+    assert "start it again without --resume (the same --name may be used)" in line
     result = cli(*args, "--out", out, "--name", "t")
     assert result.exit_code == 0, result.output
     with Registry.open(home) as reg:

@@ -4,6 +4,7 @@ the run ``interrupted`` in the registry, its last epoch kept, and ``--resume`` c
 
 from __future__ import annotations
 
+import multiprocessing
 import signal
 import time
 from collections.abc import Callable
@@ -14,8 +15,11 @@ from typer.testing import CliRunner, Result
 
 from hpatool.cli import app
 from hpatool.engine.checkpoint import load_checkpoint
+from hpatool.engine.events import TrainEvent
+from hpatool.engine.train import fit
+from hpatool.errors import HpaToolError
 from hpatool.registry import Registry
-from tests.support import SIZE, TRAIN, leftovers, start_hpatool
+from tests.support import ARCH, SIZE, TRAIN, Invoke, leftovers, register, start_hpatool
 
 
 def run_cli(home: Path, *args: object) -> Result:
@@ -62,3 +66,24 @@ def test_a_signal_after_the_first_epoch_ends_the_run_interrupted_and_resumable(
     assert load_checkpoint(last)["epoch"] == saved + 1
     with Registry.open(home) as reg:
         assert reg.run("t").status == "done"
+
+
+def test_a_stopped_run_shuts_its_loader_workers_down_before_the_error_leaves_fit(
+    cli: Invoke, home: Path, synth_data: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Found on a GPU: the traceback of a stopped run held the persistent DataLoader workers
+    (and, on CUDA, the pin-memory thread) until the interpreter exited, where torch skips its
+    clean-up, and the process hung after printing its error. ``fit`` now stops them itself."""
+    register(cli, synth_data(24, SIZE, seed=1))
+
+    def stop_at_first_step(event: TrainEvent) -> None:
+        if event.kind == "step":
+            raise KeyboardInterrupt
+
+    options = {"datasets": ["syn"], "arch": ARCH, "crop": 32, "batch_size": 8, "device": "cpu",
+               "workers": 2, "epochs": 3, "out": tmp_path / "runs", "name": "w"}  # fmt: skip
+    with pytest.raises(HpaToolError) as stopped:
+        fit(options, home=home, progress=stop_at_first_step)
+    assert "run 'w' stopped" in str(stopped.value)
+    assert stopped.value.__traceback__ is not None  # the frames that held the loaders
+    assert multiprocessing.active_children() == []

@@ -4,18 +4,22 @@ never the wording of the message."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from hpatool.download._client import (
     ClientSettings,
+    Counters,
     Downloader,
     FileJob,
+    FileResult,
     ServerUnreachable,
     _Attempt,
 )
-from hpatool.download.retry import UNREACHABLE_ATTEMPTS, Failure
+from hpatool.download.retry import MISSING_ATTEMPTS, UNREACHABLE_ATTEMPTS, Failure
+from hpatool.download.tracker import Tracker
 
 
 def downloader(pool: ThreadPoolExecutor) -> Downloader:
@@ -79,3 +83,73 @@ def test_unreachable_counts_kinds_not_messages(tmp_path: Path) -> None:
         for _ in range(2 * UNREACHABLE_ATTEMPTS):
             d._check_reachable(job(tmp_path), attempt)
         assert d.unreachable == 0
+
+
+def test_404_and_410_are_missing_final_and_stop_a_run_that_got_nothing_else(
+    tmp_path: Path,
+) -> None:
+    assert not Failure.MISSING.retryable(404) and not Failure.MISSING.unreachable
+    assert _Attempt(Failure.MISSING, 410, "HTTP 410 Gone").permanent
+    with ThreadPoolExecutor(1) as pool:
+        # The first requests all answered 404 (or 410): a wrong --base-url path.
+        d = downloader(pool)
+        gone = _Attempt(Failure.MISSING, 404, "HTTP 404 Not Found")
+        for _ in range(MISSING_ATTEMPTS - 1):
+            d._check_reachable(job(tmp_path), gone)
+        with pytest.raises(ServerUnreachable) as err:
+            d._check_reachable(job(tmp_path), _Attempt(Failure.MISSING, 410, "HTTP 410 Gone"))
+        assert str(err.value).startswith(
+            f"every one of the first {MISSING_ATTEMPTS} requests got 404/410 from "
+            "http://127.0.0.1:9: is --base-url right?"
+        )
+        # Mixed with other failures, the count still stops it, and says so.
+        d = downloader(pool)
+        for k in range(MISSING_ATTEMPTS - 1):
+            d._check_reachable(job(tmp_path), gone)
+            if k % 2:
+                d._check_reachable(job(tmp_path), _Attempt(Failure.HTTP_STATUS, 500, "HTTP 500"))
+        with pytest.raises(ServerUnreachable, match=f"{MISSING_ATTEMPTS} of the first 35 requests"):
+            d._check_reachable(job(tmp_path), gone)
+        # Once an image has arrived, 404s are the server's real gaps: per file, never fatal.
+        d = downloader(pool)
+        d.fetched_ok = 1
+        for _ in range(4 * MISSING_ATTEMPTS):
+            d._check_reachable(job(tmp_path), gone)
+        assert d.missing_before_ok == 0
+
+
+def test_failure_statuses_wait_for_the_first_download(tmp_path: Path) -> None:
+    """Until a file has been downloaded only ``done`` statuses (from raw files on disk) reach
+    the registry: a run stopped for a wrong --base-url records no sample as missing."""
+    written: list[tuple[str, str | None]] = []
+
+    class Reg:
+        def set_status(self, name: str, updates: list[tuple[str, str | None]]) -> None:
+            written.extend(updates)
+
+    def result(sample_id: str, ok: bool, fetched: bool = False) -> FileResult:
+        j = replace(job(tmp_path), sample_id=sample_id)
+        if ok:
+            return FileResult(j, ok=True, fetched=fetched)
+        return FileResult(j, False, False, 404, "HTTP 404 Not Found", Failure.MISSING)
+
+    def tracker() -> Tracker:
+        remaining = {"1000_1_A1_1": 1, "1000_1_A1_2": 1, "1000_1_A1_3": 1}
+        return Tracker(Reg(), "v18", remaining, 3, 0, 3, Counters(), None)  # type: ignore[arg-type]
+
+    t = tracker()
+    t.on_result(result("1000_1_A1_1", ok=True))  # converted from a raw file on disk
+    t.on_result(result("1000_1_A1_2", ok=False))
+    t.flush()
+    assert written == [("1000_1_A1_1", "done")]
+    t.on_result(result("1000_1_A1_3", ok=True, fetched=True))
+    t.flush()
+    assert written[1:] == [("1000_1_A1_2", "missing"), ("1000_1_A1_3", "done")]
+    assert (t.completed, t.missing_samples, t.failed_samples) == (2, 1, 0)
+    # Stopped before any download: the held failures are dropped, not written.
+    written.clear()
+    t = tracker()
+    t.on_result(result("1000_1_A1_2", ok=False))
+    t.discard()
+    t.flush(force=True)
+    assert written == []

@@ -8,7 +8,17 @@ import pytest
 import torch
 
 from hpatool.errors import DataError, NotFound, UsageError
-from hpatool.models import adapt_first_conv, create_model, first_conv_name, resolve_arch
+from hpatool.models import (
+    MIN_INPUT_SIZE,
+    PretrainedWeights,
+    adapt_first_conv,
+    check_input_size,
+    closest_archs,
+    create_model,
+    first_conv_name,
+    min_input_size,
+    resolve_arch,
+)
 
 
 def test_aliases_resolve_to_timm_names() -> None:
@@ -51,7 +61,8 @@ def test_pretrained_torchvision_resnet50_file_is_adapted(tmp_path: Path) -> None
     source = torchvision.models.resnet50().state_dict()  # 3 channels, 1000 classes
     path = tmp_path / "resnet50-imagenet.pth"
     torch.save(source, path)
-    model = create_model("resnet50", pretrained=path)
+    with pytest.warns(PretrainedWeights, match="1000-class head does not fit"):
+        model = create_model("resnet50", pretrained=path)
     state = model.state_dict()
     w = source["conv1.weight"]
     assert torch.equal(state["conv1.weight"][:, :3], w)
@@ -67,7 +78,8 @@ def test_pretrained_timm_file_wrapped_with_module_prefix(tmp_path: Path) -> None
     source = timm.create_model("resnet18", pretrained=False).state_dict()
     path = tmp_path / "r18.pt"
     torch.save({"state_dict": {f"module.{k}": v for k, v in source.items()}}, path)
-    model = create_model("resnet18", pretrained=path)
+    with pytest.warns(PretrainedWeights, match="adapted from 3 to 4 channels"):
+        model = create_model("resnet18", pretrained=path)
     assert torch.equal(model.state_dict()["layer1.0.conv1.weight"], source["layer1.0.conv1.weight"])
     assert torch.equal(model.state_dict()["conv1.weight"][:, :3], source["conv1.weight"])
 
@@ -91,3 +103,133 @@ def test_bad_weight_files_are_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(NotFound, match="no such file"):
         create_model("resnet18", pretrained=tmp_path / "missing.pth")
     assert create_model("resnet18", pretrained="none") is not None
+
+
+def test_unknown_arch_suggests_the_closest_names() -> None:
+    with pytest.raises(UsageError) as info:
+        resolve_arch("inception_resnetv2")
+    text = str(info.value)
+    near = text.split("did you mean ")[1].split("?")[0].split(", ")
+    assert near[:2] == ["inception_resnet_v2", "inceptionresnetv2"], text
+    with pytest.raises(UsageError, match=r"did you mean resnet50, "):
+        resolve_arch("resnt50")
+    with pytest.raises(UsageError) as info:
+        resolve_arch("qqqqqq")
+    assert "did you mean" not in str(info.value)  # nothing close: no guesses
+    assert resolve_arch("ResNet18") == "resnet18"  # timm names in any case
+    assert closest_archs("efficientnet_b9")[0].startswith("efficientnet_b")
+
+
+def _save_checkpoint(path: Path, model: torch.nn.Module, arch: str, timm_name: str) -> Path:
+    """A checkpoint as ``hpatool train`` writes it (the keys ``load_pretrained`` reads)."""
+    from hpatool.engine.checkpoint import save_checkpoint
+
+    save_checkpoint(
+        path,
+        {
+            "arch": arch,
+            "timm_name": timm_name,
+            "model": model.state_dict(),
+            "optimizer": {},
+            "epoch": 3,
+            "config": {"options": {"name": "r18-f0", "arch": arch}},
+        },
+    )
+    return path
+
+
+def test_pretrained_run_checkpoint_keeps_the_28_class_head(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    trained = create_model("resnet18")
+    path = _save_checkpoint(tmp_path / "checkpoint-best.pt", trained, "resnet18", "resnet18")
+    torch.manual_seed(2)
+    with pytest.warns(PretrainedWeights) as caught:
+        model = create_model("resnet18", pretrained=path)
+    for key, value in trained.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key  # head included
+    (line,) = [str(w.message) for w in caught]
+    assert f"--pretrained {path}: loaded " in line and "run 'r18-f0'" in line
+    assert "epoch 3" in line and "classifier head was kept" in line and "\n" not in line
+    # another architecture's checkpoint is refused, naming the --arch it needs
+    with pytest.raises(DataError, match=r"checkpoint of --arch resnet18 \(resnet18\), not --arch"):
+        create_model("resnet34", pretrained=path)
+
+
+def test_pretrained_four_channel_state_dict_keeps_a_matching_head(tmp_path: Path) -> None:
+    source = create_model("resnet18").state_dict()  # 4 channels, 28 classes, no wrapper
+    path = tmp_path / "r18-hpa.pth"
+    torch.save(source, path)
+    with pytest.warns(PretrainedWeights, match="classifier head was kept") as caught:
+        model = create_model("resnet18", pretrained=path)
+    assert torch.equal(model.state_dict()["fc.weight"], source["fc.weight"])
+    assert "adapted" not in str(caught[0].message)
+    # a 28-class head on another class count: re-initialised, and said so
+    with pytest.warns(PretrainedWeights, match="its 28-class head does not fit the 5 classes"):
+        other = create_model("resnet18", num_classes=5, pretrained=path)
+    assert other.state_dict()["fc.weight"].shape == (5, 512)
+
+
+def test_pretrained_imagenet_file_says_the_head_was_reinitialised(tmp_path: Path) -> None:
+    import timm
+
+    source = timm.create_model("resnet18", pretrained=False).state_dict()  # 3 ch, 1000 classes
+    path = tmp_path / "r18-imagenet.pth"
+    torch.save(source, path)
+    torch.manual_seed(0)
+    fresh = create_model("resnet18").state_dict()["fc.weight"]
+    torch.manual_seed(0)
+    with pytest.warns(PretrainedWeights) as caught:
+        model = create_model("resnet18", pretrained=path)
+    (line,) = [str(w.message) for w in caught]
+    assert "first convolution adapted from 3 to 4 channels" in line
+    assert "its 1000-class head does not fit the 28 classes: the head was re-initialised" in line
+    assert torch.equal(model.state_dict()["fc.weight"], fresh)  # the seeded new head
+    headless = tmp_path / "r18-headless.pth"
+    torch.save({k: v for k, v in source.items() if not k.startswith("fc.")}, headless)
+    with pytest.warns(PretrainedWeights, match="it has no head for the 28 classes"):
+        create_model("resnet18", pretrained=headless)
+
+
+def test_crop_below_the_minimum_is_one_line_naming_it() -> None:
+    with pytest.raises(UsageError) as info:
+        check_input_size("inceptionresnetv2", 64)
+    assert str(info.value) == (
+        "--crop 64 is too small for inceptionresnetv2: it needs at least 75 px; "
+        "use --crop 75 or more"
+    )
+    check_input_size("inceptionresnetv2", 75)
+    check_input_size("resnet50", 8)
+    assert min_input_size("inceptionresnetv2") == 75 and min_input_size("resnet50") == 1
+    with pytest.raises(UsageError, match="unknown --arch"):
+        check_input_size("resnet5O", 256)
+
+
+def test_input_size_of_other_archs_is_measured() -> None:
+    # convnext_atto is in no table: one forward pass says 256 fits; 16 does not
+    check_input_size("convnext_atto", 256)
+    with pytest.raises(UsageError, match="too small for convnext_atto: it needs at least 32 px"):
+        check_input_size("convnext_atto", 16)
+    # a fixed-size model: not a question of a minimum, its own reason is given
+    with pytest.raises(UsageError) as info:
+        check_input_size("vit_tiny_patch16_224", 256)
+    text = str(info.value)
+    assert (
+        text.startswith("--crop 256 does not fit --arch vit_tiny_patch16_224: ") and "224" in text
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(MIN_INPUT_SIZE))
+def test_min_input_size_table_is_true(name: str) -> None:
+    """The table's minimum works and one pixel less does not (a real forward pass at eval)."""
+    minimum = MIN_INPUT_SIZE[name]
+    model = timm_model(name)
+    with torch.no_grad():
+        assert model(torch.zeros(2, 4, minimum, minimum)).shape == (2, 28)
+        if minimum > 1:
+            with pytest.raises(RuntimeError):
+                model(torch.zeros(2, 4, minimum - 1, minimum - 1))
+
+
+def timm_model(name: str) -> torch.nn.Module:
+    return create_model(name).eval()

@@ -143,6 +143,10 @@ def test_no_validation_id_in_any_training_draw(home: Path) -> None:
     rng = np.random.default_rng(1)
     ids = [f"k{i:03d}" for i in range(200)]
     targets = [tuple(sorted({int(v) for v in rng.choice(28, 2)})) for _ in ids]
+    home.mkdir(parents=True, exist_ok=True)
+    for sid in [*ids, *(f"x{i:03d}" for i in range(30))]:  # training uses samples with images
+        for colour in ("red", "green", "blue", "yellow"):
+            (home / f"{sid}_{colour}.png").touch()
     with Registry.open(home) as reg:
         reg.create_dataset("main", "train", ids, targets, root=home)
         # an external set that repeats 20 of main's ids (say, registered twice) plus new ones

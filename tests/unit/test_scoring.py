@@ -16,8 +16,8 @@ from hpatool.engine.predict import (
     write_probabilities,
     write_submission,
 )
-from hpatool.engine.scoring import aggregate, crop_windows, decide_labels, rank_share
-from hpatool.errors import UsageError
+from hpatool.engine.scoring import Scores, aggregate, crop_windows, decide_labels, rank_share
+from hpatool.errors import DataError, UsageError
 
 
 def test_crop_windows_depend_only_on_seed_and_position() -> None:
@@ -71,3 +71,77 @@ def test_file_names_and_bytes(tmp_path: Path) -> None:
     fails = tmp_path / "submission.failures.csv"
     write_failures(fails, {"a": "no such file", "b": "bad, truncated"})
     assert fails.read_bytes() == b'Id,error\na,no such file\nb,"bad, truncated"\n'
+
+
+# ------------------------------------------------------------------ checks before any scoring
+
+
+def write_sample(root: Path, sample_id: str, size: int | tuple[int, ...]) -> None:
+    """Four greyscale PNGs; ``size`` one edge for all, or one per channel (R, G, B, Y)."""
+    from hpatool.imaging import save_png
+
+    sizes = (size,) * 4 if isinstance(size, int) else size
+    for colour, edge in zip(("red", "green", "blue", "yellow"), sizes, strict=True):
+        save_png(np.zeros((edge, edge), np.uint8), root / f"{sample_id}_{colour}.png")
+
+
+def test_check_images_leaves_out_unreadable_and_too_small_images(tmp_path: Path) -> None:
+    from hpatool.engine.scoring import UNREADABLE, ScoreItem, check_images, too_small
+
+    for name, size in (("a", 48), ("b", 48), ("c", 24), ("d", (48, 48, 40, 48)), ("e", 64)):
+        write_sample(tmp_path, name, size)
+    (tmp_path / "b_yellow.png").write_bytes(b"not a png")
+    items = [ScoreItem(i, tmp_path, n) for i, n in enumerate("abcde")]
+    checked = check_images(items, None, 32, "syn")
+    assert [t.id for t in checked.items] == ["a", "e"]
+    assert (checked.crop, checked.whole_image) == (32, False)
+    assert checked.left_out == {UNREADABLE: 2, too_small(32): 1}
+    assert set(checked.errors) == {1, 2, 3}
+    assert str(tmp_path / "b_yellow.png") in checked.errors[1]
+    assert checked.errors[2] == "sample 'c' is 24x24, smaller than the 32px crop"
+    assert "channels differ in size (red 48x48, green 48x48, blue 40x40" in checked.errors[3]
+    whole = check_images(items, 48, 32, "syn")  # --crop-size 48: the first image, whole
+    assert whole.whole_image and [t.id for t in whole.items] == ["a", "e"]
+
+
+def test_check_images_refuses_a_crop_larger_than_the_images(tmp_path: Path) -> None:
+    from hpatool.engine.scoring import ScoreItem, check_images
+
+    write_sample(tmp_path, "a", 48)
+    items = [ScoreItem(0, tmp_path, "a")]
+    with pytest.raises(UsageError, match=r"--crop-size 64 is larger than the 48x48 images"):
+        check_images(items, 64, 32, "syn")
+    with pytest.raises(UsageError, match=r"the run's training crop 64 is larger than"):
+        check_images(items, None, 64, "syn")
+    (tmp_path / "a_red.png").unlink()
+    with pytest.raises(DataError, match=r"none of the 1 images of dataset 'syn' can be read"):
+        check_images(items, None, 32, "syn")
+
+
+def test_scoring_gives_both_aggregations_of_the_same_crops(tmp_path: Path) -> None:
+    from torch import nn
+
+    from hpatool.engine.scoring import ScoreItem, score
+    from hpatool.imaging import save_png
+
+    rng = np.random.default_rng(0)
+    for name in "ab":
+        for colour in ("red", "green", "blue", "yellow"):
+            pixels = rng.integers(0, 255, (40, 40), dtype=np.uint8)
+            save_png(pixels, tmp_path / f"{name}_{colour}.png")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 28, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    items = [ScoreItem(i, tmp_path, n) for i, n in enumerate("ab")]
+
+    def run(agg: str, both: bool = False) -> Scores:
+        return score(
+            model, items, crop=16, crops=5, agg=agg, mean=(0.0,) * 4, std=(1.0,) * 4,
+            batch_size=2, workers=0, device=torch.device("cpu"), seed=3, both=both,
+        )  # fmt: skip
+
+    both, mean = run("max", both=True), run("mean")
+    assert not mean.other and set(both.other) == {0, 1}
+    for i in (0, 1):
+        assert np.allclose(both.other[i], mean.probs[i])  # the same crops, aggregated by mean
+        assert (both.probs[i] >= both.other[i] - 1e-9).all()
+        assert (both.probs[i] > both.other[i] + 1e-6).any()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpatool.data.split import fold_class_counts, make_folds, split_dataset
+from hpatool.data.split import fold_class_counts, make_folds, make_grouped_folds, split_dataset
 from hpatool.errors import AlreadyExists, UsageError
 from hpatool.labels import CLASS_NAMES, load_label_csv, to_multihot
 from hpatool.registry import Registry
@@ -124,3 +124,18 @@ def test_split_cli_and_datasets_show(cli: Invoke, home: Path) -> None:
     assert again.exit_code == 2 and "--force" in again.stderr
     missing = cli("split", "nope")
     assert missing.exit_code == 2 and "unknown dataset 'nope'" in missing.stderr
+
+
+def test_grouped_folds_keep_each_group_in_one_fold_and_change_nothing_without_groups() -> None:
+    rng = np.random.default_rng(0)
+    y = (rng.random((200, 28)) < 0.1).astype(np.int64)
+    y[:, 0] = 1
+    singletons = np.arange(200)
+    assert (make_grouped_folds(y, singletons, 5, 3) == make_folds(y, 5, 3)).all()
+    group = np.arange(200)
+    group[[10, 50, 90, 130, 170]] = 10  # a planted duplicate cluster of five
+    group[[1, 2]] = 1
+    _, dense = np.unique(group, return_inverse=True)
+    folds = make_grouped_folds(y, dense, 5, 3)
+    assert len(set(folds[[10, 50, 90, 130, 170]])) == 1 and folds[1] == folds[2]
+    assert set(folds) == set(range(5)) and min(np.bincount(folds)) >= 30

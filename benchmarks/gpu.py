@@ -1,0 +1,281 @@
+"""The CUDA paths of hpatool, end to end, on one GPU: one prepared script for a short lease.
+
+Run (on a machine with a GPU; without one it says so and exits 0):
+    python benchmarks/gpu.py --out OUT [--samples 384] [--budget 420]
+
+Each step is a real ``hpatool`` command (``python -m hpatool``) or benchmark script, run in a
+subprocess with its own time limit; a step that fails is recorded and the next one still runs.
+Steps:
+
+1. ``synth`` a dataset, ``datasets add`` it, ``split`` it;
+2. ``train`` resnet50 on CUDA (AMP bf16 + channels_last, the defaults there), 2 epochs, timed;
+3. the same run stopped by SIGTERM after its first checkpoint, then ``--resume`` (CUDA RNG state,
+   GradScaler and optimizer state restored on the GPU), and its metrics compared with (2);
+4. ``torchrun --nproc-per-node 1 -m hpatool train`` (DDP over NCCL);
+5. ``train --arch inceptionresnetv2`` for a few steps;
+6. ``evaluate`` and ``predict`` on CUDA (8 crops, max);
+7. ``benchmarks/train.py --device cuda`` (pipeline vs memory, both archs, AMP + channels_last)
+   and ``benchmarks/predict.py --device cuda``.
+
+Writes ``OUT/gpu.log`` (every command and its output) and ``OUT/gpu.json`` (per step: command,
+exit code, seconds, and the figures parsed from it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Runner:
+    def __init__(self, out: Path, work: Path, budget: float) -> None:
+        self.out, self.work = out, work
+        self.deadline = time.monotonic() + budget
+        self.log = (out / "gpu.log").open("w")
+        self.steps: list[dict[str, Any]] = []
+        self.env = {
+            **os.environ,
+            "HPATOOL_HOME": str(work / "home"),
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p
+            ),
+        }
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def note(self, text: str) -> None:
+        print(text, flush=True)
+        self.log.write(text + "\n")
+        self.log.flush()
+
+    def run(self, name: str, cmd: list[str], limit: float, **extra: Any) -> dict[str, Any]:
+        limit = min(limit, self.left())
+        step: dict[str, Any] = {"step": name, "cmd": " ".join(cmd), **extra}
+        if limit < 5:
+            step.update(rc=None, skipped="out of time")
+            self.note(f"### {name}: skipped, out of time")
+            self.steps.append(step)
+            return step
+        self.note(f"### {name}: {' '.join(cmd)}  (limit {limit:.0f} s)")
+        t0 = time.monotonic()
+        try:
+            proc = subprocess.run(
+                cmd,
+                cwd=self.work,
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=limit,
+            )
+            rc, output = proc.returncode, proc.stdout
+        except subprocess.TimeoutExpired as exc:
+            rc = "timeout"
+            output = exc.stdout if isinstance(exc.stdout, str) else (exc.stdout or b"").decode()
+        step.update(rc=rc, seconds=round(time.monotonic() - t0, 1))
+        self.log.write(output)
+        self.note(f"### {name}: rc={rc} in {step['seconds']} s\n")
+        step["tail"] = output[-1500:]
+        self.steps.append(step)
+        return step
+
+    def hpatool(self, name: str, args: list[str], limit: float, **extra: Any) -> dict[str, Any]:
+        return self.run(name, [sys.executable, "-m", "hpatool", *args], limit, **extra)
+
+    def save(self) -> None:
+        (self.out / "gpu.json").write_text(json.dumps(self.steps, indent=1))
+
+
+def metrics(run: Path) -> list[dict[str, str]]:
+    path = run / "metrics.csv"
+    if not path.exists():
+        return []
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def stopped_then_resumed(r: Runner, train: list[str], name: str, limit: float) -> None:
+    """Start a run, SIGTERM it once its first checkpoint exists, then --resume it."""
+    last = r.work / "runs" / name / "checkpoint-last.pt"
+    cmd = [sys.executable, "-m", "hpatool", *train, "--name", name]
+    r.note(f"### stop-after-epoch-1: {' '.join(cmd)}")
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        cmd,
+        cwd=r.work,
+        env={**r.env, "PYTHONFAULTHANDLER": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    step: dict[str, Any] = {"step": "stop-after-epoch-1", "cmd": " ".join(cmd)}
+    while not last.exists() and proc.poll() is None and time.monotonic() - t0 < limit:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stopped_at = time.monotonic()
+    try:
+        output, _ = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        # still alive 20 s after SIGTERM: show what it waits for (faulthandler prints every
+        # thread's stack on SIGABRT), then kill it
+        ps = subprocess.run(
+            ["ps", "-o", "pid,ppid,stat,wchan:20,etime,cmd", "-g", str(os.getpgid(proc.pid))],
+            capture_output=True,
+            text=True,
+        )
+        r.note(f"### still running 20 s after SIGTERM:\n{ps.stdout}")
+        proc.send_signal(signal.SIGABRT)
+        try:
+            output, _ = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+    step["exit_after_sigterm_s"] = round(time.monotonic() - stopped_at, 1)
+    r.log.write(output)
+    step.update(rc=proc.returncode, seconds=round(time.monotonic() - t0, 1), tail=output[-800:])
+    r.note(
+        f"### stop-after-epoch-1: rc={proc.returncode} in {step['seconds']} s, "
+        f"{step['exit_after_sigterm_s']} s after SIGTERM\n"
+    )
+    r.steps.append(step)
+    r.hpatool("resume", ["train", "--resume", "--name", name, "--out", "runs"], limit)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--samples", type=int, default=384)
+    parser.add_argument("--budget", type=float, default=420, help="seconds for all steps")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument("--device", default="cuda", help="cuda; cpu only to try the script")
+    parser.add_argument("--crop", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated: train,resume,ddp,irv2,score,bench (default: all; setup always)",
+    )
+    args = parser.parse_args()
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("no CUDA device here: nothing to measure (run it on a GPU machine)")
+            return
+    only = {x.strip() for x in args.only.split(",") if x.strip()}
+
+    def want(group: str) -> bool:
+        return not only or group in only
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = Path(os.environ.get("TMPDIR", "/tmp")) / "hpatool-gpu"
+    work.mkdir(parents=True, exist_ok=True)
+    r = Runner(args.out, work, args.budget)
+    w = str(args.workers)
+    try:
+        r.run(
+            "environment",
+            [
+                sys.executable,
+                "-c",
+                "import torch, timm, sys; print(sys.version); print('torch', torch.__version__,"
+                " 'cuda', torch.version.cuda, 'timm', timm.__version__);"
+                " print(torch.cuda.get_device_name(0), torch.cuda.get_device_properties(0));"
+                " print('bf16', torch.cuda.is_bf16_supported())",
+            ],
+            60,
+        )
+        r.hpatool("synth", ["synth", "data", "--samples", str(args.samples), "--workers", w], 120)
+        r.hpatool(
+            "datasets add",
+            ["datasets", "add", "syn", "--labels", "data/labels.csv", "--root", "data"],
+            60,
+        )
+        r.hpatool("split", ["split", "syn", "--folds", "4"], 60)
+        train = [
+            "train",
+            "--dataset",
+            "syn",
+            "--device",
+            args.device,
+            "--epochs",
+            "2",
+            "--batch-size",
+            str(args.batch_size),
+            "--crop",
+            str(args.crop),
+            "--workers",
+            w,
+            "--out",
+            "runs",
+        ]
+        if want("train") or want("score"):
+            r.hpatool("train resnet50", [*train, "--name", "r50"], 150)
+        if want("resume"):
+            stopped_then_resumed(r, [*train, "--checkpoint-every", "3"], "r50-resumed", 150)
+            full = metrics(work / "runs" / "r50")
+            resumed = metrics(work / "runs" / "r50-resumed")
+            r.steps.append({"step": "compare", "uninterrupted": full, "resumed": resumed})
+            r.note(f"### metrics uninterrupted: {full}\n### metrics resumed: {resumed}\n")
+        if want("ddp"):
+            ddp = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
+            r.run(
+                "torchrun 1 GPU",
+                [sys.executable, *ddp, "-m", "hpatool", *train, "--epochs", "1", "--name", "ddp"],
+                150,
+            )
+        if want("irv2"):
+            irv2 = ["--arch", "inceptionresnetv2", "--max-steps", "12", "--name", "irv2"]
+            r.hpatool("train inceptionresnetv2", [*train, *irv2], 150)
+        if want("score"):
+            score = ["--dataset", "syn", "--run", "r50", "--device", args.device, "--crops", "8"]
+            r.hpatool("evaluate", ["evaluate", *score, "--workers", w], 120)
+            r.hpatool("predict", ["predict", *score, "--workers", w, "--out", "sub.csv"], 120)
+        if want("bench"):
+            common = ["--device", args.device, "--crop", str(args.crop)]
+            bench_train = ["--batch-size", str(args.batch_size), "--steps", "16", "--repeats", "2"]
+            r.run(
+                "benchmarks/train.py",
+                [
+                    sys.executable,
+                    str(REPO / "benchmarks" / "train.py"),
+                    *common,
+                    *bench_train,
+                    "--workers",
+                    f"{max(1, args.workers // 2)},{w}",
+                    "--samples",
+                    "96",
+                ],
+                200,
+            )
+            bench_predict = ["--arch", "resnet50", "--images", "32", "--crops", "8"]
+            r.run(
+                "benchmarks/predict.py",
+                [
+                    sys.executable,
+                    str(REPO / "benchmarks" / "predict.py"),
+                    *common,
+                    *bench_predict,
+                    "--batch-size",
+                    "8",
+                ],
+                90,
+            )
+    finally:
+        r.save()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""``hpatool evaluate``: per-class precision, recall, F1 and support, and macro F1, of a
+trained model on labelled samples, scored as ``predict`` scores (``hpatool.engine.predict``),
+with both aggregations of the same crops; and the figure of ``--plot``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpatool._io import ProgressFn
+from hpatool.engine.config import PredictConfig
+from hpatool.engine.metrics import DEFAULT_THRESHOLD, ClassReport, macro_f1, per_class_report
+from hpatool.engine.model_source import training_data
+from hpatool.engine.predict import dataset_name, score_or_stop
+from hpatool.engine.predict_files import model_inputs
+from hpatool.engine.scoring import UNREADABLE, Scores, decide_labels, other_agg, windows_text
+from hpatool.engine.selection import (
+    Candidates,
+    LeftOut,
+    available,
+    evaluation_samples,
+    trained_on,
+    warn_once,
+    warn_trained_on,
+)
+from hpatool.errors import WorkFailed
+from hpatool.labels import NUM_CLASSES
+from hpatool.outputs import Inputs, check_figure
+from hpatool.registry import Registry
+
+
+@dataclass
+class EvaluationReport:
+    """What ``hpatool evaluate`` reports: per-class scores and macro F1 on one dataset (fold)."""
+
+    dataset: str
+    fold: int | None
+    samples: int
+    crop: int
+    crops: int
+    agg: str
+    threshold: str
+    macro_f1: float
+    macro_f1_at_05: float
+    classes: list[ClassReport]
+    checkpoint: Path
+    is_main: bool = True
+    y_true: np.ndarray | None = None
+    y_pred: np.ndarray | None = None
+    probs: np.ndarray | None = None
+    plot: Path | None = None  # the per-class figure, if one was asked for
+    windows: int = 0  # windows scored per image: ``crops``, or 1 if the crop is the image
+    limit: int | None = None  # the run's --limit, when its first N samples were evaluated
+    left_out: dict[str, int] = field(default_factory=dict)  # reason -> count
+    trained_on: int = 0  # evaluated samples that were in the run's training set
+    run: str | None = None  # the run (or checkpoint) the training data comes from
+    #: the same crops aggregated the other way (``mean`` for ``max``): its per-class scores
+    other_classes: list[ClassReport] = field(default_factory=list)
+
+    @property
+    def scoring_text(self) -> str:  # ``max of 8 crops of 256px`` or ``1 window of 512px ...``
+        return windows_text(self.agg, self.crops, self.crop, self.windows)
+
+    @property
+    def other_agg(self) -> str:
+        return other_agg(self.agg)
+
+    @property
+    def macro_f1_by_agg(self) -> dict[str, float]:
+        """Macro F1 under both aggregations of the same crops (one, if the image is one
+        window: then max and mean are the same)."""
+        both = {self.agg: self.macro_f1}
+        if self.other_classes and self.windows != 1:
+            both[self.other_agg] = float(np.mean([c.f1 for c in self.other_classes]))
+        return dict(sorted(both.items()))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "fold": self.fold,
+            "limit": self.limit,
+            "samples": self.samples,
+            "left_out": dict(sorted(self.left_out.items())),
+            "trained_on": self.trained_on,
+            "checkpoint": str(self.checkpoint),
+            "crop": self.crop,
+            "crops": self.crops,
+            "agg": self.agg,
+            "threshold": self.threshold,
+            "macro_f1": self.macro_f1,
+            "macro_f1_at_0.5": self.macro_f1_at_05,
+            "macro_f1_by_agg": self.macro_f1_by_agg,
+            "classes": [c.__dict__ for c in self.classes],
+        }
+
+
+def evaluate_run(
+    reg: Registry,
+    config: PredictConfig,
+    progress: ProgressFn | None = None,
+    inputs: Inputs = (),
+) -> EvaluationReport:
+    """Per-class precision, recall, F1 and support and macro F1 on the labelled samples of
+    ``config.dataset`` (only fold ``config.fold`` if given; for the run's own validation dataset
+    the run's fold is the default, and the run's ``--limit`` applies), scored as ``predict``
+    scores; with ``config.plot``, a per-class figure too.
+
+    Everything is checked before scoring: the samples whose images are not there or whose
+    headers cannot be read are left out (one ``LeftOut`` warning; an image that still fails
+    while scored is left out too, with a second one), and a ``TrainedOn`` warning says how
+    many of the evaluated samples the run trained on."""
+    dataset = dataset_name(config)
+    plot = None
+    if config.plot is not None:
+        own = [*inputs, *model_inputs(reg, config)]
+        plot = check_figure(config.plot, "--plot", reg, own)
+    checkpoint = Path(config.checkpoint) if config.checkpoint is not None else None
+    trained = training_data(reg, config.run, checkpoint)
+    chosen = evaluation_samples(reg, config, trained)
+    cands = available(reg, dataset, chosen.labelled, chosen.where(dataset))
+    overlap = [0]
+
+    def before(c: Candidates) -> None:
+        if c.left_out:
+            warn_once(f"{c.summary()}; scoring the other {len(c.items):,}", LeftOut)
+        overlap[0] = trained_on(reg, trained, c.items)
+        warn_trained_on(overlap[0], len(c.items), trained)
+
+    scored = score_or_stop(
+        reg, cands, config, strict=False, progress=progress, before=before, both=True
+    )
+    failed = _left_out_while_scoring(cands, scored.scores)
+    targets = dict(chosen.labelled)
+    items = [t for t in cands.items if t.index in scored.scores.probs]
+    if not items:
+        raise WorkFailed(f"no image of {chosen.where(dataset)} could be scored ({failed})")
+    from hpatool.labels import to_multihot
+
+    y_true = to_multihot([targets[t.index].target for t in items])
+    probs = np.stack([scored.scores.probs[t.index] for t in items])
+    y_pred = _decide(probs, scored.thresholds, config.min_labels)
+    classes = per_class_report(y_true, y_pred)
+    other = np.stack([scored.scores.other[t.index] for t in items])
+    report = EvaluationReport(
+        dataset=dataset,
+        fold=chosen.fold,
+        samples=len(items),
+        crop=scored.crop,
+        crops=config.crops,
+        agg=config.agg,
+        threshold=str(config.threshold),
+        macro_f1=float(np.mean([c.f1 for c in classes])),
+        macro_f1_at_05=macro_f1(y_true, probs >= DEFAULT_THRESHOLD),
+        classes=classes,
+        checkpoint=scored.source.checkpoint,
+        is_main=scored.is_main,
+        y_true=y_true,
+        y_pred=y_pred,
+        probs=probs,
+        windows=scored.windows,
+        limit=chosen.limit,
+        left_out=dict(cands.left_out),
+        trained_on=trained_on(reg, trained, items) if failed else overlap[0],
+        run=trained.run if trained is not None else None,
+        other_classes=per_class_report(
+            y_true, _decide(other, scored.thresholds, config.min_labels)
+        ),
+    )
+    if plot is not None and report.is_main:
+        report.plot = plot_evaluation(report, plot)
+    return report
+
+
+def _decide(probs: np.ndarray, thresholds: np.ndarray, min_labels: int) -> np.ndarray:
+    """``(n, 28)`` booleans: the labels ``decide_labels`` gives each row of ``probs``."""
+    return np.stack(
+        [np.isin(np.arange(NUM_CLASSES), decide_labels(p, thresholds, min_labels)) for p in probs]
+    )
+
+
+def _left_out_while_scoring(cands: Candidates, scores: Scores) -> str:
+    """Images that failed while they were scored (a truncated body behind a good header):
+    left out like the others, with one ``LeftOut`` warning; returns its text (or ``''``)."""
+    if not scores.failures:
+        return ""
+    for t in cands.items:
+        if t.index in scores.failures:
+            cands.add(UNREADABLE, t, scores.failures[t.index])
+    first = min(scores.failures)
+    text = (
+        f"{len(scores.failures)} images of {cands.where} could not be decoded while scored and "
+        f"are left out too (first: {scores.failures[first]})"
+    )
+    warn_once(text, LeftOut)
+    return text
+
+
+def plot_evaluation(report: EvaluationReport, path: Path) -> Path:
+    """One figure (drawn by ``hpatool.plots.plot_evaluation``): per-class F1, precision and
+    recall under both aggregations of the same crops, with each class's support; a class
+    with no positives is marked so rather than drawn as F1 = 0."""
+    from hpatool.plots import plot_evaluation as draw
+
+    where = f" fold {report.fold}" if report.fold is not None else ""
+    limit = f" (the run's --limit {report.limit})" if report.limit is not None else ""
+    title = (
+        f"{report.dataset}{where}{limit}: {report.samples:,} images, "
+        f"crops of {report.crop}px, thresholds {report.threshold}"
+    )
+    if report.windows == 1:
+        series = [(f"{report.scoring_text}: macro F1 {report.macro_f1:.3f}", report.classes)]
+    else:
+        by_agg = {report.agg: report.classes, report.other_agg: report.other_classes}
+        series = [
+            (
+                f"{agg} of {report.crops} crops{' (reported)' if agg == report.agg else ''}: "
+                f"macro F1 {float(np.mean([c.f1 for c in rows])):.3f}",
+                rows,
+            )
+            for agg, rows in sorted(by_agg.items())
+        ]
+    return draw(
+        [(label, [(c.f1, c.precision, c.recall) for c in rows]) for label, rows in series],
+        [c.support for c in report.classes],
+        title,
+        path,
+    )
