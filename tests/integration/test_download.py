@@ -527,6 +527,14 @@ def test_ctrl_c_stops_cleanly(tmp_path: Path, home: Path) -> None:
             home,
         )
         wait_for_pngs(out, 8, proc)
+        # A file is on disk a moment before the event loop records its sample (under load,
+        # more than a moment): wait until a sample's status is written, then interrupt.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and proc.poll() is None:
+            with Registry.open(home) as reg:
+                if reg.status_counts("hpa-v18").get("done", 0) >= 1:
+                    break
+            time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 130, stderr
