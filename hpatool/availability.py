@@ -52,6 +52,9 @@ class Usable:
     dataset: str
     samples: list[Sample]
     left_out: dict[str, int] = field(default_factory=dict)  # reason -> count
+    #: with ``labels_only``: no image is there yet and no sample has a status, so the dataset
+    #: was taken as labels alone and every sample kept
+    labels_only: bool = False
 
     @property
     def n_left_out(self) -> int:
@@ -63,8 +66,8 @@ class Usable:
         if not self.left_out:
             return ""
         total = len(self.samples) + self.n_left_out
-        reasons = ", ".join(f"{n} {why}" for why, n in sorted(self.left_out.items()))
-        return f"{self.n_left_out} of {total} samples of {self.dataset!r} left out ({reasons})"
+        reasons = ", ".join(f"{n:,} {why}" for why, n in sorted(self.left_out.items()))
+        return f"{self.n_left_out:,} of {total:,} samples of {self.dataset!r} left out ({reasons})"
 
     def as_json(self) -> dict[str, object]:
         return {"used": len(self.samples), "left_out": dict(sorted(self.left_out.items()))}
@@ -84,16 +87,23 @@ def usable_samples(
     samples: Sequence[Sample] | None = None,
     *,
     check_files: bool = True,
+    labels_only: bool = False,
 ) -> Usable:
     """The usable samples of dataset ``name`` (of ``samples``, a subset in registry order, if
     given) and the counts of those left out, by reason; see the module docstring. A dataset
-    without an image folder keeps none (all ``FILES_MISSING``) when ``check_files``."""
+    without an image folder keeps none (all ``FILES_MISSING``) when ``check_files``.
+
+    With ``labels_only`` (the commands that need only labels: ``stats``, ``split``), a dataset
+    with no image folder, or none of whose images is there yet and none of whose samples has a
+    status (a label CSV registered before its images), keeps every sample."""
     record = reg.dataset(name)
     if samples is None:
         samples = reg.samples(name)
     has_status = any(s.status is not None for s in samples) or any(
         k is not None for k in reg.status_counts(name)
     )
+    if labels_only and not has_status and record.root is None:
+        return Usable(name, list(samples), labels_only=True)
     root = record.root if record.root is not None and record.root.is_dir() else None
     kept: list[Sample] = []
     left: Counter[str] = Counter()
@@ -104,4 +114,6 @@ def usable_samples(
             left[FILES_MISSING] += 1
         else:
             kept.append(s)
+    if labels_only and not kept and not has_status:
+        return Usable(name, list(samples), labels_only=True)
     return Usable(name, kept, dict(left))

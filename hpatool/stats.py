@@ -68,7 +68,7 @@ def dataset_stats(reg: Registry, name: str, *, all_samples: bool = False) -> Dat
     if not all_samples:
         from hpatool.availability import usable_samples
 
-        usable = usable_samples(reg, name, registered, check_files=record.root is not None)
+        usable = usable_samples(reg, name, registered, labels_only=True)
         samples, left_out, note = usable.samples, usable.left_out, usable.summary()
     counts = [0] * NUM_CLASSES
     per_sample: Counter[int] = Counter()

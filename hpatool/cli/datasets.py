@@ -271,7 +271,7 @@ def _print_dataset(doc: dict[str, Any]) -> None:
     table.add_column("field", style="bold")
     table.add_column("value")
     for key, value in doc.items():
-        if key in ("provenance", "folds", "status"):
+        if key in ("provenance", "folds", "status", "duplicates"):
             continue
         table.add_row(
             key, "-" if value is None else (f"{value:,}" if isinstance(value, int) else str(value))
@@ -368,6 +368,9 @@ def _print_verify_report(report: VerifyReport) -> None:
         f"Verified [bold]{report.dataset}[/] in {report.root}: {report.checked:,} samples, "
         f"{report.ok:,} ok, {report.failed_samples:,} failed (sizes {sizes})"
     )
+    if report.not_checked:
+        why = ", ".join(f"{n:,} {r}" for r, n in sorted(report.not_checked.items()))
+        console.print(f"Not checked: {why} (their files are not meant to be there)", markup=False)
     if report.failures:
         table = Table(title="Failures" + (" (first 20)" if len(report.failures) > 20 else ""))
         for col in ("Id", "colour", "problem", "path"):

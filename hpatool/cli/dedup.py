@@ -131,7 +131,7 @@ def _print_report(r: DedupResult) -> None:
             markup=False,
         )
         examples = Table(title=f"Example clusters (first {len(report.examples)}, conflicts first)")
-        for col in ("cluster", "dataset", "Id", "labels"):
+        for col in ("example", "dataset", "Id", "labels"):
             examples.add_column(col)
         for k, members in enumerate(report.examples, 1):
             for m in members:

@@ -51,7 +51,7 @@ def demo(
     console = out()
 
     def heading(text: str) -> None:
-        console.rule(f"[bold]{text}[/] ({time.perf_counter() - started:.0f} s)")
+        console.rule(f"[bold]{text}[/] (at {time.perf_counter() - started:.0f} s)")
 
     heading("1. synthesise and register a training and a test set")
     with existing_registry(ROOT_HOME.get()) as reg, progress_bar("synth") as progress:

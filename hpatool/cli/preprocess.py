@@ -116,13 +116,28 @@ def preprocess(
         raise WorkFailed(
             f"{summary.failed:,} files could not be converted; see {summary.failures_csv}"
         )
-    if incomplete:
-        # registered, but not whole: the samples of --labels without images in SRC_DIR
+    if incomplete and labels is not None:
+        # registered, but not whole: the samples the user's --labels lists have no images
         raise WorkFailed(
             f"dataset registered, but {incomplete}: their images are not in {src_dir}; "
             "train, split and evaluate leave them out; add the images and run the same "
             "command again"
         )
+    if incomplete:
+        # the samples come from the source (a partial download, a folder with some channels
+        # missing): said, not an error; a rerun once more images are there completes it
+        import warnings
+
+        warnings.warn(
+            f"{incomplete}: their images are not in {src_dir} (yet); train, split and "
+            "evaluate leave them out; run the same command again when they are there",
+            IncompleteDataset,
+            stacklevel=1,
+        )
+
+
+class IncompleteDataset(UserWarning):
+    """The registered output lacks the images of some samples its source lists."""
 
 
 def _print_summary(s: PreprocessSummary, json_: bool) -> None:

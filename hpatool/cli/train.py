@@ -416,6 +416,8 @@ def _result_line(result: FitResult) -> str:
         partial = " partial" if (result.best_epoch or 0) > result.epochs_done else ""
         best = f"{result.best_f1:.4f} (epoch {result.best_epoch}{partial})"
     return (
-        f"Run [bold]{result.name}[/] {result.status}: {result.epochs_done} epochs, "
-        f"{result.steps:,} steps, best tuned macro F1 {best}. Files in {result.run_dir}"
+        f"Run [bold]{result.name}[/] {result.status}: {result.epochs_done} "
+        f"epoch{'' if result.epochs_done == 1 else 's'}, "
+        f"{result.steps:,} step{'' if result.steps == 1 else 's'}, best tuned macro F1 {best}. "
+        f"Files in {result.run_dir}"
     )

@@ -98,13 +98,13 @@ class TrainValItems:
         lines = []
         for name, reasons in self.left_out.items():
             n = sum(reasons.values())
-            why = ", ".join(f"{k} {r}" for r, k in sorted(reasons.items()))
+            why = ", ".join(f"{k:,} {r}" for r, k in sorted(reasons.items()))
             val = (
-                f", {self.val_left_out} of them in the validation fold"
+                f", {self.val_left_out:,} of them in the validation fold"
                 if self.val_left_out and name == next(iter(self.per_dataset), None)
                 else ""
             )
-            lines.append(f"{n} samples of {name!r} left out: {why}{val}")
+            lines.append(f"{n:,} samples of {name!r} left out: {why}{val}")
         return lines
 
 

@@ -111,14 +111,12 @@ def split_dataset(
             "dataset registered from a CSV with a Target column can be split"
         )
     chosen, left_out = samples, {}
-    if not all_samples and (record.root is not None or any(s.status for s in samples)):
+    if not all_samples:
         from hpatool.availability import usable_samples
 
-        usable = usable_samples(reg, name, samples)
+        # a dataset of labels alone (no image folder, or none of its images yet): all of it
+        usable = usable_samples(reg, name, samples, labels_only=True)
         chosen, left_out = usable.samples, usable.left_out
-        if not chosen and not any(s.status for s in samples):
-            # no image there yet (labels registered before the images): split them all
-            chosen, left_out = samples, {}
     if len(chosen) < folds:
         there = f" with images ({usable.summary()})" if left_out else ""
         raise UsageError(

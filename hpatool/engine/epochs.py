@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from hpatool.convert.pool import deferred_interrupts
 from hpatool.engine.build import TrainData, Trainer
 from hpatool.engine.checkpoint import save_checkpoint
 from hpatool.engine.distributed import DistContext
@@ -87,7 +89,7 @@ def train_epochs(run: EpochRun) -> str:
             with contextlib.suppress(HpaToolError):
                 status = "interrupted" if interrupted else "failed"
                 run.reg.update_run(run.target.name, status=status)
-        stopped = stop_error(exc, run.target)
+        stopped = stop_error(exc, run.target, run.reg.path.parent)
         if stopped is not None:
             raise stopped from None
         raise
@@ -154,8 +156,12 @@ def run_epoch(run: EpochRun, epoch: int) -> tuple[bool, bool]:
     }
     complete = state.finish_epoch(epoch, stats.steps, stats.loss_sum, run.data.steps_per_epoch)
     is_best = state.record(row)
-    if run.ctx.is_main:
-        save_epoch(run, row, thresholds, is_best)
+    # The epoch's files (checkpoints, thresholds, metrics, curves) and its registry row are
+    # written whole: a Ctrl-C or SIGTERM in between is held back and acted on after the
+    # epoch's line, so a resume never finds checkpoint-last.pt ahead of checkpoint-best.pt.
+    with deferred_interrupts() as held:
+        if run.ctx.is_main:
+            save_epoch(run, row, thresholds, is_best)
     run.ctx.barrier()
     run.events(
         "epoch",
@@ -167,6 +173,10 @@ def run_epoch(run: EpochRun, epoch: int) -> tuple[bool, bool]:
         metrics=row,
         best=is_best,
     )
+    if held:
+        if held[0] == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Interrupted("terminated", exit_code=143)
     return complete, stats.stopped
 
 

@@ -95,7 +95,11 @@ def _resumed_run(given: dict[str, Any], reg: Registry) -> RunTarget:
         elif record is not None:
             how = "start it again without --resume (the same --name may be used)"
         else:
-            how = "start it again without --resume"
+            raise UsageError(
+                f"--resume: no run {name!r} in {reg.path} ('hpatool runs list' shows the runs; "
+                f"a run trained with another --home is registered there) and no {LAST} in "
+                f"{folder}"
+            )
         raise UsageError(
             f"--resume: run {name!r} has no {LAST} in {folder} (no epoch finished "
             f"yet, or a different --out); {how}"
@@ -234,11 +238,19 @@ def register_run(
     ctx.barrier()
 
 
-def resume_advice(target: RunTarget) -> str:
+def resume_advice(target: RunTarget, home: Path | None = None) -> str:
     """How to go on with a run that stopped early (Ctrl-C, SIGTERM, a full disk): resume it
-    from its last saved epoch, or, with none saved yet, start it again."""
+    from its last saved epoch, or, with none saved yet, start it again. ``home``: the
+    registry's home, named in the command when it is not the one a plain command uses (the
+    demo's, say)."""
     if target.run_dir.last.is_file():
-        return f"continue the run with 'hpatool train --resume --name {target.name}'"
+        where = ""
+        if home is not None:
+            from hpatool.registry import resolve_home
+
+            if resolve_home(None).expanduser().resolve() != home.expanduser().resolve():
+                where = f" --home {home}"
+        return f"continue the run with 'hpatool{where} train --resume --name {target.name}'"
     return f"start run {target.name!r} again with the same command (no epoch of it was saved)"
 
 
@@ -246,11 +258,13 @@ def resume_advice(target: RunTarget) -> str:
 _STOP_REASONS = {143: "terminated (SIGTERM)", 129: "hung up (SIGHUP)"}
 
 
-def stop_error(exc: BaseException, target: RunTarget) -> HpaToolError | None:
+def stop_error(
+    exc: BaseException, target: RunTarget, home: Path | None = None
+) -> HpaToolError | None:
     """The one-line error for a run stopped by ``exc`` that says how to go on: Ctrl-C (exit
     130), SIGTERM (143), SIGHUP (129, a closed terminal) or a full disk; ``None`` for any other
     failure."""
-    advice = resume_advice(target)
+    advice = resume_advice(target, home)
     if isinstance(exc, KeyboardInterrupt | Interrupted):
         code = exc.exit_code if isinstance(exc, Interrupted) else 130
         why = _STOP_REASONS.get(code, "interrupted")

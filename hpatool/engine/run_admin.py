@@ -75,10 +75,23 @@ def _check_run_folder(folder: Path, name: str) -> None:
 
 def _delete_run_files(removed: RemovedRun) -> None:
     folder = removed.out_dir
+    from hpatool.engine.tensorboard import TENSORBOARD_DIR, is_event_file
+
     for path in sorted(folder.iterdir()):
         ours = path.name in RUN_FILES or path.name.startswith(".tmp-")
         if ours and path.is_file() and not path.is_symlink():
             path.unlink()
+            removed.deleted.append(path)
+        elif (
+            path.name == TENSORBOARD_DIR
+            and path.is_dir()
+            and not path.is_symlink()
+            and all(is_event_file(p) for p in path.iterdir())
+        ):  # --tensorboard's folder, holding only its event files
+            for event in sorted(path.iterdir()):
+                event.unlink()
+                removed.deleted.append(event)
+            path.rmdir()
             removed.deleted.append(path)
         else:
             removed.kept.append(path)

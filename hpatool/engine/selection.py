@@ -77,11 +77,11 @@ class Candidates:
         image; first: <id or error>)``, or ``''``."""
         if not self.left_out:
             return ""
-        reasons = ", ".join(f"{n} {why}" for why, n in sorted(self.left_out.items()))
+        reasons = ", ".join(f"{n:,} {why}" for why, n in sorted(self.left_out.items()))
         first = min(self.left)
         example = self.errors.get(first, self.left[first])
         return (
-            f"{self.n_left_out} of {self.total} samples of {self.where} left out "
+            f"{self.n_left_out:,} of {self.total:,} samples of {self.where} left out "
             f"({reasons}; first: {example})"
         )
 

@@ -34,6 +34,11 @@ EPOCH_TAGS = {
 }
 
 
+def is_event_file(path: Path) -> bool:
+    """Whether ``path`` is a file ``SummaryWriter`` writes (``events.out.tfevents.*``)."""
+    return path.is_file() and not path.is_symlink() and path.name.startswith("events.out.tfevents.")
+
+
 def check_available() -> None:
     """Refuse ``--tensorboard`` when the ``tensorboard`` package is not installed."""
     import importlib.util

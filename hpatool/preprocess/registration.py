@@ -117,7 +117,8 @@ def _register_output(
         return "failed" if sample_id in failed_ids else None
 
     with reg.transaction():
-        parent = reg.dataset_at(src)
+        earlier = plan.existing.provenance.get("source_dataset") if plan.existing else None
+        parent = reg.dataset_at(src, prefer=earlier)
         if parent is not None and parent.name == name:
             parent = None
         ids, targets, kind, labels_path, labels_sha = _samples_of(reg, plan, parent, ids_found)

@@ -278,12 +278,20 @@ class DatasetQueries(RegistryConnection):
             conn.execute("UPDATE datasets SET updated_at = ? WHERE id = ?", (now(), record.id))
         return self.dataset(name)
 
-    def dataset_at(self, folder: Path) -> DatasetRecord | None:
-        """The dataset whose image folder (``root``, or a download's ``raw_dir``) is ``folder``."""
+    def dataset_at(self, folder: Path, prefer: str | None = None) -> DatasetRecord | None:
+        """The dataset whose image folder (``root``, or a download's ``raw_dir``) is ``folder``.
+
+        Several datasets may share a folder (a test set registered over the train images,
+        say): then ``prefer`` if it is one of them (the parent an earlier run recorded), else
+        the one registered first, so that adding a dataset never changes the answer."""
         target = str(folder.expanduser().resolve())
-        for record in self.datasets():
-            if record.root is not None and str(record.root) == target:
+        found = [
+            record
+            for record in self.datasets()
+            if (record.root is not None and str(record.root) == target)
+            or record.provenance.get("raw_dir") == target
+        ]
+        for record in found:
+            if record.name == prefer:
                 return record
-            if record.provenance.get("raw_dir") == target:
-                return record
-        return None
+        return min(found, key=lambda r: (r.created_at, r.id)) if found else None

@@ -485,9 +485,13 @@ def test_show_samples_lists_status_labels_and_folds(
     res = cli("datasets", "show", "syn", "--samples", "--status", "pending", "--json")
     assert [row["id"] for row in json.loads(res.stdout)] == ids[5:10]
 
+    with Registry.open(home) as reg:  # no failures left: an empty list, not an error
+        reg.set_status("syn", [(i, "done") for i in ids[:3]])
+    res = cli("datasets", "show", "syn", "--samples", "--status", "failed", "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout) == []
     text = one_line_error(cli("datasets", "show", "syn", "--samples", "--status", "faild"))
     assert "no sample with --status 'faild'" in text
-    assert "done (30), failed (3), missing (2), pending (5)" in text
+    assert "done (33), missing (2), pending (5)" in text
     text = one_line_error(cli("datasets", "show", "syn", "--status", "failed"))
     assert "add --samples" in text
 
@@ -506,3 +510,35 @@ def test_show_samples_of_a_labels_only_dataset(hpav18_csv: Path, cli: Invoke) ->
     assert rows[0] == {"id": "10580_1610_C1_1", "status": None, "labels": [0, 2, 13, 21, 25]}
     text = one_line_error(cli("datasets", "show", "v18", "--samples", "--status", "failed"))
     assert "it records no per-sample status" in text
+
+
+def test_verify_checks_only_what_a_download_finished(
+    synth_data: Callable[..., Path], cli: Invoke, home: Path, tmp_path: Path
+) -> None:
+    """A partial download (statuses failed / missing / pending) verifies clean: only its
+    ``done`` samples are checked, the others counted as not checked (found walking the docs:
+    every unfinished sample counted as failed, so such a dataset could never pass)."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_data(12, 32, seed=6), data)
+    register(cli, data, name="dl", folds=None)
+    with Registry.open(home) as reg:
+        ids = [s.id for s in reg.samples("dl")]
+        reg.set_status(
+            "dl", [(i, "done") for i in ids[3:]] + [(ids[0], "missing"), (ids[1], "failed")]
+        )
+    for path in data.glob(f"{ids[0]}_*.png"):
+        path.unlink()
+    res = cli("datasets", "verify", "dl", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["checked"] == 9 and doc["failed"] == 0
+    assert doc["not_checked"] == {
+        "failed to download or convert": 1,
+        "missing on the server (404)": 1,
+        "not downloaded or converted yet": 1,
+    }
+    (data / f"{ids[5]}_red.png").unlink()  # a finished sample that lost a file: a failure
+    res = cli("datasets", "verify", "dl", "--json")
+    assert res.exit_code == 1 and json.loads(res.stdout)["failed"] == 1

@@ -33,3 +33,20 @@ def test_labels_without_source_images_register_but_fail_with_the_count(
         shutil.copy(path, src / path.name)
     again = cli(*args)
     assert again.exit_code == 0, again.output
+
+
+def test_a_rerun_keeps_its_parent_when_another_dataset_shares_the_source_folder(
+    cli: Invoke, home: Path, synth_data: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Found walking the docs: a test set registered over the same folder made the rerun
+    derive the output from it (first by name), losing the parent and its folds."""
+    src = synth_data(10, SIZE, seed=4)
+    assert cli("datasets", "add", "zeta", "--labels", src / "labels.csv", "--root", src)
+    args = ("preprocess", src, "--out", tmp_path / "out", "--size", "32", "--name", "small")
+    assert cli(*args).exit_code == 0
+    assert cli("datasets", "add", "alpha", "--root", src, "--kind", "test").exit_code == 0
+    again = cli(*args)
+    assert again.exit_code == 0, again.output
+    with Registry.open(home) as reg:
+        record = reg.dataset("small")
+    assert record.parent == "zeta" and record.provenance["source_dataset"] == "zeta"

@@ -69,16 +69,20 @@ def test_runs_remove_files_deletes_only_the_run_files(
     whole, mixed = tmp_path / "runs" / "whole", tmp_path / "runs" / "mixed"
     _add_run(home, "whole", whole)
     _add_run(home, "mixed", mixed)
+    (whole / "tensorboard").mkdir()  # --tensorboard's folder: the run's own
+    (whole / "tensorboard" / "events.out.tfevents.1.host.1.0").write_bytes(b"x")
     (mixed / "notes.txt").write_text("mine")
     (mixed / "sub").mkdir()
+    (mixed / "tensorboard").mkdir()  # with a file that is not an event file: kept
+    (mixed / "tensorboard" / "plot.png").write_bytes(b"x")
     result = cli("runs", "remove", "whole", "--files")
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == f"Removed run whole and its folder {whole}"
     assert not whole.exists() and (tmp_path / "runs").is_dir()
     result = cli("runs", "remove", "mixed", "--files")
     assert result.exit_code == 0, result.output
-    assert "kept 2 other entries" in result.stdout
-    assert sorted(p.name for p in mixed.iterdir()) == ["notes.txt", "sub"]
+    assert "kept 3 other entries" in result.stdout
+    assert sorted(p.name for p in mixed.iterdir()) == ["notes.txt", "sub", "tensorboard"]
     assert not _has_run(home, "whole") and not _has_run(home, "mixed")
 
 

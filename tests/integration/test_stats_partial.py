@@ -92,7 +92,7 @@ def test_stats_on_a_labels_only_dataset_counts_every_row(
 
 
 def test_stats_of_a_dataset_without_any_image_says_so(
-    synth_data: Callable[..., Path], cli: Invoke, tmp_path: Path
+    synth_data: Callable[..., Path], cli: Invoke, home: Path, tmp_path: Path
 ) -> None:
     data, empty = synth_data(24, SIZE), tmp_path / "empty"
     empty.mkdir()
@@ -100,6 +100,14 @@ def test_stats_of_a_dataset_without_any_image_says_so(
         cli("datasets", "add", "syn", "--labels", data / "labels.csv", "--root", empty).exit_code
         == 0
     )
+    # labels registered before their images (none there, no statuses): all of them counted,
+    # as split splits them all
+    res = cli("stats", "syn", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["datasets"][0]["samples"] == 24
+    # a download none of whose samples is done: nothing to count, and it says so
+    with Registry.open(home) as reg:
+        reg.set_status("syn", [(s.id, "failed") for s in reg.samples("syn")])
     res = cli("stats", "syn")
     assert res.exit_code == 0, res.output
     assert res.stdout.strip() == (

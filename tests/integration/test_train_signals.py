@@ -87,3 +87,63 @@ def test_a_stopped_run_shuts_its_loader_workers_down_before_the_error_leaves_fit
     assert "run 'w' stopped" in str(stopped.value)
     assert stopped.value.__traceback__ is not None  # the frames that held the loaders
     assert multiprocessing.active_children() == []
+
+
+def test_a_signal_while_an_epoch_is_saved_waits_for_the_whole_epoch(
+    cli: Invoke,
+    home: Path,
+    synth_data: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C right after checkpoint-last.pt is written (found walking the docs: the epoch's
+    checkpoint-best.pt, thresholds, metrics and registry row were lost): the rest of the epoch
+    is still saved, then the run stops, resumable."""
+    import os
+
+    from hpatool.engine import epochs
+
+    register(cli, synth_data(24, SIZE, seed=1))
+    real_save = epochs.save_checkpoint
+
+    def save_then_ctrl_c(path: Path, checkpoint: dict[str, object]) -> None:
+        real_save(path, checkpoint)
+        if path.name == "checkpoint-last.pt":
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(epochs, "save_checkpoint", save_then_ctrl_c)
+    runs = tmp_path / "runs"
+    options = {"datasets": ["syn"], "arch": ARCH, "crop": 32, "batch_size": 8, "device": "cpu",
+               "workers": 0, "epochs": 3, "out": runs, "name": "s"}  # fmt: skip
+    with pytest.raises(HpaToolError, match="--resume --name s"):
+        fit(options, home=home)
+    run = runs / "s"
+    assert load_checkpoint(run / "checkpoint-best.pt")["epoch"] == 1
+    assert (run / "thresholds.json").is_file() and (run / "curves.png").is_file()
+    assert len((run / "metrics.csv").read_text().splitlines()) == 2
+    with Registry.open(home) as reg:
+        record = reg.run("s")
+    assert record.epochs_done == 1 and record.status == "interrupted"
+
+
+def test_the_resume_advice_names_a_home_that_is_not_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo trains in its own home: its Ctrl-C advice must say --home, or the command it
+    gives finds no run (found walking the docs)."""
+    from types import SimpleNamespace
+
+    from hpatool.engine.resume import resume_advice
+
+    last = tmp_path / "run" / "checkpoint-last.pt"
+    last.parent.mkdir()
+    last.write_bytes(b"x")
+    target = SimpleNamespace(name="demo-run", run_dir=SimpleNamespace(last=last))
+    monkeypatch.setenv("HPATOOL_HOME", str(tmp_path / "usual"))
+    assert resume_advice(target, tmp_path / "usual") == (  # type: ignore[arg-type]
+        "continue the run with 'hpatool train --resume --name demo-run'"
+    )
+    demo_home = tmp_path / "hpatool-demo" / "home"
+    assert resume_advice(target, demo_home) == (  # type: ignore[arg-type]
+        f"continue the run with 'hpatool --home {demo_home} train --resume --name demo-run'"
+    )
