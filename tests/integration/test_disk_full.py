@@ -120,7 +120,9 @@ def test_train_disk_full_keeps_the_last_epoch_and_resumes(
     last = runs / "r" / "checkpoint-last.pt"
     assert one_line_error(res, 1) == (
         f"error: disk full: could not write {last} ({FULL}); nothing was replaced: free some "
-        "space, then continue the run with 'hpatool train --resume --name r'"
+        # trained with --home: the advice names it (a plain command would look elsewhere)
+        f"space, then continue the run with 'hpatool --home {registered} train --resume "
+        "--name r'"
     )
     assert ckpt_mod.load_checkpoint(last)["epoch"] == 1 and leftovers(runs) == []
     with Registry.open(registered) as reg:
