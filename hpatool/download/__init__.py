@@ -32,7 +32,6 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpatool import __version__
 from hpatool.convert.lock import output_lock
 from hpatool.convert.outdir import (
     FAILURES_CSV,
@@ -58,6 +57,13 @@ from hpatool.download.options import (
     parse_colours,
 )
 from hpatool.download.plan import Folders, Plan, file_jobs, plan_from_disk, status_fixes
+from hpatool.download.registration import (
+    Labels,
+    check_existing,
+    read_labels,
+    register,
+    unregister,
+)
 from hpatool.download.retry import MISSING_ONLY_MIN, Failure
 from hpatool.download.tracker import (
     STATUS_DONE,
@@ -67,12 +73,11 @@ from hpatool.download.tracker import (
     FileFailure,
     Tracker,
 )
-from hpatool.download.urls import DEFAULT_BASE_URL, is_loopback, redact_url, url_problem
-from hpatool.errors import DataError, Interrupted, UsageError
-from hpatool.labels import LabelTable, load_label_csv
+from hpatool.download.urls import DEFAULT_BASE_URL, is_loopback
+from hpatool.errors import Interrupted
 from hpatool.options import DownloadConfig
 from hpatool.outputs import check_output_dir
-from hpatool.registry import DatasetRecord, Registry, now
+from hpatool.registry import DatasetRecord, Registry
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -138,15 +143,6 @@ class DownloadSummary:
         return self.bytes / 1e6 / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
-@dataclass(frozen=True)
-class _Labels:
-    """The label CSV, read and checked: its table, absolute path and sha256."""
-
-    table: LabelTable
-    path: Path
-    sha256: str
-
-
 def download_external(
     reg: Registry,
     labels: Path,
@@ -170,11 +166,11 @@ def download_external(
     started = time.perf_counter()
     # ---- check everything before touching the registry or the disk
     opts = check_options(config if config is not None else DownloadConfig())
-    source = _read_labels(labels)
+    source = read_labels(labels)
     check_path_text(out_dir, "--out folder")
     existing = reg.dataset(opts.name) if reg.has_dataset(opts.name) else None
     if existing is not None:
-        _check_existing(existing, opts.name, labels, source.sha256)
+        check_existing(existing, opts.name, labels, source.sha256)
     _check_out_dir(reg, opts, out_dir)
     out = prepare_out_dir(out_dir)
     shard = str(opts.shard) if opts.shard is not None else None
@@ -193,7 +189,7 @@ def _check_out_dir(reg: Registry, opts: DownloadOptions, out_dir: Path) -> None:
 def _download(
     reg: Registry,
     opts: DownloadOptions,
-    source: _Labels,
+    source: Labels,
     out: Path,
     started: float,
     progress: DownloadProgressFn | None,
@@ -222,7 +218,7 @@ def _download(
         try:
             interrupted = _fetch(opts, jobs, tracker, check_missing=not retry_missing)
         except ServerUnreachable:
-            _unregister(reg, opts.name, work.before)
+            unregister(reg, opts.name, work.before)
             raise
     tracker.report()
     summary = _summarise(opts, work, tracker, interrupted, started)
@@ -245,7 +241,7 @@ class _Work:
 def _prepare(
     reg: Registry,
     opts: DownloadOptions,
-    source: _Labels,
+    source: Labels,
     out_dir: Path,
     retry_missing: bool,
 ) -> _Work:
@@ -266,8 +262,8 @@ def _prepare(
         # may have registered the dataset since the first check; it is then adopted.
         existing = reg.dataset(opts.name) if reg.has_dataset(opts.name) else None
         if existing is not None:
-            _check_existing(existing, opts.name, source.path, source.sha256)
-        _register(reg, opts, source, existing, folders)
+            check_existing(existing, opts.name, source.path, source.sha256)
+        register(reg, opts, source, existing, folders)
         statuses = {s.id: s.status for s in reg.samples(opts.name)}
         fixes = status_fixes(chosen, plans, statuses, STATUS_DONE)
         if fixes:
@@ -277,80 +273,6 @@ def _prepare(
     )
     plans = {i: p for i, p in plans.items() if i not in skipped}
     return _Work(folders, chosen, plans, skipped, existing)
-
-
-def _read_labels(labels: Path) -> _Labels:
-    """The label CSV, every id checked to make a safe URL (a ``DataError`` naming the row)."""
-    check_path_text(labels, "--labels file")
-    table = load_label_csv(labels)
-    for row, sample_id in enumerate(table.ids, 1):
-        problem = url_problem(sample_id, safe=True)
-        if problem:
-            raise DataError(f"{labels}: row {row}: Id {sample_id!r}: {problem}")
-    path = labels.expanduser().resolve()
-    return _Labels(table, path, table.sha256)  # of the bytes parsed: the CSV is read once
-
-
-def _check_existing(existing: DatasetRecord, name: str, labels: Path, sha: str) -> None:
-    """Refuse to update a dataset that is not an external one of the same label CSV."""
-    if existing.kind != "external":
-        raise UsageError(
-            f"dataset {name!r} is a {existing.kind} dataset, not external; give "
-            "download-external another --name"
-        )
-    if existing.labels_sha256 != sha:
-        source = (
-            f"{existing.labels_path} (sha256 {existing.labels_sha256[:12]})"
-            if existing.labels_sha256
-            else "no label CSV"
-        )
-        raise UsageError(
-            f"dataset {name!r} was registered from {source}, and {labels} differs; give another "
-            f"--name, or run 'hpatool datasets remove {name}' and rerun (files already downloaded "
-            "are kept and not fetched again)"
-        )
-
-
-def _register(
-    reg: Registry,
-    opts: DownloadOptions,
-    source: _Labels,
-    existing: DatasetRecord | None,
-    folders: Folders,
-) -> None:
-    """Create the external dataset, or update its root, origin and provenance."""
-    provenance = {
-        "made_by": "download-external",
-        "labels": str(source.path),
-        "labels_sha256": source.sha256,
-        "base_url": redact_url(opts.base_url),  # never a password
-        "size": opts.size,
-        "channel_rule": opts.channel_rule,
-        "colours": ",".join(opts.colours),
-        "keep_raw": opts.keep_raw,
-        "out": str(folders.out),
-        "raw_dir": str(folders.raw) if opts.keep_raw else None,
-        "shard": str(opts.shard) if opts.shard else None,
-        "tool_version": __version__,
-        "last_run": now(),
-    }
-    provenance = {k: v for k, v in provenance.items() if v is not None}
-    if existing is None:
-        reg.create_dataset(
-            opts.name,
-            "external",
-            source.table.ids,
-            source.table.targets,
-            root=folders.root,
-            labels_path=str(source.path),
-            labels_sha256=source.sha256,
-            provenance=provenance,
-        )
-        return
-    if existing.labels_path != str(source.path):
-        reg.set_origin(opts.name, labels_path=str(source.path), labels_sha256=source.sha256)
-    old = {k: v for k, v in existing.provenance.items() if k not in ("raw_dir", "shard")}
-    reg.update_dataset(opts.name, root=folders.root, provenance={**old, **provenance})
 
 
 def _fetch(
@@ -492,20 +414,6 @@ def _missing_rows(path: Path, skipped: frozenset[str]) -> list[FileFailure]:
                 )
             )
     return kept
-
-
-def _unregister(reg: Registry, name: str, before: DatasetRecord | None) -> None:
-    """Undo what a run stopped for a wrong ``--base-url`` registered: remove the dataset it
-    created, or put back the root, label CSV and provenance the dataset had before it."""
-    with reg.transaction():
-        if not reg.has_dataset(name):
-            return
-        if before is None:
-            reg.remove_dataset(name)
-            return
-        if before.labels_path is not None and reg.dataset(name).labels_path != before.labels_path:
-            reg.set_origin(name, labels_path=before.labels_path, labels_sha256=before.labels_sha256)
-        reg.update_dataset(name, root=before.root, provenance=dict(before.provenance))
 
 
 def _with_counts(exc: Interrupted, s: DownloadSummary) -> Interrupted:
