@@ -1,7 +1,7 @@
 """The CUDA paths of hpatool, end to end, on one GPU: one prepared script for a short lease.
 
 Run (on a machine with a GPU; without one it says so and exits 0):
-    python benchmarks/gpu.py --out OUT [--samples 384] [--budget 420]
+    python benchmarks/gpu.py --out OUT [--only table,resume,...] [--budget 420]
 
 Each step is a real ``hpatool`` command (``python -m hpatool``) or benchmark script, run in a
 subprocess with its own time limit; a step that fails is recorded and the next one still runs.
@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the table runs hpatool in this process
 
 
 class Runner:
@@ -153,27 +154,160 @@ def stopped_then_resumed(r: Runner, train: list[str], name: str, limit: float) -
     r.hpatool("resume", ["train", "--resume", "--name", name, "--out", "runs"], limit)
 
 
+# ------------------------------------------------------------------ the figures (issue 12)
+
+
+def amp_choice() -> str:
+    """What ``train`` uses on this GPU (``engine.build``): bf16 where supported, else fp16."""
+    import torch
+
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def sync(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_gib(device: Any) -> float:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
+
+
+def reset_peak(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def train_figures(
+    model: Any, crop: int, batch: int, steps: int, dtype: Any, device: Any
+) -> tuple[float, float]:
+    """Images/s of ``steps`` training steps (after 3 warm-up steps) of ``model`` with the run's
+    own loop ``train_one_epoch`` over one batch held on the GPU, and the peak GiB allocated."""
+    import torch
+
+    from hpatool.engine.optim import create_loss, create_optimizer, create_scheduler
+    from hpatool.engine.train import train_one_epoch
+
+    opt = create_optimizer(model, 1e-3, 1e-4)
+    sched = create_scheduler(opt, 10 * steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    x = torch.randn(batch, 4, crop, crop, device=device)
+    y = (torch.rand(batch, 28, device=device) < 0.1).float()
+    loss = create_loss("bce")
+    seconds = []
+    for n in (3, steps):  # the first turn warms up: cudnn picks its kernels
+        sync(device)
+        t0 = time.perf_counter()
+        train_one_epoch(
+            model, loss, opt, sched, scaler, [(x, y)] * n, device,
+            amp_dtype=dtype, channels_last=True,
+        )  # fmt: skip
+        sync(device)
+        seconds.append(time.perf_counter() - t0)
+    return batch * steps / seconds[-1], peak_gib(device)
+
+
+def one_config(
+    arch: str, crop: int, batch: int, steps: int, pred_batch: int, device_name: str = "cuda"
+) -> dict[str, Any]:
+    """Training figures (``train_figures``) of ``arch`` at ``crop`` with AMP as ``train`` picks
+    it and channels_last, then scoring ``pred_batch``-image batches of 8 crops each
+    (``engine.scoring``'s forward pass, as ``predict`` runs it)."""
+    import torch
+
+    from hpatool.engine.scoring import _forward as score_forward
+    from hpatool.models import create_model
+
+    device = torch.device(device_name)
+    amp = amp_choice() if device.type == "cuda" else "bf16"
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    row: dict[str, Any] = {"arch": arch, "crop": crop, "amp": amp}
+    reset_peak(device)
+    model = create_model(arch).to(device).to(memory_format=torch.channels_last)
+    img_s, peak = train_figures(model, crop, batch, steps, dtype, device)
+    row["train_img_s"], row["train_peak_gib"] = round(img_s, 1), round(peak, 2)
+    model.eval()
+    reset_peak(device)
+    stacks = [torch.randn(8, 4, crop, crop) for _ in range(pred_batch)]
+    reps = 3
+    with torch.inference_mode():
+        score_forward(model, stacks, device)
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            score_forward(model, stacks, device)
+        sync(device)
+    row["predict8_img_s"] = round(reps * pred_batch / (time.perf_counter() - t0), 1)
+    row["predict_peak_gib"] = round(peak_gib(device), 2)
+    # predict's forward pass autocasts with torch's default dtype for the device
+    row["predict_amp"] = str(torch.get_autocast_dtype(device.type)).replace("torch.", "")
+    return row
+
+
+def table(
+    r: Runner, archs: list[str], crops: list[int], batch: int, steps: int, pred_batch: int
+) -> None:
+    """Each arch at each crop (``one_config``): images/s and peak GPU memory of training and of
+    8-crop prediction. From memory: the GPU's speed, not the decoding's."""
+    import torch
+
+    torch.backends.cudnn.benchmark = True
+    rows: list[dict[str, Any]] = []
+    r.note(f"### table: AMP {amp_choice()}, channels_last, batch {batch}, {steps} timed steps")
+    for arch in archs:
+        for crop in crops:
+            if r.left() < 20:
+                r.note(f"### table {arch} {crop}: skipped, out of time")
+                continue
+            try:
+                row = one_config(arch, crop, batch, steps, pred_batch)
+            except Exception as exc:  # recorded; the next config still runs
+                row = {"arch": arch, "crop": crop, "amp": amp_choice()}
+                row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+            r.note(f"### table {json.dumps(row)}")
+            rows.append(row)
+    r.steps.append({"step": "table", "batch": batch, "steps": steps, "rows": rows})
+    head = ["arch", "crop", "AMP", "train img/s", "train peak GiB", "8-crop predict img/s"]
+    r.note("| " + " | ".join([*head, "predict peak GiB", "predict AMP"]) + " |")
+    r.note("|---" * (len(head) + 2) + "|")
+    keys = ["arch", "crop", "amp", "train_img_s", "train_peak_gib", "predict8_img_s"]
+    for row in rows:
+        cells = [str(row.get(k, "-")) for k in [*keys, "predict_peak_gib", "predict_amp"]]
+        r.note("| " + " | ".join(cells) + " |" + (f" {row['error']}" if "error" in row else ""))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--samples", type=int, default=384)
     parser.add_argument("--budget", type=float, default=420, help="seconds for all steps")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
-    parser.add_argument("--device", default="cuda", help="cuda; cpu only to try the script")
     parser.add_argument("--crop", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated: train,resume,ddp,irv2,score,bench (default: all; setup always)",
+        help="comma-separated: table,train,resume,ddp,irv2,score,bench (default: all; the CLI"
+        " steps after synth/datasets add/split)",
     )
+    parser.add_argument("--archs", default="resnet50,inceptionresnetv2", help="for the table")
+    parser.add_argument("--crops", default="512,256", help="for the table")
+    parser.add_argument("--table-batch", type=int, default=32)
+    parser.add_argument("--table-steps", type=int, default=10)
+    parser.add_argument("--predict-batch", type=int, default=16, help="images (x 8 crops)")
     args = parser.parse_args()
-    if args.device == "cuda":
-        import torch
+    import torch
 
-        if not torch.cuda.is_available():
-            print("no CUDA device here: nothing to measure (run it on a GPU machine)")
-            return
+    if not torch.cuda.is_available():
+        print("no CUDA device here: nothing to measure (run it on a GPU machine)")
+        return
     only = {x.strip() for x in args.only.split(",") if x.strip()}
 
     def want(group: str) -> bool:
@@ -197,6 +331,17 @@ def main() -> None:
             ],
             60,
         )
+        if want("table"):
+            table(
+                r,
+                [a for a in args.archs.split(",") if a],
+                [int(c) for c in args.crops.split(",") if c],
+                args.table_batch,
+                args.table_steps,
+                args.predict_batch,
+            )
+        if only and only <= {"table"}:
+            return
         r.hpatool("synth", ["synth", "data", "--samples", str(args.samples), "--workers", w], 120)
         r.hpatool(
             "datasets add",
@@ -209,7 +354,7 @@ def main() -> None:
             "--dataset",
             "syn",
             "--device",
-            args.device,
+            "cuda",
             "--epochs",
             "2",
             "--batch-size",
@@ -240,11 +385,11 @@ def main() -> None:
             irv2 = ["--arch", "inceptionresnetv2", "--max-steps", "12", "--name", "irv2"]
             r.hpatool("train inceptionresnetv2", [*train, *irv2], 150)
         if want("score"):
-            score = ["--dataset", "syn", "--run", "r50", "--device", args.device, "--crops", "8"]
+            score = ["--dataset", "syn", "--run", "r50", "--device", "cuda", "--crops", "8"]
             r.hpatool("evaluate", ["evaluate", *score, "--workers", w], 120)
             r.hpatool("predict", ["predict", *score, "--workers", w, "--out", "sub.csv"], 120)
         if want("bench"):
-            common = ["--device", args.device, "--crop", str(args.crop)]
+            common = ["--device", "cuda", "--crop", str(args.crop)]
             bench_train = ["--batch-size", str(args.batch_size), "--steps", "16", "--repeats", "2"]
             r.run(
                 "benchmarks/train.py",

@@ -125,8 +125,10 @@ PretrainedOpt = Annotated[
     str | None,
     typer.Option(
         "--pretrained",
-        help="A local state dict to start from (ImageNet timm/torchvision, 3 or 4 channels), "
-        "or a run's checkpoint-best.pt (its 28-class head is kept), or none "
+        help="imagenet (timm's ImageNet weights for --arch, downloaded once into the Hugging "
+        "Face / torch cache), a local state dict to start from (ImageNet timm/torchvision, "
+        "3 or 4 channels), a run's checkpoint-best.pt (its 28-class head is kept), or none; "
+        "the first convolution is adapted to R, G, B, Y "
         f"{_default('pretrained')}.",
         show_default=False,
     ),
@@ -241,6 +243,49 @@ TensorboardOpt = Annotated[
     ),
 ]
 
+ExperimentOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--experiment",
+        help="Add this run to experiment EXP as the model of its --fold (see 'hpatool cv'): "
+        "folds can be trained on different machines or GPUs at once, and their run "
+        "folders collected with 'hpatool runs import'.",
+        show_default=False,
+    ),
+]
+
+EvalCropsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--eval-crops",
+        help="At the end of the run the best checkpoint scores its validation fold "
+        "(oof.csv) as 'predict' would, with this many crops; thresholds.json is tuned on "
+        f"that view; 1 = the centre crop {_default('eval_crops')}.",
+        min=1,
+        show_default=False,
+    ),
+]
+
+EvalAggOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--eval-agg",
+        help=f"max or mean over the --eval-crops views {_default('eval_agg')}.",
+        show_default=False,
+    ),
+]
+
+TtaOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tta",
+        help="The test-time augmentation of that view: crops (random crops), flips (the "
+        "centre crop flipped and rotated) or crops+flips "
+        f"{_default('tta')}.",
+        show_default=False,
+    ),
+]
+
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(
@@ -277,6 +322,10 @@ def train(
     checkpoint_every: CheckpointEveryOpt = None,
     strict: StrictOpt = None,
     tensorboard: TensorboardOpt = None,
+    experiment: ExperimentOpt = None,
+    eval_crops: EvalCropsOpt = None,
+    eval_agg: EvalAggOpt = None,
+    tta: TtaOpt = None,
     config: ConfigOpt = None,
     json_: JsonOpt = False,
     home: HomeOpt = None,

@@ -30,6 +30,12 @@ C = TypeVar("C")
 LOSSES = ("bce", "focal")
 DEVICES = ("auto", "cpu", "cuda")
 AGGREGATIONS = ("max", "mean")
+#: Test-time augmentation: ``crops`` = N random crops (``--crops 1``: the centre crop);
+#: ``flips`` = the centre crop under the first N of the 8 dihedral transforms (flips and
+#: rotations by 90 degrees); ``crops+flips`` = N random crops, crop i under transform i mod 8.
+TTA_MODES = ("crops", "flips", "crops+flips")
+#: ``--pretrained imagenet``: timm's ImageNet weights for the architecture.
+IMAGENET = "imagenet"
 
 
 def default_workers() -> int:
@@ -67,6 +73,12 @@ class TrainConfig:
     checkpoint_every: int | None = None  # steps; None = checkpoint-last.pt at epoch ends only
     strict: bool = False  # refuse a validation fold with samples whose images are missing
     tensorboard: bool = False  # also write scalars for TensorBoard to OUT/NAME/tensorboard
+    experiment: str | None = None  # the experiment (hpatool cv) this fold run belongs to
+    # The view the best checkpoint scores its validation fold with at the end of the run
+    # (oof.csv) and that thresholds.json is tuned on: predict's defaults, so they agree.
+    eval_crops: int = 8
+    eval_agg: str = "max"
+    tta: str = "crops"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,9 +109,21 @@ class TrainConfig:
         _at_least(self, "max_steps", 1, "use at least 1")
         _at_least(self, "limit", 1, "use at least 1")
         _at_least(self, "checkpoint_every", 1, "use at least 1 step")
-        if self.pretrained is not None and not Path(self.pretrained).expanduser().is_file():
+        _at_least(self, "eval_crops", 1, "use 1 (the centre crop) or more")
+        _one_of(self, "eval_agg", AGGREGATIONS)
+        _one_of(self, "tta", TTA_MODES)
+        if self.experiment is not None:
+            from hpatool.registry.records import check_name
+
+            check_name(self.experiment, "experiment")
+        if (
+            self.pretrained is not None
+            and self.pretrained.lower() != IMAGENET
+            and not Path(self.pretrained).expanduser().is_file()
+        ):
             raise NotFound(
-                f"--pretrained {self.pretrained}: no such file; give a local state dict or 'none'"
+                f"--pretrained {self.pretrained}: no such file; give a local state dict, "
+                f"'{IMAGENET}' or 'none'"
             )
 
 
@@ -156,9 +180,12 @@ class PredictConfig:
     other's own options, so one configuration file can serve both."""
 
     dataset: str | None = None
-    run: str | None = None
+    #: one run, or several: an ensemble (their probabilities averaged)
+    run: list[str] = field(default_factory=list)
+    experiment: str | None = None  # every run of the experiment: an ensemble
     checkpoint: str | None = None
     crops: int = 8
+    tta: str = "crops"
     crop_size: int | None = None
     agg: str = "max"
     threshold: str = "auto"
@@ -183,9 +210,14 @@ class PredictConfig:
         """Check every option before any work; the texts are those of the command line."""
         if not self.dataset:
             raise UsageError("give the dataset to score with --dataset NAME")
-        if (self.run is None) == (self.checkpoint is None):
-            raise UsageError("give exactly one of --run RUN or --checkpoint PATH")
-        _at_least(self, "crops", 1, "use 1 or more")
+        sources = [bool(self.run), self.experiment is not None, self.checkpoint is not None]
+        if sum(sources) != 1:
+            raise UsageError(
+                "give one of --run RUN (repeat it for an ensemble), --experiment EXP or "
+                "--checkpoint PATH"
+            )
+        _at_least(self, "crops", 1, "use 1 (the centre crop) or more")
+        _one_of(self, "tta", TTA_MODES)
         if self.crop_size is not None and self.crop_size < 8:
             raise UsageError(
                 f"--crop-size {self.crop_size} is too small; use --crop-size 8 or more"
