@@ -7,6 +7,9 @@ Each step is a real ``hpatool`` command (``python -m hpatool``) or benchmark scr
 subprocess with its own time limit; a step that fails is recorded and the next one still runs.
 Steps:
 
+0. the table (``--only table``): resnet50 and inceptionresnetv2 trained a few steps at crop 512
+   and 256 with AMP and channels_last, then scored with 8 crops, from tensors in memory:
+   images/s of both, peak GPU memory, bf16 or fp16;
 1. ``synth`` a dataset, ``datasets add`` it, ``split`` it;
 2. ``train`` resnet50 on CUDA (AMP bf16 + channels_last, the defaults there), 2 epochs, timed;
 3. the same run stopped by SIGTERM after its first checkpoint, then ``--resume`` (CUDA RNG state,
@@ -14,7 +17,9 @@ Steps:
 4. ``torchrun --nproc-per-node 1 -m hpatool train`` (DDP over NCCL);
 5. ``train --arch inceptionresnetv2`` for a few steps;
 6. ``evaluate`` and ``predict`` on CUDA (8 crops, max);
-7. ``benchmarks/train.py --device cuda`` (pipeline vs memory, both archs, AMP + channels_last)
+7. ``cv`` of two folds, a third fold by a 1-GPU ``torchrun ... cv``, ``experiments show``, and
+   ``predict --experiment`` (the fold ensemble);
+8. ``benchmarks/train.py --device cuda`` (pipeline vs memory, both archs, AMP + channels_last)
    and ``benchmarks/predict.py --device cuda``.
 
 Writes ``OUT/gpu.log`` (every command and its output) and ``OUT/gpu.json`` (per step: command,
@@ -294,7 +299,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated: table,train,resume,ddp,irv2,score,bench (default: all; the CLI"
+        help="comma-separated: table,train,resume,ddp,irv2,score,cv,bench (default: all; the CLI"
         " steps after synth/datasets add/split)",
     )
     parser.add_argument("--archs", default="resnet50,inceptionresnetv2", help="for the table")
@@ -388,6 +393,25 @@ def main() -> None:
             score = ["--dataset", "syn", "--run", "r50", "--device", "cuda", "--crops", "8"]
             r.hpatool("evaluate", ["evaluate", *score, "--workers", w], 120)
             r.hpatool("predict", ["predict", *score, "--workers", w, "--out", "sub.csv"], 120)
+        if want("cv"):
+            # issue 12 on CUDA: two folds through `cv`, a third through a 1-GPU torchrun `cv`
+            # (the same experiment), the experiment's OOF summary, and an ensemble submission
+            cv = [*train[: train.index("--out")], "--out", "runs", "--epochs", "1"]
+            cv[0] = "cv"
+            r.hpatool("cv 2 folds", [*cv, "--name", "gcv", "--fold", "0", "--fold", "1"], 150)
+            ddp = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
+            r.run(
+                "torchrun 1 GPU cv fold 2",
+                [sys.executable, *ddp, "-m", "hpatool", *cv, "--name", "gcv", "--fold", "2"],
+                150,
+            )
+            r.hpatool("experiments show", ["experiments", "show", "gcv", "--json"], 60)
+            ensemble = ["--dataset", "syn", "--experiment", "gcv", "--device", "cuda"]
+            r.hpatool(
+                "predict --experiment",
+                ["predict", *ensemble, "--workers", w, "--out", "ens.csv", "--probs", "ens-p.csv"],
+                120,
+            )
         if want("bench"):
             common = ["--device", "cuda", "--crop", str(args.crop)]
             bench_train = ["--batch-size", str(args.batch_size), "--steps", "16", "--repeats", "2"]

@@ -1,8 +1,9 @@
 """``demo``: the whole chain on synthetic data, in a fresh registry home under one folder.
 
 The library part makes the data, registers it (one unit of work) and plans the steps: the other
-commands (stats, split, train, evaluate, predict) with their arguments. The CLI's ``demo``
-command runs each step through the app exactly as a user would type it.
+commands (stats, split, cv, experiments show, evaluate, predict with the fold ensemble) with
+their arguments. The CLI's ``demo`` command runs each step through the app exactly as a user
+would type it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from hpatool.synth import synth_dataset
 MARKER = ".hpatool-demo"
 TRAIN = "demo-train"
 TEST = "demo-test"
-RUN = "demo-run"
+EXPERIMENT = "demo-cv"
 MIN_SAMPLES = 60
 
 
@@ -34,7 +35,12 @@ class DemoData:
     test_dir: Path
     train: str = TRAIN
     test: str = TEST
-    run: str = RUN
+    experiment: str = EXPERIMENT
+
+    @property
+    def run(self) -> str:
+        """Fold 0's run: the single-fold figures."""
+        return f"{self.experiment}-f0"
 
     @property
     def runs_dir(self) -> Path:
@@ -129,35 +135,56 @@ class Step:
     args: tuple[str, ...]
 
 
-def plan_steps(data: DemoData, *, size: int, epochs: int, arch: str, seed: int) -> list[Step]:
-    """The demo's commands after the data is made: statistics, folds, a short training run,
-    evaluation (max over crops, mean beside it in the figure), and a submission for the test
-    set."""
+def plan_steps(
+    data: DemoData, *, size: int, epochs: int, arch: str, seed: int, folds: int = 3
+) -> list[Step]:
+    """The demo's commands after the data is made: statistics, folds, a cross-validated
+    experiment (one short run per fold, each scoring its validation fold), its out-of-fold
+    summary, fold 0's run evaluated (max over crops, mean beside it in the figure), and a
+    submission for the test set from the fold ensemble."""
     out = data.out_dir
     cpu = ("--device", "cpu")
-    train = (
-        *("--dataset", data.train, "--arch", arch, "--fold", "0", "--epochs", str(epochs)),
-        *("--batch-size", "16", "--crop", str(size), "--lr", "3e-3", "--workers", "0"),
-        *("--out", str(data.runs_dir), "--name", data.run, "--seed", str(seed)),
-        *cpu,
+    crop = str(size * 3 // 4)  # random crops of the image in training, 4 of them at scoring
+    cv = (
+        *("--dataset", data.train, "--name", data.experiment, "--arch", arch),
+        *("--epochs", str(epochs), "--batch-size", "16", "--crop", crop, "--lr", "3e-3"),
+        *("--eval-crops", "4", "--eval-agg", "max", "--workers", "0"),
+        *("--out", str(data.runs_dir), "--seed", str(seed), *cpu),
     )
-    crops = ("--run", data.run, "--crops", "4", "--crop-size", str(size * 3 // 4), *cpu)
     stats_plot = ("--plot", str(out / "class-counts.png"), "--pairs", "5")
-    steps = [
+    plot = ("--plot", str(out / "f1.png"))  # max and mean of the same crops, in one figure
+    files = ("--out", str(data.submission), "--probs", str(data.probs))
+    return [
         Step("2. label statistics", ("stats", data.train, data.test, *stats_plot)),
         Step(
             "3. multilabel-stratified folds",
-            ("split", data.train, "--folds", "5", "--seed", str(seed)),
+            ("split", data.train, "--folds", str(folds), "--seed", str(seed)),
         ),
-        Step(f"4. train {arch} on fold 0's complement", ("train", *train)),
+        Step(f"4. cross-validate {arch}: one run per fold", ("cv", *cv)),
+        Step(
+            "5. the experiment: each fold, and all out-of-fold predictions together",
+            ("experiments", "show", data.experiment, "--plot", str(out / "oof-f1.png")),
+        ),
+        Step(
+            "6. evaluate fold 0's run on its validation fold, max (and mean) of 4 crops",
+            ("evaluate", "--dataset", data.train, "--run", data.run, *cpu, *plot),
+        ),
+        Step(
+            f"7. predict the test set with the {folds}-fold ensemble",
+            ("predict", "--dataset", data.test, "--experiment", data.experiment, *cpu, *files),
+        ),
     ]
-    plot = ("--plot", str(out / "f1.png"))  # max and mean of the same crops, in one figure
-    evaluate = ("evaluate", "--dataset", data.train, *crops, "--agg", "max", *plot)
-    steps.append(Step("5. evaluate on the validation fold, max (and mean) of 4 crops", evaluate))
-    files = ("--out", str(data.submission), "--probs", str(data.probs))
-    predict = ("predict", "--dataset", data.test, *crops, "--agg", "max", *files)
-    steps.append(Step("6. predict the test set", predict))
-    return steps
+
+
+def oof_figures(home: Path, experiment: str) -> tuple[float | None, float]:
+    """Fold 0's own tuned macro F1 (on its validation fold) and the experiment's out-of-fold
+    macro F1 (every fold's predictions together, thresholds tuned on them all)."""
+    from hpatool.engine.oof import summarize_oof
+
+    with Registry.open(home) as reg:
+        runs = reg.experiment_runs(experiment)
+        fold0 = next((r.best_f1 for r in runs if r.fold == 0), None)
+        return fold0, summarize_oof(reg, runs).macro_f1
 
 
 def constant_baseline(home: Path, dataset: str, fold: int) -> float:

@@ -94,6 +94,7 @@ class DemoConfig:
     out: Path = Path("hpatool-demo")
     samples: int = 320
     size: int = 64
-    epochs: int = 6
+    epochs: int = 8
+    folds: int = 3
     arch: str = "resnet10t"
     seed: int = 0

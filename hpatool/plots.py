@@ -410,3 +410,59 @@ def plot_evaluation(
     )
     fig.suptitle(title)
     return save_figure(fig, path, dpi=100)
+
+
+def plot_experiment(
+    class_f1: Sequence[float],
+    support: Sequence[int],
+    folds: Sequence[tuple[str, float | None]],
+    oof_macro_f1: float,
+    title: str,
+    path: Path,
+) -> Path:
+    """``experiments show --plot``: per-class out-of-fold F1 (bars; the class's support, its
+    positive OOF samples, under its name; a class with none shaded, no bar) in
+    the top panel, the OOF macro F1 as a line; each fold run's own best macro F1 (tuned on its
+    fold, ``(run, F1 or None)``) beside the OOF figure in the bottom panel."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(14, 8), dpi=100, layout="constrained")
+    top, bottom = fig.subplots(2, 1, height_ratios=(3, 1))
+    x = np.arange(NUM_CLASSES)
+    heights = [np.nan if support[c] == 0 else class_f1[c] for c in range(NUM_CLASSES)]
+    top.bar(x, heights, 0.7, color="C0", label="OOF F1 per class")
+    for c in range(NUM_CLASSES):
+        if support[c] == 0:
+            top.axvspan(c - 0.5, c + 0.5, color="0.9", zorder=0)
+            top.text(c, 0.5, "no positives", rotation=90, ha="center", va="center", fontsize=8,
+                     color="0.35")  # fmt: skip
+    top.axhline(oof_macro_f1, color="C3", linestyle="--", label=f"OOF macro F1 {oof_macro_f1:.4f}")
+    top.set_ylim(0, 1.05)
+    top.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
+    top.set_ylabel("F1 (OOF)")
+    top.set_xlim(-0.6, NUM_CLASSES - 0.4)
+    top.grid(axis="y", alpha=0.3)
+    top.set_xticks(x)
+    top.set_xticklabels(
+        [f"{i} {name} ({support[i]:,})" for i, name in enumerate(CLASS_NAMES)],
+        rotation=60,
+        ha="right",
+        fontsize=8,
+    )
+    _legend_above(top, ncols=2)
+    names = [name for name, _ in folds] + ["OOF (all folds)"]
+    values = [np.nan if f1 is None else f1 for _, f1 in folds] + [oof_macro_f1]
+    colors = ["C0"] * len(folds) + ["C3"]
+    bottom.barh(np.arange(len(names)), values, color=colors)
+    for i, v in enumerate(values):
+        bottom.text((0 if v != v else v) + 0.005, i, "-" if v != v else f"{v:.4f}", va="center",
+                    fontsize=8)  # fmt: skip
+    bottom.set_yticks(np.arange(len(names)))
+    bottom.set_yticklabels(names, fontsize=8)
+    bottom.invert_yaxis()
+    bottom.set_xlim(0, 1)
+    bottom.set_xlabel("macro F1: each fold's own (thresholds tuned on its fold), and out-of-fold")
+    bottom.grid(axis="x", alpha=0.3)
+    fig.suptitle(title)
+    return save_figure(fig, path, dpi=100)

@@ -131,12 +131,16 @@ def _own_warnings() -> Iterator[None]:
 
     with warnings.catch_warnings():
         shown = warnings.showwarning
+        printed: set[str] = set()  # a line said once is not repeated (cv's folds, OOF scoring)
 
         def show(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
             if category.__module__.startswith("hpatool."):
                 from hpatool.cli._console import err
 
-                err().print(f"warning: {message}", markup=False, soft_wrap=True)
+                line = f"warning: {message}"
+                if line not in printed:
+                    printed.add(line)
+                    err().print(line, markup=False, soft_wrap=True)
             else:
                 shown(message, category, *args, **kwargs)
 
@@ -250,7 +254,9 @@ COMMANDS = (
     ("dedup", "dedup", "dedup", DATA_PANEL),
     ("split", "split", "split", TRAINING_PANEL),
     ("train", "train", "train", TRAINING_PANEL),
+    ("cv", "cv", "cv", TRAINING_PANEL),
     ("runs", "runs", "app", TRAINING_PANEL),
+    ("experiments", "experiments", "app", TRAINING_PANEL),
     ("evaluate", "evaluate", "evaluate", PREDICTION_PANEL),
     ("predict", "predict", "predict", PREDICTION_PANEL),
     ("synth", "synth", "synth", TOOLS_PANEL),

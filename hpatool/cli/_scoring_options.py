@@ -33,24 +33,39 @@ DatasetOpt = Annotated[
     ),
 ]
 RunOpt = Annotated[
-    str | None,
+    list[str] | None,
     typer.Option(
         "--run",
         "--run-name",
-        help="A registered training run (uses its best checkpoint). Under torchrun write "
-        "--run-name: torchrun's own parser takes --run for its --run-path.",
+        metavar="<str>",
+        help="A registered training run (uses its best checkpoint); repeat it for an ensemble "
+        "(the runs' probabilities averaged). Under torchrun write --run-name: torchrun's own "
+        "parser takes --run for its --run-path.",
+        show_default=False,
+    ),
+]
+ExperimentOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--experiment",
+        help="Every run of this experiment ('hpatool cv'), as an ensemble: each scores with "
+        "its own view, the probabilities are averaged, and --threshold auto uses thresholds "
+        "tuned on the runs' out-of-fold predictions together.",
         show_default=False,
     ),
 ]
 CheckpointOpt = Annotated[
     Path | None,
-    typer.Option("--checkpoint", help="A checkpoint file instead of --run.", show_default=False),
+    typer.Option(
+        "--checkpoint", help="A checkpoint file instead of --run (one model).", show_default=False
+    ),
 ]
 CropsOpt = Annotated[
     int | None,
     typer.Option(
         "--crops",
-        help=help_with_default("Random crops per image.", "crops"),
+        help="Views per image: random crops (1 = the centre crop), or flips/rotations with "
+        "--tta (default: the run's stored view, its --eval-crops; 8 for a run that stores none).",
         min=1,
         show_default=False,
     ),
@@ -67,7 +82,19 @@ AggOpt = Annotated[
     str | None,
     typer.Option(
         "--agg",
-        help=help_with_default("How to combine the crops' probabilities: max or mean.", "agg"),
+        help="How to combine the views' probabilities: max or mean (default: the run's stored "
+        "view, its --eval-agg; max for a run that stores none).",
+        show_default=False,
+    ),
+]
+TtaOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tta",
+        help="Test-time augmentation: crops (--crops random crops), flips (the centre crop "
+        "under --crops of the 8 flips/rotations), crops+flips (random crop i under flip/rotation "
+        "i mod 8); when the crop is the whole image, flips of it (default: the run's stored "
+        "view, its --tta; crops for a run that stores none).",
         show_default=False,
     ),
 ]
@@ -76,7 +103,9 @@ ThresholdOpt = Annotated[
     typer.Option(
         "--threshold",
         help=help_with_default(
-            "'auto' (the run's per-class thresholds) or a number for every class.", "threshold"
+            "'auto' (the run's per-class thresholds, tuned on its stored view; an ensemble's: "
+            "tuned on its runs' out-of-fold predictions) or a number for every class.",
+            "threshold",
         ),
         show_default=False,
     ),
@@ -121,7 +150,7 @@ SeedOpt = Annotated[
     int | None,
     typer.Option(
         "--seed",
-        help=help_with_default("Seed of the random crops.", "seed"),
+        help=help_with_default("Seed of the random crops (the same for every model).", "seed"),
         min=0,
         show_default=False,
     ),

@@ -27,8 +27,11 @@ def demo(
         int, typer.Option("--size", help="Synthetic image size.", min=32)
     ] = DemoConfig.size,
     epochs: Annotated[
-        int, typer.Option("--epochs", help="Training epochs.", min=1)
+        int, typer.Option("--epochs", help="Training epochs of each fold's run.", min=1)
     ] = DemoConfig.epochs,
+    folds: Annotated[
+        int, typer.Option("--folds", help="Folds to split into and cross-validate.", min=2)
+    ] = DemoConfig.folds,
     arch: Annotated[
         str, typer.Option("--arch", help="Model (a small timm ResNet by default).")
     ] = DemoConfig.arch,
@@ -37,14 +40,16 @@ def demo(
     """Run the whole chain on synthetic data on a CPU, in a fresh registry home under --out.
 
     Synthesises a training and a test set, registers them, prints their statistics, splits the
-    training set into folds, trains a small model briefly, evaluates it (max of the crops, the
-    mean beside it in the figure), predicts the test set and says where everything is. It takes
-    a few minutes on a laptop CPU. Rerunning it clears the previous demo's folder first.
+    training set into --folds folds, cross-validates a small model (one short run per fold,
+    each scoring its validation fold), shows the out-of-fold (OOF) macro F1 beside fold 0's own,
+    evaluates fold 0's run (max of the crops, the mean beside it in the figure), predicts the
+    test set with the fold ensemble and says where everything is. It takes a few minutes on a
+    laptop CPU. Rerunning it clears the previous demo's folder first.
 
     Example: hpatool demo --out /tmp/hpa-demo
     """
     from hpatool.cli._console import out, progress_bar
-    from hpatool.demo import constant_baseline, make_demo_data, plan_steps
+    from hpatool.demo import constant_baseline, make_demo_data, oof_figures, plan_steps
     from hpatool.outputs import existing_registry
 
     started = time.perf_counter()
@@ -59,26 +64,36 @@ def demo(
             out_dir, samples=samples, size=size, seed=seed, progress=progress, registry=reg
         )
     console.print(f"{data.train} and {data.test} ({size}x{size} px) registered in {data.home}")
-    for step in plan_steps(data, size=size, epochs=epochs, arch=arch, seed=seed):
-        if step.args[0] == "predict":  # after both evaluations: the bar the model had to clear
+    steps = plan_steps(data, size=size, epochs=epochs, arch=arch, seed=seed, folds=folds)
+    for step in steps:
+        if step.args[0] == "evaluate":  # after the experiment: the bar a model has to clear
             baseline = constant_baseline(data.home, data.train, fold=0)
-            console.print(
-                f"The best constant predictor scores macro F1 {baseline:.4f} on this fold."
-            )
+            console.print(f"The best constant predictor scores macro F1 {baseline:.4f} on fold 0.")
         heading(step.title)
         _run(data.home, step.args)
+        if step.args[0] == "experiments":
+            fold0, oof = oof_figures(data.home, data.experiment)
+            single = f"{fold0:.4f}" if fold0 is not None else "-"
+            console.print(
+                f"Fold 0 alone: macro F1 {single} (thresholds tuned on its own validation "
+                f"fold: optimistic); out-of-fold over {folds} folds: macro F1 {oof:.4f} "
+                "(the figure to compare options by)."
+            )
     heading("done")
-    console.print(f"Submission:   {data.submission} (probabilities: {data.probs})")
     console.print(
-        f"Checkpoints:  {data.run_dir / 'checkpoint-best.pt'}, "
-        f"{data.run_dir / 'checkpoint-last.pt'}"
+        f"Submission:   {data.submission} (the {folds}-fold ensemble; probabilities: {data.probs})"
+    )
+    console.print(
+        f"Runs:         {data.runs_dir} ({data.experiment}-f0 .. -f{folds - 1}: checkpoints, "
+        "oof.csv, thresholds.json, curves.png)"
     )
     console.print(
         f"Plots:        {data.run_dir / 'curves.png'}, {data.out_dir / 'f1.png'}, "
-        f"{data.out_dir / 'class-counts.png'}"
+        f"{data.out_dir / 'oof-f1.png'}, {data.out_dir / 'class-counts.png'}"
     )
     console.print(
-        f"Registry:     {data.home} (try: hpatool --home {data.home} runs show {data.run})"
+        f"Registry:     {data.home} (try: hpatool --home {data.home} experiments show "
+        f"{data.experiment})"
     )
     console.print(f"Demo finished in {time.perf_counter() - started:.1f} s.")
 

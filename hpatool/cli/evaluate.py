@@ -17,10 +17,12 @@ from hpatool.cli._scoring_options import (
     DatasetOpt,
     DeviceOpt,
     EvaluateConfigOpt,
+    ExperimentOpt,
     MinLabelsOpt,
     RunOpt,
     SeedOpt,
     ThresholdOpt,
+    TtaOpt,
     WorkersOpt,
 )
 
@@ -47,11 +49,13 @@ PlotOpt = Annotated[
 def evaluate(
     dataset: DatasetOpt = None,
     run: RunOpt = None,
+    experiment: ExperimentOpt = None,
     checkpoint: CheckpointOpt = None,
     fold: FoldOpt = None,
     crops: CropsOpt = None,
     crop_size: CropSizeOpt = None,
     agg: AggOpt = None,
+    tta: TtaOpt = None,
     threshold: ThresholdOpt = None,
     min_labels: MinLabelsOpt = None,
     batch_size: BatchOpt = None,
@@ -65,9 +69,11 @@ def evaluate(
 ) -> None:
     """Per-class precision, recall, F1 and support, and macro F1, for one aggregation.
 
-    Predictions are made exactly as 'hpatool predict' makes them (crops, aggregation,
-    thresholds, --min-labels); the other aggregation of the same crops is reported beside
-    the chosen one. On the run's own validation dataset and fold, the run's --limit applies.
+    Predictions are made exactly as 'hpatool predict' makes them (views, aggregation,
+    thresholds, --min-labels; one run, or an ensemble of --run A --run B ... or --experiment
+    EXP); the other aggregation of the same views is reported beside the chosen one. On the
+    run's own validation dataset and fold, the run's --limit applies (an ensemble has no
+    default fold: give --fold, or every labelled sample is scored).
     Everything is checked before scoring: samples whose images are missing or unreadable are
     left out (one warning line says how many and why), and a warning says how many of the
     evaluated samples the run trained on.
@@ -98,7 +104,10 @@ def evaluate(
         where += f" (the run's --limit {report.limit:,})"
     left = sum(report.left_out.values())
     images = f"{report.samples:,} images" + (f" ({left:,} left out)" if left else "")
-    table = Table(title=f"{where}: {images}, {report.scoring_text}, thresholds {report.threshold}")
+    model = f", {report.model_text}" if len(report.models) > 1 else ""
+    table = Table(
+        title=f"{where}: {images}, {report.scoring_text}{model}, thresholds {report.threshold}"
+    )
     for col in ("#", "class", "precision", "recall", "F1", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for c in report.classes:
@@ -114,7 +123,7 @@ def evaluate(
     console = console_out()
     console.print(table)
     other = report.macro_f1_by_agg.get(report.other_agg)
-    also = f"; {report.other_agg} of the same crops: {other:.4f}" if other is not None else ""
+    also = f"; {report.other_agg} of the same views: {other:.4f}" if other is not None else ""
     console.print(
         f"macro F1 {report.macro_f1:.4f} (at a 0.5 threshold: {report.macro_f1_at_05:.4f}{also})"
     )

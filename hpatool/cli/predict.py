@@ -16,11 +16,13 @@ from hpatool.cli._scoring_options import (
     CropsOpt,
     DatasetOpt,
     DeviceOpt,
+    ExperimentOpt,
     MinLabelsOpt,
     PredictConfigOpt,
     RunOpt,
     SeedOpt,
     ThresholdOpt,
+    TtaOpt,
     WorkersOpt,
     help_with_default,
 )
@@ -64,10 +66,12 @@ KnownLabelsOpt = Annotated[
 def predict(
     dataset: DatasetOpt = None,
     run: RunOpt = None,
+    experiment: ExperimentOpt = None,
     checkpoint: CheckpointOpt = None,
     crops: CropsOpt = None,
     crop_size: CropSizeOpt = None,
     agg: AggOpt = None,
+    tta: TtaOpt = None,
     threshold: ThresholdOpt = None,
     min_labels: MinLabelsOpt = None,
     out: OutOpt = None,
@@ -81,17 +85,22 @@ def predict(
     config: PredictConfigOpt = None,
     home: HomeOpt = None,
 ) -> None:
-    """Score every image of a dataset on random crops and write a Kaggle submission.
+    """Score every image of a dataset with one model or an ensemble; write a Kaggle submission.
 
-    Each image is scored on --crops random crops (seeded: the same command gives the same file)
-    in batched forward passes; the probabilities are combined by max or mean. Rows follow the
+    Each image is scored on --crops views (random crops, seeded: the same command gives the same
+    file; --crops 1 is the centre crop; --tta adds flips/rotations) in batched forward passes;
+    the views' probabilities are combined by max or mean. By default each model uses the view
+    its thresholds were tuned on (stored with the run); another view gets one warning line. An
+    ensemble (--run A --run B ..., or --experiment EXP) scores its models one after another
+    with the same seed and averages their probabilities. At the end, a warning names classes
+    predicted far more (or less) often than in the training data. Rows follow the
     dataset's order (a dataset registered from sample_submission.csv keeps that file's order).
     Images that are not there are found before scoring and named in one warning; their rows
     get no labels (--strict refuses instead). An image that cannot be read (its header, checked
     before scoring, or its body) is reported and the others go to <out>.partial.csv (exit 1).
     Works under torchrun: each rank scores a share, rank 0 writes.
 
-    Example: hpatool predict --run resnet50-f0 --dataset kaggle-test --crops 8 --agg max
+    Example: hpatool predict --experiment resnet50-cv --dataset kaggle-test --probs probs.csv
     """
     options = dict(locals())  # the parameters as given (None = not given), before anything else
     from hpatool.cli._console import out as console_out
@@ -117,7 +126,7 @@ def predict(
     )
     console.print(
         f"Scored {result.scored:,} of {result.samples:,} images of {result.dataset} "
-        f"({result.scoring_text}) with {result.checkpoint}{left}"
+        f"({result.scoring_text}) with {result.model_text}{left}"
     )
     if result.known_labels is not None:
         console.print(

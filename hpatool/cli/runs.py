@@ -1,5 +1,5 @@
-"""``hpatool runs list``, ``runs show``, ``runs compare`` and ``runs remove``: the training runs
-of the registry."""
+"""``hpatool runs list``, ``runs show``, ``runs compare``, ``runs remove`` and ``runs import``: the
+training runs of the registry."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from hpatool.engine.run_admin import RunSummary
 
 app = typer.Typer(
-    help="List, show, compare and remove training runs.\n\nExample: hpatool runs list",
+    help="List, show, compare, remove and import training runs.\n\nExample: hpatool runs list",
     no_args_is_help=True,
 )
 
@@ -37,7 +37,13 @@ def runs_list(json_: JsonOpt = False, home: HomeOpt = None) -> None:
         out().print("No runs yet; start one with 'hpatool train --dataset NAME --arch ARCH'.")
         return
     table = Table(title="Runs")
-    for col in ("name", "arch", "datasets", "fold", "epochs", "best F1", "status", "folder"):
+    experiments = any(r.experiment for r in records)
+    cols: tuple[str, ...] = (
+        "name", "arch", "datasets", "fold", "epochs", "best F1", "status", "folder",
+    )  # fmt: skip
+    if experiments:  # the column only where some run belongs to an experiment
+        cols = (*cols[:4], "experiment", *cols[4:])
+    for col in cols:
         table.add_column(col, justify="right" if col in ("fold", "epochs", "best F1") else "left")
     for r in records:
         best = f"{r.best_f1:.4f}" if r.best_f1 is not None else "-"
@@ -46,6 +52,7 @@ def runs_list(json_: JsonOpt = False, home: HomeOpt = None) -> None:
             r.arch,
             ", ".join(r.datasets),
             "-" if r.fold is None else str(r.fold),
+            *([r.experiment or "-"] if experiments else []),
             str(r.epochs_done),
             best,
             r.status,
@@ -83,6 +90,7 @@ def runs_show(
         "arch",
         "datasets",
         "fold",
+        "experiment",
         "status",
         "epochs_done",
         "best_f1",
@@ -239,3 +247,57 @@ def runs_remove(
             f"Removed run {removed.name} and {len(removed.deleted)} of its files in "
             f"{removed.out_dir}{kept}"
         )
+
+
+@app.command("import")
+def runs_import(
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            metavar="RUN_DIR",
+            help="A run folder (OUT/NAME) trained elsewhere: its config.json and metrics.csv.",
+            show_default=False,
+        ),
+    ],
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="Register it under this name (default: the name in its config.json).",
+            show_default=False,
+        ),
+    ] = None,
+    json_: JsonOpt = False,
+    home: HomeOpt = None,
+) -> None:
+    """Register a run folder trained on another machine or with another --home.
+
+    Its config.json gives the run's options (datasets, fold, experiment), its metrics.csv the
+    best epoch and macro F1; the run is 'done' when all its epochs and its oof.csv are there,
+    else 'interrupted' (continue it with 'hpatool train --resume --name RUN'). The folder stays
+    where it is. A run of an experiment joins it (the experiment is created if new), so the
+    folds of 'hpatool train --experiment EXP' trained on several machines come together.
+
+    Example: hpatool runs import /mnt/gpu2/runs/r50-f3
+    """
+    from hpatool.cli._console import out, print_json
+    from hpatool.engine.experiments import import_run
+
+    with open_registry(home) as reg:
+        imported = import_run(reg, run_dir, name=name)
+    record = imported.record
+    if json_:
+        print_json({**record.to_json(), "experiment_created": imported.experiment_created})
+        return
+    best = "-" if record.best_f1 is None else f"{record.best_f1:.4f} (epoch {record.best_epoch})"
+    joined = ""
+    if record.experiment:
+        new = " (new)" if imported.experiment_created else ""
+        joined = f", fold {record.fold} of experiment {record.experiment}{new}"
+    out().print(
+        f"Imported run {record.name}{joined}: {record.status}, {record.epochs_done} epochs, "
+        f"best macro F1 {best}; files in {record.out_dir}",
+        markup=False,
+    )
+    for note in imported.notes:
+        out().print(f"note: {note}", markup=False)

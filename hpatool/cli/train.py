@@ -409,6 +409,12 @@ def _train_progress(enabled: bool) -> Iterator[ProgressCallback]:
                     description=f"epoch {event.epoch}/{event.epochs} validating",
                     stats=f"{event.val_done:,}/{event.val_total:,} val images",
                 )
+            elif event.kind == "oof":
+                bar.update(
+                    description="scoring validation fold",
+                    stats=f"{event.val_done:,}/{event.val_total:,} "
+                    f"({event.info.get('view', 'the run view')})",
+                )
             elif event.kind == "epoch" and event.metrics is not None:
                 bar.update(description=f"epoch {event.epoch}/{event.epochs} done")
                 bar.print(_epoch_line(event))
@@ -440,6 +446,8 @@ def _print_result(result: FitResult, json_: bool) -> None:
                 "steps": result.steps,
                 "best_f1": result.best_f1,
                 "best_epoch": result.best_epoch,
+                "oof_macro_f1": result.oof_macro_f1,
+                "oof_view": result.oof_view,
                 "history": result.history,
             }
         )
@@ -450,6 +458,10 @@ def _print_result(result: FitResult, json_: bool) -> None:
 def _result_line(result: FitResult) -> str:
     """``Run NAME done: N epochs, ...``; a run stopped inside its first epoch says so, and
     that its best F1 is that of the partial epoch."""
+    oof = ""
+    if result.oof_macro_f1 is not None:
+        how = f" on {result.oof_text}" if result.oof_text else ""
+        oof = f"; out-of-fold macro F1 {result.oof_macro_f1:.4f}{how} (thresholds tuned on it)"
     if result.epochs_done == 0 and result.steps > 0:
         best = (
             f"best tuned macro F1 {result.best_f1:.4f} on the partial epoch {result.best_epoch}"
@@ -458,7 +470,7 @@ def _result_line(result: FitResult) -> str:
         )
         return (
             f"Run [bold]{result.name}[/] {result.status} after {result.steps:,} steps in epoch 1 "
-            f"(no full epoch yet); {best}. Files in {result.run_dir}"
+            f"(no full epoch yet); {best}{oof}. Files in {result.run_dir}"
         )
     best = "-"
     if result.best_f1 is not None:
@@ -467,6 +479,6 @@ def _result_line(result: FitResult) -> str:
     return (
         f"Run [bold]{result.name}[/] {result.status}: {result.epochs_done} "
         f"epoch{'' if result.epochs_done == 1 else 's'}, "
-        f"{result.steps:,} step{'' if result.steps == 1 else 's'}, best tuned macro F1 {best}. "
-        f"Files in {result.run_dir}"
+        f"{result.steps:,} step{'' if result.steps == 1 else 's'}, best tuned macro F1 {best}"
+        f"{oof}. Files in {result.run_dir}"
     )

@@ -208,6 +208,8 @@ def resolved_config(
         "duplicates_removed": [list(key) for key in parts.duplicates_removed],
         "image_sizes": {k: list(v) for k, v in data.image_sizes.items()},
         "class_multipliers": data.multipliers.tolist(),
+        # the share of the training samples having each class (predict's frequency warning)
+        "class_frequency": targets_array(parts.train).mean(axis=0, dtype=np.float64).tolist(),
         "world_size": ctx.world_size,
         "global_batch_size": config.batch_size * ctx.world_size,
         "steps_per_epoch": data.steps_per_epoch,

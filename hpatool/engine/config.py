@@ -184,10 +184,11 @@ class PredictConfig:
     run: list[str] = field(default_factory=list)
     experiment: str | None = None  # every run of the experiment: an ensemble
     checkpoint: str | None = None
-    crops: int = 8
-    tta: str = "crops"
+    # the view; None = not given: each model's stored view (a run without one: 8, max, crops)
+    crops: int | None = None
+    tta: str | None = None
     crop_size: int | None = None
-    agg: str = "max"
+    agg: str | None = None
     threshold: str = "auto"
     min_labels: int = 1
     batch_size: int = 16
@@ -210,19 +211,23 @@ class PredictConfig:
         """Check every option before any work; the texts are those of the command line."""
         if not self.dataset:
             raise UsageError("give the dataset to score with --dataset NAME")
+        if isinstance(self.run, str):  # PredictConfig(run="r1"), as before ensembles
+            self.run = [self.run]
         sources = [bool(self.run), self.experiment is not None, self.checkpoint is not None]
         if sum(sources) != 1:
             raise UsageError(
                 "give one of --run RUN (repeat it for an ensemble), --experiment EXP or "
                 "--checkpoint PATH"
             )
-        _at_least(self, "crops", 1, "use 1 (the centre crop) or more")
-        _one_of(self, "tta", TTA_MODES)
+        if self.crops is not None:
+            _at_least(self, "crops", 1, "use 1 (the centre crop) or more")
+        if self.tta is not None:
+            _one_of(self, "tta", TTA_MODES)
         if self.crop_size is not None and self.crop_size < 8:
             raise UsageError(
                 f"--crop-size {self.crop_size} is too small; use --crop-size 8 or more"
             )
-        if self.agg not in AGGREGATIONS:
+        if self.agg is not None and self.agg not in AGGREGATIONS:
             raise UsageError(f"--agg {self.agg!r} is invalid; use max or mean")
         parse_threshold(self.threshold)
         if not 0 <= self.min_labels <= NUM_CLASSES:

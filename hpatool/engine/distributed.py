@@ -1,10 +1,17 @@
 """The one reader of torchrun's environment (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``): the
 distributed context of a process and its device. torch is imported inside the functions that need
-it, so the CLI's error line can ask for the rank without loading torch."""
+it, so the CLI's error line can ask for the rank without loading torch.
+
+One process may train several runs (``hpatool cv``: one per fold): within
+``keep_process_group()`` the process group outlives each run's ``DistContext.destroy`` and the
+next run's ``init`` joins it, since a group cannot be initialised twice in one process.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +21,9 @@ if TYPE_CHECKING:
     import torch
 
 DEVICES = ("auto", "cpu", "cuda")
+
+#: How many ``keep_process_group`` blocks are open: while any is, ``destroy`` keeps the group.
+_kept = 0
 
 
 def env_rank() -> tuple[int, int]:
@@ -51,6 +61,8 @@ class DistContext:
         return self.rank == 0
 
     def init(self, device: torch.device) -> None:
+        """Join the process group (created on the first call in this process; an earlier
+        run's group kept by ``keep_process_group`` is used again)."""
         if not self.distributed or self.initialised:
             return
         import torch
@@ -59,6 +71,9 @@ class DistContext:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        if dist.is_available() and dist.is_initialized():
+            self.initialised = True
+            return
         dist.init_process_group(
             backend=backend, device_id=device if device.type == "cuda" else None
         )
@@ -91,11 +106,34 @@ class DistContext:
         return out
 
     def destroy(self) -> None:
+        """Leave the process group: destroy it, unless a ``keep_process_group`` block is
+        open (the next run of this process uses it again)."""
         if self.initialised:
+            self.initialised = False
+            if _kept:
+                return
             import torch.distributed as dist
 
             dist.destroy_process_group()
-            self.initialised = False
+
+
+@contextlib.contextmanager
+def keep_process_group(ctx: DistContext, device: torch.device) -> Iterator[DistContext]:
+    """Within the block, runs trained one after another in this process share one process
+    group (``ctx``'s, initialised here); it is destroyed when the block ends."""
+    global _kept
+    ctx.init(device)
+    _kept += 1
+    try:
+        yield ctx
+    finally:
+        _kept -= 1
+        if _kept == 0 and ctx.distributed:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
+        ctx.initialised = False
 
 
 def resolve_device(name: str, ctx: DistContext) -> torch.device:

@@ -1,6 +1,8 @@
 """The epoch loop of a run, as ``fit`` drives it: announcing the run, one epoch after another
 (train, validate, the metrics row, the best score), saving after each epoch and, with
-``--checkpoint-every N``, every N steps inside one. The steps themselves are
+``--checkpoint-every N``, every N steps inside one, and at the end the out-of-fold step
+(``write_oof_step``: the best checkpoint scores the validation fold with the run's view into
+``oof.csv``, and ``thresholds.json`` is tuned again on it). The steps themselves are
 ``hpatool.engine.train.train_one_epoch`` and ``validate``."""
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+import torch
 
 from hpatool.convert.pool import deferred_interrupts
 from hpatool.engine.build import TrainData, Trainer
@@ -36,6 +41,18 @@ class EpochRun:
     reg: Registry
     ctx: DistContext
     events: RunEvents
+    oof: OofResult | None = None  # set by write_oof_step when it scored the validation fold
+
+
+@dataclass
+class OofResult:
+    """What the out-of-fold step wrote: ``oof.csv``'s macro F1 with its tuned thresholds."""
+
+    macro_f1: float
+    thresholds: list[float]
+    view: dict[str, Any]
+    text: str  # the view in words, as it really happened
+    samples: int
 
 
 def announce(
@@ -74,6 +91,7 @@ def train_epochs(run: EpochRun) -> str:
     if it raises; an interruption or a full disk says how to go on (``resume.stop_error``)."""
     config, state = run.target.config, run.state
     status = "done"
+    first_step = state.step
     try:
         for epoch in range(state.epoch, config.epochs):
             if config.max_steps is not None and state.step >= config.max_steps:
@@ -83,6 +101,8 @@ def train_epochs(run: EpochRun) -> str:
             if not complete or (budget_spent and epoch + 1 < config.epochs):
                 status = "stopped"
                 break
+        if needs_oof(run, trained=state.step != first_step):
+            write_oof_step(run)
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt | Interrupted)
         if run.ctx.is_main:
@@ -133,7 +153,6 @@ def run_epoch(run: EpochRun, epoch: int) -> tuple[bool, bool]:
     on_batch(0)
     result = validate(
         objects.model,
-        trainer.loss_fn,
         run.data.val_loader,
         trainer.device,
         amp_dtype=trainer.amp_dtype,
@@ -190,7 +209,7 @@ def save_epoch(run: EpochRun, row: dict[str, Any], thresholds: list[float], is_b
     save_checkpoint(run_dir.last, checkpoint)
     if is_best:
         save_checkpoint(run_dir.best, checkpoint)
-        run_dir.write_thresholds(thresholds, row, row["epoch"])
+        run_dir.write_thresholds(thresholds, row, row["epoch"], view=centre_view(run))
     run_dir.write_history(state.history)
     run.reg.update_run(
         run.target.name, best_f1=state.best_f1, best_epoch=state.best_epoch, epochs_done=state.epoch
@@ -223,3 +242,117 @@ def step_saver(run: EpochRun, epoch: int) -> Callable[[int, float], None] | None
         save_checkpoint(run.target.run_dir.last, checkpoint)
 
     return save
+
+
+# ------------------------------------------------------------------------------ out of fold
+
+
+def run_view(run: EpochRun) -> dict[str, Any]:
+    """The view ``oof.csv`` and the stored thresholds are made with: what ``predict`` uses."""
+    config = run.target.config
+    return {
+        "crop": config.crop,
+        "crops": config.eval_crops,
+        "agg": config.eval_agg,
+        "tta": config.tta,
+    }
+
+
+def centre_view(run: EpochRun) -> dict[str, Any]:
+    """The view of validation during training: one centre crop."""
+    config = run.target.config
+    return {"crop": config.crop, "crops": 1, "agg": config.eval_agg, "tta": "crops"}
+
+
+def needs_oof(run: EpochRun, *, trained: bool) -> bool:
+    """Whether the run ends with the out-of-fold step: it has a best checkpoint, and it trained
+    in this invocation, or has no ``oof.csv`` yet (killed while scoring it), or its stored view
+    is not the run's view now (a resume with another ``--eval-crops``, say). Rank 0 decides."""
+    from hpatool.engine.oof import OOF_FILE
+    from hpatool.engine.oof import run_view as stored_view
+
+    run_dir = run.target.run_dir
+    decision = False
+    if run.ctx.is_main and run_dir.best.is_file():
+        decision = (
+            trained
+            or not (run_dir.path / OOF_FILE).is_file()
+            or stored_view(run_dir.path) != run_view(run)
+        )
+    return bool(run.ctx.broadcast(decision))
+
+
+def write_oof_step(run: EpochRun) -> OofResult:
+    """Score the validation fold with ``checkpoint-best.pt`` and the run's view (seed 0, the
+    dataset positions ``predict`` numbers samples by), sharded over the ranks; rank 0 writes
+    ``oof.csv`` and ``thresholds.json`` tuned on it (together: a Ctrl-C or SIGTERM is held
+    back until both are written)."""
+    from hpatool.data.samples import targets_array
+    from hpatool.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
+    from hpatool.engine.metrics import macro_f1, tune_thresholds
+    from hpatool.engine.oof import OOF_FILE, write_oof
+    from hpatool.engine.scoring import ScoreItem, Scores, n_views, score, windows_text
+
+    config, trainer, ctx = run.target.config, run.trainer, run.ctx
+    run_dir = run.target.run_dir
+    parts = run.data.parts
+    first = config.datasets[0]
+    positions = {s.id: i for i, s in enumerate(run.reg.samples(first))}
+    items = [ScoreItem(positions[it.id], it.root, it.id) for it in parts.val]
+    height, width = run.data.image_sizes[first]
+    whole = config.crop >= height and config.crop >= width
+    views = n_views(config.eval_crops, config.tta, whole)
+    text = windows_text(config.eval_agg, config.eval_crops, config.crop, views, config.tta, whole)
+    step = run.state.step
+    epoch = run.state.epoch
+
+    def progress(done: int, total: int) -> None:
+        run.events("oof", epoch, step, val_done=done, val_total=total, info={"view": text})
+
+    checkpoint = load_checkpoint(run_dir.best, map_location=trainer.device)
+    model, spec = build_model_from_checkpoint(checkpoint, device=trainer.device)
+    del checkpoint
+    model = model.to(memory_format=torch.channels_last)
+    local = score(
+        model,
+        items,
+        crop=config.crop,
+        crops=config.eval_crops,
+        agg=config.eval_agg,
+        tta=config.tta,
+        mean=spec.mean,
+        std=spec.std,
+        batch_size=config.batch_size,
+        workers=config.workers,
+        device=trainer.device,
+        seed=0,
+        strict=True,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        progress=progress if ctx.is_main else None,
+    )
+    del model
+    merged = Scores()
+    for part in ctx.gather(local):
+        merged.update(part)
+    probs = np.stack([merged.probs[item.index] for item in items])
+    y_true = targets_array(parts.val)
+    thresholds = tune_thresholds(y_true, probs)
+    result = OofResult(
+        macro_f1=macro_f1(y_true, probs >= thresholds),
+        thresholds=thresholds.tolist(),
+        view=run_view(run),
+        text=text,
+        samples=len(items),
+    )
+    with deferred_interrupts() as held:
+        if ctx.is_main:
+            write_oof(run_dir.path / OOF_FILE, [it.id for it in items], probs)
+            run_dir.write_oof_thresholds(result.thresholds, result.view, result.macro_f1)
+    ctx.barrier()
+    run.oof = result
+    if held:
+        if held[0] == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise Interrupted("terminated", exit_code=143)
+    return result

@@ -16,13 +16,23 @@ from hpatool.engine.metrics import DEFAULT_THRESHOLD, ClassReport, macro_f1, per
 from hpatool.engine.model_source import training_data
 from hpatool.engine.predict import dataset_name, score_or_stop
 from hpatool.engine.predict_files import model_inputs
-from hpatool.engine.scoring import UNREADABLE, Scores, decide_labels, other_agg, windows_text
+from hpatool.engine.scoring import (
+    UNREADABLE,
+    ScoreItem,
+    Scores,
+    decide_labels,
+    n_views,
+    other_agg,
+    windows_text,
+)
 from hpatool.engine.selection import (
     Candidates,
     LeftOut,
     available,
     evaluation_samples,
     trained_on,
+    trained_on_any,
+    warn_ensemble_trained_on,
     warn_once,
     warn_trained_on,
 )
@@ -52,17 +62,25 @@ class EvaluationReport:
     y_pred: np.ndarray | None = None
     probs: np.ndarray | None = None
     plot: Path | None = None  # the per-class figure, if one was asked for
-    windows: int = 0  # windows scored per image: ``crops``, or 1 if the crop is the image
+    windows: int = 0  # windows scored per image (``scoring.n_views``), by the first model
     limit: int | None = None  # the run's --limit, when its first N samples were evaluated
     left_out: dict[str, int] = field(default_factory=dict)  # reason -> count
     trained_on: int = 0  # evaluated samples that were in the run's training set
     run: str | None = None  # the run (or checkpoint) the training data comes from
     #: the same crops aggregated the other way (``mean`` for ``max``): its per-class scores
     other_classes: list[ClassReport] = field(default_factory=list)
+    tta: str = "crops"
+    whole_image: bool = False  # the crop fills the image
+    #: the checkpoint file, or ``ensemble of 3 models (EXP-f0, EXP-f1, EXP-f2)``
+    model_text: str = ""
+    models: list[str] = field(default_factory=list)  # the runs (or checkpoint files) scoring
+    #: how the images were scored, in words (``max of 8 crops of 256px``, ...)
+    scoring_text: str = ""
 
-    @property
-    def scoring_text(self) -> str:  # ``max of 8 crops of 256px`` or ``1 window of 512px ...``
-        return windows_text(self.agg, self.crops, self.crop, self.windows)
+    def text_for(self, agg: str) -> str:
+        """How the images were scored, with aggregation ``agg`` (the first model's view)."""
+        windows = n_views(self.crops, self.tta, self.whole_image)
+        return windows_text(agg, self.crops, self.crop, windows, self.tta, self.whole_image)
 
     @property
     def other_agg(self) -> str:
@@ -86,9 +104,12 @@ class EvaluationReport:
             "left_out": dict(sorted(self.left_out.items())),
             "trained_on": self.trained_on,
             "checkpoint": str(self.checkpoint),
+            "models": self.models,
             "crop": self.crop,
             "crops": self.crops,
             "agg": self.agg,
+            "tta": self.tta,
+            "scoring": self.scoring_text,
             "threshold": self.threshold,
             "macro_f1": self.macro_f1,
             "macro_f1_at_0.5": self.macro_f1_at_05,
@@ -118,16 +139,29 @@ def evaluate_run(
         own = [*inputs, *model_inputs(reg, config)]
         plot = check_figure(config.plot, "--plot", reg, own)
     checkpoint = Path(config.checkpoint) if config.checkpoint is not None else None
-    trained = training_data(reg, config.run, checkpoint)
-    chosen = evaluation_samples(reg, config, trained)
+    names = list(config.run)
+    if config.experiment is not None:
+        names = [r.name for r in reg.experiment_runs(config.experiment)]
+    ensemble = len(names) > 1
+    trained = None if ensemble else training_data(reg, names[0] if names else None, checkpoint)
+    each = [d for d in (training_data(reg, n, None) for n in names) if d is not None]
+    chosen = evaluation_samples(reg, config, trained, names)
     cands = available(reg, dataset, chosen.labelled, chosen.where(dataset))
     overlap = [0]
+
+    def count_trained_on(items: list[ScoreItem]) -> int:
+        if ensemble:
+            return trained_on_any(reg, each, items)
+        return trained_on(reg, trained, items)
 
     def before(c: Candidates) -> None:
         if c.left_out:
             warn_once(f"{c.summary()}; scoring the other {len(c.items):,}", LeftOut)
-        overlap[0] = trained_on(reg, trained, c.items)
-        warn_trained_on(overlap[0], len(c.items), trained)
+        overlap[0] = count_trained_on(c.items)
+        if ensemble:
+            warn_ensemble_trained_on(overlap[0], len(c.items), len(names))
+        else:
+            warn_trained_on(overlap[0], len(c.items), trained)
 
     scored = score_or_stop(
         reg, cands, config, strict=False, progress=progress, before=before, both=True
@@ -149,8 +183,8 @@ def evaluate_run(
         fold=chosen.fold,
         samples=len(items),
         crop=scored.crop,
-        crops=config.crops,
-        agg=config.agg,
+        crops=scored.view.crops,
+        agg=scored.view.agg,
         threshold=str(config.threshold),
         macro_f1=float(np.mean([c.f1 for c in classes])),
         macro_f1_at_05=macro_f1(y_true, probs >= DEFAULT_THRESHOLD),
@@ -163,8 +197,13 @@ def evaluate_run(
         windows=scored.windows,
         limit=chosen.limit,
         left_out=dict(cands.left_out),
-        trained_on=trained_on(reg, trained, items) if failed else overlap[0],
+        trained_on=count_trained_on(items) if failed else overlap[0],
         run=trained.run if trained is not None else None,
+        tta=scored.view.tta,
+        whole_image=scored.models[0].whole_image,
+        model_text=scored.model_text,
+        models=[m.name for m in scored.models],
+        scoring_text=scored.scoring_text,
         other_classes=per_class_report(
             y_true, _decide(other, scored.thresholds, config.min_labels)
         ),
@@ -209,6 +248,7 @@ def plot_evaluation(report: EvaluationReport, path: Path) -> Path:
     title = (
         f"{report.dataset}{where}{limit}: {report.samples:,} images, "
         f"crops of {report.crop}px, thresholds {report.threshold}"
+        + (f", {report.model_text}" if len(report.models) > 1 else "")
     )
     if report.windows == 1:
         series = [(f"{report.scoring_text}: macro F1 {report.macro_f1:.3f}", report.classes)]
@@ -216,7 +256,7 @@ def plot_evaluation(report: EvaluationReport, path: Path) -> Path:
         by_agg = {report.agg: report.classes, report.other_agg: report.other_classes}
         series = [
             (
-                f"{agg} of {report.crops} crops{' (reported)' if agg == report.agg else ''}: "
+                f"{report.text_for(agg)}{' (reported)' if agg == report.agg else ''}: "
                 f"macro F1 {float(np.mean([c.f1 for c in rows])):.3f}",
                 rows,
             )

@@ -11,7 +11,10 @@ from typing import Any
 
 @dataclass
 class TrainEvent:
-    """What the callback gets: ``kind`` is ``start``, ``step``, ``validate`` or ``epoch``."""
+    """What the callback gets: ``kind`` is ``start``, ``step``, ``validate``, ``epoch`` or
+    ``oof`` (the end of the run: the best checkpoint scoring the validation fold with the run's
+    view, ``val_done`` of ``val_total`` images of this process; ``info["view"]`` says how, in
+    words)."""
 
     kind: str
     name: str
@@ -25,8 +28,8 @@ class TrainEvent:
     loss: float | None = None  # running mean training loss of the epoch
     images_per_s: float | None = None
     metrics: dict[str, Any] | None = None
-    val_done: int = 0  # "validate": validation samples scored so far (this process)
-    val_total: int = 0  # "validate": validation samples of this process
+    val_done: int = 0  # "validate", "oof": validation samples scored so far (this process)
+    val_total: int = 0  # "validate", "oof": validation samples of this process
     best: bool = False
     info: dict[str, Any] = field(default_factory=dict)
 

@@ -1,6 +1,9 @@
-"""Where a scoring model comes from: ``--run RUN`` (its best checkpoint, else its last) or
-``--checkpoint PATH``; the per-class thresholds that go with it; and the fold it was validated
-on (what ``evaluate`` scores by default)."""
+"""Where the scoring models come from: ``--run RUN`` (its best checkpoint, else its last;
+repeated, an ensemble), ``--experiment EXP`` (its runs, an ensemble) or ``--checkpoint PATH``;
+the view each was tuned on (``thresholds.json``'s ``view``); the per-class thresholds that go
+with them (one run: its ``thresholds.json``; an ensemble: tuned on the runs' out-of-fold
+predictions together); the training class frequencies; and the fold a model was validated on
+(what ``evaluate`` scores by default)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from hpatool.engine.config import parse_threshold
+from hpatool.engine.config import PredictConfig, parse_threshold
 from hpatool.engine.run_dir import BEST, CONFIG_FILE, LAST, THRESHOLDS_FILE
 from hpatool.errors import DataError, NotFound, UsageError
 from hpatool.labels import NUM_CLASSES
@@ -25,6 +28,73 @@ class ModelSource:
     checkpoint: Path
     run: str | None
     thresholds_file: Path | None
+
+    @property
+    def name(self) -> str:
+        """The run's name, else the checkpoint file."""
+        return self.run if self.run is not None else str(self.checkpoint)
+
+    def thresholds_doc(self) -> dict[str, Any]:
+        """``thresholds.json`` beside the checkpoint (``{}`` if none or unreadable)."""
+        if self.thresholds_file is None:
+            return {}
+        try:
+            doc = json.loads(self.thresholds_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def tuned_view(self) -> dict[str, Any] | None:
+        """The view ``thresholds.json``'s thresholds were tuned on, when they were tuned on
+        the out-of-fold predictions (``"tuned_on": "oof"``); else ``None``."""
+        doc = self.thresholds_doc()
+        view = doc.get("view")
+        return dict(view) if doc.get("tuned_on") == "oof" and isinstance(view, dict) else None
+
+    def stored_view(self) -> dict[str, Any] | None:
+        """The run's view (``thresholds.json``'s ``view``, else its ``config.json`` options:
+        ``--crop``, ``--eval-crops``, ``--eval-agg``, ``--tta``); ``None`` if neither says."""
+        from hpatool.engine.oof import run_view
+
+        return run_view(self.checkpoint.parent)
+
+    def class_frequency(self) -> np.ndarray | None:
+        """``config.json``'s ``class_frequency`` (share of the training samples with each
+        class), or ``None`` (an older run, a checkpoint on its own)."""
+        try:
+            doc = json.loads((self.checkpoint.parent / CONFIG_FILE).read_text("utf-8"))
+            arr = np.asarray([float(v) for v in doc["class_frequency"]], dtype=np.float64)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return arr if arr.shape == (NUM_CLASSES,) else None
+
+
+def resolve_sources(reg: Registry, config: PredictConfig) -> list[ModelSource]:
+    """The models of ``--run`` (one, or several: an ensemble), ``--experiment`` (its runs)
+    or ``--checkpoint``: exactly one of them (``PredictConfig.validate``)."""
+    if config.checkpoint is not None:
+        return [resolve_source(reg, None, Path(config.checkpoint))]
+    names = list(config.run) if config.run else experiment_run_names(reg, config.experiment)
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise UsageError(f"--run {name} is given twice; give each run of an ensemble once")
+        seen.add(name)
+    return [resolve_source(reg, name, None) for name in names]
+
+
+def experiment_run_names(reg: Registry, experiment: str | None) -> list[str]:
+    """The runs of ``--experiment`` (by fold, then name); ``NotFound`` for an unknown one or
+    one without runs."""
+    if experiment is None:
+        raise UsageError("give one of --run RUN, --experiment EXP or --checkpoint PATH")
+    runs = reg.experiment_runs(experiment)
+    if not runs:
+        raise NotFound(
+            f"experiment {experiment!r} has no runs yet; train one with 'hpatool cv' or "
+            f"'hpatool train --experiment {experiment}'"
+        )
+    return [r.name for r in runs]
 
 
 def resolve_source(reg: Registry, run: str | None, checkpoint: Path | None) -> ModelSource:
@@ -49,6 +119,16 @@ def resolve_source(reg: Registry, run: str | None, checkpoint: Path | None) -> M
     return ModelSource(checkpoint, None, thresholds if thresholds.is_file() else None)
 
 
+def uses_oof_thresholds(source: ModelSource, ckpt: dict[str, Any]) -> bool:
+    """Whether ``--threshold auto`` takes ``thresholds.json``'s OOF-view thresholds (``"tuned_on":
+    "oof"``) for this checkpoint: the best one, or one of the same epoch."""
+    doc = source.thresholds_doc()
+    if doc.get("tuned_on") != "oof":
+        return False
+    epoch = ckpt.get("epoch")
+    return source.checkpoint.name == BEST or (epoch is not None and epoch == doc.get("epoch"))
+
+
 def resolve_thresholds(
     threshold: str | float, source: ModelSource, ckpt: dict[str, Any]
 ) -> np.ndarray:
@@ -56,10 +136,14 @@ def resolve_thresholds(
     value = parse_threshold(threshold)
     if value is not None:
         return np.full(NUM_CLASSES, value)
-    # The checkpoint's own thresholds (tuned at the epoch it holds) come first: thresholds.json
+    # Thresholds tuned on the run's out-of-fold predictions with its view (thresholds.json,
+    # "tuned_on": "oof") come first for the best checkpoint they were made with. Otherwise the
+    # checkpoint's own thresholds (tuned on the centre crop at the epoch it holds): thresholds.json
     # belongs to the best epoch, so it would be wrong for checkpoint-last.pt of a later epoch.
     values: Any = ckpt.get("thresholds")
     origin = str(source.checkpoint)
+    if uses_oof_thresholds(source, ckpt):
+        values = None
     if values is None and source.thresholds_file is not None:
         origin = str(source.thresholds_file)
         try:
@@ -67,6 +151,10 @@ def resolve_thresholds(
             values = doc["thresholds"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise DataError(f"{source.thresholds_file}: unreadable thresholds ({exc})") from None
+    return _checked_thresholds(values, origin, source)
+
+
+def _checked_thresholds(values: Any, origin: str, source: ModelSource) -> np.ndarray:
     if values is None:
         raise UsageError(
             f"{source.checkpoint}: no tuned thresholds (none in the checkpoint, no "
@@ -83,6 +171,45 @@ def resolve_thresholds(
             f"{origin}: thresholds must lie in 0..1; pass --threshold 0.5 to use one number"
         )
     return arr
+
+
+class EnsembleThresholds(UserWarning):
+    """An ensemble's thresholds could not be tuned on all its runs' out-of-fold predictions."""
+
+
+def ensemble_thresholds(
+    reg: Registry, threshold: str | float, sources: list[ModelSource], ckpts: list[dict[str, Any]]
+) -> np.ndarray:
+    """An ensemble's per-class thresholds: one number for every class, or (``auto``) those
+    tuned on the runs' out-of-fold predictions together (``hpatool.engine.oof.summarize_oof``).
+    When a run has no ``oof.csv`` (or a model is not a run): the mean of the models' own
+    thresholds (``resolve_thresholds``), with one ``EnsembleThresholds`` warning."""
+    import warnings
+
+    from hpatool.engine.distributed import env_rank
+    from hpatool.engine.oof import OOF_FILE, summarize_oof
+
+    value = parse_threshold(threshold)
+    if value is not None:
+        return np.full(NUM_CLASSES, value)
+    records = [reg.run(s.run) for s in sources if s.run is not None]
+    missing = [
+        s.name for s in sources if s.run is None or not (s.checkpoint.parent / OOF_FILE).is_file()
+    ]
+    if not missing:
+        return np.asarray(summarize_oof(reg, records).thresholds, dtype=np.float64)
+    mean = np.mean(
+        [resolve_thresholds(threshold, s, c) for s, c in zip(sources, ckpts, strict=True)], axis=0
+    )
+    if env_rank()[0] == 0:
+        warnings.warn(
+            f"{', '.join(missing)} {'has' if len(missing) == 1 else 'have'} no {OOF_FILE}: the "
+            "ensemble uses the mean of its models' own thresholds, not thresholds tuned on "
+            "out-of-fold predictions ('hpatool train --resume --name RUN' writes the file)",
+            EnsembleThresholds,
+            stacklevel=2,
+        )
+    return mean
 
 
 @dataclass(frozen=True)

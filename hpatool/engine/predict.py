@@ -2,9 +2,16 @@
 (``hpatool.engine.evaluate``): score a dataset with a trained model and write a Kaggle
 submission (and probabilities).
 
-Both score images the same way (``hpatool.engine.scoring``: crops, aggregation, thresholds,
-``--min-labels``) with the model that ``hpatool.engine.model_source`` finds. Under ``torchrun``
-each rank scores its share and rank 0 gathers the probabilities and writes the files.
+Both score images the same way (``hpatool.engine.scoring``: views, aggregation, thresholds,
+``--min-labels``) with the models that ``hpatool.engine.model_source`` finds: one, or an
+ensemble (``--run A --run B``, ``--experiment EXP``) whose models score one after another, each
+with its own view and the same seed, and whose probabilities are averaged. Every check (the
+images' headers, the output files, the architectures' input sizes) is made once for all models
+before any scores. Each model's view is the one stored with its thresholds unless
+``--crops``/``--agg``/``--tta``/``--crop-size`` say otherwise (then one ``ViewMismatch``
+warning); ``predict`` ends with a ``FrequencyDrift`` warning when a class is predicted far more
+(or less) often than it occurs in the training data. Under ``torchrun`` each rank scores its
+share with each model and rank 0 gathers the averaged probabilities and writes the files.
 """
 
 from __future__ import annotations
@@ -12,16 +19,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from hpatool._io import ProgressFn
 from hpatool.engine import checkpoint as ckpt_mod
-from hpatool.engine.config import PredictConfig
+from hpatool.engine.config import PredictConfig, parse_threshold
 from hpatool.engine.model_source import (
     ModelSource,
-    resolve_source,
+    ensemble_thresholds,
+    resolve_sources,
     resolve_thresholds,
+    uses_oof_thresholds,
 )
 from hpatool.engine.predict_files import (
     check_predict_outputs,
@@ -32,16 +42,21 @@ from hpatool.engine.predict_files import (
     write_submission,
 )
 from hpatool.engine.scoring import (
+    CheckedImages,
     ScoreItem,
     Scores,
+    View,
     check_images,
     decide_labels,
+    resolve_view,
     score,
-    windows_text,
+    stored_as_view,
 )
 from hpatool.engine.selection import (
     Candidates,
+    FrequencyDrift,
     LeftOut,
+    ViewMismatch,
     available,
     warn_once,
 )
@@ -53,15 +68,55 @@ from hpatool.registry import Registry
 
 
 @dataclass
+class ModelView:
+    """One model of the scoring: its name (run or checkpoint), checkpoint and view."""
+
+    name: str
+    checkpoint: Path
+    view: View
+    whole_image: bool  # the crop fills the (first) image
+
+    @property
+    def windows(self) -> int:
+        return self.view.windows(self.whole_image)
+
+    @property
+    def text(self) -> str:
+        return self.view.text(self.whole_image)
+
+
+@dataclass
 class Scored:
-    """A dataset scored: the probabilities (and failures), how, with what model, on which rank."""
+    """A dataset scored: the probabilities (and failures; for an ensemble, the mean of its
+    models' probabilities), how, with what models, on which rank."""
 
     scores: Scores
-    crop: int
-    windows: int  # windows scored per image: ``crops``, or 1 if the crop is the image
+    crop: int  # the first model's (all models', unless their training crops differ)
+    windows: int  # windows scored per image by the first model (see ``n_views``)
     thresholds: np.ndarray
-    source: ModelSource
+    source: ModelSource  # the first model's
     is_main: bool
+    models: list[ModelView] = field(default_factory=list)
+    train_frequency: np.ndarray | None = None  # the models' mean training class frequency
+
+    @property
+    def view(self) -> View:
+        return self.models[0].view
+
+    @property
+    def scoring_text(self) -> str:
+        """How the images were scored: one model's view, or each model's when they differ."""
+        texts = {m.text for m in self.models}
+        if len(texts) == 1:
+            return next(iter(texts))
+        return "; ".join(f"{m.name}: {m.text}" for m in self.models)
+
+    @property
+    def model_text(self) -> str:
+        """The checkpoint file, or ``ensemble of 3 models (EXP-f0, EXP-f1, EXP-f2)``."""
+        if len(self.models) == 1:
+            return str(self.models[0].checkpoint)
+        return f"ensemble of {len(self.models)} models ({', '.join(m.name for m in self.models)})"
 
 
 #: Called once every check has passed, right before scoring, with the samples to score.
@@ -81,6 +136,38 @@ def _check_input_size(arch: str, crop_size: int | None) -> None:
         raise UsageError(f"--crop-size {crop_size} does not fit the model: {exc}") from None
 
 
+def _warn_view_mismatch(
+    models: list[ModelView],
+    sources: list[ModelSource],
+    on_oof: list[bool],
+    checked: CheckedImages,
+) -> None:
+    """One ``ViewMismatch`` line when a model scores with another view than its thresholds
+    were tuned on (``thresholds.json``'s ``view``, ``"tuned_on": "oof"``; ``on_oof``: whether
+    the model's thresholds are those). Views that score alike (the same text: ``the centre
+    crop`` whatever the aggregation) do not differ."""
+    differ: list[tuple[str, str, str]] = []
+    for m, source, oof in zip(models, sources, on_oof, strict=True):
+        stored = source.tuned_view() if oof else None
+        tuned = stored_as_view(stored, m.view.crop) if stored is not None else None
+        if tuned is None or tuned == m.view:
+            continue
+        tuned_text = tuned.text(checked.fills(tuned.crop))
+        if tuned_text != m.text:
+            differ.append((m.name, tuned_text, m.text))
+    if not differ:
+        return
+    name, tuned_text, used = differ[0]
+    whose = "the run's view" if len(models) == 1 else "each run's view (leave out the options)"
+    more = f" (and {len(differ) - 1} more of the ensemble's models)" if len(differ) > 1 else ""
+    owner = "" if len(models) == 1 else f"{name}'s "
+    warn_once(
+        f"{owner}thresholds were tuned on {tuned_text}; scoring with {used}{more}: pass "
+        f"--threshold with a number, or {whose}",
+        ViewMismatch,
+    )
+
+
 def _score_dataset(
     reg: Registry,
     cands: Candidates,
@@ -91,55 +178,132 @@ def _score_dataset(
     before: BeforeScoring,
     both: bool = False,
 ) -> Scored:
-    """Load the model, check every input (the architecture takes the crop, every image's
-    header is readable and fits the crop), call ``before``, then score ``cands.items``
-    (sharded under torchrun) and gather on rank 0."""
+    """Find the models and their thresholds, check every input once for all models (each
+    architecture takes the crop, every image's header is readable and fits the crops), call
+    ``before``, then score ``cands.items`` with each model in turn (sharded under torchrun; each
+    freed before the next), average the models' probabilities and gather on rank 0."""
     import torch
 
     from hpatool.engine.distributed import DistContext, resolve_device
 
-    checkpoint = Path(config.checkpoint) if config.checkpoint is not None else None
-    source = resolve_source(reg, config.run, checkpoint)
+    sources = resolve_sources(reg, config)
     ctx = DistContext.from_env()
     dev = resolve_device(config.device, ctx)
     ctx.init(dev)
     try:
-        ckpt = ckpt_mod.load_checkpoint(source.checkpoint)
-        thresholds = resolve_thresholds(config.threshold, source, ckpt)
-        model, spec = ckpt_mod.build_model_from_checkpoint(ckpt, device=dev)
-        # channels_last is faster on CUDA and, through oneDNN, on the CPU too (resnet50 at 256:
-        # 7.6-7.9 vs 6.4-6.6 crops/s on the 2-core development machine).
-        model = model.to(memory_format=torch.channels_last)
-        _check_input_size(spec.arch, config.crop_size)
-        checked = check_images(cands.items, config.crop_size, spec.crop, cands.dataset)
+        ckpts: list[dict[str, Any]] = []
+        specs = []
+        for source in sources:
+            ckpt = ckpt_mod.load_checkpoint(source.checkpoint)
+            spec = ckpt_mod.model_spec(ckpt)
+            _check_input_size(spec.arch, config.crop_size)
+            specs.append(spec)
+            # an ensemble keeps only what the thresholds need: its models load one at a time
+            ckpts.append(
+                ckpt
+                if len(sources) == 1
+                else {k: ckpt.get(k) for k in ("thresholds", "epoch") if k in ckpt}
+            )
+            del ckpt
+        if len(sources) == 1:
+            thresholds = resolve_thresholds(config.threshold, sources[0], ckpts[0])
+        else:
+            thresholds = ensemble_thresholds(reg, config.threshold, sources, ckpts)
+        trained_crop = max(spec.crop for spec in specs)
+        checked = check_images(cands.items, config.crop_size, trained_crop, cands.dataset)
+        models = []
+        for source, spec in zip(sources, specs, strict=True):
+            crop = config.crop_size if config.crop_size is not None else spec.crop
+            view = resolve_view(crop, config.crops, config.agg, config.tta, source.stored_view())
+            models.append(ModelView(source.name, source.checkpoint, view, checked.fills(crop)))
         cands.apply(checked)
         cands.require_some()
+        if parse_threshold(config.threshold) is None:
+            tuned = [uses_oof_thresholds(s, c) for s, c in zip(sources, ckpts, strict=True)]
+            _warn_view_mismatch(models, sources, tuned, checked)
         before(cands)
-        local = score(
-            model,
-            cands.items,
-            crop=checked.crop,
-            crops=config.crops,
-            agg=config.agg,
-            mean=spec.mean,
-            std=spec.std,
-            batch_size=config.batch_size,
-            workers=config.workers,
-            device=dev,
-            seed=config.seed,
-            strict=strict,
-            rank=ctx.rank,
-            world_size=ctx.world_size,
-            progress=progress if ctx.is_main else None,
-            both=both,
-        )
+        parts: list[Scores] = []
+        for k, (source, spec, m) in enumerate(zip(sources, specs, models, strict=True)):
+            built = ckpts[k] if len(sources) == 1 else source.checkpoint
+            model, _ = ckpt_mod.build_model_from_checkpoint(built, device=dev)
+            # channels_last is faster on CUDA and, through oneDNN, on the CPU too (resnet50 at
+            # 256: 7.6-7.9 vs 6.4-6.6 crops/s on the 2-core development machine).
+            model = model.to(memory_format=torch.channels_last)
+            parts.append(
+                score(
+                    model,
+                    cands.items,
+                    crop=m.view.crop,
+                    crops=m.view.crops,
+                    agg=m.view.agg,
+                    tta=m.view.tta,
+                    mean=spec.mean,
+                    std=spec.std,
+                    batch_size=config.batch_size,
+                    workers=config.workers,
+                    device=dev,
+                    seed=config.seed,
+                    strict=strict,
+                    rank=ctx.rank,
+                    world_size=ctx.world_size,
+                    progress=_model_progress(progress, k, len(sources)) if ctx.is_main else None,
+                    both=both,
+                )
+            )
+            del model
+            ckpts[k] = {}
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+        local = average_scores(parts)
         merged = Scores()
         for part in ctx.gather(local):
             merged.update(part)
-        windows = 1 if checked.whole_image else config.crops
-        return Scored(merged, checked.crop, windows, thresholds, source, ctx.is_main)
+        frequencies = [s.class_frequency() for s in sources]
+        train_frequency = (
+            np.mean([f for f in frequencies if f is not None], axis=0)
+            if all(f is not None for f in frequencies)
+            else None
+        )
+        return Scored(
+            merged,
+            models[0].view.crop,
+            models[0].windows,
+            thresholds,
+            sources[0],
+            ctx.is_main,
+            models,
+            train_frequency,
+        )
     finally:
         ctx.destroy()
+
+
+def _model_progress(progress: ProgressFn | None, k: int, models: int) -> ProgressFn | None:
+    """Model ``k``'s progress as part of one bar for all ``models``."""
+    if progress is None or models == 1:
+        return progress
+
+    def report(done: int, total: int) -> None:
+        progress(k * total + done, models * total)
+
+    return report
+
+
+def average_scores(parts: list[Scores]) -> Scores:
+    """The models' scores of the same images put together: the mean of their probabilities
+    (float64) for the images every model scored; an image that failed for any model fails."""
+    if len(parts) == 1:
+        return parts[0]
+    out = Scores()
+    for part in parts:
+        out.failures.update(part.failures)
+    for idx in parts[0].probs:
+        if idx in out.failures or any(idx not in p.probs for p in parts):
+            continue
+        out.probs[idx] = np.mean([p.probs[idx] for p in parts], axis=0)
+        if all(idx in p.other for p in parts):
+            out.other[idx] = np.mean([p.other[idx] for p in parts], axis=0)
+    return out
 
 
 def score_or_stop(
@@ -192,14 +356,17 @@ class PredictResult:
     agg: str
     label_counts: dict[int, int]
     is_main: bool = True
-    windows: int = 0  # windows scored per image: ``crops``, or 1 if the crop is the image
+    windows: int = 0  # windows scored per image (``scoring.n_views``), by the first model
     left_out: dict[str, int] = field(default_factory=dict)  # reason -> count, before scoring
     #: with ``--known-labels``: the samples that took their labelled duplicates' labels
     known_labels: int | None = None
-
-    @property
-    def scoring_text(self) -> str:  # ``max of 8 crops of 256px`` or ``1 window of 512px ...``
-        return windows_text(self.agg, self.crops, self.crop, self.windows)
+    tta: str = "crops"
+    #: how the images were scored, in words: ``max of 8 crops of 256px``, ``the centre crop
+    #: of 256px``, ``1 window of 512px (the whole image)``, ...
+    scoring_text: str = ""
+    #: the checkpoint file, or ``ensemble of 3 models (EXP-f0, EXP-f1, EXP-f2)``
+    model_text: str = ""
+    models: list[str] = field(default_factory=list)  # the runs (or checkpoint files) scoring
 
     @property
     def n_left_out(self) -> int:
@@ -275,12 +442,16 @@ def predict(
         probs=None,
         partial=None,
         crop=scored.crop,
-        crops=config.crops,
-        agg=config.agg,
+        crops=scored.view.crops,
+        agg=scored.view.agg,
         label_counts={},
         is_main=scored.is_main,
         windows=scored.windows,
         left_out=dict(cands.left_out),
+        tta=scored.view.tta,
+        scoring_text=scored.scoring_text,
+        model_text=scored.model_text,
+        models=[m.name for m in scored.models],
     )
     if scored.is_main:
         _write_predictions(result, all_items, scored, config.min_labels, out, probs_out, known)
@@ -336,6 +507,10 @@ def _write_predictions(
         decide_labels(got[t.index], scored.thresholds, min_labels) if t.index in got else []
         for t in rows
     ]
+    drift = frequency_drift(
+        [lab for t, lab in zip(rows, labels, strict=True) if t.index in got],
+        scored.train_frequency,
+    )
     if known is not None:  # --known-labels: a duplicate's labels win over the model's
         labels = [
             list(known[t.id]) if t.id in known else lab for t, lab in zip(rows, labels, strict=True)
@@ -356,6 +531,8 @@ def _write_predictions(
             [got[t.index] for t in with_probs],
         )
     failures_path = failures_path_for(out)
+    if drift:
+        warn_once(drift, FrequencyDrift)
     if incomplete:
         result.partial = sub_path
         write_failures(failures_path, result.failures)
@@ -374,3 +551,51 @@ def _write_predictions(
     for path in stale:
         path.unlink(missing_ok=True)
     result.submission = sub_path
+
+
+#: ``frequency_drift``'s rule: a predicted share this many times the training share (or the
+#: training share this many times the predicted one) ...
+DRIFT_RATIO = 3.0
+#: ... and at least this far apart (a share of the scored images) ...
+DRIFT_GAP = 0.05
+#: ... with at least this many images scored.
+DRIFT_MIN_IMAGES = 20
+
+
+def frequency_drift(labels: list[list[int]], train_frequency: np.ndarray | None) -> str:
+    """The text of the warning at the end of ``predict`` (``''`` for none): the classes whose
+    predicted frequency is far from their training frequency (``config.json``'s
+    ``class_frequency``; a run without it gets no warning), at most 3, the farthest first.
+
+    The rule: with at least ``DRIFT_MIN_IMAGES`` (20) images scored, a class's predicted share
+    p (of the scored images, labels as the model decided them, before ``--known-labels``) and
+    training share q are far apart when ``p > 3 q`` or ``q > 3 p``, and ``|p - q| >= 0.05``
+    (5 percentage points). Thresholds tuned on one or two positives used to make a rare class
+    the label of 70% of the test images without a word."""
+    from hpatool.labels import CLASS_NAMES
+
+    n = len(labels)
+    if train_frequency is None or n < DRIFT_MIN_IMAGES:
+        return ""
+    predicted = np.zeros(len(train_frequency))
+    for lab in labels:
+        for c in lab:
+            predicted[c] += 1
+    predicted /= n
+    far = [
+        c
+        for c, (p, q) in enumerate(zip(predicted, train_frequency, strict=True))
+        if abs(p - q) >= DRIFT_GAP and (p > DRIFT_RATIO * q or q > DRIFT_RATIO * p)
+    ]
+    if not far:
+        return ""
+    far.sort(key=lambda c: -abs(predicted[c] - train_frequency[c]))
+    shown = "; ".join(
+        f"{c} {CLASS_NAMES[c]} {100 * predicted[c]:.1f}% (training {100 * train_frequency[c]:.1f}%)"
+        for c in far[:3]
+    )
+    more = f"; and {len(far) - 3} more" if len(far) > 3 else ""
+    return (
+        f"predicted class frequencies far from the training data's, of {n:,} images: "
+        f"{shown}{more}; check the thresholds (thresholds.json, or pass --threshold 0.5)"
+    )

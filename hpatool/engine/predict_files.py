@@ -35,8 +35,10 @@ def write_submission(path: Path, ids: Sequence[str], labels: Sequence[Sequence[i
 
 
 def write_probabilities(path: Path, ids: Sequence[str], probs: Sequence[np.ndarray]) -> Path:
-    """``Id`` and the 28 class probabilities ``0..27``, to 6 decimals."""
-    rows = ([i, *[f"{v:.6f}" for v in p]] for i, p in zip(ids, probs, strict=True))
+    """``Id`` and the 28 class probabilities ``0..27`` at full precision (``repr`` of the
+    float64: a file read back gives exactly the probabilities the labels were decided on;
+    rounding to 6 decimals flipped decisions at the threshold)."""
+    rows = ([i, *[repr(float(v)) for v in p]] for i, p in zip(ids, probs, strict=True))
     return write_csv(path, ["Id", *[str(c) for c in range(NUM_CLASSES)]], rows)
 
 
@@ -65,14 +67,25 @@ def check_predict_outputs(
 
 def model_inputs(reg: Registry, config: PredictConfig) -> list[tuple[str | Path | None, str]]:
     """The model files scoring reads: ``--checkpoint`` and the thresholds beside it, or the
-    files of ``--run``'s folder."""
+    files of the folders of ``--run`` (each of them) or ``--experiment``'s runs."""
     if config.checkpoint is not None:
         checkpoint = Path(config.checkpoint).expanduser()
         return [
             (checkpoint, "the --checkpoint file"),
             (checkpoint.parent / THRESHOLDS_FILE, "the checkpoint's thresholds file"),
         ]
-    if config.run is not None and reg.has_run(config.run):
-        folder = reg.run(config.run).out_dir
-        return [(folder / name, f"a file of run {config.run!r}") for name in RUN_FILES]
-    return []
+    from hpatool.engine.oof import OOF_FILE
+    from hpatool.errors import NotFound
+
+    names = list(config.run)
+    if config.experiment is not None:
+        try:
+            names = [r.name for r in reg.experiment_runs(config.experiment)]
+        except NotFound:
+            names = []  # the scoring says so, with its own message
+    files: list[tuple[str | Path | None, str]] = []
+    for run in names:
+        if reg.has_run(run):
+            folder = reg.run(run).out_dir
+            files += [(folder / name, f"a file of run {run!r}") for name in (*RUN_FILES, OOF_FILE)]
+    return files

@@ -2,7 +2,9 @@
 folder, refused if taken), or, with ``--resume``, the run whose ``checkpoint-last.pt`` it
 continues, with the rules that refuse a resume that would change what the run is (another arch,
 dataset, fold, crop...), a checkpoint that is another run's, and a validation fold that changed
-since the run started. ``register_run`` records the run once every check has passed; the run's
+since the run started. A run of an experiment (``--experiment``, ``hpatool cv``) must validate
+on the experiment's dataset and take a fold no other run of it has (``engine.experiments``).
+``register_run`` records the run once every check has passed; the run's
 folder is checked as an output (``hpatool.outputs``) first. A run that stops early (Ctrl-C,
 SIGTERM, SIGHUP, a full disk) ends with a line that says how to go on (``stop_error``).
 
@@ -22,6 +24,7 @@ from hpatool.data.samples import TrainValItems
 from hpatool.engine import checkpoint as ckpt_mod
 from hpatool.engine.config import IDENTITY_KEYS, TrainConfig, flag, train_config
 from hpatool.engine.distributed import DistContext
+from hpatool.engine.experiments import check_experiment_run, ensure_experiment
 from hpatool.engine.run_admin import process_gone, process_info
 from hpatool.engine.run_dir import LAST, RUN_FILES, RunDir
 from hpatool.errors import AlreadyExists, DataError, HpaToolError, Interrupted, UsageError
@@ -68,6 +71,7 @@ def _new_run(given: dict[str, Any], ctx: DistContext, reg: Registry) -> RunTarge
             f"run {name!r} already exists in {reg.path}; pass --resume to continue it or choose "
             "another --name"
         )
+    check_experiment_run(reg, config, name)
     run_dir = RunDir(Path(config.out).expanduser().resolve() / name)
     if run_dir.last.exists():
         raise AlreadyExists(
@@ -109,6 +113,9 @@ def _resumed_run(given: dict[str, Any], reg: Registry) -> RunTarget:
     check_own_checkpoint(checkpoint, saved, name, reg, run_dir.last)
     check_resume_options(saved, given, run_dir.last)
     config = train_config({**given, "name": name}, base=saved)
+    if reg.has_run(name) and reg.run(name).experiment is not None:
+        config.experiment = reg.run(name).experiment  # the registry's word wins (runs import)
+    check_experiment_run(reg, config, name)
     if config.epochs * max(1, checkpoint["steps_per_epoch"]) < checkpoint["step"]:
         raise UsageError(
             f"--epochs {config.epochs} is fewer than the {checkpoint['epoch']} epochs run "
@@ -125,6 +132,14 @@ def check_resume_options(saved: dict[str, Any], given: dict[str, Any], path: Pat
         raise UsageError(
             f"checkpoint {path} is of --arch {saved.get('arch')}, not {given_arch}; resume "
             "with the run's arch or start a new run with another --name"
+        )
+    given_experiment = given.get("experiment")
+    if given_experiment is not None and given_experiment != saved.get("experiment"):
+        was = saved.get("experiment")
+        raise UsageError(
+            f"--experiment {given_experiment} differs from the run's "
+            f"{'experiment ' + repr(was) if was else 'none'} in {path}; a run stays in the "
+            "experiment it started in: resume without --experiment, or start a new run"
         )
     for key in IDENTITY_KEYS:
         if key == "arch" or given.get(key) is None:
@@ -222,6 +237,8 @@ def register_run(
         name = target.name
         stored = {**resolved, "process": process_info()}
         with reg.transaction():
+            check_experiment_run(reg, target.config, name)  # again, under the write lock
+            ensure_experiment(reg, target.config)
             if target.resumed and reg.has_run(name):
                 reg.update_run(name, status="running", config=stored)
             else:  # a new run, a resumed run missing from this registry, or a stale one replaced
@@ -233,6 +250,7 @@ def register_run(
                     config=stored,
                     out_dir=target.run_dir.path,
                     replace=not target.resumed and reg.has_run(name) and is_stale_run(reg, name),
+                    experiment=target.config.experiment,
                 )
             target.run_dir.write_config(resolved)
     ctx.barrier()

@@ -2,9 +2,18 @@
 
 ``OUT/NAME/`` holds ``config.json`` (the resolved configuration), ``metrics.csv`` (one row per
 epoch), ``checkpoint-last.pt`` and ``checkpoint-best.pt`` (written by ``engine.checkpoint``),
-``thresholds.json`` (the per-class thresholds of the best epoch) and ``curves.png``. Training
-writes them, ``predict``/``evaluate``, ``runs show`` and ``runs compare`` read them. Every
-file is written atomically.
+``thresholds.json`` (the per-class thresholds ``predict --threshold auto`` uses), ``curves.png``
+and, once the run has ended, ``oof.csv`` (the best checkpoint's probabilities on the validation
+fold, ``engine.oof``). Training writes them, ``predict``/``evaluate``, ``runs show`` and ``runs
+compare`` read them. Every file is written atomically.
+
+``thresholds.json``: ``thresholds`` (28 floats), ``view`` (``{crop, crops, agg, tta}``: how the
+probabilities they were tuned on were made), ``tuned_on`` (``"validation"``: the best epoch's
+centre-crop validation predictions, written after each new best epoch; ``"oof"``: ``oof.csv``,
+written at the end of the run), ``validation_thresholds`` (the best epoch's centre-crop ones),
+``macro_f1`` and ``macro_f1_at_0.5`` (the best epoch's, centre crop), ``oof_macro_f1`` (with
+``tuned_on`` ``"oof"``: macro F1 of ``oof.csv`` at ``thresholds``), ``epoch``, ``checkpoint``,
+``class_names``. Old runs' files have no ``view`` nor ``tuned_on``: validation, centre crop.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hpatool._io import write_csv, write_text_atomic
+from hpatool.engine.oof import OOF_FILE
 from hpatool.errors import DataError
 from hpatool.labels import CLASS_NAMES
 from hpatool.plots import plot_curves
@@ -26,7 +36,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
 THRESHOLDS_FILE = "thresholds.json"
 CURVES_FILE = "curves.png"
-RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST, BEST, THRESHOLDS_FILE, CURVES_FILE)
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST, BEST, THRESHOLDS_FILE, CURVES_FILE, OOF_FILE)
 
 #: The columns of ``metrics.csv``, in order.
 METRIC_COLUMNS = (
@@ -65,6 +75,10 @@ class RunDir:
     def curves(self) -> Path:
         return self.path / CURVES_FILE
 
+    @property
+    def oof(self) -> Path:
+        return self.path / OOF_FILE
+
     def files(self) -> dict[str, Path]:
         """The run files that exist, by name, in ``RUN_FILES`` order."""
         return {name: self.path / name for name in RUN_FILES if (self.path / name).exists()}
@@ -80,9 +94,36 @@ class RunDir:
         plot_curves(history, self.curves)
 
     def write_thresholds(
-        self, thresholds: Sequence[float], metrics: dict[str, Any], epoch: int
+        self,
+        thresholds: Sequence[float],
+        metrics: dict[str, Any],
+        epoch: int,
+        view: dict[str, Any] | None = None,
     ) -> None:
-        write_thresholds(self.thresholds, thresholds, metrics, epoch)
+        write_thresholds(self.thresholds, thresholds, metrics, epoch, view)
+
+    def write_oof_thresholds(
+        self, thresholds: Sequence[float], view: dict[str, Any], oof_macro_f1: float
+    ) -> None:
+        """``thresholds.json`` tuned on ``oof.csv``: the best epoch's file with ``thresholds``
+        replaced (its centre-crop ones kept as ``validation_thresholds``)."""
+        try:
+            doc = json.loads(self.thresholds.read_text(encoding="utf-8"))
+            if not isinstance(doc, dict) or "thresholds" not in doc:
+                raise ValueError("no thresholds key")
+        except (OSError, ValueError) as exc:
+            raise DataError(
+                f"{self.thresholds}: cannot read the best epoch's thresholds ({exc}); "
+                "train the run again"
+            ) from None
+        doc["validation_thresholds"] = doc.get("validation_thresholds", doc["thresholds"])
+        doc.update(
+            thresholds=[float(t) for t in thresholds],
+            view=dict(view),
+            tuned_on="oof",
+            oof_macro_f1=float(oof_macro_f1),
+        )
+        write_text_atomic(self.thresholds, json.dumps(doc, indent=2) + "\n")
 
 
 def write_metrics_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -145,11 +186,19 @@ def best_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def write_thresholds(
-    path: Path, thresholds: Sequence[float], metrics: dict[str, Any], epoch: int
+    path: Path,
+    thresholds: Sequence[float],
+    metrics: dict[str, Any],
+    epoch: int,
+    view: dict[str, Any] | None = None,
 ) -> None:
-    """``thresholds.json``: the per-class thresholds tuned at ``epoch`` and its macro F1s."""
-    doc = {
+    """``thresholds.json``: the per-class thresholds tuned at ``epoch`` on the validation
+    predictions (the centre crop: ``view``) and its macro F1s."""
+    doc: dict[str, Any] = {
         "thresholds": [float(t) for t in thresholds],
+        **({"view": dict(view)} if view is not None else {}),
+        "tuned_on": "validation",
+        "validation_thresholds": [float(t) for t in thresholds],
         "macro_f1": float(metrics["macro_f1"]),
         "macro_f1_at_0.5": float(metrics["macro_f1_at_0.5"]),
         "epoch": int(epoch),

@@ -1,13 +1,23 @@
-"""Scoring images with crop test-time augmentation: the crop windows, a dataset of cropped
-images, the batched scoring loop, aggregation over the crops, and thresholds -> labels.
+"""Scoring images with test-time augmentation (TTA): the views of an image, a dataset of
+those views, the batched scoring loop, aggregation over the views, and thresholds -> labels.
 
-Each image is scored on ``crops`` random ``crop x crop`` windows in one batched forward pass; the
-sigmoid probabilities are aggregated over the crops by ``max`` or ``mean``. The windows of
-sample ``i`` are drawn from ``numpy.random.default_rng([seed, i])``, so they depend only on the
-seed and the sample's position in the dataset: the same command gives the same file, and a
-``torchrun`` run gives the same file as one process. Under ``torchrun`` the images are cut into
-batches of ``batch_size`` in dataset order and rank ``r`` scores batches ``r, r + world, ...``,
-so every batch has the same composition whatever the number of processes (and so the same
+How an image is scored is its *view*: a ``crop x crop`` window size, ``crops`` (N), the
+aggregation (``max`` or ``mean`` of the sigmoid probabilities) and the TTA mode:
+
+- ``crops``: N random windows; N = 1 is the centre crop (the training run's validation view);
+- ``flips``: the centre crop under the first N (at most 8) dihedral transforms
+  (``hpatool.data.transforms.dihedral``: rotations by 90 degrees, each with or without a flip);
+- ``crops+flips``: N random windows, window i under dihedral transform ``i mod 8``
+  (N = 1: the centre crop).
+
+When the crop fills the image, ``crops`` scores the one window (nothing to aggregate) and
+``flips``/``crops+flips`` the whole image under N (at most 8) transforms. All of an image's
+views go through the model in one batched forward pass. The random windows of sample ``i``
+are drawn from ``numpy.random.default_rng([seed, i])``, so they depend only on the seed and the
+sample's position in the dataset: the same command gives the same file, and a ``torchrun`` run
+gives the same file as one process. Under ``torchrun`` the images are cut into batches of
+``batch_size`` in dataset order and rank ``r`` scores batches ``r, r + world, ...``, so every
+batch has the same composition whatever the number of processes (and so the same
 floating-point results).
 """
 
@@ -21,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hpatool._io import ProgressFn
-from hpatool.engine.config import AGGREGATIONS
+from hpatool.engine.config import AGGREGATIONS, TTA_MODES
 from hpatool.engine.metrics import apply_thresholds
 from hpatool.errors import DataError, UsageError
 
@@ -42,7 +52,8 @@ class ScoreItem:
 def crop_windows(
     index: int, height: int, width: int, crop: int, crops: int, seed: int
 ) -> list[tuple[int, int]]:
-    """``crops`` (top, left) corners for sample ``index``; one window if the crop fills it."""
+    """``crops`` random (top, left) corners for sample ``index``; one window if the crop fills
+    the image."""
     if crop >= height and crop >= width:
         return [(0, 0)]
     rng = np.random.default_rng([seed, index])
@@ -51,12 +62,134 @@ def crop_windows(
     return [(int(t), int(left)) for t, left in zip(tops, lefts, strict=True)]
 
 
-def windows_text(agg: str, crops: int, crop: int, windows: int) -> str:
-    """How images are scored, in words: ``max of 8 crops of 256px``, or ``1 window of 512px
-    (the whole image)`` when the crop fills the image (``windows`` is 1: nothing to aggregate)."""
+#: The dihedral transforms there are (8: four rotations, each with or without a flip).
+MAX_FLIPS = 8
+
+
+def _check_tta(tta: str) -> None:
+    if tta not in TTA_MODES:
+        raise UsageError(f"--tta {tta!r} is invalid; use {', '.join(TTA_MODES)}")
+
+
+def view_windows(
+    index: int, height: int, width: int, crop: int, crops: int, seed: int, tta: str = "crops"
+) -> list[tuple[int, int, int]]:
+    """The views of sample ``index`` as ``(top, left, k)``: a ``crop x crop`` window and the
+    dihedral transform ``k`` (0 = as it is) to apply to it (see the module docstring)."""
+    _check_tta(tta)
+    whole = crop >= height and crop >= width
+    centre = ((height - crop) // 2, (width - crop) // 2) if not whole else (0, 0)
+    if tta == "crops":
+        if whole:
+            return [(0, 0, 0)]
+        if crops == 1:
+            return [(*centre, 0)]
+        return [(t, left, 0) for t, left in crop_windows(index, height, width, crop, crops, seed)]
+    if tta == "flips" or whole or crops == 1:
+        return [(*centre, k) for k in range(min(crops, MAX_FLIPS))]
+    windows = crop_windows(index, height, width, crop, crops, seed)
+    return [(t, left, i % MAX_FLIPS) for i, (t, left) in enumerate(windows)]
+
+
+def n_views(crops: int, tta: str, whole_image: bool) -> int:
+    """How many views each image gets (what ``view_windows`` returns)."""
+    if tta == "crops":
+        return 1 if whole_image else crops
+    if tta == "flips" or whole_image or crops == 1:
+        return min(crops, MAX_FLIPS)
+    return crops
+
+
+def windows_text(
+    agg: str,
+    crops: int,
+    crop: int,
+    windows: int,
+    tta: str = "crops",
+    whole_image: bool | None = None,
+) -> str:
+    """How images are scored, in words, as it really happens: ``max of 8 crops of 256px``,
+    ``the centre crop of 256px``, ``1 window of 512px (the whole image)``, ``max of 8
+    flips/rotations of the whole 512px image``, ``mean of 4 flipped/rotated crops of 256px``.
+    ``windows`` is what ``n_views`` gave; ``whole_image`` None = ``windows == 1`` (the old
+    meaning: one window is the whole image)."""
+    whole = windows == 1 if whole_image is None else whole_image
     if windows == 1:
-        return f"1 window of {crop}px (the whole image)"
-    return f"{agg} of {crops} crops of {crop}px"
+        return (
+            f"1 window of {crop}px (the whole image)" if whole else f"the centre crop of {crop}px"
+        )
+    if tta == "crops":
+        return f"{agg} of {windows} crops of {crop}px"
+    if whole:
+        return f"{agg} of {windows} flips/rotations of the whole {crop}px image"
+    if tta == "flips" or crops == 1:
+        return f"{agg} of {windows} flips/rotations of the centre crop of {crop}px"
+    return f"{agg} of {windows} flipped/rotated crops of {crop}px"
+
+
+@dataclass(frozen=True)
+class View:
+    """How a model scores an image: window size, how many views, aggregation, TTA mode."""
+
+    crop: int
+    crops: int
+    agg: str
+    tta: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"crop": self.crop, "crops": self.crops, "agg": self.agg, "tta": self.tta}
+
+    def windows(self, whole_image: bool) -> int:
+        return n_views(self.crops, self.tta, whole_image)
+
+    def text(self, whole_image: bool) -> str:
+        """``max of 8 crops of 256px``, ... (``windows_text``) for images the crop fills or
+        not."""
+        return windows_text(
+            self.agg, self.crops, self.crop, self.windows(whole_image), self.tta, whole_image
+        )
+
+
+#: The view of a run that stores none (trained before views were stored): as ``predict`` was.
+DEFAULT_VIEW = {"crops": 8, "agg": "max", "tta": "crops"}
+
+
+def resolve_view(
+    crop: int,
+    crops: int | None,
+    agg: str | None,
+    tta: str | None,
+    stored: dict[str, Any] | None,
+) -> View:
+    """A model's view: each of ``crops``/``agg``/``tta`` as given, else the model's ``stored``
+    one, else ``DEFAULT_VIEW``; ``crop`` is ``--crop-size`` or the run's training crop."""
+    saved = dict(DEFAULT_VIEW)
+    if stored:
+        for key in saved:
+            if stored.get(key) is not None:
+                saved[key] = stored[key]
+
+    def pick(given: Any, key: str) -> Any:
+        return given if given is not None else saved[key]
+
+    view = View(int(crop), int(pick(crops, "crops")), str(pick(agg, "agg")), str(pick(tta, "tta")))
+    _check_tta(view.tta)
+    if view.agg not in AGGREGATIONS:
+        raise UsageError(f"--agg {view.agg!r} is invalid; use max or mean")
+    return view
+
+
+def stored_as_view(stored: dict[str, Any], crop: int) -> View | None:
+    """A stored view (``thresholds.json``'s ``view``) as a ``View``; ``None`` if unusable."""
+    try:
+        return View(
+            int(stored.get("crop", crop)),
+            int(stored["crops"]),
+            str(stored["agg"]),
+            str(stored.get("tta", "crops")),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 #: Why a sample whose four files are there is left out before scoring: a header that cannot be
@@ -105,6 +238,13 @@ class CheckedImages:
     whole_image: bool  # the crop fills the first image: each image is scored once
     left_out: dict[str, int] = field(default_factory=dict)  # reason -> count
     errors: dict[int, str] = field(default_factory=dict)  # position -> why it was left out
+    first_size: tuple[int, int] | None = None  # (height, width) of the first readable image
+
+    def fills(self, crop: int) -> bool:
+        """Whether a ``crop`` window is the whole (first) image."""
+        if self.first_size is None:
+            return self.whole_image
+        return crop >= self.first_size[0] and crop >= self.first_size[1]
 
 
 def check_images(
@@ -150,11 +290,11 @@ def check_images(
             f"(first: {example}); run 'hpatool datasets verify {dataset}'"
         )
     whole = crop >= first[0] and crop >= first[1]
-    return CheckedImages(kept, crop, whole, left, errors)
+    return CheckedImages(kept, crop, whole, left, errors, first)
 
 
 class CropDataset:
-    """``(4, H, W)`` samples cut into their TTA crops: item ``i`` is ``(n_crops, 4, c, c)``.
+    """``(4, H, W)`` samples cut into their TTA views: item ``i`` is ``(n_views, 4, c, c)``.
 
     A sample that cannot be read comes back as ``None`` plus the error text, so one bad file
     doesn't stop the others (the caller decides whether to stop).
@@ -168,8 +308,11 @@ class CropDataset:
         seed: int,
         mean: Sequence[float],
         std: Sequence[float],
+        tta: str = "crops",
     ) -> None:
+        _check_tta(tta)
         self.items = list(items)
+        self.tta = tta
         self.crop = crop
         self.crops = crops
         self.seed = seed
@@ -182,7 +325,7 @@ class CropDataset:
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         import torch
 
-        from hpatool.data.transforms import to_tensor
+        from hpatool.data.transforms import dihedral, to_tensor
         from hpatool.imaging import read_sample
 
         t = self.items[i]
@@ -193,10 +336,15 @@ class CropDataset:
         _, h, w = img.shape
         if self.crop > min(h, w):
             return t.index, None, f"image is {w}x{h}, smaller than the {self.crop} crop"
-        windows = crop_windows(t.index, h, w, self.crop, self.crops, self.seed)
+        windows = view_windows(t.index, h, w, self.crop, self.crops, self.seed, self.tta)
         c = self.crop
-        stack = np.stack([img[:, top : top + c, left : left + c] for top, left in windows])
-        return t.index, torch.stack([to_tensor(x, self.mean, self.std) for x in stack]), None
+        views = [
+            dihedral(img[:, top : top + c, left : left + c], k)
+            if k
+            else img[:, top : top + c, left : left + c]
+            for top, left, k in windows
+        ]
+        return t.index, torch.stack([to_tensor(x, self.mean, self.std) for x in views]), None
 
 
 def _collate(
@@ -258,11 +406,12 @@ def score(
     world_size: int = 1,
     progress: ProgressFn | None = None,
     both: bool = False,
+    tta: str = "crops",
 ) -> Scores:
     """Score this rank's share of ``items`` (see the module docstring); returns local scores.
     An unreadable image is a failure in the result, or, with ``strict``, a ``DataError``.
     With ``both``, the crops' probabilities are aggregated the other way too (free: the same
-    forward pass)."""
+    forward pass). ``tta`` is the TTA mode (``crops``, ``flips``, ``crops+flips``)."""
     import torch
     from torch.utils.data import DataLoader, Subset
 
@@ -270,9 +419,10 @@ def score(
 
     if agg not in AGGREGATIONS:
         raise UsageError(f"--agg {agg!r} is invalid; use max or mean")
+    _check_tta(tta)
     mine = rank_share(len(items), batch_size, rank, world_size)
     loader: DataLoader[Any] = DataLoader(
-        Subset(CropDataset(items, crop, crops, seed, mean, std), mine),  # type: ignore[arg-type]
+        Subset(CropDataset(items, crop, crops, seed, mean, std, tta), mine),  # type: ignore[arg-type]
         batch_size=batch_size,
         shuffle=False,
         num_workers=loader_workers(workers),

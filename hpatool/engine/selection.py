@@ -33,6 +33,14 @@ class TrainedOn(UserWarning):
     """Evaluated samples that the run trained on: its scores on them are optimistic."""
 
 
+class ViewMismatch(UserWarning):
+    """The images are scored with another view than the one the thresholds were tuned on."""
+
+
+class FrequencyDrift(UserWarning):
+    """A class's predicted frequency is far from its frequency in the training data."""
+
+
 def warn_once(message: str, category: type[Warning]) -> None:
     """One warning, from rank 0 only under torchrun (every rank makes the same decision)."""
     if env_rank()[0] == 0:
@@ -127,17 +135,24 @@ class EvaluationSamples:
 
 
 def evaluation_samples(
-    reg: Registry, config: PredictConfig, trained: TrainingData | None
+    reg: Registry,
+    config: PredictConfig,
+    trained: TrainingData | None,
+    runs: Sequence[str] | None = None,
 ) -> EvaluationSamples:
     """The fold to evaluate (``config.fold``, else the model's validation fold when the dataset
-    is its first, else none), the run's ``--limit`` when the dataset and fold are the ones the
-    run validated on, and the labelled samples, by dataset position."""
+    is its first, else none; an ensemble has none), the run's ``--limit`` when the dataset and
+    fold are the ones the run validated on, and the labelled samples, by dataset position.
+    ``runs``: the models' runs (default ``config.run``; an experiment's runs)."""
     dataset = str(config.dataset)
     reg.dataset(dataset)  # an unknown name fails here, before anything else
     fold = config.fold
     if fold is None:
         checkpoint = Path(config.checkpoint) if config.checkpoint is not None else None
-        fold = validation_fold(reg, dataset, config.run, checkpoint)
+        names = list(config.run) if runs is None else list(runs)
+        run = names[0] if len(names) == 1 else None  # an ensemble has no one fold
+        if run is not None or checkpoint is not None:
+            fold = validation_fold(reg, dataset, run, checkpoint)
     samples = reg.samples(dataset)
     limit = None
     if (
@@ -182,10 +197,32 @@ def trained_on(reg: Registry, trained: TrainingData | None, items: Sequence[Scor
     return sum(1 for t in items if t.id in ids)
 
 
+def trained_on_any(
+    reg: Registry, trained: Sequence[TrainingData], items: Sequence[ScoreItem]
+) -> int:
+    """How many of ``items`` were in the training set of at least one of the models."""
+    if not trained or not items:
+        return 0
+    ids: set[str] = set()
+    for data in trained:
+        ids |= training_ids(reg, data)
+    return sum(1 for t in items if t.id in ids)
+
+
 def warn_trained_on(n: int, total: int, trained: TrainingData | None) -> None:
     if n and trained is not None:
         warn_once(
             f"{n} of the {total} evaluated samples were in run {trained.run}'s training set: "
             "its scores are optimistic",
+            TrainedOn,
+        )
+
+
+def warn_ensemble_trained_on(n: int, total: int, models: int) -> None:
+    if n:
+        warn_once(
+            f"{n} of the {total} evaluated samples were in the training set of at least one of "
+            f"the ensemble's {models} models: its scores are optimistic (an experiment's fold "
+            "runs are scored out of fold by 'hpatool experiments show')",
             TrainedOn,
         )

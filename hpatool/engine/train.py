@@ -5,11 +5,15 @@ validation is fold ``K`` of the first dataset, training everything else (see
 ``hpatool.data.samples.train_val_items``); rare classes are oversampled by the sampler
 (``hpatool.data.sampling``); AdamW with a linear warm-up then a cosine decay over all steps
 (``engine.optim``); AMP (bf16 where supported, else fp16 with a GradScaler) and channels_last on
-CUDA. After every epoch: validation loss and macro F1 (at 0.5 and with per-class thresholds tuned
-on the validation predictions), a row in ``metrics.csv``, ``checkpoint-last.pt`` (atomic),
-``checkpoint-best.pt`` + ``thresholds.json`` on a new best tuned macro F1, and ``curves.png``
+CUDA. After every epoch: validation loss (BCE, whatever ``--loss``) and macro F1 (at 0.5 and
+with per-class thresholds tuned on the validation predictions), a row in ``metrics.csv``,
+``checkpoint-last.pt`` (atomic), ``checkpoint-best.pt`` + ``thresholds.json`` on a new best tuned
+macro F1, and ``curves.png``
 (``engine.run_dir``). ``config.json`` holds the resolved configuration; the run is in the
-registry.
+registry. At the end of the run (``engine.epochs.write_oof_step``) the best checkpoint scores the
+validation fold with the run's view (``--crop``, ``--eval-crops``, ``--eval-agg``, ``--tta``,
+seed 0, as ``predict`` would) into ``oof.csv``, and ``thresholds.json`` is re-tuned on those
+probabilities; only then is the run ``done`` in the registry.
 
 Exact resume: every random choice is derived from the run seed (model init from
 ``torch.manual_seed(seed)``; the sampler's draw from ``(seed, epoch)``; each sample's crop and
@@ -37,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from hpatool.convert.pool import deferred_interrupts, sigterm_as_interrupt
@@ -180,7 +185,6 @@ class ValidationResult:
 @torch.no_grad()
 def validate(
     model: nn.Module,
-    loss_fn: LossFn,
     loader: DataLoader[Any],
     device: torch.device,
     *,
@@ -193,6 +197,10 @@ def validate(
     """Predict ``loader`` (a ``ShardSampler`` slice under DDP) and gather all ranks' outputs;
     ``on_batch(samples done)`` after each batch (this rank's).
 
+    The loss is always BCE with logits (the mean over samples and classes), whatever loss the
+    run trains with, so that validation losses compare across runs (a focal run's training
+    loss is on another scale).
+
     ``model`` must be the bare model (not DDP-wrapped): ranks may hold different numbers of
     validation samples, so no collective may run inside the loop.
     """
@@ -202,7 +210,8 @@ def validate(
     loss_sum = 0.0
     for x, y in loader:
         logits, y = _forward(model, x, y, device, amp_dtype, channels_last)
-        loss_sum += float(loss_fn(logits, y).item()) * x.shape[0]
+        bce = F.binary_cross_entropy_with_logits(logits, y.float())
+        loss_sum += float(bce.item()) * x.shape[0]
         probs.append(torch.sigmoid(logits).cpu().numpy())
         targets.append(y.cpu().numpy())
         if on_batch is not None:
@@ -236,6 +245,10 @@ class FitResult:
     status: str  # "done" or "stopped" (--max-steps)
     history: list[dict[str, Any]]
     config: dict[str, Any]
+    #: the OOF step's macro F1 and view (``None``: no oof.csv, or the existing one was kept)
+    oof_macro_f1: float | None = None
+    oof_view: dict[str, Any] | None = None
+    oof_text: str | None = None  # the view in words ("max of 8 crops of 256px")
 
 
 def fit(
@@ -284,9 +297,8 @@ def fit(
             if target.config.tensorboard and ctx.is_main:
                 scalars = ScalarLog(target.run_dir.path)
             events = announce(target, data, trainer, state, ctx, with_scalars(progress, scalars))
-            status = train_epochs(
-                EpochRun(target, data, trainer, state, resolved, reg, ctx, events)
-            )
+            run = EpochRun(target, data, trainer, state, resolved, reg, ctx, events)
+            status = train_epochs(run)
     finally:
         with deferred_interrupts():
             if data is not None:
@@ -305,4 +317,7 @@ def fit(
         status=status,
         history=state.history,
         config=resolved,
+        oof_macro_f1=None if run.oof is None else run.oof.macro_f1,
+        oof_view=None if run.oof is None else run.oof.view,
+        oof_text=None if run.oof is None else run.oof.text,
     )

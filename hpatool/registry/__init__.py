@@ -7,7 +7,8 @@ so that concurrent commands wait instead of failing, and a schema version in
 
 The package: ``schema`` (migrations), ``records`` (record types, value checks), ``connection``
 (home, connecting, SQLite errors), ``transaction`` (the unit of work), ``datasets``, ``folds``,
-``runs`` and ``dedup`` (the queries, by table), ``core`` (``Registry``, composed of them).
+``runs``, ``dedup`` and ``experiments`` (the queries, by table), ``core`` (``Registry``,
+composed of them).
 """
 
 from hpatool.registry.connection import BUSY_TIMEOUT_S, REGISTRY_FILE, resolve_home
@@ -15,6 +16,7 @@ from hpatool.registry.core import Registry
 from hpatool.registry.records import (
     KINDS,
     DatasetRecord,
+    ExperimentRecord,
     RunRecord,
     Sample,
     bad_row,
@@ -30,6 +32,7 @@ __all__ = [
     "REGISTRY_FILE",
     "SCHEMA_VERSION",
     "DatasetRecord",
+    "ExperimentRecord",
     "Registry",
     "RunRecord",
     "Sample",

@@ -18,13 +18,14 @@ from hpatool.registry.connection import (
 )
 from hpatool.registry.datasets import DatasetQueries
 from hpatool.registry.dedup import DedupQueries
+from hpatool.registry.experiments import ExperimentQueries
 from hpatool.registry.folds import FoldQueries
 from hpatool.registry.runs import RunQueries
 from hpatool.registry.schema import MIGRATIONS, SCHEMA_VERSION
 
 
 @dataclass
-class Registry(DatasetQueries, FoldQueries, RunQueries, DedupQueries):
+class Registry(DatasetQueries, FoldQueries, RunQueries, DedupQueries, ExperimentQueries):
     """An open registry. Use as a context manager, or call ``close()``.
 
     A registry that cannot be written (a read-only mount, file or folder) is opened read-only:

@@ -110,6 +110,8 @@ class RunRecord:
     updated_at: str
     #: why this row cannot be used as it is (a hand-edited value); ``None`` when it is fine
     problem: str | None = None
+    #: the experiment (``hpatool cv``) this run is a fold model of; ``None`` for a lone run
+    experiment: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -117,6 +119,7 @@ class RunRecord:
             "arch": self.arch,
             "datasets": self.datasets,
             "fold": self.fold,
+            "experiment": self.experiment,
             "config": self.config,
             "best_f1": self.best_f1,
             "best_epoch": self.best_epoch,
@@ -125,6 +128,35 @@ class RunRecord:
             "status": self.status,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            **({"problem": self.problem} if self.problem else {}),
+        }
+
+
+@dataclass(frozen=True)
+class ExperimentRecord:
+    """An experiment: fold runs of one dataset's split (``hpatool cv``, ``train --experiment``)."""
+
+    name: str
+    datasets: list[str]
+    created_at: str
+    #: the options its runs were started with (``TrainConfig`` names), less the per-run ones
+    options: dict[str, Any]
+    runs: int = 0
+    #: why this row cannot be used as it is (a hand-edited value); ``None`` when it is fine
+    problem: str | None = None
+
+    @property
+    def dataset(self) -> str:
+        """The dataset whose split gives the folds (the first)."""
+        return self.datasets[0] if self.datasets else ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "datasets": self.datasets,
+            "created_at": self.created_at,
+            "options": self.options,
+            "runs": self.runs,
             **({"problem": self.problem} if self.problem else {}),
         }
 

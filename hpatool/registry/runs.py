@@ -15,10 +15,21 @@ from hpatool.registry.transaction import RegistryConnection
 class RunQueries(RegistryConnection):
     """The ``runs`` table (a mixin of ``Registry``)."""
 
-    _RUN_SELECT = (
+    _RUN_COLUMNS = (
         "SELECT name, arch, datasets, fold, config, best_f1, best_epoch, epochs_done, out_dir,"
-        " status, created_at, updated_at FROM runs"
+        " status, created_at, updated_at, {experiment} FROM runs"
     )
+
+    def _run_select(self) -> str:
+        # A registry of schema 3, opened read-only (so not migrated), has no experiment column.
+        return self._RUN_COLUMNS.format(
+            experiment="experiment" if self.schema_version() >= 4 else "NULL"
+        )
+
+    def schema_version(self) -> int:
+        """The schema version of the open file (older than ``SCHEMA_VERSION`` only when it
+        was opened read-only)."""
+        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
 
     def _run_row(self, row: Sequence[Any]) -> RunRecord:
         """A run row; a value that cannot be used is kept in ``problem`` (``runs()`` lists the
@@ -48,6 +59,7 @@ class RunQueries(RegistryConnection):
             created_at=row[10],
             updated_at=row[11],
             problem=problem,
+            experiment=row[12],
         )
 
     def has_run(self, name: str) -> bool:
@@ -55,11 +67,11 @@ class RunQueries(RegistryConnection):
         return row is not None
 
     def runs(self) -> list[RunRecord]:
-        rows = self.conn.execute(self._RUN_SELECT + " ORDER BY created_at, name").fetchall()
+        rows = self.conn.execute(self._run_select() + " ORDER BY created_at, name").fetchall()
         return [self._run_row(r) for r in rows]
 
     def run(self, name: str) -> RunRecord:
-        row = self.conn.execute(self._RUN_SELECT + " WHERE name = ?", (name,)).fetchone()
+        row = self.conn.execute(self._run_select() + " WHERE name = ?", (name,)).fetchone()
         if row is None:
             names = [r[0] for r in self.conn.execute("SELECT name FROM runs ORDER BY name")]
             known = ", ".join(names) if names else "none yet; start one with 'hpatool train'"
@@ -79,9 +91,13 @@ class RunQueries(RegistryConnection):
         config: dict[str, Any],
         out_dir: Path,
         replace: bool = False,
+        experiment: str | None = None,
+        status: str = "running",
     ) -> RunRecord:
-        """Register a new training run (status ``running``); the name must be new, unless
-        ``replace`` (a run that never reached a checkpoint is started again)."""
+        """Register a new training run (status ``running``, or ``status`` for an imported one);
+        the name must be new, unless ``replace`` (a run that never reached a checkpoint is
+        started again). ``experiment``: the experiment it is a fold model of (it must exist,
+        see ``create_experiment``)."""
         check_name(name, "run")
         stamp = now()
         with self.transaction() as conn:
@@ -92,9 +108,15 @@ class RunQueries(RegistryConnection):
                     f"run {name!r} already exists in {self.path}; pass --resume to continue it "
                     "or choose another --name"
                 )
+            if experiment is not None:
+                found = conn.execute(
+                    "SELECT 1 FROM experiments WHERE name = ?", (experiment,)
+                ).fetchone()
+                if found is None:
+                    raise NotFound(f"no experiment {experiment!r} in the registry {self.path}")
             conn.execute(
                 "INSERT INTO runs (name, arch, datasets, fold, config, out_dir, status,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?)",
+                " created_at, updated_at, experiment) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     name,
                     arch,
@@ -102,8 +124,10 @@ class RunQueries(RegistryConnection):
                     fold,
                     json.dumps(config, sort_keys=True),
                     str(out_dir),
+                    status,
                     stamp,
                     stamp,
+                    experiment,
                 ),
             )
         return self.run(name)

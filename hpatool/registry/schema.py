@@ -106,5 +106,18 @@ MIGRATIONS: tuple[str, ...] = (
         created_at TEXT NOT NULL
     );
     """,
+    # 3 -> 4: experiments (``hpatool cv``): a run may belong to one, as the model of its fold;
+    # an experiment records its datasets (the first one's split gives the folds) and the
+    # options its runs were started with.
+    """
+    ALTER TABLE runs ADD COLUMN experiment TEXT;
+    CREATE INDEX runs_by_experiment ON runs(experiment);
+    CREATE TABLE experiments (
+        name TEXT PRIMARY KEY,
+        datasets TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        options TEXT NOT NULL DEFAULT '{}'
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

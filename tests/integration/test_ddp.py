@@ -76,3 +76,39 @@ def test_two_process_cpu_ddp(home: Path, tmp_path: Path) -> None:
     assert record.best_f1 is not None
     assert load_checkpoint(run / "checkpoint-last.pt")["step"] == 6
     assert (run / "metrics.csv").read_text().count("\n") == 3  # header + 2 epochs
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside python")
+def test_two_process_cpu_ddp_cv_trains_two_folds_in_one_process_group(
+    home: Path, tmp_path: Path
+) -> None:
+    """Every rank runs cv's fold loop; the process group outlives the first fold's run."""
+    data = tmp_path / "data"
+    synth_dataset(data, samples=16, size=40, seed=1)
+    with Registry.open(home) as reg:
+        add_dataset(reg, "syn", labels=data / "labels.csv", root=data)
+        split_dataset(reg, "syn", folds=2, seed=0)
+    out = tmp_path / "runs"
+    env = {**os.environ, "HPATOOL_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    env.pop("HPATOOL_DEBUG", None)
+    cmd = [
+        str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "hpatool", "cv",
+        "--dataset", "syn", "--name", "dcv", "--arch", "resnet10t", "--crop", "32",
+        "--batch-size", "4", "--epochs", "1", "--device", "cpu", "--workers", "0",
+        "--eval-crops", "2", "--out", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("fold 2/2 (run dcv-f1)") == 1  # only rank 0 talks
+    assert "OOF macro F1" in done.stdout and "over 16 of 16 labelled samples" in done.stdout
+    with Registry.open(home) as reg:
+        runs = reg.experiment_runs("dcv")
+    assert [(r.name, r.fold, r.status) for r in runs] == [
+        ("dcv-f0", 0, "done"),
+        ("dcv-f1", 1, "done"),
+    ]
+    for r in runs:
+        config = json.loads((r.out_dir / "config.json").read_text())
+        assert config["world_size"] == 2
+        assert (r.out_dir / "oof.csv").read_text().count("\n") == 1 + config["val_samples"]

@@ -19,10 +19,15 @@ def test_demo_runs_the_chain_in_its_own_home(cli: Invoke, home: Path, tmp_path: 
         "test/labels.csv",
         "class-counts.png",
         "f1.png",
+        "oof-f1.png",
         "submission.csv",
         "probs.csv",
-        "runs/demo-run/checkpoint-best.pt",
-        "runs/demo-run/curves.png",
+        *(
+            f"runs/demo-cv-f{k}/{name}"
+            for k in range(3)
+            for name in ("checkpoint-best.pt", "oof.csv")
+        ),
+        "runs/demo-cv-f0/curves.png",
     ):
         assert (out / path).exists(), path
     with (out / "submission.csv").open() as fh:
@@ -33,8 +38,24 @@ def test_demo_runs_the_chain_in_its_own_home(cli: Invoke, home: Path, tmp_path: 
     assert rows[0] == ["Id", "Predicted"] and [r[0] for r in rows[1:]] == test_ids
     assert "Demo finished in" in res.stdout
     assert "best constant predictor scores macro F1" in res.stdout
+    # fold 0's own figure and the out-of-fold one over the 3 folds, side by side
+    assert re.search(
+        r"Fold 0 alone: macro F1 \d\.\d{4} .*; out-of-fold over 3 folds: macro F1 \d\.\d{4}",
+        res.stdout,
+    ), res.stdout
+    # every sample of the training set has exactly one out-of-fold prediction
+    oof_ids = [
+        line.split(",")[0]
+        for k in range(3)
+        for line in (out / f"runs/demo-cv-f{k}/oof.csv").read_text().splitlines()[1:]
+    ]
+    train_ids = [
+        line.split(",")[0] for line in (out / "train/labels.csv").read_text().splitlines()[1:]
+    ]
+    assert sorted(oof_ids) == sorted(train_ids)
+    assert "with ensemble of 3 models (demo-cv-f0, demo-cv-f1, demo-cv-f2)" in res.stdout
     # The trained model beats the best constant predictor on the validation fold (max of crops).
-    max_part = res.stdout.split("evaluate on the validation fold, max", 1)[1]
+    max_part = res.stdout.split("validation fold, max (and mean)", 1)[1]
     max_part = max_part.split("predict the test set", 1)[0]
     model_f1 = re.search(r"^macro F1 (\d+\.\d+) \(at a 0\.5 threshold", max_part, re.MULTILINE)
     baseline = re.search(r"best constant predictor scores macro F1 (\d+\.\d+)", res.stdout)
@@ -68,7 +89,8 @@ def test_demo_steps_are_valid_commands(tmp_path: Path) -> None:
     assert [s.args[0] for s in steps] == [
         "stats",
         "split",
-        "train",
+        "cv",
+        "experiments",
         "evaluate",
         "predict",
     ]

@@ -158,7 +158,7 @@ def test_predict_disk_full_names_the_submission(
     runs = tmp_path / "runs"
     res = run_cli(
         registered, "train", "--dataset", "syn", *TRAIN, "--epochs", "1", "--max-steps", "1",
-        "--workers", "0", "--out", runs, "--name", "r1",
+        "--eval-crops", "1", "--workers", "0", "--out", runs, "--name", "r1",
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     out = tmp_path / "out" / "submission.csv"

@@ -62,6 +62,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
             "8",
             "--crop",
             "32",
+            "--eval-crops",  # the run's stored view: the --crops 3 of FAST (no view warning)
+            "3",
             "--device",
             "cpu",
             "--workers",
@@ -172,7 +174,7 @@ def test_nothing_to_score_fails_before_the_model_loads(
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(predict_mod, "resolve_source", boom)
+    monkeypatch.setattr(predict_mod, "resolve_sources", boom)
     line = one_line_error(run_cli(setup.home, "evaluate", "--run", "r1", "--dataset", "gone"), 1)
     assert line.startswith(f"error: none of the samples can be scored: {N} of {N} samples of ")
     assert "without all four image files" in line and "hpatool datasets verify gone" in line

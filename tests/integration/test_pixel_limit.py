@@ -52,7 +52,19 @@ def setup(synth_data: Callable[..., Path], tmp_path_factory: pytest.TempPathFact
     for args in (
         ("datasets", "add", "syn", "--labels", data / "labels.csv", "--root", data),
         ("split", "syn", "--folds", "2"),
-        ("train", "--dataset", "syn", *TRAIN, *ONE_STEP, "--out", base / "runs", "--name", "r1"),
+        (
+            "train",
+            "--dataset",
+            "syn",
+            *TRAIN,
+            *ONE_STEP,
+            "--eval-crops",
+            "1",
+            "--out",
+            base / "runs",
+            "--name",
+            "r1",
+        ),
     ):
         res = run_cli(home, *args)
         assert res.exit_code == 0, (args, res.output)

@@ -194,7 +194,7 @@ def test_bad_input(submission_csv: Path, trained: dict[str, Path], tmp_path: Pat
     assert res.exit_code == 2
     assert "--crop-size 65 is larger than the 64x64 images" in res.stderr  # type: ignore
     res = run_cli(home, "predict", "--dataset", "te")
-    assert res.exit_code == 2 and "exactly one of --run RUN or --checkpoint PATH" in res.stderr
+    assert res.exit_code == 2 and "give one of --run RUN (repeat it for an ensemble)" in res.stderr
     res = run_cli(home, "predict", "--run", "r1", "--dataset", "te", "--threshold", "abc")
     assert res.exit_code == 2 and "--threshold 'abc' is invalid" in res.stderr  # type: ignore
     res = run_cli(home, "predict", "--checkpoint", tmp_path / "none.pt", "--dataset", "te")
@@ -241,7 +241,7 @@ def test_evaluate_matches_sklearn(trained: dict[str, Path], tmp_path: Path) -> N
 
     with Registry.open(trained["home"]) as reg:
         for agg in ("max", "mean"):
-            config = PredictConfig(dataset="tr", run="r1", crops=3, agg=agg)
+            config = PredictConfig(dataset="tr", run=["r1"], crops=3, agg=agg)
             result = evaluate_run(reg, config)
             assert result.fold == 0  # the run's validation fold by default
             assert result.y_true is not None and result.y_pred is not None

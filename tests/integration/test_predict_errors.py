@@ -93,6 +93,8 @@ def trained(submission_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> T
             "8",
             "--crop",
             "32",
+            "--eval-crops",  # the run's stored view: the --crops 2 of FAST, so no view warning
+            "2",
             "--lr",
             "3e-3",
             "--device",
@@ -356,15 +358,22 @@ def test_last_checkpoint_uses_its_own_thresholds(trained: Trained, tmp_path: Pat
     run_dir = trained.run_dir
     best = load_checkpoint(run_dir / "checkpoint-best.pt")
     last = load_checkpoint(run_dir / "checkpoint-last.pt")
-    json_thresholds = json.loads((run_dir / "thresholds.json").read_text())["thresholds"]
-    assert json_thresholds == pytest.approx(best["thresholds"])
+    doc = json.loads((run_dir / "thresholds.json").read_text())
+    # the best epoch's centre-crop thresholds; "thresholds" are tuned on the OOF view
+    assert doc["tuned_on"] == "oof"
+    assert doc["validation_thresholds"] == pytest.approx(best["thresholds"])
     with Registry.open(trained.home) as reg:
         src_last = resolve_source(reg, None, run_dir / "checkpoint-last.pt")
         src_run = resolve_source(reg, "r1", None)
     assert src_last.thresholds_file == run_dir / "thresholds.json"
     assert src_run.checkpoint == run_dir / "checkpoint-best.pt"
+    # the OOF-view thresholds win over the best checkpoint's own (per-epoch) ones
+    got_best = resolve_thresholds("auto", src_run, best)
+    assert got_best.tolist() == pytest.approx(doc["thresholds"])
     got = resolve_thresholds("auto", src_last, last)
-    assert got.tolist() == pytest.approx(last["thresholds"])
+    # checkpoint-last.pt of a later epoch keeps its own; of the best epoch, the OOF ones
+    same_epoch = last["epoch"] == doc["epoch"]
+    assert got.tolist() == pytest.approx(doc["thresholds"] if same_epoch else last["thresholds"])
     # Whatever thresholds.json beside it says, the checkpoint's own thresholds win.
     other = ModelSource(run_dir / "checkpoint-last.pt", None, tmp_path / "thresholds.json")
     (tmp_path / "thresholds.json").write_text(json.dumps({"thresholds": [0.01] * 28}))

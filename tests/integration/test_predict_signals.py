@@ -34,7 +34,20 @@ def test_sigterm_while_scoring_is_one_line_and_writes_nothing(
     for args in (
         ("datasets", "add", "syn", "--labels", data / "labels.csv", "--root", data),
         ("split", "syn", "--folds", "2"),
-        ("train", "--dataset", "syn", *TRAIN, *one_step, "--out", runs, "--name", "r1"),
+        # --eval-crops 1: the run's view is the --crops 1 scored below (no view warning)
+        (
+            "train",
+            "--dataset",
+            "syn",
+            *TRAIN,
+            *one_step,
+            "--eval-crops",
+            "1",
+            "--out",
+            runs,
+            "--name",
+            "r1",
+        ),
     ):
         res = run_cli(home, *args)
         assert res.exit_code == 0, res.output

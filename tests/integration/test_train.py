@@ -61,6 +61,7 @@ def test_train_writes_run_files_and_registers_the_run(
         "checkpoint-best.pt",
         "thresholds.json",
         "curves.png",
+        "oof.csv",
     }
     with (run / "metrics.csv").open() as fh:
         rows = list(csv.DictReader(fh))
@@ -279,12 +280,23 @@ def test_short_cpu_training_learns(cli: Invoke, home: Path, tmp_path: Path) -> N
             "datasets", "add", "heldout", "--labels", test_dir / "labels.csv", "--root", test_dir
         )
         test_items = dataset_items(reg, "heldout")
-    assert thresholds["macro_f1"] > val_baseline + 0.1, (thresholds, val_baseline)
+    # The thresholds of classes with few validation positives are shrunk towards 0.5
+    # (metrics.SHRINK_POSITIVES): the tuned F1 no longer flatters itself by 0.05-0.2.
+    assert thresholds["macro_f1"] > val_baseline + 0.02, (thresholds, val_baseline)
+    assert thresholds["tuned_on"] == "oof" and thresholds["oof_macro_f1"] > val_baseline
+
+    from sklearn.metrics import roc_auc_score
 
     model, spec = build_model_from_checkpoint(run / "checkpoint-best.pt")
     ds = HpaDataset(test_items, spec.crop, spec.mean, spec.std)
     with torch.no_grad():
         probs = torch.sigmoid(model(torch.stack([ds[i][0] for i in range(len(ds))]))).numpy()
-    test_f1 = macro_f1(ds.targets, probs >= np.array(thresholds["thresholds"]))
-    test_baseline = constant_baseline_macro_f1(ds.targets)
-    assert test_f1 > test_baseline + 0.05, (test_f1, test_baseline)
+    y = ds.targets
+    # learning, whatever the thresholds: the held-out images of each class rank above the rest
+    present = [c for c in range(28) if 0 < y[:, c].sum() < len(y)]
+    auc = float(np.mean([roc_auc_score(y[:, c], probs[:, c]) for c in present]))
+    assert auc > 0.7, auc
+    # the centre crop with the thresholds tuned on the centre crop (the same view)
+    test_f1 = macro_f1(y, probs >= np.array(thresholds["validation_thresholds"]))
+    test_baseline = constant_baseline_macro_f1(y)
+    assert test_f1 > test_baseline + 0.05, (test_f1, test_baseline, auc)

@@ -17,6 +17,7 @@ from hpatool.engine.checkpoint import (
     save_checkpoint,
 )
 from hpatool.engine.metrics import (
+    SHRINK_POSITIVES,
     THRESHOLD_GRID,
     apply_thresholds,
     constant_baseline_macro_f1,
@@ -58,15 +59,67 @@ def test_per_class_report_matches_sklearn() -> None:
     assert [c.support for c in report] == support.tolist()
 
 
-def test_tuned_thresholds_maximise_each_class() -> None:
+def _closest_top(values: list[float]) -> float:
+    """The grid threshold with the top value, the one closest to 0.5 among equals."""
+    best = [t for t, v in zip(THRESHOLD_GRID, values, strict=True) if v >= max(values) - 1e-12]
+    return float(min(best, key=lambda t: abs(t - 0.5)))
+
+
+def test_tuned_thresholds_are_each_class_best_shrunk_to_the_pooled_one() -> None:
     y, probs = _data()
     thr = tune_thresholds(y, probs)
-    assert thr.shape == (28,) and thr[20] == 0.5
-    tuned = f1_per_class(y, apply_thresholds(probs, thr))
+    # the pooled threshold: one threshold for every class, the best macro F1
+    pooled = _closest_top([macro_f1(y, probs >= t) for t in THRESHOLD_GRID])
+    assert thr.shape == (28,) and thr[20] == pytest.approx(pooled)  # class 20: no positives
     for c in range(28):
-        best = max(f1_per_class(y[:, [c]], probs[:, [c]] >= t)[0] for t in THRESHOLD_GRID)
-        assert tuned[c] == pytest.approx(best)
+        n = int(y[:, c].sum())
+        if not n:
+            continue
+        fitted = _closest_top(
+            [f1_per_class(y[:, [c]], probs[:, [c]] >= t)[0] for t in THRESHOLD_GRID]
+        )
+        assert thr[c] == pytest.approx(pooled + (fitted - pooled) * n / (n + SHRINK_POSITIVES))
     assert macro_f1(y, apply_thresholds(probs, thr)) >= macro_f1(y, probs >= 0.5)
+    # without shrinking, each class keeps its own F1-best threshold
+    raw = tune_thresholds(y, probs, shrink=0)
+    for c in np.flatnonzero(y.sum(axis=0)):
+        f1s = [f1_per_class(y[:, [c]], probs[:, [c]] >= t)[0] for t in THRESHOLD_GRID]
+        assert raw[c] == pytest.approx(_closest_top(f1s))
+
+
+def test_a_class_with_one_positive_stays_near_the_pooled_threshold() -> None:
+    """The case of issue 12: one validation positive with a low probability; the F1-best
+    threshold is 0.02 (any low value separates it), which labelled 70% of test images."""
+    rng = np.random.default_rng(3)
+    y = (rng.random((600, 28)) < np.linspace(0.05, 0.3, 28)).astype(np.uint8)
+    probs = np.clip(0.1 + 0.35 * y + rng.normal(0, 0.1, y.shape), 0, 1)
+    y[:, 27] = 0
+    y[7, 27] = 1
+    probs[:, 27] = rng.random(600) * 0.02
+    probs[7, 27] = 0.025
+    thr = tune_thresholds(y, probs)
+    pooled = _closest_top([macro_f1(y, probs >= t) for t in THRESHOLD_GRID])
+    assert 0.2 < pooled < 0.45
+    assert thr[27] == pytest.approx(pooled + (0.02 - pooled) / (1 + SHRINK_POSITIVES))
+    assert thr[27] > 0.9 * pooled - 0.02  # not 0.02
+    assert tune_thresholds(y, probs, shrink=0)[27] == pytest.approx(0.02)
+    assert tune_thresholds(y, probs, anchor=0.5)[27] == pytest.approx(
+        0.5 + (0.02 - 0.5) / (1 + SHRINK_POSITIVES)
+    )
+
+
+def test_a_class_with_many_positives_keeps_nearly_its_best_threshold() -> None:
+    rng = np.random.default_rng(4)
+    y = (rng.random((4000, 1)) < 0.25).astype(np.uint8)
+    probs = np.clip(0.12 + 0.3 * y + rng.normal(0, 0.08, y.shape), 0, 1)
+    n = int(y.sum())
+    f1s = [f1_per_class(y, probs >= t)[0] for t in THRESHOLD_GRID]
+    fitted = float(THRESHOLD_GRID[int(np.argmax(f1s))])
+    assert fitted < 0.4  # the F1-best threshold is far from 0.5 ...
+    thr = tune_thresholds(y, probs, anchor=0.5)[0]
+    assert abs(thr - fitted) < 0.01  # ... and kept, even shrunk towards 0.5
+    assert thr == pytest.approx(0.5 + (fitted - 0.5) * n / (n + SHRINK_POSITIVES))
+    assert f1_per_class(y, probs >= thr)[0] == pytest.approx(max(f1s), abs=0.01)
 
 
 def test_threshold_ties_prefer_half() -> None:

@@ -233,3 +233,159 @@ def test_min_input_size_table_is_true(name: str) -> None:
 
 def timm_model(name: str) -> torch.nn.Module:
     return create_model(name).eval()
+
+
+# ------------------------------------------------------------------------ --pretrained imagenet
+
+
+def _imagenet_like(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """What timm's ImageNet weights of ``name`` look like: 3 channels, 1000 classes, seeded."""
+    import timm
+
+    torch.manual_seed(seed)
+    return timm.create_model(name, pretrained=False, num_classes=1000).state_dict()
+
+
+@pytest.mark.parametrize(
+    ("arch", "timm_name", "tag", "conv"),
+    [
+        ("resnet50", "resnet50", "resnet50.a1_in1k", "conv1.weight"),
+        (
+            "inceptionresnetv2",
+            "inception_resnet_v2",
+            "inception_resnet_v2.tf_in1k",
+            "conv2d_1a.conv.weight",
+        ),
+    ],
+)
+def test_imagenet_weights_are_adapted_to_four_channels(
+    monkeypatch: pytest.MonkeyPatch, arch: str, timm_name: str, tag: str, conv: str
+) -> None:
+    import hpatool.models
+
+    source = _imagenet_like(timm_name)
+    asked: list[str] = []
+
+    def fake_download(name: str) -> dict[str, torch.Tensor]:
+        asked.append(name)
+        return dict(source)
+
+    monkeypatch.setattr(hpatool.models, "imagenet_state_dict", fake_download)
+    torch.manual_seed(0)
+    fresh_head = create_model(arch).state_dict()
+    torch.manual_seed(0)
+    with pytest.warns(PretrainedWeights) as caught:
+        model = create_model(arch, pretrained="imagenet")
+    assert asked == [timm_name]
+    state = model.state_dict()
+    w = source[conv]
+    assert torch.equal(state[conv], adapt_first_conv(w))  # R, G, B copied; Y = (R + G) / 2
+    assert torch.equal(state[conv][:, :3], w)
+    head = {k for k in source if tuple(source[k].shape)[:1] == (1000,)}
+    for key, value in source.items():
+        if key != conv and key not in head:
+            assert torch.equal(state[key], value), key  # the whole backbone is ImageNet's
+    for key in head:
+        assert state[key].shape[0] == 28 and torch.equal(state[key], fresh_head[key]), key
+    loaded = sum(1 for k in source if k not in head)
+    (line,) = [str(w.message) for w in caught]
+    assert line == (
+        f"--pretrained imagenet: loaded {loaded} tensors of the ImageNet weights of {tag}, "
+        "first convolution adapted from 3 to 4 channels; its 1000-class head does not fit the "
+        "28 classes: the head was re-initialised"
+    )
+
+
+def _put_in_hf_cache(hub: Path, repo: str, filename: str, state: dict[str, torch.Tensor]) -> Path:
+    """``state`` saved where ``huggingface_hub`` keeps a downloaded file of ``repo``."""
+    from safetensors.torch import save_file
+
+    folder = hub / f"models--{repo.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    path = folder / "snapshots" / commit / filename
+    path.parent.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+def test_imagenet_weights_come_from_the_hf_cache_without_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from huggingface_hub import constants
+
+    from hpatool.models import imagenet_state_dict
+
+    source = _imagenet_like("resnet18", seed=3)
+    _put_in_hf_cache(tmp_path / "hub", "timm/resnet18.a1_in1k", "model.safetensors", source)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the network was used")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    state = imagenet_state_dict("resnet18")  # the real loader, through timm
+    assert state.keys() == source.keys()
+    assert all(torch.equal(state[k], v) for k, v in source.items())
+    torch.manual_seed(0)
+    fresh_head = create_model("resnet18").state_dict()["fc.weight"]
+    torch.manual_seed(0)
+    with pytest.warns(PretrainedWeights, match="ImageNet weights of resnet18.a1_in1k"):
+        model = create_model("resnet18", pretrained="imagenet")
+    assert torch.equal(model.state_dict()["conv1.weight"], adapt_first_conv(source["conv1.weight"]))
+    # building timm's 3-channel model to load them into did not move the seeded RNG
+    assert torch.equal(model.state_dict()["fc.weight"], fresh_head)
+
+
+def test_imagenet_offline_is_one_line_and_its_file_loads_as_a_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    from hpatool.models import imagenet_state_dict
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    url = "https://huggingface.co/timm/resnet18.a1_in1k/resolve/main/model.safetensors"
+    with pytest.raises(NotFound) as info:
+        imagenet_state_dict("resnet18")
+    assert str(info.value) == (
+        f"--pretrained imagenet: the ImageNet weights of resnet18 ({url}) are not in the local "
+        "cache and cannot be downloaded: HF_HUB_OFFLINE is set; on a machine with internet run "
+        f"curl -L -o resnet18.a1_in1k.safetensors {url}, copy the file here and pass "
+        "--pretrained resnet18.a1_in1k.safetensors"
+    )
+    with pytest.raises(NotFound):  # the same through create_model, before it builds anything
+        create_model("resnet18", pretrained="imagenet")
+    # the file the hint names (timm's hub file: a plain safetensors state dict) loads as a PATH,
+    # and so does the older pytorch_model.bin
+    from safetensors.torch import save_file
+
+    source = _imagenet_like("resnet18", seed=4)
+    fetched = tmp_path / "resnet18.a1_in1k.safetensors"
+    save_file(source, str(fetched))
+    with pytest.warns(PretrainedWeights, match="adapted from 3 to 4 channels"):
+        model = create_model("resnet18", pretrained=fetched)
+    assert torch.equal(model.state_dict()["conv1.weight"], adapt_first_conv(source["conv1.weight"]))
+    binary = tmp_path / "pytorch_model.bin"
+    torch.save(source, binary)
+    with pytest.warns(PretrainedWeights, match="1000-class head does not fit"):
+        create_model("resnet18", pretrained=binary)
+    broken = tmp_path / "truncated.safetensors"
+    broken.write_bytes(fetched.read_bytes()[:1000])
+    with pytest.raises(DataError, match="not a readable safetensors file"):
+        create_model("resnet18", pretrained=broken)
+
+
+def test_arch_without_imagenet_weights_is_one_line() -> None:
+    with pytest.raises(UsageError) as info:
+        create_model("resnet200", pretrained="imagenet")  # timm's only tag: "untrained"
+    assert str(info.value) == (
+        "--pretrained imagenet: timm has no pretrained weights for --arch resnet200; pick an "
+        "--arch that has (python -c 'import timm; print(timm.list_pretrained())') or give a "
+        "weight file with --pretrained PATH"
+    )

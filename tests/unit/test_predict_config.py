@@ -20,8 +20,10 @@ def write(path: Path, text: str) -> Path:
 def test_file_under_flags_over_defaults(tmp_path: Path) -> None:
     toml = write(tmp_path / "p.toml", 'run = "r1"\ndataset = "te"\ncrops = 3\nbatch-size = 4\n')
     config = predict_config({"crops": 5, "agg": None, "out": tmp_path / "s.csv"}, toml)
-    assert (config.run, config.dataset, config.crops, config.batch_size) == ("r1", "te", 5, 4)
-    assert config.agg == "max" and config.out == str(tmp_path / "s.csv")
+    assert (config.run, config.dataset, config.crops, config.batch_size) == (["r1"], "te", 5, 4)
+    # a view option not given is None: each model's stored view (scoring.resolve_view)
+    assert config.agg is None and config.tta is None
+    assert config.out == str(tmp_path / "s.csv")
 
 
 def test_sections(tmp_path: Path) -> None:
@@ -47,13 +49,18 @@ def test_bad_files(tmp_path: Path) -> None:
         predict_config({}, tmp_path / "missing.toml")
 
 
+SOURCES = "give one of --run RUN (repeat it for an ensemble), --experiment EXP or --checkpoint PATH"
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
         ({"dataset": None}, "give the dataset to score with --dataset NAME"),
-        ({"run": None}, "give exactly one of --run RUN or --checkpoint PATH"),
-        ({"checkpoint": "m.pt"}, "give exactly one of --run RUN or --checkpoint PATH"),
-        ({"crops": 0}, "--crops 0 is invalid; use 1 or more"),
+        ({"run": []}, SOURCES),
+        ({"checkpoint": "m.pt"}, SOURCES),
+        ({"experiment": "cv1"}, SOURCES),
+        ({"crops": 0}, "--crops 0 is invalid; use 1 (the centre crop) or more"),
+        ({"tta": "rotate"}, "--tta rotate is invalid; use one of crops, flips, crops+flips"),
         ({"crop_size": 4}, "--crop-size 4 is too small; use --crop-size 8 or more"),
         ({"agg": "median"}, "--agg 'median' is invalid; use max or mean"),
         ({"threshold": "abc"}, "--threshold 'abc' is invalid; use 'auto' or a number in (0, 1)"),
@@ -89,7 +96,7 @@ def test_unknown_config_key_is_one_line(cli: Invoke, tmp_path: Path, command: st
 
 def test_config_values_are_checked_like_flags(cli: Invoke, tmp_path: Path) -> None:
     toml = write(tmp_path / "p.toml", 'run = "r1"\ndataset = "te"\ncrops = 0\n')
-    assert "--crops 0 is invalid; use 1 or more" in one_line_error(
+    assert "--crops 0 is invalid; use 1 (the centre crop) or more" in one_line_error(
         cli("predict", "--config", toml), 2
     )
     # a flag wins over the file, so the bad value in it no longer matters

@@ -134,3 +134,74 @@ def test_library_units_of_work_join_the_callers_transaction(tmp_path: Path) -> N
             remove_dataset(reg, "one")
             raise RuntimeError("after the removal")
         assert [d.name for d in reg.datasets()] == ["one"]
+
+
+def _version_3_registry(home: Path) -> None:
+    """A registry as hpatool 3 left it: one dataset and one run, no experiments."""
+    from hpatool.registry import MIGRATIONS
+
+    home.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(home / REGISTRY_FILE)
+    for migration in MIGRATIONS[:3]:
+        conn.executescript(migration)
+    conn.execute(
+        "INSERT INTO datasets (id, name, kind, created_at, updated_at)"
+        " VALUES (1, 'old', 'train', 'x', 'x')"
+    )
+    conn.execute(
+        "INSERT INTO runs (name, arch, datasets, fold, out_dir, status, created_at, updated_at)"
+        " VALUES ('r0', 'resnet18', '[\"old\"]', 0, '/runs/r0', 'done', 'x', 'x')"
+    )
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    conn.close()
+
+
+def test_version_3_registry_is_migrated_to_experiments(tmp_path: Path) -> None:
+    _version_3_registry(tmp_path)
+    with Registry.open(tmp_path) as reg:
+        assert reg.schema_version() == SCHEMA_VERSION == 4
+        old = reg.run("r0")
+        assert old.experiment is None and old.to_json()["experiment"] is None
+        assert reg.experiments() == []
+        reg.create_experiment("exp", datasets=["old"], options={"arch": "resnet18"})
+        reg.create_run(
+            "exp-f1", arch="resnet18", datasets=["old"], fold=1, config={},
+            out_dir=tmp_path / "exp-f1", experiment="exp",
+        )  # fmt: skip
+        reg.create_run(
+            "exp-f0", arch="resnet18", datasets=["old"], fold=0, config={},
+            out_dir=tmp_path / "exp-f0", experiment="exp",
+        )  # fmt: skip
+    with Registry.open(tmp_path) as reg:
+        assert [r.name for r in reg.experiment_runs("exp")] == ["exp-f0", "exp-f1"]
+        exp = reg.experiment("exp")
+        assert (exp.datasets, exp.options, exp.runs) == (["old"], {"arch": "resnet18"}, 2)
+        assert [e.name for e in reg.experiments()] == ["exp"]
+        assert reg.run("exp-f0").experiment == "exp"
+        with pytest.raises(AlreadyExists, match="experiment 'exp' already exists"):
+            reg.create_experiment("exp", datasets=["old"])
+        with pytest.raises(NotFound, match=r"no experiment 'nope'.*'hpatool experiments list'"):
+            reg.experiment_runs("nope")
+        with pytest.raises(NotFound, match="no experiment 'nope'"):
+            reg.create_run(
+                "x", arch="resnet18", datasets=["old"], fold=0, config={},
+                out_dir=tmp_path / "x", experiment="nope",
+            )  # fmt: skip
+        assert not reg.has_run("x")
+        reg.delete_experiment("exp")
+        assert reg.run("exp-f0").experiment is None and reg.experiments() == []
+
+
+def test_version_3_registry_reads_when_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _version_3_registry(tmp_path)
+    monkeypatch.setattr("hpatool.registry.core._read_only_reason", lambda *a: "test")
+    with Registry.open(tmp_path) as reg:
+        assert reg.read_only and reg.schema_version() == 3  # not migrated
+        assert [(r.name, r.experiment) for r in reg.runs()] == [("r0", None)]
+        assert reg.run("r0").status == "done"
+        assert reg.experiments() == [] and not reg.has_experiment("exp")
+        with pytest.raises(NotFound, match="no experiment 'exp'"):
+            reg.experiment_runs("exp")

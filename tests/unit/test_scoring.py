@@ -64,10 +64,17 @@ def test_file_names_and_bytes(tmp_path: Path) -> None:
     write_submission(out, ["a", "b"], [[0, 16], []])
     assert out.read_bytes() == b"Id,Predicted\na,0 16\nb,\n"
     probs = tmp_path / "probs.csv"
-    write_probabilities(probs, ["a"], [np.linspace(0, 1, 28)])
+    row = np.linspace(0, 1, 28)
+    row32 = np.random.default_rng(0).random(28).astype(np.float32)  # a model's own sigmoid
+    write_probabilities(probs, ["a", "b"], [row, row32.astype(np.float64)])
     lines = probs.read_text().splitlines()
     assert lines[0] == "Id," + ",".join(str(c) for c in range(28))
-    assert lines[1].startswith("a,0.000000,0.037037,") and lines[1].endswith(",1.000000")
+    assert lines[1].startswith("a,0.0,0.037037037037037035,") and lines[1].endswith(",1.0")
+    # full precision: read back, the very float64s (and float32s) that were written
+    back = [np.array([float(v) for v in line.split(",")[1:]]) for line in lines[1:]]
+    assert np.array_equal(back[0], row)
+    assert np.array_equal(back[1].astype(np.float32), row32)
+    assert np.array_equal(back[1], row32.astype(np.float64))
     fails = tmp_path / "submission.failures.csv"
     write_failures(fails, {"a": "no such file", "b": "bad, truncated"})
     assert fails.read_bytes() == b'Id,error\na,no such file\nb,"bad, truncated"\n'
@@ -145,3 +152,99 @@ def test_scoring_gives_both_aggregations_of_the_same_crops(tmp_path: Path) -> No
         assert np.allclose(both.other[i], mean.probs[i])  # the same crops, aggregated by mean
         assert (both.probs[i] >= both.other[i] - 1e-9).all()
         assert (both.probs[i] > both.other[i] + 1e-6).any()
+
+
+# ------------------------------------------------------------------------------ views (TTA)
+
+
+def test_views_of_each_tta_mode() -> None:
+    from hpatool.engine.scoring import view_windows
+
+    # --crops 1 is the centre crop (the validation view), for every mode
+    for tta in ("crops", "flips", "crops+flips"):
+        assert view_windows(5, 64, 80, 32, 1, 0, tta) == [(16, 24, 0)]
+    # crops: random windows, untransformed (the same windows as before views)
+    crops = view_windows(3, 64, 64, 32, 5, 0, "crops")
+    assert [(t, left) for t, left, _ in crops] == crop_windows(3, 64, 64, 32, 5, seed=0)
+    assert {k for _, _, k in crops} == {0}
+    # flips: the centre crop under the first N dihedral transforms, N capped at 8
+    assert view_windows(3, 64, 64, 32, 3, 0, "flips") == [(16, 16, k) for k in range(3)]
+    assert view_windows(3, 64, 64, 32, 12, 0, "flips") == [(16, 16, k) for k in range(8)]
+    # crops+flips: the random windows, window i under transform i mod 8
+    both = view_windows(3, 64, 64, 32, 10, 0, "crops+flips")
+    assert [(t, left) for t, left, _ in both] == crop_windows(3, 64, 64, 32, 10, seed=0)
+    assert [k for _, _, k in both] == [0, 1, 2, 3, 4, 5, 6, 7, 0, 1]
+    # the crop fills the image: one window for crops; the whole image flipped for the others
+    assert view_windows(3, 48, 48, 48, 8, 0, "crops") == [(0, 0, 0)]
+    for tta in ("flips", "crops+flips"):
+        assert view_windows(3, 48, 48, 48, 8, 0, tta) == [(0, 0, k) for k in range(8)]
+    with pytest.raises(UsageError, match="--tta 'rotate' is invalid"):
+        view_windows(3, 48, 48, 32, 8, 0, "rotate")
+
+
+@pytest.mark.parametrize(
+    ("tta", "crops", "whole", "text"),
+    [
+        ("crops", 8, False, "max of 8 crops of 32px"),
+        ("crops", 1, False, "the centre crop of 32px"),
+        ("crops", 8, True, "1 window of 32px (the whole image)"),
+        ("flips", 8, False, "max of 8 flips/rotations of the centre crop of 32px"),
+        ("flips", 12, True, "max of 8 flips/rotations of the whole 32px image"),
+        ("flips", 1, True, "1 window of 32px (the whole image)"),
+        ("crops+flips", 4, False, "max of 4 flipped/rotated crops of 32px"),
+        ("crops+flips", 4, True, "max of 4 flips/rotations of the whole 32px image"),
+        ("crops+flips", 1, False, "the centre crop of 32px"),
+    ],
+)
+def test_view_text_says_what_really_happens(tta: str, crops: int, whole: bool, text: str) -> None:
+    from hpatool.engine.scoring import View
+
+    assert View(32, crops, "max", tta).text(whole) == text
+
+
+def test_resolve_view_given_over_stored_over_default() -> None:
+    from hpatool.engine.scoring import View, resolve_view
+
+    stored = {"crop": 32, "crops": 4, "agg": "mean", "tta": "flips"}
+    assert resolve_view(32, None, None, None, stored) == View(32, 4, "mean", "flips")
+    assert resolve_view(32, 2, None, "crops", stored) == View(32, 2, "mean", "crops")
+    assert resolve_view(48, None, None, None, None) == View(48, 8, "max", "crops")
+
+
+def test_flipped_views_are_the_dihedral_transforms_of_the_crop(tmp_path: Path) -> None:
+    from hpatool.data.transforms import dihedral
+    from hpatool.engine.scoring import CropDataset, ScoreItem
+    from hpatool.imaging import read_sample, save_png
+
+    rng = np.random.default_rng(1)
+    for colour in ("red", "green", "blue", "yellow"):
+        save_png(rng.integers(0, 255, (24, 24), dtype=np.uint8), tmp_path / f"a_{colour}.png")
+    img = read_sample(tmp_path, "a")
+    zero, one = (0.0,) * 4, (1.0,) * 4
+    items = [ScoreItem(0, tmp_path, "a")]
+    _, views, _ = CropDataset(items, 16, 8, 0, zero, one, "flips")[0]
+    assert views is not None and views.shape == (8, 4, 16, 16)
+    centre = img[:, 4:20, 4:20]
+    for k in range(8):
+        expected = torch.from_numpy(dihedral(centre, k).astype(np.float32) / 255.0)
+        assert torch.equal(views[k], expected)
+    _, whole, _ = CropDataset(items, 24, 3, 0, zero, one, "crops+flips")[0]
+    assert whole is not None and whole.shape == (3, 4, 24, 24)
+    assert torch.equal(whole[2], torch.from_numpy(dihedral(img, 2).astype(np.float32) / 255.0))
+
+
+def test_frequency_drift_rule() -> None:
+    from hpatool.engine.predict import frequency_drift
+
+    train = np.zeros(28)
+    train[[0, 1, 2, 3]] = [0.5, 0.3, 0.01, 0.04]
+    labels = [[0, 2] if i < 10 else [0] for i in range(20)]  # 0: 100%, 2: 50%, 1 and 3: 0%
+    text = frequency_drift(labels, train)
+    # 0: 100% vs 50% is not 3x; 1: 0% vs 30% is; 2: 50% vs 1% is; 3: 0% vs 4% is under 5 points
+    assert text == (
+        "predicted class frequencies far from the training data's, of 20 images: "
+        "2 Nucleoli 50.0% (training 1.0%); 1 Nuclear membrane 0.0% (training 30.0%); "
+        "check the thresholds (thresholds.json, or pass --threshold 0.5)"
+    )
+    assert frequency_drift(labels[:19], train) == ""  # under 20 images: no warning
+    assert frequency_drift(labels, None) == ""  # a run without class_frequency

@@ -1,0 +1,179 @@
+"""``hpatool cv`` end to end on synthetic data, then ``experiments list``/``show`` on its result:
+one run per fold, out-of-fold predictions covering every sample exactly once, the OOF macro F1
+equal to scikit-learn's on the oof.csv files with the reported thresholds, a rerun that skips
+the finished folds, and ``train --experiment`` refusing another dataset or a taken fold
+(issue 12)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner, Result
+
+from hpatool.cli import app
+from hpatool.labels import NUM_CLASSES
+from hpatool.registry import Registry
+from tests.support import SIZE, TRAIN, one_line_error
+
+CV = (*TRAIN, "--epochs", "1", "--workers", "0", "--eval-crops", "2")
+
+
+def run_cli(home: Path, *args: object) -> Result:
+    return CliRunner().invoke(app, ["--home", str(home), *[str(a) for a in args]])
+
+
+@dataclass
+class Done:
+    home: Path
+    runs: Path
+    data: Path
+    result: Result
+
+
+@pytest.fixture(scope="module")
+def done(synth_data: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Done:
+    """A 3-fold ``cv`` of 24 synthetic samples (experiment ``ex``), once for the module."""
+    tmp = tmp_path_factory.mktemp("cv")
+    home, runs = tmp / "home", tmp / "runs"
+    data = synth_data(24, SIZE, seed=3)
+    for args in (
+        ("datasets", "add", "syn", "--labels", data / "labels.csv", "--root", data),
+        ("split", "syn", "--folds", "3"),
+        ("datasets", "add", "other", "--labels", data / "labels.csv", "--root", data),
+        ("split", "other", "--folds", "3"),
+    ):
+        assert run_cli(home, *args).exit_code == 0
+    result = run_cli(home, "cv", "--dataset", "syn", "--name", "ex", *CV, "--out", runs)
+    assert result.exit_code == 0, result.output
+    return Done(home, runs, data, result)
+
+
+def _label_ids(labels: Path) -> list[str]:
+    with labels.open(newline="") as fh:
+        return [row["Id"] for row in csv.DictReader(fh)]
+
+
+def test_cv_trains_one_run_per_fold_and_oof_covers_every_sample_once(done: Done) -> None:
+    out = done.result.stdout
+    assert "fold 1/3 (run ex-f0)" in out and "fold 3/3 (run ex-f2)" in out
+    assert "OOF macro F1" in out and "over 24 of 24 labelled samples of syn" in out
+    with Registry.open(done.home) as reg:
+        runs = reg.experiment_runs("ex")
+        folds = reg.folds("syn")
+        assert reg.experiment("ex").datasets == ["syn"]
+    assert [(r.name, r.fold, r.experiment, r.status) for r in runs] == [
+        (f"ex-f{k}", k, "ex", "done") for k in range(3)
+    ]
+    seen: list[str] = []
+    for r in runs:
+        assert r.out_dir == done.runs / r.name
+        with (r.out_dir / "oof.csv").open(newline="") as fh:
+            ids = [row["Id"] for row in csv.DictReader(fh)]
+        assert ids and all(folds[i] == r.fold for i in ids)  # its own validation fold only
+        seen += ids
+    assert sorted(seen) == sorted(_label_ids(done.data / "labels.csv"))  # each exactly once
+
+
+def test_experiments_show_json_oof_f1_equals_sklearns(done: Done) -> None:
+    result = run_cli(done.home, "experiments", "show", "ex", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["name"] == "ex" and doc["dataset"] == "syn" and doc["folds_missing"] == []
+    assert [(r["name"], r["fold"]) for r in doc["runs"]] == [(f"ex-f{k}", k) for k in range(3)]
+    with Registry.open(done.home) as reg:
+        best = {r.name: r.best_f1 for r in reg.runs()}
+        targets = {s.id: s.target for s in reg.samples("syn")}
+    assert all(r["best_f1"] == best[r["name"]] for r in doc["runs"])
+    assert doc["oof_samples"] == doc["dataset_samples"] == 24
+    thresholds = np.array(doc["thresholds"])
+    assert thresholds.shape == (NUM_CLASSES,)
+    # the oof.csv files, read independently, with the reported thresholds
+    ids, rows = [], []
+    for r in doc["runs"]:
+        with (done.runs / r["name"] / "oof.csv").open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                ids.append(row["Id"])
+                rows.append([float(row[str(c)]) for c in range(NUM_CLASSES)])
+    y = np.zeros((len(ids), NUM_CLASSES), dtype=int)
+    for i, sid in enumerate(ids):
+        y[i, list(targets[sid] or ())] = 1
+    pred = np.array(rows) >= thresholds
+    from sklearn.metrics import f1_score
+
+    expected = f1_score(y, pred, average="macro", zero_division=0)
+    assert doc["oof_macro_f1"] == pytest.approx(expected, abs=1e-12)
+    assert len(doc["classes"]) == NUM_CLASSES
+    assert [c["support"] for c in doc["classes"]] == y.sum(axis=0).tolist()
+    assert all(v["crops"] == 2 and v["crop"] == 32 for v in doc["views"].values())
+
+
+def test_experiments_list_and_show_tables_and_plot(done: Done, tmp_path: Path) -> None:
+    listed = run_cli(done.home, "experiments", "list", "--json")
+    assert listed.exit_code == 0, listed.output
+    (row,) = json.loads(listed.stdout)
+    assert row["name"] == "ex" and row["runs"] == ["ex-f0", "ex-f1", "ex-f2"]
+    assert row["oof_samples"] == 24 and 0 <= row["oof_macro_f1"] <= 1
+    plot = tmp_path / "ex.png"
+    shown = run_cli(done.home, "experiments", "show", "ex", "--plot", plot)
+    assert shown.exit_code == 0, shown.output
+    assert "ex-f2" in shown.stdout and "Nucleoplasm" in shown.stdout
+    assert "max of 2 crops of 32 px" in shown.stdout and f"Plot written to {plot}" in shown.stdout
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = run_cli(done.home, "experiments", "show", "nope")
+    assert "no experiment 'nope'" in one_line_error(bad)
+    refused = run_cli(done.home, "experiments", "show", "ex", "--plot", tmp_path / "x.bmpx")
+    assert refused.exit_code == 2 and not (tmp_path / "x.bmpx").exists()
+
+
+def test_an_experiment_without_oof_files_says_so(done: Done, tmp_path: Path) -> None:
+    home = tmp_path / "copy"
+    shutil.copytree(done.home, home)
+    with Registry.open(home) as reg:
+        reg.create_experiment("empty", datasets=["syn"])
+    listed = run_cli(home, "experiments", "list")
+    assert listed.exit_code == 0 and "note: empty: no OOF predictions yet" in listed.stdout
+    shown = run_cli(home, "experiments", "show", "empty")
+    assert shown.exit_code == 0 and "no OOF predictions yet" in shown.stdout
+    assert "folds without a run: 0, 1, 2" in shown.stdout
+
+
+def test_cv_rerun_skips_finished_folds_and_refuses_other_options(done: Done) -> None:
+    before = {p: p.stat().st_mtime_ns for p in done.runs.rglob("*") if p.is_file()}
+    again = run_cli(done.home, "cv", "--name", "ex", "--json")
+    assert again.exit_code == 0, again.output
+    doc = json.loads(again.stdout)
+    assert [(r["name"], r["action"]) for r in doc["runs"]] == [
+        (f"ex-f{k}", "skip") for k in range(3)
+    ]
+    assert doc["oof_samples"] == 24 and len(doc["thresholds"]) == NUM_CLASSES
+    assert {p: p.stat().st_mtime_ns for p in done.runs.rglob("*") if p.is_file()} == before
+    text = run_cli(done.home, "cv", "--name", "ex", "--fold", "1")
+    assert "fold 1/1 (run ex-f1): already done" in text.stdout
+    lr = run_cli(done.home, "cv", "--name", "ex", "--lr", "0.1")
+    assert "--lr 0.1 differs from the 0.003 of experiment 'ex'" in one_line_error(lr)
+    other = run_cli(done.home, "cv", "--name", "ex", "--dataset", "other")
+    assert "--dataset other differs from the syn of experiment 'ex'" in one_line_error(other)
+
+
+def test_train_experiment_refuses_another_dataset_or_a_taken_fold(done: Done) -> None:
+    base = ("train", *TRAIN, "--epochs", "1", "--workers", "0", "--out", done.runs)
+    other = run_cli(done.home, *base, "--dataset", "other", "--experiment", "ex", "--fold", "0")
+    assert one_line_error(other) == (
+        "error: experiment 'ex' holds folds of dataset 'syn', not 'other'; give --dataset syn "
+        "first, or another --experiment"
+    )
+    taken = run_cli(
+        done.home, *base, "--dataset", "syn", "--experiment", "ex", "--fold", "1", "--name", "x"
+    )
+    assert one_line_error(taken).startswith(
+        "error: experiment 'ex' already has fold 1: run 'ex-f1'; choose another --fold"
+    )
+    with Registry.open(done.home) as reg:
+        assert not reg.has_run("x") and len(reg.experiment_runs("ex")) == 3
