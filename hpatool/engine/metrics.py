@@ -10,8 +10,10 @@ one threshold that, applied to every class, gives the highest macro F1 (ties clo
 A class with ``n`` positives gets ``t_pooled + (t_best - t_pooled) * n / (n + SHRINK_POSITIVES)``:
 a threshold fitted to one or two positives (where any low value separates them) stays near the
 model's overall threshold instead of falling to 0.02 and labelling most images with the class,
-a class with hundreds of positives keeps nearly its F1-best threshold, and a class without
-positives gets the pooled one. Measured with ``benchmarks/views.py`` (synthetic data, three
+a class with hundreds of positives keeps nearly its F1-best threshold. A class without
+positives keeps 0.5: with nothing to fit, the pooled threshold of an under-trained model
+(low, where every probability is low) labelled every test image with such classes (found on
+the GPU with one-epoch fold models). Measured with ``benchmarks/views.py`` (synthetic data, three
 folds, thresholds tuned on one half of a fold and scored on the other): held-out macro F1
 0.203 / 0.260 / 0.227 with the pooled anchor, 0.195 / 0.217 / 0.182 without shrinking, and
 0.155 / 0.178 / 0.117 shrinking towards 0.5 (an under-trained model's rare-class
@@ -139,7 +141,7 @@ def tune_thresholds(
 
     if anchor is None:
         anchor = closest_top(scores.mean(axis=1)) if t.any() else DEFAULT_THRESHOLD
-    best = np.full(n_classes, float(anchor))
+    best = np.full(n_classes, DEFAULT_THRESHOLD)
     positives = t.sum(axis=0)
     for c in range(n_classes):
         n = int(positives[c])

@@ -70,7 +70,7 @@ def test_tuned_thresholds_are_each_class_best_shrunk_to_the_pooled_one() -> None
     thr = tune_thresholds(y, probs)
     # the pooled threshold: one threshold for every class, the best macro F1
     pooled = _closest_top([macro_f1(y, probs >= t) for t in THRESHOLD_GRID])
-    assert thr.shape == (28,) and thr[20] == pytest.approx(pooled)  # class 20: no positives
+    assert thr.shape == (28,) and thr[20] == 0.5  # class 20: no positives, nothing to fit
     for c in range(28):
         n = int(y[:, c].sum())
         if not n:
