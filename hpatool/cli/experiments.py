@@ -22,7 +22,7 @@ app = typer.Typer(
 
 @app.command("list")
 def experiments_list(json_: JsonOpt = False, home: HomeOpt = None) -> None:
-    """List experiments: dataset, fold runs, OOF macro F1.
+    """List experiments: datasets, fold runs, OOF macro F1.
 
     Example: hpatool experiments list --json
     """
@@ -57,8 +57,8 @@ def experiments_list(json_: JsonOpt = False, home: HomeOpt = None) -> None:
         )
         return
     table = Table(title="Experiments")
-    for col in ("name", "dataset", "folds", "OOF samples", "OOF macro F1", "created"):
-        table.add_column(col, justify="left" if col in ("name", "dataset", "created") else "right")
+    for col in ("name", "datasets", "folds", "OOF samples", "OOF macro F1", "created"):
+        table.add_column(col, justify="left" if col in ("name", "datasets", "created") else "right")
     for doc in rows:
         folds = f"{len(doc.get('runs') or [])}"
         if doc.get("split_folds"):

@@ -281,7 +281,7 @@ def runs_import(
     Example: hpatool runs import /mnt/gpu2/runs/r50-f3
     """
     from hpatool.cli._console import out, print_json
-    from hpatool.engine.experiments import import_run
+    from hpatool.engine.run_import import import_run
 
     with open_registry(home) as reg:
         imported = import_run(reg, run_dir, name=name)
@@ -295,7 +295,8 @@ def runs_import(
         new = " (new)" if imported.experiment_created else ""
         joined = f", fold {record.fold} of experiment {record.experiment}{new}"
     out().print(
-        f"Imported run {record.name}{joined}: {record.status}, {record.epochs_done} epochs, "
+        f"Imported run {record.name}{joined}: {record.status}, {record.epochs_done} "
+        f"epoch{'' if record.epochs_done == 1 else 's'}, "
         f"best macro F1 {best}; files in {record.out_dir}",
         markup=False,
     )

@@ -334,8 +334,11 @@ def train(
 
     Validation is fold --fold of the first --dataset. Each epoch writes metrics.csv,
     checkpoint-last.pt, checkpoint-best.pt (on a new best tuned macro F1), thresholds.json and
-    curves.png to OUT/NAME; config.json holds the resolved configuration. --resume --name RUN
-    continues exactly where the run stopped (other options default to the run's). Under
+    curves.png to OUT/NAME; config.json holds the resolved configuration. At the end the best
+    checkpoint scores the validation fold as 'predict' would (--eval-crops, --eval-agg, --tta)
+    into oof.csv, and thresholds.json is tuned on that view. --resume --name RUN continues
+    exactly where the run stopped (other options default to the run's). --experiment EXP adds
+    the run to a cross-validation experiment ('hpatool cv' trains all folds). Under
     'torchrun --nproc-per-node N -m hpatool train ...' it trains with DDP.
 
     Example: hpatool train --dataset kaggle-train --arch resnet50 --fold 0 --epochs 20

@@ -1,5 +1,5 @@
 """``hpatool evaluate``: per-class precision, recall, F1 and support, and macro F1, of a
-trained model on labelled samples, scored as ``predict`` scores (``hpatool.engine.predict``),
+trained model on labelled samples, scored as ``predict`` scores (``hpatool.engine.ensemble``),
 with both aggregations of the same crops; and the figure of ``--plot``."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import numpy as np
 
 from hpatool._io import ProgressFn
 from hpatool.engine.config import PredictConfig
+from hpatool.engine.ensemble import dataset_name, score_or_stop
 from hpatool.engine.metrics import DEFAULT_THRESHOLD, ClassReport, macro_f1, per_class_report
 from hpatool.engine.model_source import training_data
-from hpatool.engine.predict import dataset_name, score_or_stop
 from hpatool.engine.predict_files import model_inputs
 from hpatool.engine.scoring import (
     UNREADABLE,

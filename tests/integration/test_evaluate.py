@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner, Result
 
 from hpatool.cli import app
-from hpatool.engine import predict as predict_mod
+from hpatool.engine import ensemble as ensemble_mod
 from hpatool.registry import Registry
 from hpatool.synth import synth_dataset
 from tests.support import one_line_error
@@ -174,7 +174,7 @@ def test_nothing_to_score_fails_before_the_model_loads(
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(predict_mod, "resolve_sources", boom)
+    monkeypatch.setattr(ensemble_mod, "resolve_sources", boom)
     line = one_line_error(run_cli(setup.home, "evaluate", "--run", "r1", "--dataset", "gone"), 1)
     assert line.startswith(f"error: none of the samples can be scored: {N} of {N} samples of ")
     assert "without all four image files" in line and "hpatool datasets verify gone" in line
@@ -196,7 +196,7 @@ def test_crop_size_the_architecture_cannot_take_is_refused_before_scoring(
         raise AssertionError("scoring started")
 
     monkeypatch.setattr(hpatool.models, "check_input_size", too_small)
-    monkeypatch.setattr(predict_mod, "score", boom)
+    monkeypatch.setattr(ensemble_mod, "score", boom)
     res = run_cli(setup.home, "evaluate", "--run", "r1", "--dataset", "syn", "--crop-size", "16")
     line = one_line_error(res, 2)
     assert asked == [("resnet10t", 16)]

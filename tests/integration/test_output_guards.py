@@ -17,7 +17,7 @@ from typer.testing import CliRunner, Result
 
 from hpatool import outputs
 from hpatool.cli import app
-from hpatool.engine import predict as predict_mod
+from hpatool.engine import ensemble as ensemble_mod
 from hpatool.registry import REGISTRY_FILE
 from tests.support import SIZE, TRAIN, one_line_error
 
@@ -72,7 +72,7 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("scoring started")
 
-    monkeypatch.setattr(predict_mod, "_score_dataset", boom)
+    monkeypatch.setattr(ensemble_mod, "_score_dataset", boom)
 
 
 def digests(*paths: Path) -> list[str]:

@@ -18,7 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner, Result
 
 from hpatool.cli import app
-from hpatool.engine import predict as predict_mod
+from hpatool.engine import ensemble as ensemble_mod
 from hpatool.engine.checkpoint import load_checkpoint, save_checkpoint
 from hpatool.engine.model_source import ModelSource, resolve_source, resolve_thresholds
 from hpatool.engine.scoring import decide_labels
@@ -137,7 +137,7 @@ def no_scoring(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("scoring started")
 
-    monkeypatch.setattr(predict_mod, "_score_dataset", boom)
+    monkeypatch.setattr(ensemble_mod, "_score_dataset", boom)
 
 
 # ------------------------------------------------------------------------ unreadable images

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from hpatool.engine.predict import (
+from hpatool.engine.predict_files import (
     failures_path_for,
     partial_path,
     write_failures,

@@ -1,0 +1,335 @@
+"""``hpatool cv``: the fold runs of one dataset's split, trained as a K-fold cross-validation.
+
+``cross_validate`` trains fold k of the first dataset's split as run ``EXP-f<k>`` of experiment
+``EXP``, one fold after another in this process (under torchrun every rank runs the loop,
+sharing one process group: ``distributed.keep_process_group``). Run again, it skips the folds
+whose runs are finished (``done`` or ``stopped``, with an ``oof.csv``), resumes the
+interrupted, failed or dead ones from their ``checkpoint-last.pt`` (or starts them again when
+they have none) and refuses one still running. The experiment records its datasets and the
+options its runs start with: a rerun takes the options it does not give from there, and
+refuses one that differs (``plan_cv``). The result ends with the experiment's out-of-fold
+summary (``engine.experiments``).
+
+The engine never prints: the CLI passes ``fold_progress`` for each fold's progress.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hpatool.engine.config import IDENTITY_KEYS, flag, train_config
+from hpatool.engine.experiments import (
+    RUN_OWN_KEYS,
+    experiment_options,
+    fold_run_name,
+    oof_json,
+    oof_or_note,
+)
+from hpatool.engine.run_admin import process_gone
+from hpatool.engine.run_dir import LAST
+from hpatool.errors import Interrupted, UsageError
+from hpatool.registry import Registry, RunRecord, check_name
+
+if TYPE_CHECKING:
+    from hpatool.engine.events import ProgressCallback
+    from hpatool.engine.oof import OofSummary
+
+#: The options that say what an experiment's models are: a ``cv`` rerun may not change them.
+EXPERIMENT_KEYS = (
+    *(k for k in IDENTITY_KEYS if k != "fold"),
+    "epochs",
+    "pretrained",
+    "eval_crops",
+    "eval_agg",
+    "tta",
+)
+#: A run in one of these states, with an ``oof.csv``, is a finished fold.
+FINISHED = ("done", "stopped")
+
+
+@dataclass
+class FoldPlan:
+    """What ``cv`` does with one fold: ``train`` (a new run), ``resume`` it or ``skip`` it
+    (finished); ``record`` is its run's registry row, if it has one."""
+
+    fold: int
+    run: str
+    action: str
+    record: RunRecord | None = None
+    why: str = ""  # for a resumed or restarted run: its state
+
+
+@dataclass
+class CvPlan:
+    experiment: str
+    dataset: str
+    split_folds: int
+    options: dict[str, Any]  # by TrainConfig name: the given ones over the experiment's
+    folds: list[FoldPlan]
+    new: bool  # the experiment is not in the registry yet
+
+    def command(self, home: Path | None = None) -> str:
+        """The command that goes on with this cross-validation."""
+        where = ""
+        if home is not None:
+            from hpatool.registry import resolve_home
+
+            if resolve_home(None).expanduser().resolve() != Path(home).expanduser().resolve():
+                where = f" --home {home}"
+        return f"hpatool{where} cv --name {self.experiment}"
+
+
+def _same(key: str, given: Any, stored: Any) -> bool:
+    if key == "arch":
+        from hpatool.models import resolve_arch
+
+        return bool(resolve_arch(str(given)) == resolve_arch(str(stored)))
+    if key == "datasets":
+        return list(given) == list(stored or [])
+    if isinstance(given, float) or isinstance(stored, float):
+        try:
+            return float(given) == float(stored)
+        except (TypeError, ValueError):
+            return False
+    return bool(given == stored)
+
+
+def plan_cv(
+    reg: Registry,
+    given: Mapping[str, Any],
+    *,
+    name: str,
+    folds: int | None = None,
+    fold_list: list[int] | None = None,
+) -> CvPlan:
+    """What ``cv --name NAME`` with options ``given`` (by ``TrainConfig`` name, ``None`` = not
+    given) does with each fold; every refusal comes here, before any training."""
+    check_name(name, "experiment")
+    if folds is not None and fold_list:
+        raise UsageError("give --folds K (every fold) or --fold K (repeatable), not both")
+    given = {k: v for k, v in given.items() if v is not None and k not in RUN_OWN_KEYS}
+    if not given.get("datasets"):
+        given.pop("datasets", None)
+    stored = reg.experiment(name) if reg.has_experiment(name) else None
+    if stored is not None:
+        for key in EXPERIMENT_KEYS:
+            if (
+                key in given
+                and key in stored.options
+                and not _same(key, given[key], stored.options[key])
+            ):
+                value, was = given[key], stored.options[key]
+                show = " ".join(map(str, value)) if isinstance(value, list) else value
+                shown_was = " ".join(map(str, was)) if isinstance(was, list) else was
+                raise UsageError(
+                    f"{flag(key)} {show} differs from the {shown_was} of experiment {name!r}; "
+                    "rerun with the same value (or leave it out), or start a new experiment "
+                    "with another --name"
+                )
+        options = {**stored.options, "datasets": stored.datasets, **given}
+    else:
+        options = dict(given)
+    if options.get("out") is not None:
+        options["out"] = str(Path(options["out"]).expanduser().resolve())
+    else:
+        options["out"] = str(Path("runs").resolve())
+    config = train_config({**options, "name": fold_run_name(name, 0), "experiment": name})
+    config.validate()
+    dataset = config.datasets[0]
+    info = reg.split_info(dataset)
+    if info is None:
+        raise UsageError(
+            f"dataset {dataset!r} has no split; run 'hpatool split {dataset} --folds K' first "
+            "(cv trains one run per fold)"
+        )
+    split_folds = int(info["folds"])
+    if folds is not None and folds != split_folds:
+        raise UsageError(
+            f"{dataset!r} is split into {split_folds} folds; run 'hpatool split {dataset} "
+            f"--folds {folds} --force' or leave out --folds"
+        )
+    wanted = sorted(set(fold_list)) if fold_list else list(range(split_folds))
+    bad = [k for k in wanted if not 0 <= k < split_folds]
+    if bad:
+        raise UsageError(
+            f"--fold {bad[0]}: {dataset!r} is split into {split_folds} folds (0 to "
+            f"{split_folds - 1})"
+        )
+    members = reg.experiment_runs(name) if stored is not None else []
+    by_fold = {r.fold: r for r in members}
+    plans = [_plan_fold(reg, name, k, by_fold.get(k), Path(options["out"])) for k in wanted]
+    return CvPlan(name, dataset, split_folds, options, plans, new=stored is None)
+
+
+def _plan_fold(
+    reg: Registry, experiment: str, fold: int, member: RunRecord | None, out: Path
+) -> FoldPlan:
+    from hpatool.engine.oof import OOF_FILE
+
+    name = member.name if member is not None else fold_run_name(experiment, fold)
+    record = member
+    if record is None and reg.has_run(name):
+        record = reg.run(name)
+        if record.experiment != experiment:
+            raise UsageError(
+                f"run {name!r} exists and is not fold {fold} of experiment {experiment!r}; "
+                f"remove it ('hpatool runs remove {name}') or choose another --name"
+            )
+    if record is None:
+        if (out / name / LAST).is_file():  # a folder whose registry row went: resume it
+            return FoldPlan(fold, name, "resume", None, "its folder has a checkpoint")
+        return FoldPlan(fold, name, "train")
+    if record.status == "running" and not process_gone(record):
+        process = record.config.get("process") or {}
+        where = f" (process {process.get('pid')} on {process.get('host')})" if process else ""
+        raise UsageError(
+            f"run {name!r} (fold {fold} of {experiment!r}) is still running{where}; wait for "
+            "it or stop it, then run 'hpatool cv' again"
+        )
+    if record.status in FINISHED and (record.out_dir / OOF_FILE).is_file():
+        return FoldPlan(fold, name, "skip", record)
+    state = "its process is gone" if record.status == "running" else record.status
+    if (record.out_dir / LAST).is_file():
+        return FoldPlan(fold, name, "resume", record, state)
+    return FoldPlan(fold, name, "train", record, f"{state}, no checkpoint")
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    run: str
+    action: str  # what this invocation did: train, resume or skip
+    status: str
+    best_epoch: int | None
+    best_f1: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "fold": self.fold,
+            "name": self.run,
+            "action": self.action,
+            "status": self.status,
+            "best_epoch": self.best_epoch,
+            "best_f1": self.best_f1,
+        }
+
+
+@dataclass
+class CvResult:
+    experiment: str
+    dataset: str
+    folds: list[FoldResult]
+    oof: OofSummary | None = None
+    #: why there is no OOF summary (no run has an oof.csv yet)
+    oof_note: str | None = None
+    all_folds: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "name": self.experiment,
+            "dataset": self.dataset,
+            "runs": [f.to_json() for f in self.folds],
+        }
+        doc.update(oof_json(self.oof))
+        if self.oof_note:
+            doc["oof_note"] = self.oof_note
+        return doc
+
+
+FoldProgress = Callable[[FoldPlan, int, int], AbstractContextManager["ProgressCallback | None"]]
+
+
+def cross_validate(
+    options: Mapping[str, Any],
+    *,
+    name: str,
+    folds: int | None = None,
+    fold_list: list[int] | None = None,
+    config_file: str | Path | None = None,
+    home: str | Path | None = None,
+    fold_progress: FoldProgress | None = None,
+) -> CvResult:
+    """Train the folds of experiment ``name`` (see the module docstring). ``options``: the
+    ``train`` options given (by parameter or ``TrainConfig`` name; ``None`` = not given).
+    ``fold_progress(plan, i, n)`` is entered around each fold (i from 1): it may show a
+    header, and gives the progress callback of the fold's ``fit``. Returns on every rank;
+    the summary (``CvResult.oof``) is made on rank 0 only."""
+    from hpatool.convert.pool import sigterm_as_interrupt
+    from hpatool.engine.config import given_train_options
+    from hpatool.engine.distributed import DistContext, keep_process_group, resolve_device
+    from hpatool.engine.train import fit
+
+    given = given_train_options(options, config_file)
+    ctx = DistContext.from_env()
+    device = resolve_device(str(given.get("device") or "auto"), ctx)
+    current: FoldPlan | None = None
+    with sigterm_as_interrupt(hangup=True), keep_process_group(ctx, device):
+        with Registry.open(home) as reg:
+            plan = plan_cv(reg, given, name=name, folds=folds, fold_list=fold_list)
+            home_path = reg.home
+            ctx.barrier()  # every rank has planned before the experiment is created
+            if ctx.is_main and plan.new:
+                config = train_config({**plan.options, "experiment": name})
+                reg.create_experiment(
+                    name, datasets=config.datasets, options=experiment_options(config)
+                )
+        ctx.barrier()
+        try:
+            for i, fold in enumerate(plan.folds, start=1):
+                current = fold
+                progress = fold_progress(fold, i, len(plan.folds)) if fold_progress else None
+                with progress if progress is not None else nullcontext() as callback:
+                    if fold.action == "skip":
+                        continue
+                    run_options = {
+                        **plan.options,
+                        "name": fold.run,
+                        "fold": fold.fold,
+                        "experiment": name,
+                        "max_steps": given.get("max_steps"),
+                    }
+                    resume = fold.action == "resume"
+                    if resume:  # the run's own options stand; those given must agree
+                        run_options = {
+                            **{k: v for k, v in given.items() if k not in RUN_OWN_KEYS},
+                            "name": fold.run,
+                            "out": plan.options["out"],
+                            "max_steps": given.get("max_steps"),
+                        }
+                    fit(run_options, home=home, resume=resume, progress=callback)
+            current = None
+        except (KeyboardInterrupt, Interrupted) as exc:
+            code = exc.exit_code if isinstance(exc, Interrupted) else 130
+            why = {143: "terminated (SIGTERM)", 129: "hung up (SIGHUP)"}.get(code, "interrupted")
+            where = f" in fold {current.fold} (run {current.run})" if current else ""
+            raise Interrupted(
+                f"{why}: cv {name!r} stopped{where}; run '{plan.command(home_path)}' again to "
+                "resume it (finished folds are skipped)",
+                code,
+            ) from None
+    return _cv_result(plan, home, ctx.is_main)
+
+
+def _cv_result(plan: CvPlan, home: str | Path | None, main: bool) -> CvResult:
+    with Registry.open(home) as reg:
+        results = []
+        for fold in plan.folds:
+            record = reg.run(fold.run) if reg.has_run(fold.run) else None
+            results.append(
+                FoldResult(
+                    fold.fold,
+                    fold.run,
+                    fold.action,
+                    record.status if record else "-",
+                    record.best_epoch if record else None,
+                    record.best_f1 if record else None,
+                )
+            )
+        result = CvResult(plan.experiment, plan.dataset, results, all_folds=plan.split_folds)
+        if main:
+            result.oof, result.oof_note = oof_or_note(reg, reg.experiment_runs(plan.experiment))
+    return result
