@@ -72,11 +72,15 @@ def runs_show(
     Example: hpatool runs show resnet50-f0-20240101-120000
     """
     from hpatool.cli._console import Table, out, print_json
+    from hpatool.engine.run_admin import RunSummary, oof_thresholds
     from hpatool.engine.run_dir import RunDir
 
     with open_registry(home) as reg:
         record = reg.run(run)
     doc = record.to_json()
+    oof = RunSummary(record.name, record.arch, [], None, "", 0, record.out_dir)
+    oof_thresholds(oof)
+    doc["oof_macro_f1"] = oof.oof_f1  # the run's view, thresholds tuned on it (None: not yet)
     files = {name: str(path) for name, path in RunDir(record.out_dir).files().items()}
     doc["files"] = files
     if json_:
@@ -95,6 +99,7 @@ def runs_show(
         "epochs_done",
         "best_f1",
         "best_epoch",
+        "oof_macro_f1",
         "out_dir",
         "created_at",
         "updated_at",
@@ -198,6 +203,7 @@ def _print_comparison(summaries: list[RunSummary]) -> None:
         ),
         ("best epoch", lambda s: "-" if s.best_epoch is None else str(s.best_epoch)),
         ("macro F1 at 0.5 (that epoch)", lambda s: num(s.f1_at_05)),
+        ("out-of-fold macro F1 (its view)", _oof_cell),
         ("val loss (that epoch)", lambda s: num(s.val_loss)),
         ("images/s (mean of epochs)", lambda s: num(s.images_per_s, ",.1f")),
         ("status", lambda s: s.status),
@@ -205,6 +211,18 @@ def _print_comparison(summaries: list[RunSummary]) -> None:
     for label, cell in fields:
         table.add_row(label, *[cell(s) for s in summaries])
     out().print(table)
+
+
+def _oof_cell(s: RunSummary) -> str:
+    """``0.2603 (max of 8 crops)``: the validation fold scored by the best checkpoint with the
+    run's view, thresholds tuned on it (the run's ``oof.csv``)."""
+    if s.oof_f1 is None:
+        return "-"
+    view = s.oof_view or {}
+    shown = (
+        f" ({view.get('agg')} of {view.get('crops')} {view.get('tta', 'crops')})" if view else ""
+    )
+    return f"{s.oof_f1:.4f}{shown}"
 
 
 @app.command("remove")

@@ -152,6 +152,10 @@ class RunSummary:
     f1_at_05: float | None = None  # macro F1 at threshold 0.5, at the best epoch
     val_loss: float | None = None  # at the best epoch
     images_per_s: float | None = None  # training speed, the mean of the epochs
+    #: the validation fold scored by the best checkpoint with the run's view (``oof.csv``),
+    #: thresholds tuned on it; ``None`` before the run's out-of-fold step
+    oof_f1: float | None = None
+    oof_view: dict[str, Any] | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
     #: why the metrics are missing (no ``metrics.csv`` yet); ``None`` when they are there
     note: str | None = None
@@ -170,6 +174,8 @@ class RunSummary:
             "macro_f1_at_0.5": self.f1_at_05,
             "val_loss": self.val_loss,
             "images_per_s": self.images_per_s,
+            "oof_macro_f1": self.oof_f1,
+            "oof_view": self.oof_view,
             "metrics": self.rows,
             **({"note": self.note} if self.note else {}),
         }
@@ -229,6 +235,7 @@ def summarize_run(record: RunRecord) -> RunSummary:
         status=record.status, epochs_done=record.epochs_done, out_dir=record.out_dir,
         best_f1=record.best_f1, best_epoch=record.best_epoch,
     )  # fmt: skip
+    oof_thresholds(summary)
     metrics = RunDir(record.out_dir).metrics
     if not metrics.is_file():
         summary.note = f"no {metrics.name} in {record.out_dir} (no epoch finished yet?)"
@@ -241,3 +248,22 @@ def summarize_run(record: RunRecord) -> RunSummary:
     speeds = [r["images_per_s"] for r in summary.rows if r["images_per_s"] is not None]
     summary.images_per_s = sum(speeds) / len(speeds) if speeds else None
     return summary
+
+
+def oof_thresholds(summary: RunSummary) -> None:
+    """The run's out-of-fold macro F1 and view from its ``thresholds.json``, when its
+    out-of-fold step has run (``"tuned_on": "oof"``); a file that cannot be read is skipped."""
+    import json
+
+    path = RunDir(summary.out_dir).thresholds
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(doc, dict) or doc.get("tuned_on") != "oof":
+        return
+    f1, view = doc.get("oof_macro_f1"), doc.get("view")
+    if isinstance(f1, int | float) and not isinstance(f1, bool):
+        summary.oof_f1 = float(f1)
+    if isinstance(view, dict):
+        summary.oof_view = view

@@ -123,3 +123,12 @@ def test_runs_compare_on_trained_runs(
     assert [r["epoch"] for r in two["metrics"]] == [1, 2] and two["epochs_done"] == 2
     assert [r["partial"] for r in part["metrics"]] == [1] and part["epochs_done"] == 0
     assert plot.is_file()
+    # each run's out-of-fold step: its view and the macro F1 of thresholds tuned on it
+    for doc in (two, part):
+        stored = json.loads((tmp_path / "runs" / doc["name"] / "thresholds.json").read_text())
+        assert stored["tuned_on"] == "oof"
+        assert doc["oof_macro_f1"] == stored["oof_macro_f1"] and doc["oof_view"] == stored["view"]
+    shown = json.loads(cli("runs", "show", "two", "--json").stdout)
+    assert shown["oof_macro_f1"] == two["oof_macro_f1"]
+    table = cli("runs", "compare", "two", "part").stdout
+    assert f"{two['oof_macro_f1']:.4f} (max of 8 crops)" in table
