@@ -140,7 +140,8 @@ def _own_warnings() -> Iterator[None]:
                 line = f"warning: {message}"
                 if line not in printed:
                     printed.add(line)
-                    err().print(line, markup=False, soft_wrap=True)
+                    console = err()  # on a terminal wrapped between words, else one line
+                    console.print(line, markup=False, soft_wrap=not console.is_terminal)
             else:
                 shown(message, category, *args, **kwargs)
 

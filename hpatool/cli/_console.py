@@ -52,7 +52,16 @@ def out() -> Console:
     return console
 
 
+#: The stderr consoles of the progress bars being drawn, innermost last: a line printed on
+#: stderr meanwhile (a warning, an error) goes through the bar's console, which prints it
+#: above the bar instead of into it.
+_LIVE: list[Console] = []
+
+
 def err() -> Console:
+    """A console on the current stderr: the live progress bar's, while one is drawn there."""
+    if _LIVE:  # (rich has replaced sys.stderr by a proxy of that console meanwhile)
+        return _LIVE[-1]
     return _Console(file=sys.stderr, highlight=False)
 
 
@@ -179,5 +188,11 @@ def progress_bar(
     columns = _columns(unit, console.width, compact)
     bar = Progress(*columns, console=console, disable=not live)
     task = bar.add_task(description, total=None, stats="")
-    with bar:
-        yield Bar(bar, task, live=live)
+    if live:
+        _LIVE.append(console)
+    try:
+        with bar:
+            yield Bar(bar, task, live=live)
+    finally:
+        if live:
+            _LIVE.remove(console)

@@ -152,7 +152,7 @@ def _fold_progress(enabled: bool) -> FoldProgress:
     def progress(plan: FoldPlan, i: int, n: int) -> Iterator[ProgressCallback | None]:
         from hpatool.cli._console import out
 
-        head = f"fold {i}/{n} (run {plan.run})"
+        head = f"fold {plan.fold} ({i}/{n}, run {plan.run})"
         if plan.action == "skip":
             record = plan.record
             best = (

@@ -38,6 +38,10 @@ def experiments_list(json_: JsonOpt = False, home: HomeOpt = None) -> None:
                 report = experiment_report(reg, record.name)
             except HpaToolError as exc:  # a hand-edited row, an unreadable oof.csv
                 doc["problem"] = str(exc)
+                try:  # "runs" is a list of run names, as in the other rows
+                    doc["runs"] = [r.name for r in reg.experiment_runs(record.name)]
+                except HpaToolError:
+                    doc["runs"] = []
                 rows.append(doc)
                 continue
             doc["split_folds"] = report.split_folds
@@ -60,7 +64,8 @@ def experiments_list(json_: JsonOpt = False, home: HomeOpt = None) -> None:
     for col in ("name", "datasets", "folds", "OOF samples", "OOF macro F1", "created"):
         table.add_column(col, justify="left" if col in ("name", "datasets", "created") else "right")
     for doc in rows:
-        folds = f"{len(doc.get('runs') or [])}"
+        runs = doc.get("runs") or []
+        folds = str(len(runs) if isinstance(runs, list) else runs)
         if doc.get("split_folds"):
             folds += f"/{doc['split_folds']}"
         oof = "-" if doc["oof_macro_f1"] is None else f"{doc['oof_macro_f1']:.4f}"
@@ -104,7 +109,9 @@ def experiments_show(
     dataset, from the model that did not train on it), with per-class thresholds tuned on them
     all: the figure to compare options by (a fold's own F1 is tuned on that fold, optimistic).
     Per class: precision, recall, F1 and support; the view (crops, aggregation, TTA) of each
-    run.
+    run. A run trained on another split (see 'hpatool runs import') is named: its oof.csv
+    predictions are not out-of-fold for the current split. With --json and no oof.csv yet,
+    "thresholds" is null and "oof_macro_f1" null.
 
     Example: hpatool experiments show r50 --plot r50.png
     """
@@ -196,6 +203,14 @@ def _print_report(report: ExperimentReport) -> None:
             f"folds without a run: {', '.join(map(str, report.folds_missing))} ('hpatool cv "
             f"--name {report.name}' trains them)",
             markup=False,
+        )
+    if report.not_out_of_fold:
+        console.print(
+            f"runs trained on another split: {', '.join(report.not_out_of_fold)}; their "
+            "oof.csv predictions are not out-of-fold for the current split: retrain them or "
+            "split as they were",
+            markup=False,
+            soft_wrap=True,
         )
     if oof is None:
         console.print("no OOF predictions yet", markup=False)

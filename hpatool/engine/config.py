@@ -112,6 +112,7 @@ class TrainConfig:
         _at_least(self, "eval_crops", 1, "use 1 (the centre crop) or more")
         _one_of(self, "eval_agg", AGGREGATIONS)
         _one_of(self, "tta", TTA_MODES)
+        _flips_fit(self.tta, self.eval_crops, "--eval-crops")
         if self.experiment is not None:
             from hpatool.registry.records import check_name
 
@@ -221,6 +222,7 @@ class PredictConfig:
             )
         if self.crops is not None:
             _at_least(self, "crops", 1, "use 1 (the centre crop) or more")
+        _flips_fit(self.tta, self.crops, "--crops")
         if self.tta is not None:
             _one_of(self, "tta", TTA_MODES)
         if self.crop_size is not None and self.crop_size < 8:
@@ -278,6 +280,15 @@ def predict_config(
 
 def _bad(name: str, value: object, rule: str) -> UsageError:
     return UsageError(f"{flag(name)} {value} is invalid; {rule}")
+
+
+def _flips_fit(tta: str | None, crops: int | None, flag_name: str) -> None:
+    """``--tta flips`` has 8 views (the centre crop flipped and rotated): not more."""
+    if tta == "flips" and crops is not None and crops > 8:
+        raise UsageError(
+            f"{flag_name} {crops} is more than the 8 views of --tta flips (the centre crop "
+            f"flipped and rotated); use {flag_name} 8 or fewer, or --tta crops+flips"
+        )
 
 
 def _at_least(config: object, name: str, least: int, rule: str) -> None:

@@ -6,9 +6,10 @@ sharing one process group: ``distributed.keep_process_group``). Run again, it sk
 whose runs are finished (``done`` or ``stopped``, with an ``oof.csv``), resumes the
 interrupted, failed or dead ones from their ``checkpoint-last.pt`` (or starts them again when
 they have none) and refuses one still running. The experiment records its datasets and the
-options its runs start with: a rerun takes the options it does not give from there, and
-refuses one that differs (``plan_cv``). The result ends with the experiment's out-of-fold
-summary (``engine.experiments``).
+options its runs start with (stored when its first fold run registers): a rerun takes the
+options it does not give from there, and refuses one that differs (``plan_cv``, with
+``experiments.option_conflict``, as ``train --experiment``). The result ends with the
+experiment's out-of-fold summary (``engine.experiments``).
 
 The engine never prints: the CLI passes ``fold_progress`` for each fold's progress.
 """
@@ -21,13 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpatool.engine.config import IDENTITY_KEYS, flag, train_config
+from hpatool.engine.config import train_config
 from hpatool.engine.experiments import (
     RUN_OWN_KEYS,
-    experiment_options,
+    conflict_text,
     fold_run_name,
     oof_json,
     oof_or_note,
+    option_conflict,
 )
 from hpatool.engine.run_admin import process_gone
 from hpatool.engine.run_dir import LAST
@@ -38,15 +40,6 @@ if TYPE_CHECKING:
     from hpatool.engine.events import ProgressCallback
     from hpatool.engine.oof import OofSummary
 
-#: The options that say what an experiment's models are: a ``cv`` rerun may not change them.
-EXPERIMENT_KEYS = (
-    *(k for k in IDENTITY_KEYS if k != "fold"),
-    "epochs",
-    "pretrained",
-    "eval_crops",
-    "eval_agg",
-    "tta",
-)
 #: A run in one of these states, with an ``oof.csv``, is a finished fold.
 FINISHED = ("done", "stopped")
 
@@ -70,7 +63,7 @@ class CvPlan:
     split_folds: int
     options: dict[str, Any]  # by TrainConfig name: the given ones over the experiment's
     folds: list[FoldPlan]
-    new: bool  # the experiment is not in the registry yet
+    new: bool  # the experiment is not in the registry yet, or has no runs
 
     def command(self, home: Path | None = None) -> str:
         """The command that goes on with this cross-validation."""
@@ -81,21 +74,6 @@ class CvPlan:
             if resolve_home(None).expanduser().resolve() != Path(home).expanduser().resolve():
                 where = f" --home {home}"
         return f"hpatool{where} cv --name {self.experiment}"
-
-
-def _same(key: str, given: Any, stored: Any) -> bool:
-    if key == "arch":
-        from hpatool.models import resolve_arch
-
-        return bool(resolve_arch(str(given)) == resolve_arch(str(stored)))
-    if key == "datasets":
-        return list(given) == list(stored or [])
-    if isinstance(given, float) or isinstance(stored, float):
-        try:
-            return float(given) == float(stored)
-        except (TypeError, ValueError):
-            return False
-    return bool(given == stored)
 
 
 def plan_cv(
@@ -116,20 +94,14 @@ def plan_cv(
         given.pop("datasets", None)
     stored = reg.experiment(name) if reg.has_experiment(name) else None
     if stored is not None:
-        for key in EXPERIMENT_KEYS:
-            if (
-                key in given
-                and key in stored.options
-                and not _same(key, given[key], stored.options[key])
-            ):
-                value, was = given[key], stored.options[key]
-                show = " ".join(map(str, value)) if isinstance(value, list) else value
-                shown_was = " ".join(map(str, was)) if isinstance(was, list) else was
-                raise UsageError(
-                    f"{flag(key)} {show} differs from the {shown_was} of experiment {name!r}; "
-                    "rerun with the same value (or leave it out), or start a new experiment "
-                    "with another --name"
-                )
+        # an experiment with no runs yet (a cv that failed before its first fold registered)
+        # takes the options given: its first run registered stores them (ensure_experiment)
+        conflict = option_conflict(given, stored.options) if stored.runs else None
+        if conflict is not None:
+            raise UsageError(
+                f"{conflict_text(*conflict, name)}; rerun with the same value (or leave it "
+                "out), or start a new experiment with another --name"
+            )
         options = {**stored.options, "datasets": stored.datasets, **given}
     else:
         options = dict(given)
@@ -162,7 +134,7 @@ def plan_cv(
     members = reg.experiment_runs(name) if stored is not None else []
     by_fold = {r.fold: r for r in members}
     plans = [_plan_fold(reg, name, k, by_fold.get(k), Path(options["out"])) for k in wanted]
-    return CvPlan(name, dataset, split_folds, options, plans, new=stored is None)
+    return CvPlan(name, dataset, split_folds, options, plans, new=stored is None or not stored.runs)
 
 
 def _plan_fold(
@@ -271,12 +243,9 @@ def cross_validate(
         with Registry.open(home) as reg:
             plan = plan_cv(reg, given, name=name, folds=folds, fold_list=fold_list)
             home_path = reg.home
-            ctx.barrier()  # every rank has planned before the experiment is created
-            if ctx.is_main and plan.new:
-                config = train_config({**plan.options, "experiment": name})
-                reg.create_experiment(
-                    name, datasets=config.datasets, options=experiment_options(config)
-                )
+        # the experiment is created (or, with no runs yet, takes these options) when its first
+        # fold run registers (experiments.ensure_experiment): a cv that fails before that
+        # leaves nothing that a retry with other options would be refused by
         ctx.barrier()
         try:
             for i, fold in enumerate(plan.folds, start=1):
@@ -305,7 +274,7 @@ def cross_validate(
         except (KeyboardInterrupt, Interrupted) as exc:
             code = exc.exit_code if isinstance(exc, Interrupted) else 130
             why = {143: "terminated (SIGTERM)", 129: "hung up (SIGHUP)"}.get(code, "interrupted")
-            where = f" in fold {current.fold} (run {current.run})" if current else ""
+            where = f" in run {current.run} (fold {current.fold})" if current else ""
             raise Interrupted(
                 f"{why}: cv {name!r} stopped{where}; run '{plan.command(home_path)}' again to "
                 "resume it (finished folds are skipped)",

@@ -13,10 +13,12 @@ of its JSON and of ``cv``'s.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpatool.engine.config import TrainConfig
+from hpatool.engine.config import IDENTITY_KEYS, TrainConfig, flag
 from hpatool.errors import NotFound, UsageError
 from hpatool.registry import Registry, RunRecord
 
@@ -25,6 +27,16 @@ if TYPE_CHECKING:
 
 #: The options of a fold run that are its own, not its experiment's.
 RUN_OWN_KEYS = ("name", "fold", "experiment", "max_steps")
+#: The options that say what an experiment's models are: its fold runs (``cv`` or ``train
+#: --experiment``) may not change them.
+EXPERIMENT_KEYS = (
+    *(k for k in IDENTITY_KEYS if k != "fold"),
+    "epochs",
+    "pretrained",
+    "eval_crops",
+    "eval_agg",
+    "tta",
+)
 
 
 def fold_run_name(experiment: str, fold: int) -> str:
@@ -33,8 +45,52 @@ def fold_run_name(experiment: str, fold: int) -> str:
 
 
 def experiment_options(config: TrainConfig) -> dict[str, Any]:
-    """What an experiment stores of its first run's options: all but the run's own."""
-    return {k: v for k, v in config.to_json().items() if k not in RUN_OWN_KEYS}
+    """What an experiment stores of its first run's options: all but the run's own; ``out``
+    made absolute (against the current directory), so a later fold from elsewhere writes to
+    the same folder."""
+    options = {k: v for k, v in config.to_json().items() if k not in RUN_OWN_KEYS}
+    if options.get("out") is not None:
+        options["out"] = str(Path(options["out"]).expanduser().resolve())
+    return options
+
+
+def same_option(key: str, given: Any, stored: Any) -> bool:
+    """Whether option ``key`` given as ``given`` is the experiment's ``stored`` value."""
+    if key == "arch":
+        from hpatool.models import resolve_arch
+
+        return bool(resolve_arch(str(given)) == resolve_arch(str(stored)))
+    if key == "datasets":
+        return list(given) == list(stored or [])
+    if isinstance(given, float) or isinstance(stored, float):
+        try:
+            return float(given) == float(stored)
+        except (TypeError, ValueError):
+            return False
+    return bool(given == stored)
+
+
+def _shown(value: Any) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def option_conflict(
+    given: Mapping[str, Any], stored: Mapping[str, Any]
+) -> tuple[str, Any, Any] | None:
+    """The first of ``EXPERIMENT_KEYS`` that ``given`` and an experiment's ``stored`` options
+    both have with other values, as ``(key, given value, stored value)``; ``None`` if none.
+    The one comparison of ``cv`` and ``train --experiment``."""
+    for key in EXPERIMENT_KEYS:
+        if key in given and key in stored and not same_option(key, given[key], stored[key]):
+            return key, given[key], stored[key]
+    return None
+
+
+def conflict_text(key: str, value: Any, was: Any, experiment: str) -> str:
+    """``--KEY VALUE differs from the WAS of experiment 'EXP'``."""
+    return (
+        f"{flag(key)} {_shown(value)} differs from the {_shown(was)} of experiment {experiment!r}"
+    )
 
 
 # ------------------------------------------------------------------- train --experiment
@@ -42,33 +98,59 @@ def experiment_options(config: TrainConfig) -> dict[str, Any]:
 
 def check_experiment_run(reg: Registry, config: TrainConfig, name: str) -> None:
     """Refuse run ``name`` of ``config.experiment`` when the experiment validates on another
-    dataset, or another of its runs already has the run's fold."""
+    dataset, another of its runs already has the run's fold, or (for a run new to the
+    experiment) the run's options differ from those of the experiment's other runs
+    (``option_conflict``). An experiment with no runs yet takes the run's options
+    (``ensure_experiment``)."""
     experiment = config.experiment
     if experiment is None or not reg.has_experiment(experiment):
         return
     record = reg.experiment(experiment)
+    runs = reg.experiment_runs(experiment)
+    if not any(r.name != name for r in runs):
+        return  # no other runs: the experiment takes this one's dataset and options
     first = config.datasets[0] if config.datasets else None
     if record.dataset and first != record.dataset:
         raise UsageError(
             f"experiment {experiment!r} holds folds of dataset {record.dataset!r}, not "
             f"{first!r}; give --dataset {record.dataset} first, or another --experiment"
         )
-    for run in reg.experiment_runs(experiment):
+    for run in runs:
         if run.fold == config.fold and run.name != name:
             raise UsageError(
                 f"experiment {experiment!r} already has fold {config.fold}: run {run.name!r}; "
                 f"choose another --fold, or remove that run first ('hpatool runs remove "
                 f"{run.name}')"
             )
+    if any(r.name == name for r in runs):
+        return  # already one of its runs (resumed): its own options stand
+    conflict = option_conflict(config.to_json(), record.options)
+    if conflict is not None:
+        key, value, was = conflict
+        again = (
+            " ".join(f"{flag(key)} {v}" for v in was)
+            if isinstance(was, list)
+            else f"{flag(key)} {was}"
+        )
+        raise UsageError(
+            f"{conflict_text(key, value, was, experiment)}; give {again}, as the "
+            "experiment's other folds, or another --experiment"
+        )
 
 
 def ensure_experiment(reg: Registry, config: TrainConfig) -> None:
-    """Create ``config.experiment`` (its datasets and options from ``config``) if it is new;
-    call inside the transaction that registers the run."""
-    if config.experiment is not None and not reg.has_experiment(config.experiment):
-        reg.create_experiment(
-            config.experiment, datasets=config.datasets, options=experiment_options(config)
-        )
+    """Create ``config.experiment`` (its datasets and options from ``config``) if it is new,
+    or has no runs yet (one left by a command that failed before its first run registered:
+    it takes this run's options); call inside the transaction that registers the run."""
+    name = config.experiment
+    if name is None:
+        return
+    with reg.transaction():
+        if reg.has_experiment(name):
+            if reg.experiment(name).runs:
+                return
+            reg.delete_experiment(name)
+        reg.create_experiment(name, datasets=config.datasets, options=experiment_options(config))
 
 
 # -------------------------------------------------------------------- experiments show
@@ -87,6 +169,9 @@ class ExperimentReport:
     split_folds: int | None
     oof: OofSummary | None = None
     oof_note: str | None = None
+    #: runs whose oof.csv holds ids of another fold of the current split than the run's fold
+    #: (trained on another split, e.g. imported): their predictions are not out-of-fold here
+    not_out_of_fold: list[str] = field(default_factory=list)
 
     @property
     def folds_missing(self) -> list[int]:
@@ -119,6 +204,7 @@ class ExperimentReport:
             ],
         }
         doc.update(oof_json(self.oof))
+        doc["not_out_of_fold"] = list(self.not_out_of_fold)
         if self.oof is None:
             doc["dataset_samples"] = None
         if self.oof_note:
@@ -142,7 +228,29 @@ def experiment_report(reg: Registry, name: str) -> ExperimentReport:
         split_folds=int(split["folds"]) if split else None,
         oof=oof,
         oof_note=note,
+        not_out_of_fold=not_out_of_fold(reg, record.dataset, runs),
     )
+
+
+def not_out_of_fold(reg: Registry, dataset: str, runs: list[RunRecord]) -> list[str]:
+    """The runs whose ``oof.csv`` holds an id that the registry's current split of ``dataset``
+    puts in another fold than the run's: trained on another split (``runs import``), their
+    predictions are not out-of-fold for this one. Runs without an ``oof.csv`` or a fold, or
+    a dataset without a split, name none."""
+    from hpatool.engine.oof import OOF_FILE, read_oof
+
+    if not reg.has_dataset(dataset) or reg.split_info(dataset) is None:
+        return []
+    folds = reg.folds(dataset)
+    names = []
+    for run in runs:
+        path = run.out_dir / OOF_FILE
+        if run.fold is None or not path.is_file():
+            continue
+        ids, _ = read_oof(path)
+        if any(folds.get(i) != run.fold for i in ids):
+            names.append(run.name)
+    return names
 
 
 def oof_or_note(reg: Registry, runs: list[RunRecord]) -> tuple[OofSummary | None, str | None]:

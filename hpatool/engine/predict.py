@@ -297,5 +297,6 @@ def frequency_drift(labels: list[list[int]], train_frequency: np.ndarray | None)
     more = f"; and {len(far) - 3} more" if len(far) > 3 else ""
     return (
         f"predicted class frequencies far from the training data's, of {n:,} images: "
-        f"{shown}{more}; check the thresholds (thresholds.json, or pass --threshold 0.5)"
+        f"{shown}{more}; check the thresholds (thresholds.json; an ensemble's are tuned on its "
+        "runs' oof.csv) or pass --threshold 0.5"
     )

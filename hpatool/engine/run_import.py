@@ -112,7 +112,12 @@ def import_run(reg: Registry, folder: Path, *, name: str | None = None) -> Impor
             experiment = check_name(str(experiment), "experiment")
             known = {f.name for f in dataclasses.fields(TrainConfig)}
             cfg = train_config(
-                {**{k: v for k, v in options.items() if k in known}, "name": run_name}
+                {
+                    **{k: v for k, v in options.items() if k in known},
+                    "name": run_name,
+                    # a new experiment's later folds go beside the imported run
+                    "out": str(folder.parent),
+                }
             )
             check_experiment_run(reg, cfg, run_name)
             created = not reg.has_experiment(experiment)

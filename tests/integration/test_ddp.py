@@ -100,7 +100,7 @@ def test_two_process_cpu_ddp_cv_trains_two_folds_in_one_process_group(
     ]  # fmt: skip
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.count("fold 2/2 (run dcv-f1)") == 1  # only rank 0 talks
+    assert done.stdout.count("fold 1 (2/2, run dcv-f1)") == 1  # only rank 0 talks
     assert "OOF macro F1" in done.stdout and "over 16 of 16 labelled samples" in done.stdout
     with Registry.open(home) as reg:
         runs = reg.experiment_runs("dcv")

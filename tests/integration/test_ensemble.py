@@ -246,7 +246,8 @@ def test_a_class_predicted_far_more_often_than_in_training_is_one_warning(
     assert res.stderr == (
         f"warning: predicted class frequencies far from the training data's, of {N} images: "
         f"{rare} {CLASS_NAMES[rare]} {100 * share:.1f}% (training {100 * shares[rare]:.1f}%); "
-        "check the thresholds (thresholds.json, or pass --threshold 0.5)\n"
+        "check the thresholds (thresholds.json; an ensemble's are tuned on its runs' oof.csv) "
+        "or pass --threshold 0.5\n"
     )
     # a run without class_frequency (trained before it was written): no warning
     del config["class_frequency"]

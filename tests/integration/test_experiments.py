@@ -62,7 +62,7 @@ def _label_ids(labels: Path) -> list[str]:
 
 def test_cv_trains_one_run_per_fold_and_oof_covers_every_sample_once(done: Done) -> None:
     out = done.result.stdout
-    assert "fold 1/3 (run ex-f0)" in out and "fold 3/3 (run ex-f2)" in out
+    assert "fold 0 (1/3, run ex-f0)" in out and "fold 2 (3/3, run ex-f2)" in out
     assert "OOF macro F1" in out and "over 24 of 24 labelled samples of syn" in out
     with Registry.open(done.home) as reg:
         runs = reg.experiment_runs("ex")
@@ -142,6 +142,10 @@ def test_an_experiment_without_oof_files_says_so(done: Done, tmp_path: Path) -> 
     shown = run_cli(home, "experiments", "show", "empty")
     assert shown.exit_code == 0 and "no OOF predictions yet" in shown.stdout
     assert "folds without a run: 0, 1, 2" in shown.stdout
+    doc = json.loads(run_cli(home, "experiments", "show", "empty", "--json").stdout)
+    assert doc["thresholds"] is None and doc["oof_macro_f1"] is None
+    assert doc["not_out_of_fold"] == []
+    assert '"thresholds" is null' in run_cli(home, "experiments", "show", "--help").stdout
 
 
 def test_cv_rerun_skips_finished_folds_and_refuses_other_options(done: Done) -> None:
@@ -155,7 +159,7 @@ def test_cv_rerun_skips_finished_folds_and_refuses_other_options(done: Done) -> 
     assert doc["oof_samples"] == 24 and len(doc["thresholds"]) == NUM_CLASSES
     assert {p: p.stat().st_mtime_ns for p in done.runs.rglob("*") if p.is_file()} == before
     text = run_cli(done.home, "cv", "--name", "ex", "--fold", "1")
-    assert "fold 1/1 (run ex-f1): already done" in text.stdout
+    assert "fold 1 (1/1, run ex-f1): already done" in text.stdout
     lr = run_cli(done.home, "cv", "--name", "ex", "--lr", "0.1")
     assert "--lr 0.1 differs from the 0.003 of experiment 'ex'" in one_line_error(lr)
     other = run_cli(done.home, "cv", "--name", "ex", "--dataset", "other")
@@ -177,3 +181,54 @@ def test_train_experiment_refuses_another_dataset_or_a_taken_fold(done: Done) ->
     )
     with Registry.open(done.home) as reg:
         assert not reg.has_run("x") and len(reg.experiment_runs("ex")) == 3
+
+
+def test_train_experiment_refuses_other_options_and_an_empty_experiment_takes_them(
+    done: Done, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "copy"
+    shutil.copytree(done.home, home)
+    assert run_cli(home, "runs", "remove", "ex-f2").exit_code == 0  # its files stay
+    base = ("train", "--dataset", "syn", *TRAIN, "--epochs", "1", "--workers", "0")
+    crop = run_cli(home, *base, "--experiment", "ex", "--fold", "2", "--crop", "40")
+    assert one_line_error(crop) == (
+        "error: --crop 40 differs from the 32 of experiment 'ex'; give --crop 32, as the "
+        "experiment's other folds, or another --experiment"
+    )
+    # an experiment left without runs (a cv that failed early) takes the new run's options
+    with Registry.open(home) as reg:
+        assert not reg.has_run("ex-f2")
+        reg.create_experiment("fresh", datasets=["other"], options={"arch": "resnet18"})
+    monkeypatch.chdir(tmp_path)
+    fold0 = run_cli(
+        home, *base, "--experiment", "fresh", "--fold", "0", "--eval-crops", "1",
+        "--max-steps", "1", "--out", "runs",
+    )  # fmt: skip
+    assert fold0.exit_code == 0, fold0.output
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    from hpatool.engine.cv import plan_cv
+
+    with Registry.open(home) as reg:
+        fresh = reg.experiment("fresh")
+        plan = plan_cv(reg, {}, name="fresh", fold_list=[1])
+    assert fresh.datasets == ["syn"] and fresh.options["arch"] == TRAIN[1]
+    assert fresh.options["out"] == str(tmp_path / "runs")  # absolute: not the cwd's "runs"
+    assert plan.options["out"] == str(tmp_path / "runs")
+
+
+def test_experiments_list_names_a_corrupt_oof_csv(done: Done) -> None:
+    oof = done.runs / "ex-f1" / "oof.csv"
+    kept = oof.read_bytes()
+    try:
+        oof.write_text("Id,0\nx,1\n")
+        listed = run_cli(done.home, "experiments", "list")
+        assert listed.exit_code == 0, listed.output
+        assert f"note: ex: {oof}, line 1: not an oof.csv" in listed.stdout.replace("\n", "")
+        (row,) = json.loads(run_cli(done.home, "experiments", "list", "--json").stdout)
+        assert row["runs"] == ["ex-f0", "ex-f1", "ex-f2"] and "not an oof.csv" in row["problem"]
+        shown = run_cli(done.home, "experiments", "show", "ex")
+        assert f"{oof}, line 1: not an oof.csv" in one_line_error(shown, 1)
+    finally:
+        oof.write_bytes(kept)

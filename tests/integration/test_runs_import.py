@@ -61,6 +61,7 @@ def test_a_fold_trained_elsewhere_is_imported_into_its_experiment(
     with Registry.open(here) as reg:
         record = reg.run("gpu2-f1")
         assert reg.experiment("ex").datasets == ["syn"]
+        assert reg.experiment("ex").options["out"] == str(copied.parent.absolute())
     assert (record.experiment, record.fold, record.status) == ("ex", 1, "done")
     assert (record.best_f1, record.best_epoch, record.epochs_done) == (
         original.best_f1,
@@ -70,7 +71,18 @@ def test_a_fold_trained_elsewhere_is_imported_into_its_experiment(
     assert record.out_dir == copied.absolute()
     shown = json.loads(run_cli(here, "experiments", "show", "ex", "--json").stdout)
     assert shown["runs"][0]["name"] == "gpu2-f1" and shown["folds_missing"] == [0]
-    assert 0 < shown["oof_samples"] < 16
+    assert 0 < shown["oof_samples"] < 16 and shown["not_out_of_fold"] == []
+    # split again otherwise: the run's oof.csv is no longer its validation fold of this split
+    resplit = run_cli(here, "split", "syn", "--folds", "2", "--seed", "7", "--force")
+    assert resplit.exit_code == 0, resplit.output
+    shown = json.loads(run_cli(here, "experiments", "show", "ex", "--json").stdout)
+    assert shown["not_out_of_fold"] == ["gpu2-f1"]
+    text = run_cli(here, "experiments", "show", "ex")
+    assert text.exit_code == 0, text.output
+    assert (
+        "runs trained on another split: gpu2-f1; their oof.csv predictions are not out-of-fold "
+        "for the current split: retrain them or split as they were"
+    ) in text.stdout.replace("\n", " ")
 
     again = run_cli(here, "runs", "import", copied)
     assert "run 'gpu2-f1' already exists" in one_line_error(again)

@@ -102,3 +102,16 @@ def test_config_values_are_checked_like_flags(cli: Invoke, tmp_path: Path) -> No
     # a flag wins over the file, so the bad value in it no longer matters
     line = one_line_error(cli("predict", "--config", toml, "--crops", "2"), 2)
     assert "unknown dataset 'te'" in line, line
+
+
+def test_flips_have_eight_views() -> None:
+    """``--tta flips`` is the centre crop under the 8 flips and rotations: a ninth view is
+    refused, for prediction and for a run's out-of-fold view, rather than silently dropped."""
+    from hpatool.engine.config import TrainConfig
+
+    PredictConfig(dataset="d", run=["r"], tta="flips", crops=8).validate()
+    with pytest.raises(UsageError, match="--crops 9 is more than the 8 views of --tta flips"):
+        PredictConfig(dataset="d", run=["r"], tta="flips", crops=9).validate()
+    PredictConfig(dataset="d", run=["r"], tta="crops+flips", crops=9).validate()
+    with pytest.raises(UsageError, match="--eval-crops 12 is more than the 8 views"):
+        TrainConfig(datasets=["d"], arch="resnet10t", tta="flips", eval_crops=12).validate()

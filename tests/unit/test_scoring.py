@@ -244,7 +244,8 @@ def test_frequency_drift_rule() -> None:
     assert text == (
         "predicted class frequencies far from the training data's, of 20 images: "
         "2 Nucleoli 50.0% (training 1.0%); 1 Nuclear membrane 0.0% (training 30.0%); "
-        "check the thresholds (thresholds.json, or pass --threshold 0.5)"
+        "check the thresholds (thresholds.json; an ensemble's are tuned on its runs' oof.csv) "
+        "or pass --threshold 0.5"
     )
     assert frequency_drift(labels[:19], train) == ""  # under 20 images: no warning
     assert frequency_drift(labels, None) == ""  # a run without class_frequency
