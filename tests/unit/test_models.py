@@ -261,7 +261,7 @@ def _imagenet_like(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
 def test_imagenet_weights_are_adapted_to_four_channels(
     monkeypatch: pytest.MonkeyPatch, arch: str, timm_name: str, tag: str, conv: str
 ) -> None:
-    import hpatool.models
+    import hpatool.imagenet
 
     source = _imagenet_like(timm_name)
     asked: list[str] = []
@@ -270,7 +270,7 @@ def test_imagenet_weights_are_adapted_to_four_channels(
         asked.append(name)
         return dict(source)
 
-    monkeypatch.setattr(hpatool.models, "imagenet_state_dict", fake_download)
+    monkeypatch.setattr(hpatool.imagenet, "imagenet_state_dict", fake_download)
     torch.manual_seed(0)
     fresh_head = create_model(arch).state_dict()
     torch.manual_seed(0)
@@ -317,7 +317,7 @@ def test_imagenet_weights_come_from_the_hf_cache_without_network(
 
     from huggingface_hub import constants
 
-    from hpatool.models import imagenet_state_dict
+    from hpatool.imagenet import imagenet_state_dict
 
     source = _imagenet_like("resnet18", seed=3)
     _put_in_hf_cache(tmp_path / "hub", "timm/resnet18.a1_in1k", "model.safetensors", source)
@@ -346,7 +346,7 @@ def test_imagenet_offline_is_one_line_and_its_file_loads_as_a_path(
 ) -> None:
     from huggingface_hub import constants
 
-    from hpatool.models import imagenet_state_dict
+    from hpatool.imagenet import imagenet_state_dict
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
