@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from hpatool.cli._common import ROOT_HOME, HomeOpt, JsonOpt
-from hpatool.cli.train import (
+from hpatool.cli._train_options import (
     AmpOpt,
     ArchOpt,
     BatchSizeOpt,
