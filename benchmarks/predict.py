@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from hpatool.data.transforms import HPA_MEAN, HPA_STD, to_tensor
-from hpatool.engine.scoring import ScoreItem, crop_windows, score
+from hpatool.engine.scoring import ScoreItem, score
+from hpatool.engine.views import crop_windows
 from hpatool.imaging import read_sample
 from hpatool.models import create_model
 from hpatool.synth import synth_dataset

@@ -32,16 +32,9 @@ from hpatool.engine.model_source import (
     resolve_thresholds,
     uses_oof_thresholds,
 )
-from hpatool.engine.scoring import (
-    CheckedImages,
-    Scores,
-    View,
-    check_images,
-    resolve_view,
-    score,
-    stored_as_view,
-)
+from hpatool.engine.scoring import CheckedImages, Scores, check_images, score
 from hpatool.engine.selection import Candidates, ViewMismatch, warn_once
+from hpatool.engine.views import View, resolve_view, stored_as_view
 from hpatool.errors import Interrupted, UsageError
 from hpatool.registry import Registry
 

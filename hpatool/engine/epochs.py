@@ -291,7 +291,8 @@ def write_oof_step(run: EpochRun) -> OofResult:
     from hpatool.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
     from hpatool.engine.metrics import macro_f1, tune_thresholds
     from hpatool.engine.oof import OOF_FILE, write_oof
-    from hpatool.engine.scoring import ScoreItem, Scores, n_views, score, windows_text
+    from hpatool.engine.scoring import ScoreItem, Scores, score
+    from hpatool.engine.views import n_views, windows_text
 
     config, trainer, ctx = run.target.config, run.trainer, run.ctx
     run_dir = run.target.run_dir

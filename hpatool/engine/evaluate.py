@@ -21,9 +21,7 @@ from hpatool.engine.scoring import (
     ScoreItem,
     Scores,
     decide_labels,
-    n_views,
     other_agg,
-    windows_text,
 )
 from hpatool.engine.selection import (
     Candidates,
@@ -36,6 +34,7 @@ from hpatool.engine.selection import (
     warn_once,
     warn_trained_on,
 )
+from hpatool.engine.views import n_views, windows_text
 from hpatool.errors import WorkFailed
 from hpatool.labels import NUM_CLASSES
 from hpatool.outputs import Inputs, check_figure
@@ -62,7 +61,7 @@ class EvaluationReport:
     y_pred: np.ndarray | None = None
     probs: np.ndarray | None = None
     plot: Path | None = None  # the per-class figure, if one was asked for
-    windows: int = 0  # windows scored per image (``scoring.n_views``), by the first model
+    windows: int = 0  # windows scored per image (``views.n_views``), by the first model
     limit: int | None = None  # the run's --limit, when its first N samples were evaluated
     left_out: dict[str, int] = field(default_factory=dict)  # reason -> count
     trained_on: int = 0  # evaluated samples that were in the run's training set

@@ -1,5 +1,6 @@
-"""Scoring images with test-time augmentation (TTA): the views of an image, a dataset of
-those views, the batched scoring loop, aggregation over the views, and thresholds -> labels.
+"""Scoring images with test-time augmentation (TTA): a dataset of each image's views
+(``hpatool.engine.views`` says which windows and transforms), the batched scoring loop,
+aggregation over the views, and thresholds -> labels.
 
 How an image is scored is its *view*: a ``crop x crop`` window size, ``crops`` (N), the
 aggregation (``max`` or ``mean`` of the sigmoid probabilities) and the TTA mode:
@@ -31,8 +32,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hpatool._io import ProgressFn
-from hpatool.engine.config import AGGREGATIONS, TTA_MODES
+from hpatool.engine.config import AGGREGATIONS
 from hpatool.engine.metrics import apply_thresholds
+from hpatool.engine.views import check_tta, view_windows
 from hpatool.errors import DataError, UsageError
 
 if TYPE_CHECKING:
@@ -47,149 +49,6 @@ class ScoreItem:
     index: int
     root: Path
     id: str
-
-
-def crop_windows(
-    index: int, height: int, width: int, crop: int, crops: int, seed: int
-) -> list[tuple[int, int]]:
-    """``crops`` random (top, left) corners for sample ``index``; one window if the crop fills
-    the image."""
-    if crop >= height and crop >= width:
-        return [(0, 0)]
-    rng = np.random.default_rng([seed, index])
-    tops = rng.integers(0, height - crop + 1, size=crops)
-    lefts = rng.integers(0, width - crop + 1, size=crops)
-    return [(int(t), int(left)) for t, left in zip(tops, lefts, strict=True)]
-
-
-#: The dihedral transforms there are (8: four rotations, each with or without a flip).
-MAX_FLIPS = 8
-
-
-def _check_tta(tta: str) -> None:
-    if tta not in TTA_MODES:
-        raise UsageError(f"--tta {tta!r} is invalid; use {', '.join(TTA_MODES)}")
-
-
-def view_windows(
-    index: int, height: int, width: int, crop: int, crops: int, seed: int, tta: str = "crops"
-) -> list[tuple[int, int, int]]:
-    """The views of sample ``index`` as ``(top, left, k)``: a ``crop x crop`` window and the
-    dihedral transform ``k`` (0 = as it is) to apply to it (see the module docstring)."""
-    _check_tta(tta)
-    whole = crop >= height and crop >= width
-    centre = ((height - crop) // 2, (width - crop) // 2) if not whole else (0, 0)
-    if tta == "crops":
-        if whole:
-            return [(0, 0, 0)]
-        if crops == 1:
-            return [(*centre, 0)]
-        return [(t, left, 0) for t, left in crop_windows(index, height, width, crop, crops, seed)]
-    if tta == "flips" or whole or crops == 1:
-        return [(*centre, k) for k in range(min(crops, MAX_FLIPS))]
-    windows = crop_windows(index, height, width, crop, crops, seed)
-    return [(t, left, i % MAX_FLIPS) for i, (t, left) in enumerate(windows)]
-
-
-def n_views(crops: int, tta: str, whole_image: bool) -> int:
-    """How many views each image gets (what ``view_windows`` returns)."""
-    if tta == "crops":
-        return 1 if whole_image else crops
-    if tta == "flips" or whole_image or crops == 1:
-        return min(crops, MAX_FLIPS)
-    return crops
-
-
-def windows_text(
-    agg: str,
-    crops: int,
-    crop: int,
-    windows: int,
-    tta: str = "crops",
-    whole_image: bool | None = None,
-) -> str:
-    """How images are scored, in words, as it really happens: ``max of 8 crops of 256px``,
-    ``the centre crop of 256px``, ``1 window of 512px (the whole image)``, ``max of 8
-    flips/rotations of the whole 512px image``, ``mean of 4 flipped/rotated crops of 256px``.
-    ``windows`` is what ``n_views`` gave; ``whole_image`` None = ``windows == 1`` (the old
-    meaning: one window is the whole image)."""
-    whole = windows == 1 if whole_image is None else whole_image
-    if windows == 1:
-        return (
-            f"1 window of {crop}px (the whole image)" if whole else f"the centre crop of {crop}px"
-        )
-    if tta == "crops":
-        return f"{agg} of {windows} crops of {crop}px"
-    if whole:
-        return f"{agg} of {windows} flips/rotations of the whole {crop}px image"
-    if tta == "flips" or crops == 1:
-        return f"{agg} of {windows} flips/rotations of the centre crop of {crop}px"
-    return f"{agg} of {windows} flipped/rotated crops of {crop}px"
-
-
-@dataclass(frozen=True)
-class View:
-    """How a model scores an image: window size, how many views, aggregation, TTA mode."""
-
-    crop: int
-    crops: int
-    agg: str
-    tta: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"crop": self.crop, "crops": self.crops, "agg": self.agg, "tta": self.tta}
-
-    def windows(self, whole_image: bool) -> int:
-        return n_views(self.crops, self.tta, whole_image)
-
-    def text(self, whole_image: bool) -> str:
-        """``max of 8 crops of 256px``, ... (``windows_text``) for images the crop fills or
-        not."""
-        return windows_text(
-            self.agg, self.crops, self.crop, self.windows(whole_image), self.tta, whole_image
-        )
-
-
-#: The view of a run that stores none (trained before views were stored): as ``predict`` was.
-DEFAULT_VIEW = {"crops": 8, "agg": "max", "tta": "crops"}
-
-
-def resolve_view(
-    crop: int,
-    crops: int | None,
-    agg: str | None,
-    tta: str | None,
-    stored: dict[str, Any] | None,
-) -> View:
-    """A model's view: each of ``crops``/``agg``/``tta`` as given, else the model's ``stored``
-    one, else ``DEFAULT_VIEW``; ``crop`` is ``--crop-size`` or the run's training crop."""
-    saved = dict(DEFAULT_VIEW)
-    if stored:
-        for key in saved:
-            if stored.get(key) is not None:
-                saved[key] = stored[key]
-
-    def pick(given: Any, key: str) -> Any:
-        return given if given is not None else saved[key]
-
-    view = View(int(crop), int(pick(crops, "crops")), str(pick(agg, "agg")), str(pick(tta, "tta")))
-    _check_tta(view.tta)
-    if view.agg not in AGGREGATIONS:
-        raise UsageError(f"--agg {view.agg!r} is invalid; use max or mean")
-    return view
-
-
-def stored_as_view(stored: dict[str, Any], crop: int) -> View | None:
-    """A stored view (``thresholds.json``'s ``view``) as a ``View``; ``None`` if unusable."""
-    try:
-        return View(
-            int(stored.get("crop", crop)),
-            int(stored["crops"]),
-            str(stored["agg"]),
-            str(stored.get("tta", "crops")),
-        )
-    except (KeyError, TypeError, ValueError):
-        return None
 
 
 #: Why a sample whose four files are there is left out before scoring: a header that cannot be
@@ -310,7 +169,7 @@ class CropDataset:
         std: Sequence[float],
         tta: str = "crops",
     ) -> None:
-        _check_tta(tta)
+        check_tta(tta)
         self.items = list(items)
         self.tta = tta
         self.crop = crop
@@ -419,7 +278,7 @@ def score(
 
     if agg not in AGGREGATIONS:
         raise UsageError(f"--agg {agg!r} is invalid; use max or mean")
-    _check_tta(tta)
+    check_tta(tta)
     mine = rank_share(len(items), batch_size, rank, world_size)
     loader: DataLoader[Any] = DataLoader(
         Subset(CropDataset(items, crop, crops, seed, mean, std, tta), mine),  # type: ignore[arg-type]

@@ -86,7 +86,7 @@ def test_whole_image_crop_and_capped_workers(
 
 
 def test_windows_text() -> None:
-    from hpatool.engine.scoring import windows_text
+    from hpatool.engine.views import windows_text
 
     assert windows_text("max", 8, 256, 8) == "max of 8 crops of 256px"
     assert windows_text("max", 8, 512, 1) == "1 window of 512px (the whole image)"

@@ -21,7 +21,7 @@ def test_file_under_flags_over_defaults(tmp_path: Path) -> None:
     toml = write(tmp_path / "p.toml", 'run = "r1"\ndataset = "te"\ncrops = 3\nbatch-size = 4\n')
     config = predict_config({"crops": 5, "agg": None, "out": tmp_path / "s.csv"}, toml)
     assert (config.run, config.dataset, config.crops, config.batch_size) == (["r1"], "te", 5, 4)
-    # a view option not given is None: each model's stored view (scoring.resolve_view)
+    # a view option not given is None: each model's stored view (views.resolve_view)
     assert config.agg is None and config.tta is None
     assert config.out == str(tmp_path / "s.csv")
 

@@ -16,7 +16,8 @@ from hpatool.engine.predict_files import (
     write_probabilities,
     write_submission,
 )
-from hpatool.engine.scoring import Scores, aggregate, crop_windows, decide_labels, rank_share
+from hpatool.engine.scoring import Scores, aggregate, decide_labels, rank_share
+from hpatool.engine.views import crop_windows
 from hpatool.errors import DataError, UsageError
 
 
@@ -158,7 +159,7 @@ def test_scoring_gives_both_aggregations_of_the_same_crops(tmp_path: Path) -> No
 
 
 def test_views_of_each_tta_mode() -> None:
-    from hpatool.engine.scoring import view_windows
+    from hpatool.engine.views import view_windows
 
     # --crops 1 is the centre crop (the validation view), for every mode
     for tta in ("crops", "flips", "crops+flips"):
@@ -197,13 +198,13 @@ def test_views_of_each_tta_mode() -> None:
     ],
 )
 def test_view_text_says_what_really_happens(tta: str, crops: int, whole: bool, text: str) -> None:
-    from hpatool.engine.scoring import View
+    from hpatool.engine.views import View
 
     assert View(32, crops, "max", tta).text(whole) == text
 
 
 def test_resolve_view_given_over_stored_over_default() -> None:
-    from hpatool.engine.scoring import View, resolve_view
+    from hpatool.engine.views import View, resolve_view
 
     stored = {"crop": 32, "crops": 4, "agg": "mean", "tta": "flips"}
     assert resolve_view(32, None, None, None, stored) == View(32, 4, "mean", "flips")
