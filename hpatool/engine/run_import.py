@@ -45,30 +45,8 @@ class ImportedRun:
 def import_run(reg: Registry, folder: Path, *, name: str | None = None) -> ImportedRun:
     """Register the run folder ``folder`` (trained elsewhere) as run ``name`` (default: the
     name in its ``config.json``); see ``hpatool runs import``."""
-    from hpatool.engine.oof import OOF_FILE
-
     folder = Path(folder).expanduser().absolute()
-    if not folder.is_dir():
-        raise NotFound(f"{folder}: no such folder (give a run folder, OUT/NAME)")
-    config_path = folder / CONFIG_FILE
-    if not config_path.is_file():
-        raise UsageError(f"{folder} is not a run folder: it has no {CONFIG_FILE}")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        options = config["options"]
-        if not isinstance(options, dict):
-            raise TypeError
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
-        raise DataError(
-            f'{config_path}: not a run\'s {CONFIG_FILE} (no "options" object); it is '
-            "written by 'hpatool train'"
-        ) from None
-    metrics_path = folder / METRICS_FILE
-    if not metrics_path.is_file():
-        raise UsageError(
-            f"{folder} is not a finished run folder: it has no {METRICS_FILE} (no epoch finished)"
-        )
-    rows = read_metrics_csv(metrics_path)
+    config, options, rows = _read_run_folder(folder)
     run_name = check_name(str(name or options.get("name") or folder.name), "run")
     if reg.has_run(run_name):
         raise AlreadyExists(
@@ -77,7 +55,7 @@ def import_run(reg: Registry, folder: Path, *, name: str | None = None) -> Impor
         )
     datasets = [str(d) for d in options.get("datasets") or []]
     if not datasets:
-        raise DataError(f'{config_path}: the run names no datasets ("options"."datasets")')
+        raise DataError(f'{folder / CONFIG_FILE}: the run names no datasets ("options"."datasets")')
     unknown = [d for d in datasets if not reg.has_dataset(d)]
     if unknown:
         raise UsageError(
@@ -86,27 +64,14 @@ def import_run(reg: Registry, folder: Path, *, name: str | None = None) -> Impor
         )
     fold = options.get("fold")
     fold = int(fold) if isinstance(fold, int) else None
-    experiment = options.get("experiment")
-    epochs = int(options.get("epochs") or 0)
-    full = [r for r in rows if not r.get("partial")]
-    epochs_done = max((int(r["epoch"]) for r in full), default=0)
-    best = best_row(rows)
-    best_f1 = None if best is None else best["macro_f1"]
-    if best is not None:  # metrics.csv rounds to 6 digits; thresholds.json has the full value
-        try:
-            doc = json.loads((folder / THRESHOLDS_FILE).read_text(encoding="utf-8"))
-            if doc.get("epoch") == best["epoch"] and isinstance(doc.get("macro_f1"), float):
-                best_f1 = doc["macro_f1"]
-        except (OSError, ValueError, AttributeError):
-            pass
-    finished = epochs_done >= epochs > 0 and (folder / OOF_FILE).is_file()
-    status = "done" if finished else "interrupted"
+    progress = _progress(folder, options, rows)
     result_notes: list[str] = []
     split = reg.split_info(datasets[0])
     if split is None:
         result_notes.append(f"dataset {datasets[0]!r} has no split in this registry")
     differs = split is not None and _other_split(reg, folder, config, datasets[0], fold, split)
     created = False
+    experiment = options.get("experiment")
     with reg.transaction():
         if experiment is not None:
             experiment = check_name(str(experiment), "experiment")
@@ -122,7 +87,7 @@ def import_run(reg: Registry, folder: Path, *, name: str | None = None) -> Impor
             check_experiment_run(reg, cfg, run_name)
             created = not reg.has_experiment(experiment)
             ensure_experiment(reg, cfg)
-        record = reg.create_run(
+        reg.create_run(
             run_name,
             arch=str(options.get("arch") or config.get("arch") or "?"),
             datasets=datasets,
@@ -130,13 +95,13 @@ def import_run(reg: Registry, folder: Path, *, name: str | None = None) -> Impor
             config={k: v for k, v in config.items() if k != "process"},
             out_dir=folder,
             experiment=experiment,
-            status=status,
+            status=progress.status,
         )
         record = reg.update_run(
             run_name,
-            best_f1=best_f1,
-            best_epoch=None if best is None else best["epoch"],
-            epochs_done=epochs_done,
+            best_f1=progress.best_f1,
+            best_epoch=progress.best_epoch,
+            epochs_done=progress.epochs_done,
         )
     if differs and split is not None:
         saved = config.get("split") or {}
@@ -149,6 +114,72 @@ def import_run(reg: Registry, folder: Path, *, name: str | None = None) -> Impor
             stacklevel=2,
         )
     return ImportedRun(record, created, result_notes)
+
+
+def _read_run_folder(
+    folder: Path,
+) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """A run folder's ``config.json`` (and its ``"options"``) and ``metrics.csv`` rows; a folder
+    that is not a run's, or files that are not a run's, is a one-line error."""
+    if not folder.is_dir():
+        raise NotFound(f"{folder}: no such folder (give a run folder, OUT/NAME)")
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        raise UsageError(f"{folder} is not a run folder: it has no {CONFIG_FILE}")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(
+            f"{config_path}: not a run's {CONFIG_FILE}: it is not JSON ({exc}); it is "
+            "written by 'hpatool train'"
+        ) from None
+    options = config.get("options") if isinstance(config, dict) else None
+    if not isinstance(options, dict):
+        raise DataError(
+            f'{config_path}: not a run\'s {CONFIG_FILE} (no "options" object); it is '
+            "written by 'hpatool train'"
+        )
+    metrics_path = folder / METRICS_FILE
+    if not metrics_path.is_file():
+        raise UsageError(
+            f"{folder} is not a finished run folder: it has no {METRICS_FILE} (no epoch finished)"
+        )
+    return config, options, read_metrics_csv(metrics_path)
+
+
+@dataclass(frozen=True)
+class _Progress:
+    """How far an imported run got, from its files."""
+
+    status: str  # done (every epoch, and oof.csv) or interrupted
+    epochs_done: int
+    best_f1: float | None
+    best_epoch: int | None
+
+
+def _progress(folder: Path, options: dict[str, Any], rows: list[dict[str, Any]]) -> _Progress:
+    """The run's epochs done, best epoch and F1 (full precision from ``thresholds.json`` where
+    it is that epoch's: ``metrics.csv`` rounds to 6 digits), and its status."""
+    from hpatool.engine.oof import OOF_FILE
+
+    epochs = int(options.get("epochs") or 0)
+    epochs_done = max((int(r["epoch"]) for r in rows if not r.get("partial")), default=0)
+    best = best_row(rows)
+    best_f1 = None if best is None else best["macro_f1"]
+    if best is not None:
+        try:
+            doc = json.loads((folder / THRESHOLDS_FILE).read_text(encoding="utf-8"))
+            if doc.get("epoch") == best["epoch"] and isinstance(doc.get("macro_f1"), float):
+                best_f1 = doc["macro_f1"]
+        except (OSError, ValueError, AttributeError):
+            pass
+    finished = epochs_done >= epochs > 0 and (folder / OOF_FILE).is_file()
+    return _Progress(
+        status="done" if finished else "interrupted",
+        epochs_done=epochs_done,
+        best_f1=best_f1,
+        best_epoch=None if best is None else best["epoch"],
+    )
 
 
 def _other_split(
