@@ -144,11 +144,11 @@ def plan_steps(
     submission for the test set from the fold ensemble."""
     out = data.out_dir
     cpu = ("--device", "cpu")
-    crop = str(size * 3 // 4)  # random crops of the image in training, 4 of them at scoring
+    crop = str(size * 3 // 4)  # random crops in training; at scoring, the 2x2 grid covering it
     cv = (
         *("--dataset", data.train, "--name", data.experiment, "--arch", arch),
         *("--epochs", str(epochs), "--batch-size", "16", "--crop", crop, "--lr", "3e-3"),
-        *("--eval-crops", "4", "--eval-agg", "max", "--workers", "0"),
+        *("--tta", "grid", "--eval-agg", "max", "--workers", "0"),
         *("--out", str(data.runs_dir), "--seed", str(seed), *cpu),
     )
     stats_plot = ("--plot", str(out / "class-counts.png"), "--pairs", "5")
@@ -157,34 +157,40 @@ def plan_steps(
     return [
         Step("2. label statistics", ("stats", data.train, data.test, *stats_plot)),
         Step(
-            "3. multilabel-stratified folds",
+            "3. near-duplicates (before splitting: copies stay in one fold)",
+            ("dedup", data.train, data.test),
+        ),
+        Step(
+            "4. multilabel-stratified folds",
             ("split", data.train, "--folds", str(folds), "--seed", str(seed)),
         ),
-        Step(f"4. cross-validate {arch}: one run per fold", ("cv", *cv)),
+        Step(f"5. cross-validate {arch}: one run per fold", ("cv", *cv)),
         Step(
-            "5. the experiment: each fold, and all out-of-fold predictions together",
+            "6. the experiment: each fold, and all out-of-fold predictions together",
             ("experiments", "show", data.experiment, "--plot", str(out / "oof-f1.png")),
         ),
         Step(
-            "6. evaluate fold 0's run on its validation fold, max (and mean) of 4 crops",
+            "7. evaluate fold 0's run on its validation fold, max (and mean) of the grid",
             ("evaluate", "--dataset", data.train, "--run", data.run, *cpu, *plot),
         ),
         Step(
-            f"7. predict the test set with the {folds}-fold ensemble",
+            f"8. predict the test set with the {folds}-fold ensemble",
             ("predict", "--dataset", data.test, "--experiment", data.experiment, *cpu, *files),
         ),
     ]
 
 
-def oof_figures(home: Path, experiment: str) -> tuple[float | None, float]:
-    """Fold 0's own tuned macro F1 (on its validation fold) and the experiment's out-of-fold
-    macro F1 (every fold's predictions together, thresholds tuned on them all)."""
+def oof_figures(home: Path, experiment: str) -> tuple[float | None, float | None, float]:
+    """Fold 0's own best validation macro F1 (held out within its fold), and the experiment's
+    out-of-fold macro F1, held out (each fold thresholded as tuned on the others; ``None`` with
+    one fold) and in sample (thresholds tuned on all of them)."""
     from hpatool.engine.oof import summarize_oof
 
     with Registry.open(home) as reg:
         runs = reg.experiment_runs(experiment)
         fold0 = next((r.best_f1 for r in runs if r.fold == 0), None)
-        return fold0, summarize_oof(reg, runs).macro_f1
+        summary = summarize_oof(reg, runs)
+        return fold0, summary.heldout_macro_f1, summary.macro_f1
 
 
 def constant_baseline(home: Path, dataset: str, fold: int) -> float:

@@ -152,8 +152,10 @@ def _rare_lines(
 #: The colours of ``curves.png``'s lines, one per metric.
 _CURVE_COLOURS = {
     "train_loss": "C0", "val_loss": "C1", "macro_f1": "C2", "macro_f1_at_0.5": "C3", "lr": "C4",
+    "macro_f1_in_sample": "C5",
 }  # fmt: skip
-TUNED_F1_LABEL = "macro F1 (thresholds tuned on validation)"
+HELDOUT_F1_LABEL = "macro F1, held out (tuned on half the fold, scored on the other)"
+IN_SAMPLE_F1_LABEL = "macro F1, in sample (tuned and scored on the fold)"
 F1_AT_05_LABEL = "macro F1 at threshold 0.5"
 
 
@@ -209,8 +211,8 @@ def _partial_handle() -> Any:
 
 def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """A run's ``curves.png`` from its ``metrics.csv`` rows: training and validation loss,
-    validation macro F1 (thresholds tuned on validation, and at 0.5) and the learning rate,
-    per epoch. The best epoch (highest tuned macro F1) is marked in every panel."""
+    validation macro F1 (held out, in sample, and at 0.5) and the learning rate, per epoch.
+    The best epoch (highest held-out macro F1) is marked in every panel."""
     from matplotlib.lines import Line2D
 
     from hpatool.engine.run_dir import best_row
@@ -222,10 +224,15 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     handles = [
         _epoch_line(ax_loss, rows, "train_loss", "training loss", color=c["train_loss"]),
         _epoch_line(ax_loss, rows, "val_loss", "validation loss", color=c["val_loss"]),
-        _epoch_line(ax_f1, rows, "macro_f1", TUNED_F1_LABEL, color=c["macro_f1"]),
+        _epoch_line(ax_f1, rows, "macro_f1", HELDOUT_F1_LABEL, color=c["macro_f1"]),
         _epoch_line(ax_f1, rows, "macro_f1_at_0.5", F1_AT_05_LABEL, color=c["macro_f1_at_0.5"]),
         _epoch_line(ax_lr, rows, "lr", "learning rate (end of epoch)", color=c["lr"]),
     ]
+    if any(_num(r.get("macro_f1_in_sample")) == _num(r.get("macro_f1_in_sample")) for r in rows):
+        style = {"color": c["macro_f1_in_sample"], "linestyle": "--", "alpha": 0.7}
+        handles.insert(
+            3, _epoch_line(ax_f1, rows, "macro_f1_in_sample", IN_SAMPLE_F1_LABEL, **style)
+        )
     best = best_row(rows)
     if best is not None:
         epoch, f1 = int(best["epoch"]), _num(best["macro_f1"])
@@ -245,7 +252,7 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path:
                 markersize=12,
                 markerfacecolor=c["macro_f1"],
                 markeredgecolor="black",
-                label=f"best epoch {epoch} (tuned macro F1 {f1:.3f})",
+                label=f"best epoch {epoch} (held-out macro F1 {f1:.3f})",
             )
         )
     if any(int(r.get("partial") or 0) for r in rows):
@@ -274,7 +281,7 @@ def _lr_axis(ax: Axes, lrs: Sequence[float]) -> None:
 
 
 def plot_run_comparison(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: Path) -> Path:
-    """``runs compare --plot``: the runs' validation macro F1 (tuned on validation: solid; at
+    """``runs compare --plot``: the runs' validation macro F1 (held out: solid; at
     0.5: dashed) and loss (validation: solid; training: dashed) per epoch, one colour per run
     (``(run name, metrics rows)``), each run's best epoch starred."""
     from matplotlib.lines import Line2D
@@ -298,7 +305,7 @@ def plot_run_comparison(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], pa
         epochs += [int(r["epoch"]) for r in rows]
         partial = partial or any(int(r.get("partial") or 0) for r in rows)
     handles += [
-        Line2D([], [], color="0.3", label="solid: F1 tuned on validation / validation loss"),
+        Line2D([], [], color="0.3", label="solid: held-out F1 / validation loss"),
         Line2D([], [], color="0.3", linestyle="--", label="dashed: F1 at 0.5 / training loss"),
         Line2D(
             [],
@@ -308,7 +315,7 @@ def plot_run_comparison(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], pa
             markersize=12,
             color="0.6",
             markeredgecolor="black",
-            label="best epoch (tuned macro F1)",
+            label="best epoch (held-out macro F1)",
         ),
     ]
     if partial:
@@ -419,11 +426,13 @@ def plot_experiment(
     oof_macro_f1: float,
     title: str,
     path: Path,
+    label: str = "OOF macro F1 (held out)",
 ) -> Path:
     """``experiments show --plot``: per-class out-of-fold F1 (bars; the class's support, its
     positive OOF samples, under its name; a class with none shaded, no bar) in
-    the top panel, the OOF macro F1 as a line; each fold run's own best macro F1 (tuned on its
-    fold, ``(run, F1 or None)``) beside the OOF figure in the bottom panel."""
+    the top panel, the OOF macro F1 as a line (held out, as ``label`` says); each fold run's
+    own best macro F1 (held out within its fold, ``(run, F1 or None)``) beside the OOF figure
+    in the bottom panel."""
     import numpy as np
     from matplotlib.figure import Figure
 
@@ -437,7 +446,7 @@ def plot_experiment(
             top.axvspan(c - 0.5, c + 0.5, color="0.9", zorder=0)
             top.text(c, 0.5, "no positives", rotation=90, ha="center", va="center", fontsize=8,
                      color="0.35")  # fmt: skip
-    top.axhline(oof_macro_f1, color="C3", linestyle="--", label=f"OOF macro F1 {oof_macro_f1:.4f}")
+    top.axhline(oof_macro_f1, color="C3", linestyle="--", label=f"{label} {oof_macro_f1:.4f}")
     top.set_ylim(0, 1.05)
     top.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
     top.set_ylabel("F1 (OOF)")
@@ -462,7 +471,7 @@ def plot_experiment(
     bottom.set_yticklabels(names, fontsize=8)
     bottom.invert_yaxis()
     bottom.set_xlim(0, 1)
-    bottom.set_xlabel("macro F1: each fold's own (thresholds tuned on its fold), and out-of-fold")
+    bottom.set_xlabel(f"macro F1: each fold's best epoch (held out within its fold), and {label}")
     bottom.grid(axis="x", alpha=0.3)
     fig.suptitle(title)
     return save_figure(fig, path, dpi=100)

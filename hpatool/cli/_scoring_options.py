@@ -64,8 +64,9 @@ CropsOpt = Annotated[
     int | None,
     typer.Option(
         "--crops",
-        help="Views per image: random crops (1 = the centre crop), or flips/rotations with "
-        "--tta (default: the run's stored view, its --eval-crops; 8 for a run that stores none).",
+        help="Views per image: random crops (1 = the centre crop) with --tta crops, or "
+        "flips/rotations of each window with --tta grid+flips; not used by --tta grid "
+        "(default: the run's stored view, its --eval-crops; 8 for a run that stores none).",
         min=1,
         show_default=False,
     ),
@@ -91,10 +92,12 @@ TtaOpt = Annotated[
     str | None,
     typer.Option(
         "--tta",
-        help="Test-time augmentation: crops (--crops random crops), flips (the centre crop "
-        "under --crops of the 8 flips/rotations), crops+flips (random crop i under flip/rotation "
-        "i mod 8); when the crop is the whole image, flips of it (default: the run's stored "
-        "view, its --tta; crops for a run that stores none).",
+        help="Test-time augmentation: grid (windows of the crop that together cover every "
+        "pixel of the image), grid+flips (each grid window under --crops of the 8 "
+        "flips/rotations; flips is the same), crops (--crops random crops), crops+flips "
+        "(random crop i under flip/rotation i mod 8); when the crop is the whole image, grid "
+        "is that one window and the flip modes its flips (default: the run's stored view, its "
+        "--tta; crops for a run that stores none).",
         show_default=False,
     ),
 ]

@@ -254,8 +254,9 @@ EvalCropsOpt = Annotated[
     typer.Option(
         "--eval-crops",
         help="At the end of the run the best checkpoint scores its validation fold "
-        "(oof.csv) as 'predict' would, with this many crops; thresholds.json is tuned on "
-        f"that view; 1 = the centre crop {_default('eval_crops')}.",
+        "(oof.csv) as 'predict' would, with this many views (random crops with --tta crops, "
+        "flips/rotations of each window with --tta grid+flips; not used by --tta grid); "
+        f"thresholds.json is tuned on that view; 1 = the centre crop {_default('eval_crops')}.",
         min=1,
         show_default=False,
     ),
@@ -274,9 +275,21 @@ TtaOpt = Annotated[
     str | None,
     typer.Option(
         "--tta",
-        help="The test-time augmentation of that view: crops (random crops), flips (the "
-        "centre crop flipped and rotated) or crops+flips "
+        help="The test-time augmentation of that view: grid (windows of --crop that together "
+        "cover every pixel of the image), grid+flips (each grid window under --eval-crops "
+        "flips/rotations; flips is the same), crops (--eval-crops random crops) or crops+flips "
         f"{_default('tta')}.",
+        show_default=False,
+    ),
+]
+
+ValViewOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--val-view",
+        help="How validation scores each epoch (its F1 picks the best epoch): centre (one "
+        "centre crop, the cheapest) or eval (the run's evaluation view: --tta, --eval-crops, "
+        f"--eval-agg) {_default('val_view')}.",
         show_default=False,
     ),
 ]

@@ -33,6 +33,7 @@ from hpatool.cli._train_options import (
     StrictOpt,
     TensorboardOpt,
     TtaOpt,
+    ValViewOpt,
     WeightDecayOpt,
     WorkersOpt,
 )
@@ -108,18 +109,20 @@ def cv(
     eval_crops: EvalCropsOpt = None,
     eval_agg: EvalAggOpt = None,
     tta: TtaOpt = None,
+    val_view: ValViewOpt = None,
     config: ConfigOpt = None,
     json_: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
     """Cross-validate: train every fold of the first dataset's split, one run per fold.
 
-    Fold K is trained as run NAME-fK of experiment NAME (as 'hpatool train --fold K
-    --experiment NAME' would), one after another; each run ends by scoring its validation
-    fold (oof.csv). At the end: each fold's best macro F1 and the out-of-fold (OOF) macro F1
-    over all folds, with per-class thresholds tuned on all OOF predictions together: the
-    figure to compare options by. Run again, it skips finished folds and resumes the
-    interrupted one; options left out come from the experiment. Under 'torchrun
+    Fold K is trained as run NAME-fK of experiment NAME (as 'hpatool train --fold K --experiment
+    NAME' would), one after another; each run ends by scoring its validation fold (oof.csv). At
+    the end: each fold's best macro F1 and the out-of-fold (OOF) macro F1 over all folds, held
+    out (each fold's predictions thresholded with thresholds tuned on the other folds' only):
+    the figure to compare options by; the in-sample figure (thresholds tuned on all OOF
+    predictions and scored on them) beside it. Run again, it skips finished folds and resumes
+    the interrupted one; options left out come from the experiment. Under 'torchrun
     --nproc-per-node N -m hpatool cv ...' every fold trains with DDP.
 
     Example: hpatool cv --dataset kaggle-train --name r50 --arch resnet50 --epochs 20
@@ -193,7 +196,7 @@ def _print_result(result: CvResult, json_: bool) -> None:
         return
     console = out()
     table = Table(title=f"Experiment {result.experiment} (folds of {result.dataset})")
-    for col in ("fold", "run", "status", "best epoch", "fold macro F1"):
+    for col in ("fold", "run", "status", "best epoch", "fold F1 (held out)"):
         table.add_column(col, justify="right" if col != "run" and col != "status" else "left")
     for f in result.folds:
         table.add_row(
@@ -212,9 +215,19 @@ def _oof_line(result: CvResult) -> str:
     if oof is None:
         return f"Out-of-fold: {result.oof_note or 'no OOF predictions yet'}."
     missing = f"; runs without oof.csv: {', '.join(oof.without_oof)}" if oof.without_oof else ""
+    where = f"over {len(oof.ids):,} of {oof.dataset_samples:,} labelled samples of {oof.dataset}"
+    if oof.heldout_macro_f1 is None:
+        figure = (
+            f"OOF macro F1 {oof.macro_f1:.4f} in sample (thresholds tuned on the predictions "
+            f"scored; optimistic) {where}; no held-out figure with one fold"
+        )
+    else:
+        figure = (
+            f"OOF macro F1 [bold]{oof.heldout_macro_f1:.4f}[/] held out (each fold "
+            f"thresholded as tuned on the others: the figure to compare by), "
+            f"{oof.macro_f1:.4f} in sample, {where}"
+        )
     return (
-        f"OOF macro F1 [bold]{oof.macro_f1:.4f}[/] over {len(oof.ids):,} of "
-        f"{oof.dataset_samples:,} labelled samples of {oof.dataset} (thresholds tuned on all "
-        f"OOF predictions together; the fold F1s are tuned on their own fold){missing}; "
-        f"'hpatool experiments show {result.experiment}' has the per-class figures"
+        f"{figure}{missing}; 'hpatool experiments show {result.experiment}' has the per-class "
+        "figures"
     )

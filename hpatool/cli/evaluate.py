@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -25,6 +25,9 @@ from hpatool.cli._scoring_options import (
     TtaOpt,
     WorkersOpt,
 )
+
+if TYPE_CHECKING:
+    from hpatool.engine.evaluate import EvaluationReport
 
 FoldOpt = Annotated[
     int | None,
@@ -122,10 +125,31 @@ def evaluate(
         )
     console = console_out()
     console.print(table)
-    other = report.macro_f1_by_agg.get(report.other_agg)
-    also = f"; {report.other_agg} of the same views: {other:.4f}" if other is not None else ""
-    console.print(
-        f"macro F1 {report.macro_f1:.4f} (at a 0.5 threshold: {report.macro_f1_at_05:.4f}{also})"
-    )
+    console.print(_figures_line(report), markup=False, soft_wrap=True)
     if report.plot is not None:
         console.print(f"Plot written to {report.plot}")
+
+
+def _figures_line(report: EvaluationReport) -> str:
+    """The macro F1s: with the thresholds applied (said to be in sample when they were tuned
+    on scored samples), held out per aggregation (thresholds tuned for each), at 0.5."""
+    by_agg = report.macro_f1_by_agg
+    held = ", ".join(
+        f"{agg} {f1:.4f}{' (reported)' if agg == report.agg and len(by_agg) > 1 else ''}"
+        for agg, f1 in by_agg.items()
+    )
+    held_text = (
+        f"held out (thresholds tuned on one half of each aggregation's own predictions, scored "
+        f"on the other): {held}"
+        if held
+        else ""
+    )
+    applied = f"macro F1 {report.macro_f1:.4f} with the thresholds applied"
+    if report.in_sample:
+        applied += (
+            f" (in sample: they were tuned on {report.tuned_on_scored:,} of the "
+            f"{report.samples:,} samples scored here; compare by the held-out figure)"
+        )
+    parts = [held_text, applied] if report.in_sample else [applied, held_text]
+    parts.append(f"at a 0.5 threshold: {report.macro_f1_at_05:.4f}")
+    return "; ".join(p for p in parts if p)

@@ -12,6 +12,7 @@ from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
 
 if TYPE_CHECKING:
     from hpatool.engine.experiments import ExperimentReport
+    from hpatool.engine.views import View
 
 app = typer.Typer(
     help="List and show experiments: fold runs and their out-of-fold (OOF) macro F1.\n\n"
@@ -22,7 +23,7 @@ app = typer.Typer(
 
 @app.command("list")
 def experiments_list(json_: JsonOpt = False, home: HomeOpt = None) -> None:
-    """List experiments: datasets, fold runs, OOF macro F1.
+    """List experiments: datasets, fold runs, OOF macro F1 (held out; in sample beside it).
 
     Example: hpatool experiments list --json
     """
@@ -33,7 +34,12 @@ def experiments_list(json_: JsonOpt = False, home: HomeOpt = None) -> None:
     rows: list[dict[str, Any]] = []
     with open_registry(home) as reg:
         for record in reg.experiments():
-            doc: dict[str, Any] = {**record.to_json(), "oof_macro_f1": None, "oof_samples": 0}
+            doc: dict[str, Any] = {
+                **record.to_json(),
+                "oof_macro_f1_heldout": None,
+                "oof_macro_f1": None,
+                "oof_samples": 0,
+            }
             try:
                 report = experiment_report(reg, record.name)
             except HpaToolError as exc:  # a hand-edited row, an unreadable oof.csv
@@ -47,6 +53,8 @@ def experiments_list(json_: JsonOpt = False, home: HomeOpt = None) -> None:
             doc["split_folds"] = report.split_folds
             doc["runs"] = [r.name for r in report.runs]
             if report.oof is not None:
+                held = report.oof.heldout_macro_f1
+                doc["oof_macro_f1_heldout"] = None if held is None else float(held)
                 doc["oof_macro_f1"] = float(report.oof.macro_f1)
                 doc["oof_samples"] = len(report.oof.ids)
                 doc["dataset_samples"] = report.oof.dataset_samples
@@ -61,7 +69,10 @@ def experiments_list(json_: JsonOpt = False, home: HomeOpt = None) -> None:
         )
         return
     table = Table(title="Experiments")
-    for col in ("name", "datasets", "folds", "OOF samples", "OOF macro F1", "created"):
+    columns = (
+        "name", "datasets", "folds", "OOF samples", "OOF F1 held out", "in sample", "created",
+    )  # fmt: skip
+    for col in columns:
         table.add_column(col, justify="left" if col in ("name", "datasets", "created") else "right")
     for doc in rows:
         runs = doc.get("runs") or []
@@ -69,14 +80,17 @@ def experiments_list(json_: JsonOpt = False, home: HomeOpt = None) -> None:
         if doc.get("split_folds"):
             folds += f"/{doc['split_folds']}"
         oof = "-" if doc["oof_macro_f1"] is None else f"{doc['oof_macro_f1']:.4f}"
+        held = doc["oof_macro_f1_heldout"]
+        held_text = "-" if held is None else f"{held:.4f}"
         samples = (
             f"{doc['oof_samples']:,}/{doc['dataset_samples']:,}"
             if doc.get("dataset_samples")
             else "-"
         )
         table.add_row(
-            doc["name"], ", ".join(doc["datasets"]), folds, samples, oof, doc["created_at"]
-        )
+            doc["name"], ", ".join(doc["datasets"]), folds, samples, held_text, oof,
+            doc["created_at"],
+        )  # fmt: skip
     out().print(table)
     for doc in rows:
         if doc["oof_macro_f1"] is None and not doc.get("problem"):
@@ -106,12 +120,16 @@ def experiments_show(
     """Show an experiment: each fold's run and macro F1, and the out-of-fold (OOF) scores.
 
     The OOF macro F1 puts every fold run's oof.csv together (one prediction per sample of the
-    dataset, from the model that did not train on it), with per-class thresholds tuned on them
-    all: the figure to compare options by (a fold's own F1 is tuned on that fold, optimistic).
-    Per class: precision, recall, F1 and support; the view (crops, aggregation, TTA) of each
-    run. A run trained on another split (see 'hpatool runs import') is named: its oof.csv
+    dataset, from the model that did not train on it). The held-out figure, the one to compare
+    options by, thresholds fold k's predictions with per-class thresholds tuned only on the
+    other folds' predictions, then scores all folds together; the in-sample figure tunes the
+    thresholds on all OOF predictions and scores those same predictions (optimistic, most for
+    rare classes). Per class: held-out precision, recall, F1, the in-sample F1 and support; the
+    view (crops, aggregation, TTA) of each run. An experiment with one fold has no held-out
+    figure. A run trained on another split (see 'hpatool runs import') is named: its oof.csv
     predictions are not out-of-fold for the current split. With --json and no oof.csv yet,
-    "thresholds" is null and "oof_macro_f1" null.
+    "thresholds" is null and "oof_macro_f1" null; "oof_macro_f1_heldout" and
+    "heldout_thresholds" (fold -> the thresholds applied to it) are null with one fold.
 
     Example: hpatool experiments show r50 --plot r50.png
     """
@@ -146,22 +164,41 @@ def _plot(report: ExperimentReport, path: Path) -> None:
 
     oof = report.oof
     assert oof is not None
+    classes = oof.heldout_classes if oof.heldout_classes is not None else oof.classes
+    f1, label = headline(report)
     plot_experiment(
-        [c.f1 for c in oof.classes],
-        [c.support for c in oof.classes],
+        [c.f1 for c in classes],
+        [c.support for c in classes],
         [(f"fold {r.fold}: {r.name}", r.best_f1) for r in report.runs],
-        float(oof.macro_f1),
-        f"Experiment {report.name} on {report.dataset}: OOF macro F1 {oof.macro_f1:.4f} over "
+        f1,
+        f"Experiment {report.name} on {report.dataset}: {label} {f1:.4f} over "
         f"{len(oof.ids):,} of {oof.dataset_samples:,} samples, "
         f"{len(report.runs) - len(oof.without_oof)} fold runs",
         path,
+        label,
     )
 
 
-def _view_text(view: dict[str, Any]) -> str:
-    crops, tta = view.get("crops"), view.get("tta", "crops")
-    what = {"crops": "crops", "flips": "flips", "crops+flips": "crops+flips"}.get(tta, tta)
-    return f"{view.get('agg')} of {crops} {what} of {view.get('crop')} px"
+def headline(report: ExperimentReport) -> tuple[float, str]:
+    """The figure to compare by and its label: the held-out OOF macro F1, else (one fold) the
+    in-sample one, labelled so."""
+    oof = report.oof
+    assert oof is not None
+    if oof.heldout_macro_f1 is not None:
+        return float(oof.heldout_macro_f1), "OOF macro F1 (held out)"
+    return float(oof.macro_f1), "OOF macro F1 (in sample)"
+
+
+def _view_text(view: View) -> str:
+    """``max of 8 crops of 256 px``, ``max over the grid of 256 px windows``, ..."""
+    if view.tta == "grid":
+        return f"{view.agg} over the grid of {view.crop} px windows"
+    if view.tta in ("flips", "grid+flips"):
+        return (
+            f"{view.agg} over the grid of {view.crop} px windows x {min(view.crops, 8)} "
+            "flips/rotations"
+        )
+    return f"{view.agg} of {view.crops} {view.tta} of {view.crop} px"
 
 
 def _print_report(report: ExperimentReport) -> None:
@@ -182,10 +219,10 @@ def _print_report(report: ExperimentReport) -> None:
         f"Folds (each scored its validation fold with {next(iter(shown))})" if one_view else "Folds"
     )
     table = Table(title=title)
-    columns = ["fold", "run", "status", "best epoch", "fold F1", "oof.csv"]
+    columns = ["fold", "run", "status", "best epoch", "fold F1 (held out)", "oof.csv"]
     for col in [*columns, *([] if one_view else ["view"])]:
         table.add_column(
-            col, justify="right" if col in ("fold", "best epoch", "fold F1") else "left"
+            col, justify="right" if col in ("fold", "best epoch", columns[4]) else "left"
         )
     for r in report.runs:
         table.add_row(
@@ -215,10 +252,17 @@ def _print_report(report: ExperimentReport) -> None:
     if oof is None:
         console.print("no OOF predictions yet", markup=False)
         return
-    classes = Table(title="Per class, out-of-fold (thresholds tuned on all OOF predictions)")
-    for col in ("class", "thresh.", "precision", "recall", "F1", "support"):
+    held = oof.heldout_classes
+    title = (
+        "Per class, out-of-fold, held out (each fold thresholded as tuned on the other folds)"
+        if held is not None
+        else "Per class, out-of-fold, in sample (thresholds tuned on all OOF predictions)"
+    )
+    classes = Table(title=title)
+    for col in ("class", "thresh.", "precision", "recall", "F1", "in-sample F1", "support"):
         classes.add_column(col, justify="left" if col == "class" else "right")
-    for c, t in zip(oof.classes, oof.thresholds, strict=True):
+    rows = held if held is not None else oof.classes
+    for c, own, t in zip(rows, oof.classes, oof.thresholds, strict=True):
         empty = c.support == 0
         classes.add_row(
             f"{c.index} {c.name}",
@@ -226,6 +270,7 @@ def _print_report(report: ExperimentReport) -> None:
             f"{c.precision:.3f}",
             f"{c.recall:.3f}",
             "-" if empty else f"{c.f1:.3f}",
+            "-" if empty else f"{own.f1:.3f}",
             f"{c.support:,}",
         )
     console.print(classes)
@@ -234,7 +279,21 @@ def _print_report(report: ExperimentReport) -> None:
             f"runs without oof.csv (left out): {', '.join(oof.without_oof)}", markup=False
         )
     console.print(
-        f"OOF macro F1 [bold]{oof.macro_f1:.4f}[/] over {len(oof.ids):,} of "
-        f"{oof.dataset_samples:,} labelled samples of {oof.dataset} (one prediction per sample, "
-        "from the model that did not train on it; a class with no positives counts as 0)"
+        "thresh.: tuned on all OOF predictions (what predict --threshold auto applies)",
+        markup=False,
     )
+    if oof.heldout_macro_f1 is not None:
+        console.print(
+            f"OOF macro F1 [bold]{oof.heldout_macro_f1:.4f}[/] held out (the figure to compare "
+            f"by), {oof.macro_f1:.4f} in sample (thresholds tuned on the predictions scored), "
+            f"over {len(oof.ids):,} of {oof.dataset_samples:,} labelled samples of "
+            f"{oof.dataset} (one prediction per sample, from the model that did not train on "
+            "it; a class with no positives counts as 0)"
+        )
+    else:
+        console.print(
+            f"OOF macro F1 {oof.macro_f1:.4f} in sample (thresholds tuned on the predictions "
+            f"scored; optimistic) over {len(oof.ids):,} of {oof.dataset_samples:,} labelled "
+            f"samples of {oof.dataset}; no held-out figure: one fold (held-out thresholds are "
+            "tuned on the other folds)"
+        )

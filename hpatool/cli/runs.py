@@ -81,6 +81,7 @@ def runs_show(
     oof = RunSummary(record.name, record.arch, [], None, "", 0, record.out_dir)
     oof_thresholds(oof)
     doc["oof_macro_f1"] = oof.oof_f1  # the run's view, thresholds tuned on it (None: not yet)
+    doc["oof_macro_f1_heldout"] = oof.oof_f1_heldout  # the same, held out (split halves)
     files = {name: str(path) for name, path in RunDir(record.out_dir).files().items()}
     doc["files"] = files
     if json_:
@@ -99,6 +100,7 @@ def runs_show(
         "epochs_done",
         "best_f1",
         "best_epoch",
+        "oof_macro_f1_heldout",
         "oof_macro_f1",
         "out_dir",
         "created_at",
@@ -147,12 +149,14 @@ def runs_compare(
     json_: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
-    """Compare training runs side by side: best macro F1, its epoch, losses, speed.
+    """Compare training runs side by side: held-out macro F1, its epoch, losses, speed.
 
-    For each run: arch, datasets, fold, epochs done, the best macro F1 (thresholds tuned on
-    validation) and its epoch, the macro F1 at threshold 0.5 and the validation loss at that
-    epoch, images/s, status; read from its metrics.csv (the registry's best F1 when it has
-    none yet).
+    For each run: arch, datasets, fold, epochs done, the out-of-fold macro F1 held out (the
+    best checkpoint's oof.csv, thresholds tuned on one half and scored on the other, both ways,
+    over 5 seeded splittings: the figure to compare runs by) and in sample (tuned on all of it),
+    the best epoch's held-out validation macro F1 and its epoch, the macro F1 at threshold 0.5
+    and the validation loss at that epoch, images/s, status; read from its files (the
+    registry's best F1 when it has no metrics.csv yet).
 
     Example: hpatool runs compare resnet50-f0 densenet121-f0 --plot compare.png
     """
@@ -185,7 +189,7 @@ def _print_comparison(summaries: list[RunSummary]) -> None:
     def num(value: float | None, fmt: str = ".4f") -> str:
         return "-" if value is None else format(value, fmt)
 
-    top = max((s.best_f1 for s in summaries if s.best_f1 is not None), default=None)
+    top = max((s.oof_f1_heldout for s in summaries if s.oof_f1_heldout is not None), default=None)
     table = Table(title="Runs compared")
     table.add_column("")
     for s in summaries:
@@ -196,14 +200,16 @@ def _print_comparison(summaries: list[RunSummary]) -> None:
         ("fold", lambda s: "-" if s.fold is None else str(s.fold)),
         ("epochs done", _epochs_done),
         (
-            "best macro F1 (tuned on val.)",
+            "OOF macro F1, held out",
             lambda s: (
-                ("[bold]" if s.best_f1 == top and len(summaries) > 1 else "") + num(s.best_f1)
+                ("[bold]" if s.oof_f1_heldout == top and len(summaries) > 1 else "")
+                + _oof_cell(s, s.oof_f1_heldout)
             ),
         ),
+        ("OOF macro F1, in sample", lambda s: num(s.oof_f1)),
+        ("best val. macro F1 (held out)", lambda s: num(s.best_f1)),
         ("best epoch", lambda s: "-" if s.best_epoch is None else str(s.best_epoch)),
         ("macro F1 at 0.5 (that epoch)", lambda s: num(s.f1_at_05)),
-        ("out-of-fold macro F1 (its view)", _oof_cell),
         ("val loss (that epoch)", lambda s: num(s.val_loss)),
         ("images/s (mean of epochs)", lambda s: num(s.images_per_s, ",.1f")),
         ("status", lambda s: s.status),
@@ -213,16 +219,16 @@ def _print_comparison(summaries: list[RunSummary]) -> None:
     out().print(table)
 
 
-def _oof_cell(s: RunSummary) -> str:
-    """``0.2603 (max of 8 crops)``: the validation fold scored by the best checkpoint with the
-    run's view, thresholds tuned on it (the run's ``oof.csv``)."""
-    if s.oof_f1 is None:
+def _oof_cell(s: RunSummary, f1: float | None) -> str:
+    """``0.2603 (max, grid)``: the validation fold scored by the best checkpoint with the
+    run's view (the run's ``oof.csv``)."""
+    if f1 is None:
         return "-"
     view = s.oof_view or {}
-    shown = (
-        f" ({view.get('agg')} of {view.get('crops')} {view.get('tta', 'crops')})" if view else ""
-    )
-    return f"{s.oof_f1:.4f}{shown}"
+    tta = view.get("tta", "crops")
+    many = "" if tta == "grid" else f" of {view.get('crops')}"
+    shown = f" ({view.get('agg')}{many} {tta})" if view else ""
+    return f"{f1:.4f}{shown}"
 
 
 @app.command("remove")

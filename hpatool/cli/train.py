@@ -34,6 +34,7 @@ from hpatool.cli._train_options import (
     StrictOpt,
     TensorboardOpt,
     TtaOpt,
+    ValViewOpt,
     WeightDecayOpt,
     WorkersOpt,
 )
@@ -71,6 +72,7 @@ def train(
     eval_crops: EvalCropsOpt = None,
     eval_agg: EvalAggOpt = None,
     tta: TtaOpt = None,
+    val_view: ValViewOpt = None,
     config: ConfigOpt = None,
     json_: JsonOpt = False,
     home: HomeOpt = None,
@@ -78,13 +80,14 @@ def train(
     """Train a 4-channel (R, G, B, Y) CNN with 28 outputs on registered datasets.
 
     Validation is fold --fold of the first --dataset. Each epoch writes metrics.csv,
-    checkpoint-last.pt, checkpoint-best.pt (on a new best tuned macro F1), thresholds.json and
-    curves.png to OUT/NAME; config.json holds the resolved configuration. At the end the best
-    checkpoint scores the validation fold as 'predict' would (--eval-crops, --eval-agg, --tta)
-    into oof.csv, and thresholds.json is tuned on that view. --resume --name RUN continues
-    exactly where the run stopped (other options default to the run's). --experiment EXP adds
-    the run to a cross-validation experiment ('hpatool cv' trains all folds). Under
-    'torchrun --nproc-per-node N -m hpatool train ...' it trains with DDP.
+    checkpoint-last.pt, checkpoint-best.pt (on a new best held-out macro F1: thresholds tuned on
+    one half of the fold, scored on the other, both ways, over 5 seeded splittings),
+    thresholds.json and curves.png to OUT/NAME; config.json holds the resolved configuration. At
+    the end the best checkpoint scores the validation fold as 'predict' would (--eval-crops,
+    --eval-agg, --tta) into oof.csv, and thresholds.json is tuned on that view. --resume --name
+    RUN continues exactly where the run stopped (other options default to the run's).
+    --experiment EXP adds the run to a cross-validation experiment ('hpatool cv' trains all
+    folds). Under 'torchrun --nproc-per-node N -m hpatool train ...' it trains with DDP.
 
     Example: hpatool train --dataset kaggle-train --arch resnet50 --fold 0 --epochs 20
     """
@@ -175,8 +178,13 @@ def _epoch_line(event: TrainEvent) -> str:
     partial = " (partial, --max-steps)" if m.get("partial") else ""
     return (
         f"epoch {event.epoch}/{event.epochs}{partial}: train loss {m['train_loss']:.4f}, "
-        f"val loss {m['val_loss']:.4f}, macro F1 {m['macro_f1']:.4f} tuned / "
-        f"{m['macro_f1_at_0.5']:.4f} at 0.5, {m['images_per_s']:.1f} img/s"
+        f"val loss {m['val_loss']:.4f}, macro F1 {m['macro_f1']:.4f} held out"
+        + (
+            f" / {m['macro_f1_in_sample']:.4f} in sample"
+            if m.get("macro_f1_in_sample") is not None
+            else ""
+        )
+        + f" / {m['macro_f1_at_0.5']:.4f} at 0.5, {m['images_per_s']:.1f} img/s"
         + ("  [green]best[/]" if event.best else "")
     )
 
@@ -195,6 +203,7 @@ def _print_result(result: FitResult, json_: bool) -> None:
                 "best_f1": result.best_f1,
                 "best_epoch": result.best_epoch,
                 "oof_macro_f1": result.oof_macro_f1,
+                "oof_macro_f1_heldout": result.oof_macro_f1_heldout,
                 "oof_view": result.oof_view,
                 "history": result.history,
             }
@@ -209,10 +218,16 @@ def _result_line(result: FitResult) -> str:
     oof = ""
     if result.oof_macro_f1 is not None:
         how = f" on {result.oof_text}" if result.oof_text else ""
-        oof = f"; out-of-fold macro F1 {result.oof_macro_f1:.4f}{how} (thresholds tuned on it)"
+        held = result.oof_macro_f1_heldout
+        oof = (
+            f"; out-of-fold macro F1{how}: {held:.4f} held out (thresholds tuned on one half, "
+            f"scored on the other), {result.oof_macro_f1:.4f} in sample"
+            if held is not None and held == held
+            else f"; out-of-fold macro F1 {result.oof_macro_f1:.4f}{how} (in sample)"
+        )
     if result.epochs_done == 0 and result.steps > 0:
         best = (
-            f"best tuned macro F1 {result.best_f1:.4f} on the partial epoch {result.best_epoch}"
+            f"best held-out macro F1 {result.best_f1:.4f} on the partial epoch {result.best_epoch}"
             if result.best_f1 is not None
             else "no validation yet"
         )
@@ -227,6 +242,6 @@ def _result_line(result: FitResult) -> str:
     return (
         f"Run [bold]{result.name}[/] {result.status}: {result.epochs_done} "
         f"epoch{'' if result.epochs_done == 1 else 's'}, "
-        f"{result.steps:,} step{'' if result.steps == 1 else 's'}, best tuned macro F1 {best}"
+        f"{result.steps:,} step{'' if result.steps == 1 else 's'}, best held-out macro F1 {best}"
         f"{oof}. Files in {result.run_dir}"
     )

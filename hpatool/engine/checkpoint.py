@@ -194,3 +194,15 @@ def build_model_from_checkpoint(
     model.to(device)
     model.eval()
     return model, spec
+
+
+def trained_amp(checkpoint: dict[str, Any]) -> str | None:
+    """The autocast dtype a checkpoint's run trained and validated in, as its ``config``
+    records it (``"bfloat16"``, ``"float16"``; ``None``: float32, ``--no-amp`` or the CPU). A
+    checkpoint that records no configuration (a bare one): ``"float16"``, autocast's default
+    on CUDA."""
+    config = checkpoint.get("config")
+    if not isinstance(config, dict) or "amp" not in config:
+        return "float16"
+    amp = config["amp"]
+    return str(amp) if amp else None

@@ -22,6 +22,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hpatool.engine.views import (
+    AGGREGATIONS,
+    DEFAULT_AGG,
+    DEFAULT_CROPS,
+    DEFAULT_TTA,
+    MAX_FLIPS,
+    TTA_MODES,
+    View,
+    centre_view,
+)
 from hpatool.errors import NotFound, UsageError
 from hpatool.labels import NUM_CLASSES
 
@@ -29,11 +39,9 @@ C = TypeVar("C")
 
 LOSSES = ("bce", "focal")
 DEVICES = ("auto", "cpu", "cuda")
-AGGREGATIONS = ("max", "mean")
-#: Test-time augmentation: ``crops`` = N random crops (``--crops 1``: the centre crop);
-#: ``flips`` = the centre crop under the first N of the 8 dihedral transforms (flips and
-#: rotations by 90 degrees); ``crops+flips`` = N random crops, crop i under transform i mod 8.
-TTA_MODES = ("crops", "flips", "crops+flips")
+#: How validation during training scores an image: ``centre`` (one centre crop, the cheapest)
+#: or ``eval`` (the run's evaluation view: ``--eval-crops``, ``--eval-agg``, ``--tta``).
+VAL_VIEWS = ("centre", "eval")
 #: ``--pretrained imagenet``: timm's ImageNet weights for the architecture.
 IMAGENET = "imagenet"
 
@@ -76,12 +84,23 @@ class TrainConfig:
     experiment: str | None = None  # the experiment (hpatool cv) this fold run belongs to
     # The view the best checkpoint scores its validation fold with at the end of the run
     # (oof.csv) and that thresholds.json is tuned on: predict's defaults, so they agree.
-    eval_crops: int = 8
-    eval_agg: str = "max"
-    tta: str = "crops"
+    eval_crops: int = DEFAULT_CROPS
+    eval_agg: str = DEFAULT_AGG
+    tta: str = DEFAULT_TTA
+    val_view: str = "centre"  # validation during training: the centre crop or the eval view
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def view(self) -> View:
+        """The run's evaluation view (``oof.csv``, the thresholds ``predict`` applies)."""
+        return View(self.crop, self.eval_crops, self.eval_agg, self.tta)
+
+    @property
+    def validation_view(self) -> View:
+        """The view validation scores each epoch with (``--val-view``)."""
+        return self.view if self.val_view == "eval" else centre_view(self.crop, self.eval_agg)
 
     def validate(self) -> None:
         from hpatool.data.sampling import parse_oversample
@@ -113,6 +132,7 @@ class TrainConfig:
         _one_of(self, "eval_agg", AGGREGATIONS)
         _one_of(self, "tta", TTA_MODES)
         _flips_fit(self.tta, self.eval_crops, "--eval-crops")
+        _one_of(self, "val_view", VAL_VIEWS)
         if self.experiment is not None:
             from hpatool.registry.records import check_name
 
@@ -283,11 +303,12 @@ def _bad(name: str, value: object, rule: str) -> UsageError:
 
 
 def _flips_fit(tta: str | None, crops: int | None, flag_name: str) -> None:
-    """``--tta flips`` has 8 views (the centre crop flipped and rotated): not more."""
-    if tta == "flips" and crops is not None and crops > 8:
+    """``--tta flips`` / ``grid+flips`` have at most 8 transforms of each window: not more."""
+    if tta in ("flips", "grid+flips") and crops is not None and crops > MAX_FLIPS:
         raise UsageError(
-            f"{flag_name} {crops} is more than the 8 views of --tta flips (the centre crop "
-            f"flipped and rotated); use {flag_name} 8 or fewer, or --tta crops+flips"
+            f"{flag_name} {crops} is more than the {MAX_FLIPS} flips/rotations of --tta {tta} "
+            f"(each window flipped and rotated); use {flag_name} {MAX_FLIPS} or fewer, or "
+            "--tta crops+flips"
         )
 
 

@@ -32,9 +32,9 @@ from hpatool.engine.model_source import (
     resolve_thresholds,
     uses_oof_thresholds,
 )
-from hpatool.engine.scoring import CheckedImages, Scores, check_images, score
+from hpatool.engine.scoring import CheckedImages, Scores, check_images, score, scoring_dtype
 from hpatool.engine.selection import Candidates, ViewMismatch, warn_once
-from hpatool.engine.views import View, resolve_view, stored_as_view
+from hpatool.engine.views import Size, View, resolve_view
 from hpatool.errors import Interrupted, UsageError
 from hpatool.registry import Registry
 
@@ -46,15 +46,21 @@ class ModelView:
     name: str
     checkpoint: Path
     view: View
-    whole_image: bool  # the crop fills the (first) image
+    size: Size  # (height, width) of the first readable image
+    amp: str | None = None  # the dtype the run trained in (``checkpoint.trained_amp``)
+
+    @property
+    def whole_image(self) -> bool:
+        """The crop fills the (first) image."""
+        return self.view.fills(self.size)
 
     @property
     def windows(self) -> int:
-        return self.view.windows(self.whole_image)
+        return self.view.windows(self.size)
 
     @property
     def text(self) -> str:
-        return self.view.text(self.whole_image)
+        return self.view.text(self.size)
 
 
 @dataclass
@@ -64,12 +70,13 @@ class Scored:
 
     scores: Scores
     crop: int  # the first model's (all models', unless their training crops differ)
-    windows: int  # windows scored per image by the first model (see ``n_views``)
+    windows: int  # windows scored per image by the first model (``View.windows``)
     thresholds: np.ndarray
     source: ModelSource  # the first model's
     is_main: bool
     models: list[ModelView] = field(default_factory=list)
     train_frequency: np.ndarray | None = None  # the models' mean training class frequency
+    sources: list[ModelSource] = field(default_factory=list)  # every model's
 
     @property
     def view(self) -> View:
@@ -120,11 +127,10 @@ def _warn_view_mismatch(
     crop`` whatever the aggregation) do not differ."""
     differ: list[tuple[str, str, str]] = []
     for m, source, oof in zip(models, sources, on_oof, strict=True):
-        stored = source.tuned_view() if oof else None
-        tuned = stored_as_view(stored, m.view.crop) if stored is not None else None
+        tuned = source.tuned_view() if oof else None
         if tuned is None or tuned == m.view:
             continue
-        tuned_text = tuned.text(checked.fills(tuned.crop))
+        tuned_text = tuned.text(checked.size)
         if tuned_text != m.text:
             differ.append((m.name, tuned_text, m.text))
     if not differ:
@@ -165,9 +171,11 @@ def _score_dataset(
     try:
         ckpts: list[dict[str, Any]] = []
         specs = []
+        amps: list[str | None] = []
         for source in sources:
             ckpt = ckpt_mod.load_checkpoint(source.checkpoint)
             spec = ckpt_mod.model_spec(ckpt)
+            amps.append(ckpt_mod.trained_amp(ckpt))
             _check_input_size(spec.arch, config.crop_size)
             specs.append(spec)
             # an ensemble keeps only what the thresholds need: its models load one at a time
@@ -184,10 +192,10 @@ def _score_dataset(
         trained_crop = max(spec.crop for spec in specs)
         checked = check_images(cands.items, config.crop_size, trained_crop, cands.dataset)
         models = []
-        for source, spec in zip(sources, specs, strict=True):
+        for source, spec, amp in zip(sources, specs, amps, strict=True):
             crop = config.crop_size if config.crop_size is not None else spec.crop
             view = resolve_view(crop, config.crops, config.agg, config.tta, source.stored_view())
-            models.append(ModelView(source.name, source.checkpoint, view, checked.fills(crop)))
+            models.append(ModelView(source.name, source.checkpoint, view, checked.size, amp))
         cands.apply(checked)
         cands.require_some()
         if parse_threshold(config.threshold) is None:
@@ -205,10 +213,7 @@ def _score_dataset(
                 score(
                     model,
                     cands.items,
-                    crop=m.view.crop,
-                    crops=m.view.crops,
-                    agg=m.view.agg,
-                    tta=m.view.tta,
+                    m.view,
                     mean=spec.mean,
                     std=spec.std,
                     batch_size=config.batch_size,
@@ -220,6 +225,8 @@ def _score_dataset(
                     world_size=ctx.world_size,
                     progress=_model_progress(progress, k, len(sources)) if ctx.is_main else None,
                     both=both,
+                    amp_dtype=scoring_dtype(m.amp, dev),
+                    model_name=f"run {m.name}" if source.run is not None else m.name,
                 )
             )
             del model
@@ -245,6 +252,7 @@ def _score_dataset(
             ctx.is_main,
             models,
             train_frequency,
+            sources,
         )
     finally:
         ctx.destroy()

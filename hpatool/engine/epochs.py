@@ -24,8 +24,9 @@ from hpatool.engine.distributed import DistContext
 from hpatool.engine.events import ProgressCallback, RunEvents
 from hpatool.engine.resume import RunTarget, stop_error
 from hpatool.engine.state import TrainState
-from hpatool.engine.train import train_one_epoch, validate
-from hpatool.errors import HpaToolError, Interrupted
+from hpatool.engine.train import ValidationResult, train_one_epoch, validate
+from hpatool.engine.views import View
+from hpatool.errors import HpaToolError, Interrupted, WorkFailed
 from hpatool.registry import Registry
 
 
@@ -48,11 +49,12 @@ class EpochRun:
 class OofResult:
     """What the out-of-fold step wrote: ``oof.csv``'s macro F1 with its tuned thresholds."""
 
-    macro_f1: float
+    macro_f1: float  # in sample: thresholds tuned on the predictions it scores
     thresholds: list[float]
-    view: dict[str, Any]
+    view: View
     text: str  # the view in words, as it really happened
     samples: int
+    heldout_macro_f1: float = float("nan")  # split-half held-out (metrics.split_half)
 
 
 def announce(
@@ -151,16 +153,20 @@ def run_epoch(run: EpochRun, epoch: int) -> tuple[bool, bool]:
         )
 
     on_batch(0)
-    result = validate(
-        objects.model,
-        run.data.val_loader,
-        trainer.device,
-        amp_dtype=trainer.amp_dtype,
-        channels_last=trainer.channels_last,
-        ctx=run.ctx,
-        n_total=len(run.data.parts.val),
-        on_batch=on_batch if run.ctx.is_main else None,
-    )
+    if config.val_view == "eval":
+        result = validate_view(run, config.view, on_batch if run.ctx.is_main else None)
+    else:
+        result = validate(
+            objects.model,
+            run.data.val_loader,
+            trainer.device,
+            amp_dtype=trainer.amp_dtype,
+            channels_last=trainer.channels_last,
+            ctx=run.ctx,
+            n_total=len(run.data.parts.val),
+            on_batch=on_batch if run.ctx.is_main else None,
+        )
+    check_validation_finite(run, result)
     metrics = result.metrics()
     thresholds = metrics.pop("thresholds")
     row = {
@@ -209,7 +215,9 @@ def save_epoch(run: EpochRun, row: dict[str, Any], thresholds: list[float], is_b
     save_checkpoint(run_dir.last, checkpoint)
     if is_best:
         save_checkpoint(run_dir.best, checkpoint)
-        run_dir.write_thresholds(thresholds, row, row["epoch"], view=centre_view(run))
+        run_dir.write_thresholds(
+            thresholds, row, row["epoch"], view=run.target.config.validation_view.to_json()
+        )
     run_dir.write_history(state.history)
     run.reg.update_run(
         run.target.name, best_f1=state.best_f1, best_epoch=state.best_epoch, epochs_done=state.epoch
@@ -247,21 +255,86 @@ def step_saver(run: EpochRun, epoch: int) -> Callable[[int, float], None] | None
 # ------------------------------------------------------------------------------ out of fold
 
 
-def run_view(run: EpochRun) -> dict[str, Any]:
-    """The view ``oof.csv`` and the stored thresholds are made with: what ``predict`` uses."""
-    config = run.target.config
-    return {
-        "crop": config.crop,
-        "crops": config.eval_crops,
-        "agg": config.eval_agg,
-        "tta": config.tta,
-    }
+def check_validation_finite(run: EpochRun, result: ValidationResult) -> None:
+    """A ``WorkFailed`` naming the run, the epoch's model and the first sample when a
+    validation probability is not finite (a diverged run), never a silent "no label"."""
+    bad = np.flatnonzero(~np.isfinite(result.probs).all(axis=1))
+    if not bad.size:
+        return
+    sample = run.data.parts.val[int(bad[0])].id
+    raise WorkFailed(
+        f"run {run.target.name}: the model of epoch {run.state.epoch + 1} gave non-finite "
+        f"probabilities (NaN or inf) for validation sample {sample!r} ({bad.size:,} samples): "
+        "training diverged; train again with a lower --lr (or --no-amp)"
+    )
 
 
-def centre_view(run: EpochRun) -> dict[str, Any]:
-    """The view of validation during training: one centre crop."""
-    config = run.target.config
-    return {"crop": config.crop, "crops": 1, "agg": config.eval_agg, "tta": "crops"}
+def validate_view(
+    run: EpochRun, view: View, on_batch: Callable[[int], None] | None
+) -> ValidationResult:
+    """Validation with ``view`` (``--val-view eval``): the validation fold scored as the
+    out-of-fold step scores it (seed 0, sharded over the ranks), in the training dtype; the
+    loss is BCE of the aggregated probabilities."""
+    from hpatool.data.samples import targets_array
+
+    model = run.trainer.objects.model
+    model.eval()  # train_one_epoch sets train mode again
+
+    def progress(done: int, total: int) -> None:
+        if on_batch is not None:
+            on_batch(done)
+
+    name = f"run {run.target.name} (epoch {run.state.epoch + 1})"
+    probs = score_validation_fold(run, model, view, progress, name)
+    targets = targets_array(run.data.parts.val).astype(np.float32)
+    p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
+    loss = float(-(targets * np.log(p) + (1 - targets) * np.log(1 - p)).mean())
+    return ValidationResult(loss=loss, probs=probs, targets=targets)
+
+
+def score_validation_fold(
+    run: EpochRun,
+    model: torch.nn.Module,
+    view: View,
+    progress: Callable[[int, int], None] | None,
+    model_name: str,
+) -> np.ndarray:
+    """``(n, 28)`` probabilities of the validation fold (in its order) under ``view``: seed 0,
+    the training dtype, this rank's share scored and every rank's gathered."""
+    from hpatool.engine.scoring import Scores, score
+
+    config, trainer, ctx = run.target.config, run.trainer, run.ctx
+    items = validation_items(run)
+    local = score(
+        model,
+        items,
+        view,
+        mean=trainer.spec.mean,
+        std=trainer.spec.std,
+        batch_size=config.batch_size,
+        workers=config.workers,
+        device=trainer.device,
+        seed=0,
+        strict=True,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        progress=progress,
+        amp_dtype=trainer.amp_dtype,
+        model_name=model_name,
+    )
+    merged = Scores()
+    for part in ctx.gather(local):
+        merged.update(part)
+    return np.stack([merged.probs[item.index] for item in items])
+
+
+def validation_items(run: EpochRun) -> list[Any]:
+    """The validation samples as ``ScoreItem``s numbered by their first dataset's positions
+    (what ``predict`` numbers samples by, so their random windows are predict's)."""
+    from hpatool.engine.scoring import ScoreItem
+
+    positions = {s.id: i for i, s in enumerate(run.reg.samples(run.target.config.datasets[0]))}
+    return [ScoreItem(positions[it.id], it.root, it.id) for it in run.data.parts.val]
 
 
 def needs_oof(run: EpochRun, *, trained: bool) -> bool:
@@ -277,7 +350,7 @@ def needs_oof(run: EpochRun, *, trained: bool) -> bool:
         decision = (
             trained
             or not (run_dir.path / OOF_FILE).is_file()
-            or stored_view(run_dir.path) != run_view(run)
+            or stored_view(run_dir.path) != run.target.config.view
         )
     return bool(run.ctx.broadcast(decision))
 
@@ -289,21 +362,14 @@ def write_oof_step(run: EpochRun) -> OofResult:
     back until both are written)."""
     from hpatool.data.samples import targets_array
     from hpatool.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
-    from hpatool.engine.metrics import macro_f1, tune_thresholds
+    from hpatool.engine.metrics import heldout_macro_f1, macro_f1, tune_thresholds
     from hpatool.engine.oof import OOF_FILE, write_oof
-    from hpatool.engine.scoring import ScoreItem, Scores, score
-    from hpatool.engine.views import n_views, windows_text
 
     config, trainer, ctx = run.target.config, run.trainer, run.ctx
     run_dir = run.target.run_dir
     parts = run.data.parts
-    first = config.datasets[0]
-    positions = {s.id: i for i, s in enumerate(run.reg.samples(first))}
-    items = [ScoreItem(positions[it.id], it.root, it.id) for it in parts.val]
-    height, width = run.data.image_sizes[first]
-    whole = config.crop >= height and config.crop >= width
-    views = n_views(config.eval_crops, config.tta, whole)
-    text = windows_text(config.eval_agg, config.eval_crops, config.crop, views, config.tta, whole)
+    view = config.view
+    text = view.text(tuple(run.data.image_sizes[config.datasets[0]]))  # type: ignore[arg-type]
     step = run.state.step
     epoch = run.state.epoch
 
@@ -311,45 +377,29 @@ def write_oof_step(run: EpochRun) -> OofResult:
         run.events("oof", epoch, step, val_done=done, val_total=total, info={"view": text})
 
     checkpoint = load_checkpoint(run_dir.best, map_location=trainer.device)
-    model, spec = build_model_from_checkpoint(checkpoint, device=trainer.device)
+    model, _ = build_model_from_checkpoint(checkpoint, device=trainer.device)
     del checkpoint
     model = model.to(memory_format=torch.channels_last)
-    local = score(
-        model,
-        items,
-        crop=config.crop,
-        crops=config.eval_crops,
-        agg=config.eval_agg,
-        tta=config.tta,
-        mean=spec.mean,
-        std=spec.std,
-        batch_size=config.batch_size,
-        workers=config.workers,
-        device=trainer.device,
-        seed=0,
-        strict=True,
-        rank=ctx.rank,
-        world_size=ctx.world_size,
-        progress=progress if ctx.is_main else None,
-    )
+    name = f"run {run.target.name} ({run_dir.best.name})"
+    probs = score_validation_fold(run, model, view, progress if ctx.is_main else None, name)
     del model
-    merged = Scores()
-    for part in ctx.gather(local):
-        merged.update(part)
-    probs = np.stack([merged.probs[item.index] for item in items])
+    items = parts.val
     y_true = targets_array(parts.val)
     thresholds = tune_thresholds(y_true, probs)
     result = OofResult(
         macro_f1=macro_f1(y_true, probs >= thresholds),
         thresholds=thresholds.tolist(),
-        view=run_view(run),
+        view=view,
         text=text,
         samples=len(items),
+        heldout_macro_f1=heldout_macro_f1(y_true, probs),
     )
     with deferred_interrupts() as held:
         if ctx.is_main:
             write_oof(run_dir.path / OOF_FILE, [it.id for it in items], probs)
-            run_dir.write_oof_thresholds(result.thresholds, result.view, result.macro_f1)
+            run_dir.write_oof_thresholds(
+                result.thresholds, result.view.to_json(), result.macro_f1, result.heldout_macro_f1
+            )
     ctx.barrier()
     run.oof = result
     if held:

@@ -1,6 +1,14 @@
 """``hpatool evaluate``: per-class precision, recall, F1 and support, and macro F1, of a
 trained model on labelled samples, scored as ``predict`` scores (``hpatool.engine.ensemble``),
-with both aggregations of the same crops; and the figure of ``--plot``."""
+with both aggregations of the same views; and the figure of ``--plot``.
+
+Figures that do not flatter: each aggregation (``max``, ``mean``) is scored with thresholds
+tuned for that aggregation, held out (``metrics.split_half``: tuned on one half of its own
+predictions, scored on the other, both ways, over seeded splittings): ``macro_f1_by_agg``. The
+thresholds ``--threshold`` applies (the run's, tuned on its validation fold) give
+``macro_f1``; when they were tuned on samples that are scored here (``evaluate --run R`` on the
+run's own fold), that figure is in sample, and the report says so (``tuned_on_scored``) and
+leads with the held-out one (``headline``)."""
 
 from __future__ import annotations
 
@@ -11,10 +19,17 @@ from typing import Any
 import numpy as np
 
 from hpatool._io import ProgressFn
-from hpatool.engine.config import PredictConfig
+from hpatool.engine.config import PredictConfig, parse_threshold
 from hpatool.engine.ensemble import dataset_name, score_or_stop
-from hpatool.engine.metrics import DEFAULT_THRESHOLD, ClassReport, macro_f1, per_class_report
-from hpatool.engine.model_source import training_data
+from hpatool.engine.metrics import (
+    DEFAULT_THRESHOLD,
+    ClassReport,
+    class_report,
+    macro_f1,
+    per_class_report,
+    split_half,
+)
+from hpatool.engine.model_source import thresholds_tuned_on, training_data
 from hpatool.engine.predict_files import model_inputs
 from hpatool.engine.scoring import (
     UNREADABLE,
@@ -34,7 +49,7 @@ from hpatool.engine.selection import (
     warn_once,
     warn_trained_on,
 )
-from hpatool.engine.views import n_views, windows_text
+from hpatool.engine.views import Size, View
 from hpatool.errors import WorkFailed
 from hpatool.labels import NUM_CLASSES
 from hpatool.outputs import Inputs, check_figure
@@ -61,38 +76,68 @@ class EvaluationReport:
     y_pred: np.ndarray | None = None
     probs: np.ndarray | None = None
     plot: Path | None = None  # the per-class figure, if one was asked for
-    windows: int = 0  # windows scored per image (``views.n_views``), by the first model
+    windows: int = 0  # windows scored per image (``View.windows``), by the first model
     limit: int | None = None  # the run's --limit, when its first N samples were evaluated
     left_out: dict[str, int] = field(default_factory=dict)  # reason -> count
     trained_on: int = 0  # evaluated samples that were in the run's training set
     run: str | None = None  # the run (or checkpoint) the training data comes from
-    #: the same crops aggregated the other way (``mean`` for ``max``): its per-class scores
+    #: per aggregation, held-out per-class scores with thresholds tuned for that aggregation
+    heldout_classes: dict[str, list[ClassReport]] = field(default_factory=dict)
+    #: the same views aggregated the other way (``mean`` for ``max``), held out
     other_classes: list[ClassReport] = field(default_factory=list)
     tta: str = "crops"
-    whole_image: bool = False  # the crop fills the image
+    size: Size = (0, 0)  # (height, width) of the first image
+    #: of the scored samples, how many the applied thresholds were tuned on (``--threshold
+    #: auto``: the run's validation fold, an ensemble's out-of-fold samples)
+    tuned_on_scored: int = 0
     #: the checkpoint file, or ``ensemble of 3 models (EXP-f0, EXP-f1, EXP-f2)``
     model_text: str = ""
     models: list[str] = field(default_factory=list)  # the runs (or checkpoint files) scoring
     #: how the images were scored, in words (``max of 8 crops of 256px``, ...)
     scoring_text: str = ""
 
+    @property
+    def view(self) -> View:
+        return View(self.crop, self.crops, self.agg, self.tta)
+
+    @property
+    def whole_image(self) -> bool:
+        return self.view.fills(self.size)
+
     def text_for(self, agg: str) -> str:
         """How the images were scored, with aggregation ``agg`` (the first model's view)."""
-        windows = n_views(self.crops, self.tta, self.whole_image)
-        return windows_text(agg, self.crops, self.crop, windows, self.tta, self.whole_image)
+        return self.view.with_agg(agg).text(self.size)
 
     @property
     def other_agg(self) -> str:
         return other_agg(self.agg)
 
     @property
+    def in_sample(self) -> bool:
+        """Whether the applied thresholds were tuned on (some of) the samples scored."""
+        return self.tuned_on_scored > 0
+
+    @property
     def macro_f1_by_agg(self) -> dict[str, float]:
-        """Macro F1 under both aggregations of the same crops (one, if the image is one
-        window: then max and mean are the same)."""
-        both = {self.agg: self.macro_f1}
-        if self.other_classes and self.windows != 1:
-            both[self.other_agg] = float(np.mean([c.f1 for c in self.other_classes]))
-        return dict(sorted(both.items()))
+        """Held-out macro F1 under each aggregation of the same views, each with thresholds
+        tuned for it (one, if the image is one window: then max and mean are the same)."""
+        aggs = [self.agg] if self.windows == 1 else sorted(self.heldout_classes)
+        return {
+            agg: float(np.mean([c.f1 for c in self.heldout_classes[agg]]))
+            for agg in aggs
+            if agg in self.heldout_classes
+        }
+
+    @property
+    def macro_f1_heldout(self) -> float | None:
+        return self.macro_f1_by_agg.get(self.agg)
+
+    @property
+    def headline(self) -> float:
+        """The figure to compare by: held out when the applied thresholds were tuned on the
+        scored samples, else the one with the applied thresholds."""
+        held = self.macro_f1_heldout
+        return held if self.in_sample and held is not None else self.macro_f1
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -112,8 +157,15 @@ class EvaluationReport:
             "threshold": self.threshold,
             "macro_f1": self.macro_f1,
             "macro_f1_at_0.5": self.macro_f1_at_05,
+            "macro_f1_heldout": self.macro_f1_heldout,
             "macro_f1_by_agg": self.macro_f1_by_agg,
+            "tuned_on_scored": self.tuned_on_scored,
+            "in_sample": self.in_sample,
+            "headline": self.headline,
             "classes": [c.__dict__ for c in self.classes],
+            "heldout_classes": {
+                agg: [c.__dict__ for c in rows] for agg, rows in self.heldout_classes.items()
+            },
         }
 
 
@@ -177,6 +229,11 @@ def evaluate_run(
     y_pred = _decide(probs, scored.thresholds, config.min_labels)
     classes = per_class_report(y_true, y_pred)
     other = np.stack([scored.scores.other[t.index] for t in items])
+    heldout = _heldout_by_agg(y_true, {scored.view.agg: probs, other_agg(scored.view.agg): other})
+    tuned_on = 0
+    if parse_threshold(config.threshold) is None:
+        tuned_ids = thresholds_tuned_on(reg, scored.sources)
+        tuned_on = sum(1 for t in items if t.id in tuned_ids)
     report = EvaluationReport(
         dataset=dataset,
         fold=chosen.fold,
@@ -199,17 +256,30 @@ def evaluate_run(
         trained_on=count_trained_on(items) if failed else overlap[0],
         run=trained.run if trained is not None else None,
         tta=scored.view.tta,
-        whole_image=scored.models[0].whole_image,
+        size=scored.models[0].size,
         model_text=scored.model_text,
         models=[m.name for m in scored.models],
         scoring_text=scored.scoring_text,
-        other_classes=per_class_report(
-            y_true, _decide(other, scored.thresholds, config.min_labels)
-        ),
+        heldout_classes=heldout,
+        other_classes=heldout.get(other_agg(scored.view.agg), []),
+        tuned_on_scored=tuned_on,
     )
     if plot is not None and report.is_main:
         report.plot = plot_evaluation(report, plot)
     return report
+
+
+def _heldout_by_agg(
+    y_true: np.ndarray, probs_by_agg: dict[str, np.ndarray]
+) -> dict[str, list[ClassReport]]:
+    """Per aggregation, the held-out per-class scores with thresholds tuned on that
+    aggregation's own predictions (``metrics.split_half``); none with a single sample."""
+    out: dict[str, list[ClassReport]] = {}
+    for agg, probs in probs_by_agg.items():
+        scores = split_half(y_true, probs)
+        if scores is not None:
+            out[agg] = class_report(scores)
+    return out
 
 
 def _decide(probs: np.ndarray, thresholds: np.ndarray, min_labels: int) -> np.ndarray:
@@ -249,17 +319,22 @@ def plot_evaluation(report: EvaluationReport, path: Path) -> Path:
         f"crops of {report.crop}px, thresholds {report.threshold}"
         + (f", {report.model_text}" if len(report.models) > 1 else "")
     )
-    if report.windows == 1:
-        series = [(f"{report.scoring_text}: macro F1 {report.macro_f1:.3f}", report.classes)]
+    if report.windows == 1 or not report.heldout_classes:
+        what = "held out" if report.in_sample and report.heldout_classes else "thresholds applied"
+        rows = (
+            report.heldout_classes.get(report.agg, report.classes)
+            if report.in_sample
+            else (report.classes)
+        )
+        series = [(f"{report.scoring_text}: macro F1 {report.headline:.3f} ({what})", rows)]
     else:
-        by_agg = {report.agg: report.classes, report.other_agg: report.other_classes}
         series = [
             (
                 f"{report.text_for(agg)}{' (reported)' if agg == report.agg else ''}: "
-                f"macro F1 {float(np.mean([c.f1 for c in rows])):.3f}",
+                f"macro F1 {float(np.mean([c.f1 for c in rows])):.3f} held out",
                 rows,
             )
-            for agg, rows in sorted(by_agg.items())
+            for agg, rows in sorted(report.heldout_classes.items())
         ]
     return draw(
         [(label, [(c.f1, c.precision, c.recall) for c in rows]) for label, rows in series],

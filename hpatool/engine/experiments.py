@@ -23,6 +23,7 @@ from hpatool.errors import NotFound, UsageError
 from hpatool.registry import Registry, RunRecord
 
 if TYPE_CHECKING:
+    from hpatool.engine.metrics import ClassReport
     from hpatool.engine.oof import OofSummary
 
 #: The options of a fold run that are its own, not its experiment's.
@@ -36,6 +37,7 @@ EXPERIMENT_KEYS = (
     "eval_crops",
     "eval_agg",
     "tta",
+    "val_view",
 )
 
 
@@ -266,25 +268,57 @@ def oof_or_note(reg: Registry, runs: list[RunRecord]) -> tuple[OofSummary | None
 
 
 def oof_json(oof: OofSummary | None) -> dict[str, Any]:
-    """The out-of-fold part of ``cv``'s and ``experiments show``'s JSON."""
+    """The out-of-fold part of ``cv``'s and ``experiments show``'s JSON: the held-out figure
+    (``oof_macro_f1_heldout``, ``heldout_thresholds`` by fold, ``heldout_classes``; ``null``
+    with one fold) and the in-sample one (``oof_macro_f1``, ``thresholds``, ``classes``)."""
     if oof is None:
-        return {"oof_samples": 0, "oof_macro_f1": None, "thresholds": None}
+        return {
+            "oof_samples": 0,
+            "oof_macro_f1": None,
+            "oof_macro_f1_heldout": None,
+            "heldout_thresholds": None,
+            "thresholds": None,
+        }
+    held = oof.heldout_thresholds
     return {
         "oof_samples": len(oof.ids),
         "dataset_samples": oof.dataset_samples,
-        "oof_macro_f1": float(oof.macro_f1),
+        "oof_macro_f1_heldout": (
+            None if oof.heldout_macro_f1 is None else float(oof.heldout_macro_f1)
+        ),
+        "heldout_thresholds": (
+            None if held is None else {str(k): [float(t) for t in held[k]] for k in sorted(held)}
+        ),
+        "heldout_classes": (
+            None if oof.heldout_classes is None else _classes_json(oof.heldout_classes)
+        ),
+        "oof_macro_f1": float(oof.macro_f1),  # in sample: thresholds tuned on what it scores
+        "oof_macro_f1_in_sample": float(oof.macro_f1),
         "thresholds": [float(t) for t in oof.thresholds],
-        "classes": [
-            {
-                "class": c.index,
-                "name": c.name,
-                "precision": float(c.precision),
-                "recall": float(c.recall),
-                "f1": float(c.f1),
-                "support": int(c.support),
-            }
-            for c in oof.classes
-        ],
-        "views": oof.views,
+        "classes": _classes_json(oof.classes),
+        "folds": oof.fold_list,
+        **({} if held is not None else {"heldout_note": HELDOUT_NOTE}),
+        "views": {name: view.to_json() for name, view in oof.views.items()},
         "without_oof": oof.without_oof,
     }
+
+
+#: Why an experiment has no held-out figure.
+HELDOUT_NOTE = (
+    "no held-out figure: the out-of-fold predictions come from one fold, and thresholds "
+    "tuned on other folds are needed to score it"
+)
+
+
+def _classes_json(classes: list[ClassReport]) -> list[dict[str, Any]]:
+    return [
+        {
+            "class": c.index,
+            "name": c.name,
+            "precision": float(c.precision),
+            "recall": float(c.recall),
+            "f1": float(c.f1),
+            "support": int(c.support),
+        }
+        for c in classes
+    ]

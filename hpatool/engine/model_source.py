@@ -16,6 +16,7 @@ import numpy as np
 
 from hpatool.engine.config import PredictConfig, parse_threshold
 from hpatool.engine.run_dir import BEST, CONFIG_FILE, LAST, THRESHOLDS_FILE
+from hpatool.engine.views import View
 from hpatool.errors import DataError, NotFound, UsageError
 from hpatool.labels import NUM_CLASSES
 from hpatool.registry import Registry
@@ -44,14 +45,13 @@ class ModelSource:
             return {}
         return doc if isinstance(doc, dict) else {}
 
-    def tuned_view(self) -> dict[str, Any] | None:
+    def tuned_view(self) -> View | None:
         """The view ``thresholds.json``'s thresholds were tuned on, when they were tuned on
         the out-of-fold predictions (``"tuned_on": "oof"``); else ``None``."""
         doc = self.thresholds_doc()
-        view = doc.get("view")
-        return dict(view) if doc.get("tuned_on") == "oof" and isinstance(view, dict) else None
+        return View.from_json(doc.get("view")) if doc.get("tuned_on") == "oof" else None
 
-    def stored_view(self) -> dict[str, Any] | None:
+    def stored_view(self) -> View | None:
         """The run's view (``thresholds.json``'s ``view``, else its ``config.json`` options:
         ``--crop``, ``--eval-crops``, ``--eval-agg``, ``--tta``); ``None`` if neither says."""
         from hpatool.engine.oof import run_view
@@ -262,6 +262,32 @@ def validation_fold(
     if data is not None and data.datasets and data.datasets[0] == dataset:
         return data.fold
     return None
+
+
+def thresholds_tuned_on(reg: Registry, sources: list[ModelSource]) -> set[str]:
+    """The ids of the samples whose predictions ``--threshold auto`` thresholds were tuned on:
+    each model's ``oof.csv`` ids, else its validation fold (a run, or a checkpoint with a
+    ``config.json`` beside it); empty when unknown."""
+    from hpatool.engine.oof import OOF_FILE, read_oof
+
+    ids: set[str] = set()
+    for source in sources:
+        oof = source.checkpoint.parent / OOF_FILE
+        if oof.is_file():
+            try:
+                ids.update(read_oof(oof)[0])
+                continue
+            except DataError:
+                pass
+        data = training_data(reg, source.run, None if source.run else source.checkpoint)
+        if data is None or data.fold is None or not data.datasets:
+            continue
+        first = data.datasets[0]
+        if not reg.has_dataset(first):
+            continue
+        folds = reg.folds(first)
+        ids.update(s.id for s in reg.samples(first)[: data.limit] if folds.get(s.id) == data.fold)
+    return ids
 
 
 def training_ids(reg: Registry, data: TrainingData) -> set[str]:

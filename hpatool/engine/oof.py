@@ -5,9 +5,15 @@ run's view (crop, crops, aggregation, TTA; seed 0) and writes ``oof.csv`` in the
 header ``Id,0,1,...,27``, one row per validation sample, probabilities with full precision
 (``repr(float)``, so a file read back gives the same floats). ``summarize_oof`` puts the files
 of several runs of one dataset together (an id in several files gets their mean), tunes
-per-class thresholds on them all (``metrics.tune_thresholds``) and reports the OOF macro F1
-(``macro_f1(y_true, probs >= thresholds)``, no ``--min-labels`` top-up): the figure to compare
-options by, since a fold's F1 with thresholds tuned on that fold is optimistic.
+per-class thresholds on them all (``metrics.tune_thresholds``) and reports two OOF macro F1s
+(no ``--min-labels`` top-up):
+
+- the *held-out* one, the figure to compare options by: fold k's predictions are thresholded
+  with thresholds tuned only on the other folds' predictions (``metrics.crossfit``, the fold
+  being the run's validation fold), then all folds are scored together; the thresholds
+  applied to each fold are ``heldout_thresholds``. One fold has no held-out figure (``None``).
+- the *in-sample* one, ``macro_f1(y_true, probs >= thresholds)`` with thresholds tuned on all
+  the predictions it scores: optimistic, most for rare classes; kept, and labelled so.
 
 Light to import: numpy and the standard library only.
 """
@@ -19,12 +25,19 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hpatool._io import write_csv
-from hpatool.engine.metrics import ClassReport, macro_f1, per_class_report, tune_thresholds
+from hpatool.engine.metrics import (
+    ClassReport,
+    crossfit,
+    macro_f1,
+    per_class_report,
+    tune_thresholds,
+)
+from hpatool.engine.views import View
 from hpatool.errors import DataError, NotFound, UsageError
 from hpatool.labels import NUM_CLASSES
 
@@ -93,28 +106,32 @@ def read_oof(path: Path) -> tuple[list[str], np.ndarray]:
     return ids, probs
 
 
-def run_view(out_dir: Path) -> dict[str, Any] | None:
+def run_view(out_dir: Path) -> View | None:
     """The view a run's ``oof.csv`` (and its stored thresholds) were made with: the ``view`` of
     its ``thresholds.json``, else rebuilt from its ``config.json`` options; ``None`` if neither
     says."""
     from hpatool.engine.run_dir import CONFIG_FILE, THRESHOLDS_FILE
+    from hpatool.engine.views import LEGACY_VIEW
 
     try:
         doc = json.loads((out_dir / THRESHOLDS_FILE).read_text(encoding="utf-8"))
-        if isinstance(doc, dict) and isinstance(doc.get("view"), dict):
-            return dict(doc["view"])
+        view = View.from_json(doc.get("view")) if isinstance(doc, dict) else None
+        if view is not None:
+            return view
     except (OSError, ValueError):
         pass
     try:
         config = json.loads((out_dir / CONFIG_FILE).read_text(encoding="utf-8"))
         opts = config["options"]
-        return {
-            "crop": int(opts["crop"]),
-            "crops": int(opts.get("eval_crops", 8)),
-            "agg": str(opts.get("eval_agg", "max")),
-            "tta": str(opts.get("tta", "crops")),
-        }
-    except (OSError, ValueError, KeyError, TypeError):
+        return View.from_json(
+            {
+                "crop": opts["crop"],
+                "crops": opts.get("eval_crops", LEGACY_VIEW.crops),
+                "agg": opts.get("eval_agg", LEGACY_VIEW.agg),
+                "tta": opts.get("tta", LEGACY_VIEW.tta),
+            }
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
@@ -128,10 +145,19 @@ class OofSummary:
     y_true: np.ndarray  # (n, 28) from the registry's labels
     dataset_samples: int  # labelled samples of the dataset
     thresholds: np.ndarray  # tune_thresholds(y_true, probs)
-    macro_f1: float  # macro_f1(y_true, probs >= thresholds)
-    classes: list[ClassReport]  # per_class_report(y_true, probs >= thresholds)
-    views: dict[str, dict[str, Any]] = field(default_factory=dict)  # run name -> its view
+    macro_f1: float  # in-sample: macro_f1(y_true, probs >= thresholds)
+    classes: list[ClassReport]  # in-sample: per_class_report(y_true, probs >= thresholds)
+    views: dict[str, View] = field(default_factory=dict)  # run name -> its view
     without_oof: list[str] = field(default_factory=list)  # runs with no oof.csv (skipped)
+    folds: np.ndarray | None = None  # (n,) the fold of each id (its run's validation fold)
+    #: held out (cross-fitted over the folds); None with fewer than two folds
+    heldout_macro_f1: float | None = None
+    heldout_classes: list[ClassReport] | None = None
+    heldout_thresholds: dict[int, np.ndarray] | None = None  # fold -> thresholds applied to it
+
+    @property
+    def fold_list(self) -> list[int]:
+        return [] if self.folds is None else sorted({int(f) for f in self.folds})
 
 
 def summarize_oof(reg: Registry, runs: Sequence[RunRecord]) -> OofSummary:
@@ -152,14 +178,18 @@ def summarize_oof(reg: Registry, runs: Sequence[RunRecord]) -> OofSummary:
         )
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    views: dict[str, dict[str, Any]] = {}
+    fold_of: dict[str, int] = {}
+    views: dict[str, View] = {}
     without: list[str] = []
-    for run in runs:
+    for k, run in enumerate(runs):
         path = Path(run.out_dir) / OOF_FILE
         if not path.is_file():
             without.append(run.name)
             continue
         ids, probs = read_oof(path)
+        fold = run.fold if run.fold is not None else -1 - k  # a run without a fold: its own
+        for sid in ids:
+            fold_of.setdefault(sid, fold)
         for sid, row in zip(ids, probs, strict=True):
             if sid in sums:
                 sums[sid] = sums[sid] + row
@@ -195,6 +225,11 @@ def summarize_oof(reg: Registry, runs: Sequence[RunRecord]) -> OofSummary:
     y_true = to_multihot([labelled[sid][1] for sid in ordered])
     thresholds = tune_thresholds(y_true, probs)
     pred = probs >= thresholds
+    folds = np.asarray([fold_of[sid] for sid in ordered], dtype=np.int64)
+    heldout: tuple[float, list[ClassReport], dict[int, np.ndarray]] | None = None
+    if len(set(folds.tolist())) > 1:
+        held_pred, by_fold = crossfit(y_true, probs, folds)
+        heldout = (macro_f1(y_true, held_pred), per_class_report(y_true, held_pred), by_fold)
     return OofSummary(
         dataset=first,
         ids=ordered,
@@ -206,4 +241,8 @@ def summarize_oof(reg: Registry, runs: Sequence[RunRecord]) -> OofSummary:
         classes=per_class_report(y_true, pred),
         views=views,
         without_oof=without,
+        folds=folds,
+        heldout_macro_f1=heldout[0] if heldout else None,
+        heldout_classes=heldout[1] if heldout else None,
+        heldout_thresholds=heldout[2] if heldout else None,
     )

@@ -56,7 +56,7 @@ class PredictResult:
     agg: str
     label_counts: dict[int, int]
     is_main: bool = True
-    windows: int = 0  # windows scored per image (``views.n_views``), by the first model
+    windows: int = 0  # windows scored per image (``View.windows``), by the first model
     left_out: dict[str, int] = field(default_factory=dict)  # reason -> count, before scoring
     #: with ``--known-labels``: the samples that took their labelled duplicates' labels
     known_labels: int | None = None

@@ -27,7 +27,7 @@ from hpatool.engine.run_dir import (
     best_row,
     read_metrics_csv,
 )
-from hpatool.errors import DataError, NotFound, UsageError
+from hpatool.errors import DataError, HpaToolError, NotFound, UsageError
 from hpatool.registry import Registry, RunRecord
 
 #: A folder is a run's only if it holds one of these.
@@ -155,6 +155,9 @@ class RunSummary:
     #: the validation fold scored by the best checkpoint with the run's view (``oof.csv``),
     #: thresholds tuned on it; ``None`` before the run's out-of-fold step
     oof_f1: float | None = None
+    #: the same predictions' held-out figure (thresholds tuned on one half, scored on the
+    #: other, both ways, over seeded splittings): the figure to compare runs by
+    oof_f1_heldout: float | None = None
     oof_view: dict[str, Any] | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
     #: why the metrics are missing (no ``metrics.csv`` yet); ``None`` when they are there
@@ -175,6 +178,7 @@ class RunSummary:
             "val_loss": self.val_loss,
             "images_per_s": self.images_per_s,
             "oof_macro_f1": self.oof_f1,
+            "oof_macro_f1_heldout": self.oof_f1_heldout,
             "oof_view": self.oof_view,
             "metrics": self.rows,
             **({"note": self.note} if self.note else {}),
@@ -206,7 +210,7 @@ def compare_runs(
             for p in RunDir(r.out_dir).files().values()
         ]
         target = check_figure(plot, "--plot", reg, inputs)
-    summaries = [summarize_run(r) for r in records]
+    summaries = [summarize_run(r, reg) for r in records]
     if target is not None:
         drawn = [(s.name, s.rows) for s in summaries if s.rows]
         if not drawn:
@@ -227,15 +231,18 @@ def _unknown_run(name: str, known: set[str]) -> str:
     return f"unknown run {name!r}{hint}; 'hpatool runs list' shows the runs"
 
 
-def summarize_run(record: RunRecord) -> RunSummary:
+def summarize_run(record: RunRecord, reg: Registry | None = None) -> RunSummary:
     """A run's ``RunSummary``: its best epoch from ``metrics.csv`` (the registry's best F1 and
-    epoch when the file is not there)."""
+    epoch when the file is not there); with ``reg``, the held-out out-of-fold figure of a run
+    whose ``thresholds.json`` predates it is computed from its ``oof.csv``."""
     summary = RunSummary(
         name=record.name, arch=record.arch, datasets=list(record.datasets), fold=record.fold,
         status=record.status, epochs_done=record.epochs_done, out_dir=record.out_dir,
         best_f1=record.best_f1, best_epoch=record.best_epoch,
     )  # fmt: skip
     oof_thresholds(summary)
+    if reg is not None and summary.oof_f1 is not None and summary.oof_f1_heldout is None:
+        summary.oof_f1_heldout = heldout_from_oof(reg, record)
     metrics = RunDir(record.out_dir).metrics
     if not metrics.is_file():
         summary.note = f"no {metrics.name} in {record.out_dir} (no epoch finished yet?)"
@@ -265,5 +272,28 @@ def oof_thresholds(summary: RunSummary) -> None:
     f1, view = doc.get("oof_macro_f1"), doc.get("view")
     if isinstance(f1, int | float) and not isinstance(f1, bool):
         summary.oof_f1 = float(f1)
+    held = doc.get("oof_macro_f1_heldout")
+    if isinstance(held, int | float) and not isinstance(held, bool) and held == held:
+        summary.oof_f1_heldout = float(held)
     if isinstance(view, dict):
         summary.oof_view = view
+
+
+def heldout_from_oof(reg: Registry, record: RunRecord) -> float | None:
+    """The split-half held-out macro F1 of a run's ``oof.csv`` against the registry's labels
+    (``None`` when the file or the labels cannot be read)."""
+    import numpy as np
+
+    from hpatool.engine.metrics import heldout_macro_f1
+    from hpatool.engine.oof import OOF_FILE, read_oof
+    from hpatool.labels import to_multihot
+
+    try:
+        ids, probs = read_oof(record.out_dir / OOF_FILE)
+        targets = {s.id: s.target for s in reg.samples(record.datasets[0])}
+        if not ids or any(targets.get(i) is None for i in ids):
+            return None
+        f1 = heldout_macro_f1(to_multihot([targets[i] for i in ids]), probs)
+    except (HpaToolError, IndexError):
+        return None
+    return None if np.isnan(f1) else f1

@@ -9,11 +9,16 @@ compare`` read them. Every file is written atomically.
 
 ``thresholds.json``: ``thresholds`` (28 floats), ``view`` (``{crop, crops, agg, tta}``: how the
 probabilities they were tuned on were made), ``tuned_on`` (``"validation"``: the best epoch's
-centre-crop validation predictions, written after each new best epoch; ``"oof"``: ``oof.csv``,
-written at the end of the run), ``validation_thresholds`` (the best epoch's centre-crop ones),
-``macro_f1`` and ``macro_f1_at_0.5`` (the best epoch's, centre crop), ``oof_macro_f1`` (with
-``tuned_on`` ``"oof"``: macro F1 of ``oof.csv`` at ``thresholds``), ``epoch``, ``checkpoint``,
-``class_names``. Old runs' files have no ``view`` nor ``tuned_on``: validation, centre crop.
+validation predictions with the ``--val-view``, written after each new best epoch; ``"oof"``:
+``oof.csv``, written at the end of the run), ``validation_thresholds`` (the best epoch's
+validation ones), ``macro_f1`` (the best epoch's held-out figure: ``metrics.split_half``),
+``macro_f1_in_sample`` and ``macro_f1_at_0.5``, ``oof_macro_f1`` (with ``tuned_on`` ``"oof"``:
+macro F1 of ``oof.csv`` at ``thresholds``, in sample) and ``oof_macro_f1_heldout`` (split-half
+held out), ``epoch``, ``checkpoint``, ``class_names``. Old runs' files have no ``view`` nor
+``tuned_on``: validation, centre crop.
+
+``metrics.csv``: ``macro_f1`` is each epoch's held-out figure (what picks the best epoch),
+``macro_f1_in_sample`` the same predictions scored with thresholds tuned on them.
 """
 
 from __future__ import annotations
@@ -40,8 +45,8 @@ RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST, BEST, THRESHOLDS_FILE, CURVES_FILE
 
 #: The columns of ``metrics.csv``, in order.
 METRIC_COLUMNS = (
-    "epoch", "step", "partial", "train_loss", "val_loss", "macro_f1", "macro_f1_at_0.5", "lr",
-    "images_per_s", "seconds",
+    "epoch", "step", "partial", "train_loss", "val_loss", "macro_f1", "macro_f1_in_sample",
+    "macro_f1_at_0.5", "lr", "images_per_s", "seconds",
 )  # fmt: skip
 
 
@@ -103,7 +108,11 @@ class RunDir:
         write_thresholds(self.thresholds, thresholds, metrics, epoch, view)
 
     def write_oof_thresholds(
-        self, thresholds: Sequence[float], view: dict[str, Any], oof_macro_f1: float
+        self,
+        thresholds: Sequence[float],
+        view: dict[str, Any],
+        oof_macro_f1: float,
+        oof_macro_f1_heldout: float | None = None,
     ) -> None:
         """``thresholds.json`` tuned on ``oof.csv``: the best epoch's file with ``thresholds``
         replaced (its centre-crop ones kept as ``validation_thresholds``)."""
@@ -122,6 +131,7 @@ class RunDir:
             view=dict(view),
             tuned_on="oof",
             oof_macro_f1=float(oof_macro_f1),
+            oof_macro_f1_heldout=_finite_or_none(oof_macro_f1_heldout),
         )
         write_text_atomic(self.thresholds, json.dumps(doc, indent=2) + "\n")
 
@@ -173,8 +183,8 @@ def _metrics_row(path: Path, line: int, raw: dict[str, str | None]) -> dict[str,
 
 
 def best_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """The best epoch's row: the highest macro F1 (thresholds tuned on validation), the first
-    of equals, as training picks it; ``None`` when no row has one."""
+    """The best epoch's row: the highest ``macro_f1`` (held out; in older runs' files tuned on
+    validation), the first of equals, as training picks it; ``None`` when no row has one."""
     best: dict[str, Any] | None = None
     for row in rows:
         f1 = row.get("macro_f1")
@@ -200,9 +210,18 @@ def write_thresholds(
         "tuned_on": "validation",
         "validation_thresholds": [float(t) for t in thresholds],
         "macro_f1": float(metrics["macro_f1"]),
+        **(
+            {"macro_f1_in_sample": float(metrics["macro_f1_in_sample"])}
+            if "macro_f1_in_sample" in metrics
+            else {}
+        ),
         "macro_f1_at_0.5": float(metrics["macro_f1_at_0.5"]),
         "epoch": int(epoch),
         "checkpoint": BEST,
         "class_names": list(CLASS_NAMES),
     }
     write_text_atomic(path, json.dumps(doc, indent=2) + "\n")
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return None if value is None or value != value else float(value)

@@ -2,24 +2,17 @@
 (``hpatool.engine.views`` says which windows and transforms), the batched scoring loop,
 aggregation over the views, and thresholds -> labels.
 
-How an image is scored is its *view*: a ``crop x crop`` window size, ``crops`` (N), the
-aggregation (``max`` or ``mean`` of the sigmoid probabilities) and the TTA mode:
-
-- ``crops``: N random windows; N = 1 is the centre crop (the training run's validation view);
-- ``flips``: the centre crop under the first N (at most 8) dihedral transforms
-  (``hpatool.data.transforms.dihedral``: rotations by 90 degrees, each with or without a flip);
-- ``crops+flips``: N random windows, window i under dihedral transform ``i mod 8``
-  (N = 1: the centre crop).
-
-When the crop fills the image, ``crops`` scores the one window (nothing to aggregate) and
-``flips``/``crops+flips`` the whole image under N (at most 8) transforms. All of an image's
-views go through the model in one batched forward pass. The random windows of sample ``i``
-are drawn from ``numpy.random.default_rng([seed, i])``, so they depend only on the seed and the
-sample's position in the dataset: the same command gives the same file, and a ``torchrun`` run
-gives the same file as one process. Under ``torchrun`` the images are cut into batches of
-``batch_size`` in dataset order and rank ``r`` scores batches ``r, r + world, ...``, so every
-batch has the same composition whatever the number of processes (and so the same
-floating-point results).
+How an image is scored is its *view* (``hpatool.engine.views.View``: the window size, the
+number of views, ``max`` or ``mean`` aggregation of the sigmoid probabilities and the TTA mode;
+the modes are described there). All of an image's views go through the model in one batched
+forward pass, in the dtype the model was trained and validated in (``scoring_dtype``: bf16
+where the run used bf16, float32 with ``--no-amp`` or on the CPU); a probability that is not
+finite is an error naming the model and the sample, never a silent "no label". The random
+windows of sample ``i`` depend only on the seed and the sample's position in the dataset: the
+same command gives the same file, and a ``torchrun`` run gives the same file as one process.
+Under ``torchrun`` the images are cut into batches of ``batch_size`` in dataset order and rank
+``r`` scores batches ``r, r + world, ...``, so every batch has the same composition whatever
+the number of processes (and so the same floating-point results).
 """
 
 from __future__ import annotations
@@ -32,10 +25,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hpatool._io import ProgressFn
-from hpatool.engine.config import AGGREGATIONS
 from hpatool.engine.metrics import apply_thresholds
-from hpatool.engine.views import check_tta, view_windows
-from hpatool.errors import DataError, UsageError
+from hpatool.engine.views import AGGREGATIONS, View
+from hpatool.errors import DataError, UsageError, WorkFailed
 
 if TYPE_CHECKING:
     import torch
@@ -99,6 +91,11 @@ class CheckedImages:
     errors: dict[int, str] = field(default_factory=dict)  # position -> why it was left out
     first_size: tuple[int, int] | None = None  # (height, width) of the first readable image
 
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the first readable image (the crop's, if unknown)."""
+        return self.first_size if self.first_size is not None else (self.crop, self.crop)
+
     def fills(self, crop: int) -> bool:
         """Whether a ``crop`` window is the whole (first) image."""
         if self.first_size is None:
@@ -153,7 +150,7 @@ def check_images(
 
 
 class CropDataset:
-    """``(4, H, W)`` samples cut into their TTA views: item ``i`` is ``(n_views, 4, c, c)``.
+    """``(4, H, W)`` samples cut into their TTA views: item ``i`` is ``(views, 4, c, c)``.
 
     A sample that cannot be read comes back as ``None`` plus the error text, so one bad file
     doesn't stop the others (the caller decides whether to stop).
@@ -162,18 +159,14 @@ class CropDataset:
     def __init__(
         self,
         items: Sequence[ScoreItem],
-        crop: int,
-        crops: int,
+        view: View,
         seed: int,
         mean: Sequence[float],
         std: Sequence[float],
-        tta: str = "crops",
     ) -> None:
-        check_tta(tta)
         self.items = list(items)
-        self.tta = tta
-        self.crop = crop
-        self.crops = crops
+        self.view = view.check()
+        self.crop = view.crop
         self.seed = seed
         self.mean = tuple(mean)
         self.std = tuple(std)
@@ -195,7 +188,7 @@ class CropDataset:
         _, h, w = img.shape
         if self.crop > min(h, w):
             return t.index, None, f"image is {w}x{h}, smaller than the {self.crop} crop"
-        windows = view_windows(t.index, h, w, self.crop, self.crops, self.seed, self.tta)
+        windows = self.view.windows_of(t.index, (h, w), self.seed)
         c = self.crop
         views = [
             dihedral(img[:, top : top + c, left : left + c], k)
@@ -250,10 +243,8 @@ def rank_share(n: int, batch_size: int, rank: int = 0, world_size: int = 1) -> l
 def score(
     model: nn.Module,
     items: Sequence[ScoreItem],
+    view: View,
     *,
-    crop: int,
-    crops: int,
-    agg: str,
     mean: Sequence[float],
     std: Sequence[float],
     batch_size: int,
@@ -265,23 +256,24 @@ def score(
     world_size: int = 1,
     progress: ProgressFn | None = None,
     both: bool = False,
-    tta: str = "crops",
+    amp_dtype: torch.dtype | None = None,
+    model_name: str = "the model",
 ) -> Scores:
-    """Score this rank's share of ``items`` (see the module docstring); returns local scores.
-    An unreadable image is a failure in the result, or, with ``strict``, a ``DataError``.
-    With ``both``, the crops' probabilities are aggregated the other way too (free: the same
-    forward pass). ``tta`` is the TTA mode (``crops``, ``flips``, ``crops+flips``)."""
+    """Score this rank's share of ``items`` with ``view`` (see the module docstring); returns
+    local scores. An unreadable image is a failure in the result, or, with ``strict``, a
+    ``DataError``. With ``both``, the views' probabilities are aggregated the other way too
+    (free: the same forward pass). ``amp_dtype``: the autocast dtype (``scoring_dtype``; None
+    = float32). A non-finite probability is a ``WorkFailed`` naming ``model_name`` and the
+    sample."""
     import torch
     from torch.utils.data import DataLoader, Subset
 
     from hpatool.data.samples import loader_workers
 
-    if agg not in AGGREGATIONS:
-        raise UsageError(f"--agg {agg!r} is invalid; use max or mean")
-    check_tta(tta)
+    view.check()
     mine = rank_share(len(items), batch_size, rank, world_size)
     loader: DataLoader[Any] = DataLoader(
-        Subset(CropDataset(items, crop, crops, seed, mean, std, tta), mine),  # type: ignore[arg-type]
+        Subset(CropDataset(items, view, seed, mean, std), mine),  # type: ignore[arg-type]
         batch_size=batch_size,
         shuffle=False,
         num_workers=loader_workers(workers),
@@ -289,6 +281,7 @@ def score(
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
+    by_index = {t.index: t for t in items}
     out = Scores()
     done = 0
     if progress:
@@ -302,24 +295,57 @@ def score(
                     out.failures[idx] = error or "unreadable"
             good = [(idx, x) for idx, x, _ in batch if x is not None]
             if good:
-                probs = _forward(model, [x for _, x in good], device)
+                probs = _forward(model, [x for _, x in good], device, amp_dtype)
                 for (idx, _), part in zip(good, probs, strict=True):
-                    out.probs[idx] = aggregate(part, agg)
+                    check_finite(part, model_name, by_index[idx])
+                    out.probs[idx] = aggregate(part, view.agg)
                     if both:
-                        out.other[idx] = aggregate(part, other_agg(agg))
+                        out.other[idx] = aggregate(part, other_agg(view.agg))
             done += len(batch)
             if progress:
                 progress(done, len(mine))
     return out
 
 
-def _forward(model: nn.Module, stacks: list[torch.Tensor], device: torch.device) -> Any:
+def scoring_dtype(amp: Any, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype to score with on ``device``: the dtype the run trained and validated
+    in. ``amp`` is what its ``config.json`` says (``"amp_dtype"``: ``"bfloat16"``,
+    ``"float16"``, or ``None`` for float32; a run that records none: float16 on CUDA, as
+    autocast's default was). float16 is not used on the CPU (autocast there is bf16 only):
+    float32 instead. ``None``: no autocast (float32)."""
+    import torch
+
+    names = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+    dtype = names.get(str(amp)) if amp is not None else None
+    if device.type == "cuda":
+        if dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return dtype
+    return dtype if dtype is torch.bfloat16 else None
+
+
+def check_finite(probs: torch.Tensor, model_name: str, item: ScoreItem) -> None:
+    """A ``WorkFailed`` naming the model and the sample when a probability is not finite."""
+    import torch
+
+    if bool(torch.isfinite(probs).all()):
+        return
+    raise WorkFailed(
+        f"{model_name} gave non-finite probabilities (NaN or inf) for sample {item.id!r}; the "
+        "model's weights or this image are broken (a run that diverged: train it again, "
+        "with a lower --lr or --no-amp)"
+    )
+
+
+def _forward(
+    model: nn.Module, stacks: list[torch.Tensor], device: torch.device, amp_dtype: Any
+) -> Any:
     """Sigmoid probabilities of each image's crop stack, from one forward pass of them all."""
     import torch
 
     inputs = torch.cat(stacks).to(device, non_blocking=True)
     inputs = inputs.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.type, enabled=device.type == "cuda"):
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         logits = model(inputs)
     probs = torch.sigmoid(logits.float()).cpu()
     return torch.split(probs, [x.shape[0] for x in stacks])

@@ -49,7 +49,7 @@ from hpatool.engine.build import TrainData, build_data, build_trainer, resolved_
 from hpatool.engine.config import TrainConfig, given_train_options
 from hpatool.engine.distributed import DistContext, resolve_device
 from hpatool.engine.events import ProgressCallback
-from hpatool.engine.metrics import apply_thresholds, macro_f1, tune_thresholds
+from hpatool.engine.metrics import apply_thresholds, heldout_macro_f1, macro_f1, tune_thresholds
 from hpatool.engine.optim import LossFn
 from hpatool.engine.resume import register_run, resolve_run
 from hpatool.engine.state import TrainState
@@ -173,11 +173,19 @@ class ValidationResult:
     targets: np.ndarray  # (n, 28) 0/1
 
     def metrics(self) -> dict[str, Any]:
+        """The epoch's figures: ``macro_f1`` held out (thresholds tuned on one half of the
+        validation predictions and scored on the other, both ways, averaged over seeded
+        splittings: ``metrics.split_half``; what picks the best epoch), ``macro_f1_in_sample``
+        (thresholds tuned on all of them and scored on them: optimistic), ``macro_f1_at_0.5``,
+        and the thresholds tuned on all of them (those the run stores)."""
         thresholds = tune_thresholds(self.targets, self.probs)
+        heldout = heldout_macro_f1(self.targets, self.probs)
+        in_sample = macro_f1(self.targets, apply_thresholds(self.probs, thresholds))
         return {
             "val_loss": self.loss,
             "macro_f1_at_0.5": macro_f1(self.targets, apply_thresholds(self.probs, 0.5)),
-            "macro_f1": macro_f1(self.targets, apply_thresholds(self.probs, thresholds)),
+            "macro_f1": in_sample if heldout != heldout else heldout,  # 1 sample: no halves
+            "macro_f1_in_sample": in_sample,
             "thresholds": thresholds.tolist(),
         }
 
@@ -246,7 +254,8 @@ class FitResult:
     history: list[dict[str, Any]]
     config: dict[str, Any]
     #: the OOF step's macro F1 and view (``None``: no oof.csv, or the existing one was kept)
-    oof_macro_f1: float | None = None
+    oof_macro_f1: float | None = None  # in sample: thresholds tuned on oof.csv itself
+    oof_macro_f1_heldout: float | None = None  # split-half held out (metrics.split_half)
     oof_view: dict[str, Any] | None = None
     oof_text: str | None = None  # the view in words ("max of 8 crops of 256px")
 
@@ -318,6 +327,7 @@ def fit(
         history=state.history,
         config=resolved,
         oof_macro_f1=None if run.oof is None else run.oof.macro_f1,
-        oof_view=None if run.oof is None else run.oof.view,
+        oof_macro_f1_heldout=None if run.oof is None else run.oof.heldout_macro_f1,
+        oof_view=None if run.oof is None else run.oof.view.to_json(),
         oof_text=None if run.oof is None else run.oof.text,
     )

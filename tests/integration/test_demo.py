@@ -38,11 +38,16 @@ def test_demo_runs_the_chain_in_its_own_home(cli: Invoke, home: Path, tmp_path: 
     assert rows[0] == ["Id", "Predicted"] and [r[0] for r in rows[1:]] == test_ids
     assert "Demo finished in" in res.stdout
     assert "best constant predictor scores macro F1" in res.stdout
-    # fold 0's own figure and the out-of-fold one over the 3 folds, side by side
+    # the held-out out-of-fold figure first, the in-sample one labelled, fold 0's beside them
+    text = " ".join(res.stdout.split())
     assert re.search(
-        r"Fold 0 alone: macro F1 \d\.\d{4} .*; out-of-fold over 3 folds: macro F1 \d\.\d{4}",
-        res.stdout,
+        r"Out-of-fold over 3 folds: macro F1 \d\.\d{4} held out \(each fold thresholded as "
+        r"tuned on the others: the figure to compare options by\); \d\.\d{4} in sample",
+        text,
     ), res.stdout
+    # the demo follows the workflow it recommends: dedup before split, no hint about it
+    assert "near-duplicates" in res.stdout and "Hashed " in res.stdout
+    assert "hint: run 'hpatool dedup" not in res.stdout + res.stderr
     # every sample of the training set has exactly one out-of-fold prediction
     oof_ids = [
         line.split(",")[0]
@@ -54,13 +59,19 @@ def test_demo_runs_the_chain_in_its_own_home(cli: Invoke, home: Path, tmp_path: 
     ]
     assert sorted(oof_ids) == sorted(train_ids)
     assert "with ensemble of 3 models (demo-cv-f0, demo-cv-f1, demo-cv-f2)" in res.stdout
-    # The trained model beats the best constant predictor on the validation fold (max of crops).
+    # evaluate reports the held-out figure of each aggregation first (the thresholds applied
+    # were tuned on these very samples), and the constant predictor's bar beside it. One epoch
+    # on 60 samples does not clear that bar held out (the default demo does: 0.225 vs 0.104,
+    # docs/benchmarks.md); the in-sample figure, tuned on what it scores, did, which is why it
+    # is no longer the one shown first.
     max_part = res.stdout.split("validation fold, max (and mean)", 1)[1]
     max_part = max_part.split("predict the test set", 1)[0]
-    model_f1 = re.search(r"^macro F1 (\d+\.\d+) \(at a 0\.5 threshold", max_part, re.MULTILINE)
+    max_part = " ".join(max_part.split())
+    model_f1 = re.search(r"held out \(thresholds tuned on one half.*?\): max (\d+\.\d+)", max_part)
     baseline = re.search(r"best constant predictor scores macro F1 (\d+\.\d+)", res.stdout)
     assert model_f1 is not None and baseline is not None, res.stdout
-    assert float(model_f1.group(1)) > float(baseline.group(1)), (model_f1[0], baseline[0])
+    assert 0 <= float(model_f1.group(1)) <= 1 and 0 < float(baseline.group(1)) < 1
+    assert "(in sample: they were tuned on" in max_part
     assert not (home / "registry.sqlite").exists()  # the user's registry is untouched
 
 
@@ -88,6 +99,7 @@ def test_demo_steps_are_valid_commands(tmp_path: Path) -> None:
     steps = plan_steps(data, size=48, epochs=1, arch="resnet10t", seed=3)
     assert [s.args[0] for s in steps] == [
         "stats",
+        "dedup",
         "split",
         "cv",
         "experiments",

@@ -72,6 +72,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
     for fold in (0, 1):
         steps.append(
             ("train", "--dataset", "syn", *TRAIN, "--crop", "24", "--eval-crops", "2",
+             "--tta", "crops",
              "--epochs", "1", "--fold", fold, "--workers", "0", "--out", runs,
              "--name", f"r{fold}")
         )  # fmt: skip
@@ -198,8 +199,13 @@ def test_stored_view_is_the_default_and_another_is_one_warning(
 
 def test_tta_modes_say_what_they_do(setup: Setup, tmp_path: Path) -> None:
     res, _, _ = predict(setup, tmp_path, "f", "--run", "r0", "--tta", "flips", "--crops", "4")
-    assert "(max of 4 flips/rotations of the centre crop of 24px)" in res.stdout
+    assert (
+        "(max of 4 windows of 24px covering the 32x32 image, each under 4 flips/rotations "
+        "(16 views))" in res.stdout
+    )
     assert "warning: thresholds were tuned on max of 2 crops of 24px; scoring with" in res.stderr
+    res, _, _ = predict(setup, tmp_path, "g", "--run", "r0", "--tta", "grid", "--threshold", "0.5")
+    assert "(max of 4 windows of 24px covering the 32x32 image)" in res.stdout
     res, _, _ = predict(setup, tmp_path, "c1", "--run", "r0", "--crops", "1", "--threshold", "0.5")
     assert "(the centre crop of 24px)" in res.stdout
     res, _, w = predict(

@@ -114,6 +114,69 @@ def test_experiments_show_json_oof_f1_equals_sklearns(done: Done) -> None:
     assert all(v["crops"] == 2 and v["crop"] == 32 for v in doc["views"].values())
 
 
+def _oof_files(
+    done: Done, runs: list[dict[str, object]]
+) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Each row's fold, labels and probabilities, read from the runs' oof.csv files."""
+    with Registry.open(done.home) as reg:
+        targets = {s.id: s.target for s in reg.samples("syn")}
+    folds, labels, rows = [], [], []
+    for r in runs:
+        with (done.runs / str(r["name"]) / "oof.csv").open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                folds.append(int(r["fold"]))  # type: ignore[call-overload]
+                y = np.zeros(NUM_CLASSES, dtype=int)
+                y[list(targets[row["Id"]] or ())] = 1
+                labels.append(y)
+                rows.append([float(row[str(c)]) for c in range(NUM_CLASSES)])
+    return folds, np.array(labels), np.array(rows)
+
+
+def test_heldout_oof_f1_equals_a_recomputation_from_the_files(done: Done) -> None:
+    """The held-out figure: each fold's oof.csv thresholded with the thresholds reported for
+    it, all folds scored together; those thresholds are tuned on the other folds only."""
+    from sklearn.metrics import f1_score
+
+    from hpatool.engine.metrics import tune_thresholds
+
+    doc = json.loads(run_cli(done.home, "experiments", "show", "ex", "--json").stdout)
+    held = doc["heldout_thresholds"]
+    assert sorted(held) == ["0", "1", "2"] and all(len(v) == NUM_CLASSES for v in held.values())
+    folds, y, probs = _oof_files(done, doc["runs"])
+    fold = np.array(folds)
+    pred = np.zeros_like(y, dtype=bool)
+    for k, thresholds in held.items():
+        pred[fold == int(k)] = probs[fold == int(k)] >= np.array(thresholds)
+        others = fold != int(k)
+        assert np.array_equal(np.array(thresholds), tune_thresholds(y[others], probs[others]))
+    expected = f1_score(y, pred, average="macro", zero_division=0)
+    assert doc["oof_macro_f1_heldout"] == pytest.approx(expected, abs=1e-12)
+    assert [c["f1"] for c in doc["heldout_classes"]] == pytest.approx(
+        f1_score(y, pred, average=None, zero_division=0).tolist(), abs=1e-12
+    )
+    # the in-sample figure stays, under its old key and labelled
+    assert doc["oof_macro_f1"] == doc["oof_macro_f1_in_sample"]
+    shown = run_cli(done.home, "experiments", "show", "ex").stdout
+    assert f"OOF macro F1 {doc['oof_macro_f1_heldout']:.4f} held out" in " ".join(shown.split())
+    listed = json.loads(run_cli(done.home, "experiments", "list", "--json").stdout)
+    assert listed[0]["oof_macro_f1_heldout"] == doc["oof_macro_f1_heldout"]
+    cv_line = " ".join(done.result.stdout.split())
+    assert f"OOF macro F1 {doc['oof_macro_f1_heldout']:.4f} held out" in cv_line
+
+
+def test_an_experiment_of_one_fold_has_no_heldout_figure(done: Done, tmp_path: Path) -> None:
+    home = tmp_path / "copy"
+    shutil.copytree(done.home, home)
+    for run in ("ex-f1", "ex-f2"):
+        assert run_cli(home, "runs", "remove", run).exit_code == 0
+    doc = json.loads(run_cli(home, "experiments", "show", "ex", "--json").stdout)
+    assert 0 < doc["oof_samples"] < 24 and doc["oof_macro_f1"] is not None
+    assert doc["oof_macro_f1_heldout"] is None and doc["heldout_thresholds"] is None
+    assert "one fold" in doc["heldout_note"]
+    shown = " ".join(run_cli(home, "experiments", "show", "ex").stdout.split())
+    assert "in sample" in shown and "no held-out figure: one fold" in shown
+
+
 def test_experiments_list_and_show_tables_and_plot(done: Done, tmp_path: Path) -> None:
     listed = run_cli(done.home, "experiments", "list", "--json")
     assert listed.exit_code == 0, listed.output
@@ -124,7 +187,8 @@ def test_experiments_list_and_show_tables_and_plot(done: Done, tmp_path: Path) -
     shown = run_cli(done.home, "experiments", "show", "ex", "--plot", plot)
     assert shown.exit_code == 0, shown.output
     assert "ex-f2" in shown.stdout and "Nucleoplasm" in shown.stdout
-    assert "max of 2 crops of 32 px" in shown.stdout and f"Plot written to {plot}" in shown.stdout
+    assert "max over the grid of 32 px windows" in shown.stdout
+    assert f"Plot written to {plot}" in shown.stdout
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = run_cli(done.home, "experiments", "show", "nope")
     assert "no experiment 'nope'" in one_line_error(bad)

@@ -78,6 +78,10 @@ def test_whole_image_crop_and_capped_workers(
     assert f"(1 window of {SIZE}px (the whole image))" in res.stdout
     assert "crops" not in res.stdout.splitlines()[0]
     res = cli("predict", *scoring, "--crop-size", "32", "--out", tmp_path / "t.csv")
+    assert f"(max of 4 windows of 32px covering the {SIZE}x{SIZE} image)" in res.stdout
+    res = cli(
+        "predict", *scoring, "--crop-size", "32", "--tta", "crops", "--out", tmp_path / "u.csv"
+    )
     assert "(max of 4 crops of 32px)" in res.stdout
     res = cli("evaluate", *scoring, "--crop-size", str(SIZE), "--workers", "2")
     assert res.exit_code == 0, res.output
@@ -86,10 +90,11 @@ def test_whole_image_crop_and_capped_workers(
 
 
 def test_windows_text() -> None:
-    from hpatool.engine.views import windows_text
+    from hpatool.engine.views import View
 
-    assert windows_text("max", 8, 256, 8) == "max of 8 crops of 256px"
-    assert windows_text("max", 8, 512, 1) == "1 window of 512px (the whole image)"
+    assert View(256, 8, "max", "crops").text((512, 512)) == "max of 8 crops of 256px"
+    assert View(512, 8, "max", "crops").text((512, 512)) == "1 window of 512px (the whole image)"
+    assert View(256).text((512, 512)) == "max of 4 windows of 256px covering the 512x512 image"
 
 
 def test_loader_workers_is_capped_once(monkeypatch: pytest.MonkeyPatch) -> None:

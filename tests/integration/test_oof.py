@@ -187,7 +187,8 @@ def test_summarize_oof_covers_both_folds_once(runs: dict[str, Any], tmp_path: Pa
     assert sorted(summary.ids) == sorted(expected_ids) and len(set(summary.ids)) == len(summary.ids)
     assert summary.ids == sorted(summary.ids, key=order.index)  # dataset order
     assert summary.dataset == "syn" and summary.dataset_samples == 40
-    assert summary.views == {"f0": VIEW, "f1": VIEW} and summary.without_oof == []
+    assert {k: v.to_json() for k, v in summary.views.items()} == {"f0": VIEW, "f1": VIEW}
+    assert summary.without_oof == []
     pred = summary.probs >= summary.thresholds
     expected = f1_score(summary.y_true, pred, average="macro", zero_division=0)
     assert summary.macro_f1 == pytest.approx(expected, abs=1e-12)
@@ -326,3 +327,36 @@ def test_two_processes_write_the_same_oof(runs: dict[str, Any], tmp_path: Path) 
     assert ids == ids1 and np.abs(probs - probs1).max() < 1e-6
     with Registry.open(home) as reg:
         assert reg.run("f1").status == "done"
+
+
+def test_val_view_eval_validates_with_the_runs_evaluation_view(
+    cli: Invoke, home: Path, synth_data: Callable[..., Path], tmp_path: Path
+) -> None:
+    """--val-view eval: each epoch's validation scores the fold with the run's view (the grid
+    here), so the one epoch's figures and thresholds are those of the run's oof.csv."""
+    from hpatool.engine.metrics import heldout_macro_f1
+    from hpatool.labels import to_multihot
+
+    data = synth_data(24)
+    register(cli, data, folds=3)
+    res = cli(
+        "train", "--dataset", "syn", *TRAIN, "--epochs", "1", "--workers", "0", "--out",
+        tmp_path / "runs", "--name", "v", "--val-view", "eval", "--tta", "grid",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    run_dir = tmp_path / "runs" / "v"
+    doc = json.loads((run_dir / "thresholds.json").read_text())
+    assert doc["view"] == {"crop": 32, "crops": 8, "agg": "max", "tta": "grid"}
+    assert doc["validation_thresholds"] == doc["thresholds"]  # the same predictions
+    with (run_dir / "metrics.csv").open(newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    ids, probs = read_oof(run_dir / OOF_FILE)
+    with Registry.open(home) as reg:
+        targets = {s.id: s.target for s in reg.samples("syn")}
+    held = heldout_macro_f1(to_multihot([targets[i] for i in ids]), probs)
+    assert float(row["macro_f1"]) == pytest.approx(held, rel=1e-5)
+    assert doc["oof_macro_f1_heldout"] == pytest.approx(held, abs=1e-12)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["options"]["val_view"] == "eval"
+    bad = cli("train", "--dataset", "syn", *TRAIN, "--val-view", "all", "--out", tmp_path / "x")
+    assert "--val-view all is invalid; use one of centre, eval" in one_line_error(bad)

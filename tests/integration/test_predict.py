@@ -130,6 +130,8 @@ def test_max_is_at_least_mean_and_seeds_repeat(trained: dict[str, Path], tmp_pat
             p,
             "--crops",
             "4",
+            "--tta",
+            "crops",
             "--crop-size",
             "32",
         )

@@ -54,7 +54,8 @@ def test_runs_compare_prints_the_runs_side_by_side(cli: Invoke, runs: Path) -> N
     assert res.exit_code == 0, res.output
     rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
             for line in res.stdout.splitlines() if line.startswith("│")}  # fmt: skip
-    assert rows["best macro F1 (tuned on val.)"] == ["0.5500", "0.2500", "0.1230"]
+    assert rows["best val. macro F1 (held out)"] == ["0.5500", "0.2500", "0.1230"]
+    assert rows["OOF macro F1, held out"] == ["-"] * 3  # no out-of-fold step yet
     assert rows["best epoch"] == ["2", "1", "1"]
     assert rows["macro F1 at 0.5 (that epoch)"] == ["0.4100", "0.1000", "-"]
     assert rows["val loss (that epoch)"] == ["0.3100", "0.6000", "-"]
@@ -128,7 +129,12 @@ def test_runs_compare_on_trained_runs(
         stored = json.loads((tmp_path / "runs" / doc["name"] / "thresholds.json").read_text())
         assert stored["tuned_on"] == "oof"
         assert doc["oof_macro_f1"] == stored["oof_macro_f1"] and doc["oof_view"] == stored["view"]
+        # the held-out figure: thresholds tuned on one half of oof.csv, scored on the other
+        assert doc["oof_macro_f1_heldout"] == stored["oof_macro_f1_heldout"]
+        assert 0 <= doc["oof_macro_f1_heldout"] <= 1
     shown = json.loads(cli("runs", "show", "two", "--json").stdout)
     assert shown["oof_macro_f1"] == two["oof_macro_f1"]
+    assert shown["oof_macro_f1_heldout"] == two["oof_macro_f1_heldout"]
     table = cli("runs", "compare", "two", "part").stdout
-    assert f"{two['oof_macro_f1']:.4f} (max of 8 crops)" in table
+    assert f"{two['oof_macro_f1_heldout']:.4f} (max grid)" in table
+    assert f"{two['oof_macro_f1']:.4f}" in table

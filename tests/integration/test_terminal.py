@@ -191,9 +191,10 @@ def _result(epochs_done: int, steps: int, best_epoch: int | None, status: str) -
 def test_the_end_of_run_line_does_not_contradict_itself() -> None:
     assert _result_line(_result(0, 3, 1, "stopped")) == (
         "Run [bold]resnet50-f0[/] stopped after 3 steps in epoch 1 (no full epoch yet); "
-        "best tuned macro F1 0.1043 on the partial epoch 1. Files in /runs/resnet50-f0"
+        "best held-out macro F1 0.1043 on the partial epoch 1. Files in /runs/resnet50-f0"
     )
     assert _result_line(_result(2, 60, 2, "done")).startswith(
-        "Run [bold]resnet50-f0[/] done: 2 epochs, 60 steps, best tuned macro F1 0.1043 (epoch 2)."
+        "Run [bold]resnet50-f0[/] done: 2 epochs, 60 steps, best held-out macro F1 0.1043 "
+        "(epoch 2)."
     )
     assert "(epoch 3 partial)" in _result_line(_result(2, 70, 3, "stopped"))

@@ -115,7 +115,8 @@ def test_count_plot_draws_each_datasets_rare_line(drawn: list[Any], tmp_path: Pa
 def _row(epoch: int, f1: float, *, partial: int = 0, lr: float = 1e-3) -> dict[str, Any]:
     return {
         "epoch": epoch, "step": 10 * epoch, "partial": partial, "train_loss": 0.5 / epoch,
-        "val_loss": 0.6 / epoch, "macro_f1": f1, "macro_f1_at_0.5": f1 / 2, "lr": lr,
+        "val_loss": 0.6 / epoch, "macro_f1": f1, "macro_f1_in_sample": f1 + 0.05,
+        "macro_f1_at_0.5": f1 / 2, "lr": lr,
         "images_per_s": 100.0, "seconds": 5.0,
     }  # fmt: skip
 
@@ -134,9 +135,10 @@ def test_curves_mark_the_best_epoch_and_plot_the_learning_rate(
     assert list(lr_line.get_ydata()) == [3e-3, 2e-3, 1e-4]
     assert ax_lr.get_yscale() == "log"  # a factor 30 between them
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert "macro F1 (thresholds tuned on validation)" in labels
+    assert "macro F1, held out (tuned on half the fold, scored on the other)" in labels
+    assert "macro F1, in sample (tuned and scored on the fold)" in labels
     assert "macro F1 at threshold 0.5" in labels
-    assert "best epoch 2 (tuned macro F1 0.500)" in labels
+    assert "best epoch 2 (held-out macro F1 0.500)" in labels
     assert "epoch stopped part-way" in labels
     _legend_clear_of_axes(fig, fig.legends[0], [ax_loss, ax_f1, ax_lr])
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,10 @@ SOURCES = "give one of --run RUN (repeat it for an ensemble), --experiment EXP o
         ({"checkpoint": "m.pt"}, SOURCES),
         ({"experiment": "cv1"}, SOURCES),
         ({"crops": 0}, "--crops 0 is invalid; use 1 (the centre crop) or more"),
-        ({"tta": "rotate"}, "--tta rotate is invalid; use one of crops, flips, crops+flips"),
+        (
+            {"tta": "rotate"},
+            "--tta rotate is invalid; use one of grid, grid+flips, crops, crops+flips, flips",
+        ),
         ({"crop_size": 4}, "--crop-size 4 is too small; use --crop-size 8 or more"),
         ({"agg": "median"}, "--agg 'median' is invalid; use max or mean"),
         ({"threshold": "abc"}, "--threshold 'abc' is invalid; use 'auto' or a number in (0, 1)"),
@@ -105,13 +109,19 @@ def test_config_values_are_checked_like_flags(cli: Invoke, tmp_path: Path) -> No
 
 
 def test_flips_have_eight_views() -> None:
-    """``--tta flips`` is the centre crop under the 8 flips and rotations: a ninth view is
-    refused, for prediction and for a run's out-of-fold view, rather than silently dropped."""
+    """``--tta flips`` / ``grid+flips`` put each window under the 8 flips and rotations: a
+    ninth is refused, for prediction and for a run's out-of-fold view, rather than silently
+    dropped."""
     from hpatool.engine.config import TrainConfig
 
     PredictConfig(dataset="d", run=["r"], tta="flips", crops=8).validate()
-    with pytest.raises(UsageError, match="--crops 9 is more than the 8 views of --tta flips"):
-        PredictConfig(dataset="d", run=["r"], tta="flips", crops=9).validate()
+    for tta in ("flips", "grid+flips"):
+        with pytest.raises(
+            UsageError,
+            match=f"--crops 9 is more than the 8 flips/rotations of --tta {re.escape(tta)}",
+        ):
+            PredictConfig(dataset="d", run=["r"], tta=tta, crops=9).validate()
     PredictConfig(dataset="d", run=["r"], tta="crops+flips", crops=9).validate()
-    with pytest.raises(UsageError, match="--eval-crops 12 is more than the 8 views"):
+    PredictConfig(dataset="d", run=["r"], tta="grid", crops=9).validate()  # not used by grid
+    with pytest.raises(UsageError, match="--eval-crops 12 is more than the 8 flips/rotations"):
         TrainConfig(datasets=["d"], arch="resnet10t", tta="flips", eval_crops=12).validate()

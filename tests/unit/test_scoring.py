@@ -17,7 +17,7 @@ from hpatool.engine.predict_files import (
     write_submission,
 )
 from hpatool.engine.scoring import Scores, aggregate, decide_labels, rank_share
-from hpatool.engine.views import crop_windows
+from hpatool.engine.views import View, crop_windows, grid_windows
 from hpatool.errors import DataError, UsageError
 
 
@@ -143,7 +143,7 @@ def test_scoring_gives_both_aggregations_of_the_same_crops(tmp_path: Path) -> No
 
     def run(agg: str, both: bool = False) -> Scores:
         return score(
-            model, items, crop=16, crops=5, agg=agg, mean=(0.0,) * 4, std=(1.0,) * 4,
+            model, items, View(16, 5, agg, "crops"), mean=(0.0,) * 4, std=(1.0,) * 4,
             batch_size=2, workers=0, device=torch.device("cpu"), seed=3, both=both,
         )  # fmt: skip
 
@@ -161,55 +161,97 @@ def test_scoring_gives_both_aggregations_of_the_same_crops(tmp_path: Path) -> No
 def test_views_of_each_tta_mode() -> None:
     from hpatool.engine.views import view_windows
 
-    # --crops 1 is the centre crop (the validation view), for every mode
-    for tta in ("crops", "flips", "crops+flips"):
+    # --crops 1 is the centre crop (the validation view) for the random-crop modes
+    for tta in ("crops", "crops+flips"):
         assert view_windows(5, 64, 80, 32, 1, 0, tta) == [(16, 24, 0)]
     # crops: random windows, untransformed (the same windows as before views)
     crops = view_windows(3, 64, 64, 32, 5, 0, "crops")
     assert [(t, left) for t, left, _ in crops] == crop_windows(3, 64, 64, 32, 5, seed=0)
     assert {k for _, _, k in crops} == {0}
-    # flips: the centre crop under the first N dihedral transforms, N capped at 8
-    assert view_windows(3, 64, 64, 32, 3, 0, "flips") == [(16, 16, k) for k in range(3)]
-    assert view_windows(3, 64, 64, 32, 12, 0, "flips") == [(16, 16, k) for k in range(8)]
+    # grid: the 2x2 windows covering the image, whatever --crops says
+    grid = [(0, 0, 0), (0, 32, 0), (32, 0, 0), (32, 32, 0)]
+    assert view_windows(3, 64, 64, 32, 5, 0, "grid") == grid
+    assert view_windows(3, 64, 64, 32, 1, 0, "grid") == grid
+    # flips and grid+flips: every grid window under the first N transforms, N capped at 8
+    for tta in ("flips", "grid+flips"):
+        assert view_windows(3, 64, 64, 32, 3, 0, tta) == [
+            (t, left, k) for t, left, _ in grid for k in range(3)
+        ]
+        assert len(view_windows(3, 64, 64, 32, 12, 0, tta)) == 4 * 8
     # crops+flips: the random windows, window i under transform i mod 8
     both = view_windows(3, 64, 64, 32, 10, 0, "crops+flips")
     assert [(t, left) for t, left, _ in both] == crop_windows(3, 64, 64, 32, 10, seed=0)
     assert [k for _, _, k in both] == [0, 1, 2, 3, 4, 5, 6, 7, 0, 1]
-    # the crop fills the image: one window for crops; the whole image flipped for the others
-    assert view_windows(3, 48, 48, 48, 8, 0, "crops") == [(0, 0, 0)]
-    for tta in ("flips", "crops+flips"):
+    # the crop fills the image: one window for crops and grid; the whole image flipped for
+    # the others
+    for tta in ("crops", "grid"):
+        assert view_windows(3, 48, 48, 48, 8, 0, tta) == [(0, 0, 0)]
+    for tta in ("flips", "crops+flips", "grid+flips"):
         assert view_windows(3, 48, 48, 48, 8, 0, tta) == [(0, 0, k) for k in range(8)]
     with pytest.raises(UsageError, match="--tta 'rotate' is invalid"):
         view_windows(3, 48, 48, 32, 8, 0, "rotate")
 
 
 @pytest.mark.parametrize(
-    ("tta", "crops", "whole", "text"),
-    [
-        ("crops", 8, False, "max of 8 crops of 32px"),
-        ("crops", 1, False, "the centre crop of 32px"),
-        ("crops", 8, True, "1 window of 32px (the whole image)"),
-        ("flips", 8, False, "max of 8 flips/rotations of the centre crop of 32px"),
-        ("flips", 12, True, "max of 8 flips/rotations of the whole 32px image"),
-        ("flips", 1, True, "1 window of 32px (the whole image)"),
-        ("crops+flips", 4, False, "max of 4 flipped/rotated crops of 32px"),
-        ("crops+flips", 4, True, "max of 4 flips/rotations of the whole 32px image"),
-        ("crops+flips", 1, False, "the centre crop of 32px"),
-    ],
-)
-def test_view_text_says_what_really_happens(tta: str, crops: int, whole: bool, text: str) -> None:
-    from hpatool.engine.views import View
+    ("height", "width", "crop"),
+    [(512, 512, 256), (512, 512, 224), (512, 512, 500), (64, 80, 32), (300, 200, 128),
+     (1024, 1024, 512), (100, 100, 100), (97, 61, 30), (512, 512, 1)],
+)  # fmt: skip
+def test_grid_windows_cover_every_pixel(height: int, width: int, crop: int) -> None:
+    windows = grid_windows(height, width, crop)
+    covered = np.zeros((height, width), dtype=np.int64)
+    for top, left in windows:
+        assert 0 <= top <= height - crop and 0 <= left <= width - crop
+        covered[top : top + crop, left : left + crop] += 1
+    assert covered.min() >= 1  # every pixel is seen
+    # at most ceil(H / crop) x ceil(W / crop) windows, as the docs say
+    assert len(windows) == -(-height // crop) * -(-width // crop)
+    assert len(set(windows)) == len(windows)
+    assert View(crop, 8, "max", "grid").windows((height, width)) == len(windows)
 
-    assert View(32, crops, "max", tta).text(whole) == text
+
+def test_grid_of_256px_windows_of_a_512px_image_are_its_four_quarters() -> None:
+    assert grid_windows(512, 512, 256) == [(0, 0), (0, 256), (256, 0), (256, 256)]
+    # 224 px: 3 x 3 windows at 0, 144, 288 (overlapping by 80 px)
+    assert grid_windows(512, 512, 224) == [
+        (t, left) for t in (0, 144, 288) for left in (0, 144, 288)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("tta", "crops", "size", "text"),
+    [
+        ("crops", 8, 64, "max of 8 crops of 32px"),
+        ("crops", 1, 64, "the centre crop of 32px"),
+        ("crops", 8, 32, "1 window of 32px (the whole image)"),
+        ("grid", 8, 64, "max of 4 windows of 32px covering the 64x64 image"),
+        ("grid", 8, 32, "1 window of 32px (the whole image)"),
+        ("flips", 8, 64, "max of 4 windows of 32px covering the 64x64 image, each under 8 "
+         "flips/rotations (32 views)"),
+        ("grid+flips", 2, 64, "max of 4 windows of 32px covering the 64x64 image, each under 2 "
+         "flips/rotations (8 views)"),
+        ("flips", 12, 32, "max of 8 flips/rotations of the whole 32px image"),
+        ("flips", 1, 32, "1 window of 32px (the whole image)"),
+        ("crops+flips", 4, 64, "max of 4 flipped/rotated crops of 32px"),
+        ("crops+flips", 4, 32, "max of 4 flips/rotations of the whole 32px image"),
+        ("crops+flips", 1, 64, "the centre crop of 32px"),
+    ],
+)  # fmt: skip
+def test_view_text_says_what_really_happens(tta: str, crops: int, size: int, text: str) -> None:
+    assert View(32, crops, "max", tta).text((size, size)) == text
 
 
 def test_resolve_view_given_over_stored_over_default() -> None:
     from hpatool.engine.views import View, resolve_view
 
-    stored = {"crop": 32, "crops": 4, "agg": "mean", "tta": "flips"}
+    stored = View.from_json({"crop": 32, "crops": 4, "agg": "mean", "tta": "flips"})
     assert resolve_view(32, None, None, None, stored) == View(32, 4, "mean", "flips")
     assert resolve_view(32, 2, None, "crops", stored) == View(32, 2, "mean", "crops")
+    # a run that stores no view was tuned on random crops, as predict was then
     assert resolve_view(48, None, None, None, None) == View(48, 8, "max", "crops")
+    # a stored view without a tta (older runs): random crops
+    assert View.from_json({"crop": 32, "crops": 4, "agg": "max"}) == View(32, 4, "max", "crops")
+    assert View.from_json({"crops": "x"}) is None
 
 
 def test_flipped_views_are_the_dihedral_transforms_of_the_crop(tmp_path: Path) -> None:
@@ -223,13 +265,15 @@ def test_flipped_views_are_the_dihedral_transforms_of_the_crop(tmp_path: Path) -
     img = read_sample(tmp_path, "a")
     zero, one = (0.0,) * 4, (1.0,) * 4
     items = [ScoreItem(0, tmp_path, "a")]
-    _, views, _ = CropDataset(items, 16, 8, 0, zero, one, "flips")[0]
-    assert views is not None and views.shape == (8, 4, 16, 16)
-    centre = img[:, 4:20, 4:20]
-    for k in range(8):
-        expected = torch.from_numpy(dihedral(centre, k).astype(np.float32) / 255.0)
-        assert torch.equal(views[k], expected)
-    _, whole, _ = CropDataset(items, 24, 3, 0, zero, one, "crops+flips")[0]
+    _, views, _ = CropDataset(items, View(16, 8, "max", "flips"), 0, zero, one)[0]
+    # every window of the 2x2 grid (corners at 0 and 8) under each of the 8 transforms
+    assert views is not None and views.shape == (4 * 8, 4, 16, 16)
+    for w, (top, left) in enumerate([(0, 0), (0, 8), (8, 0), (8, 8)]):
+        window = img[:, top : top + 16, left : left + 16]
+        for k in range(8):
+            expected = torch.from_numpy(dihedral(window, k).astype(np.float32) / 255.0)
+            assert torch.equal(views[w * 8 + k], expected)
+    _, whole, _ = CropDataset(items, View(24, 3, "max", "crops+flips"), 0, zero, one)[0]
     assert whole is not None and whole.shape == (3, 4, 24, 24)
     assert torch.equal(whole[2], torch.from_numpy(dihedral(img, 2).astype(np.float32) / 255.0))
 
@@ -250,3 +294,84 @@ def test_frequency_drift_rule() -> None:
     )
     assert frequency_drift(labels[:19], train) == ""  # under 20 images: no warning
     assert frequency_drift(labels, None) == ""  # a run without class_frequency
+
+
+# ------------------------------------------------------------------------------ precision
+
+
+def _four_channel_images(tmp_path: Path, names: str, size: int = 40) -> None:
+    from hpatool.imaging import save_png
+
+    rng = np.random.default_rng(0)
+    for name in names:
+        for colour in ("red", "green", "blue", "yellow"):
+            save_png(
+                rng.integers(0, 255, (size, size), dtype=np.uint8),
+                tmp_path / f"{name}_{colour}.png",
+            )
+
+
+def test_scoring_in_bf16_gives_finite_probabilities_close_to_float32(tmp_path: Path) -> None:
+    """The run's training dtype is used at scoring (bf16 where it trained in bf16): CPU
+    autocast bf16 is the same code path as CUDA's. Tolerance: 0.02 absolute on probabilities
+    (bf16 keeps 8 bits of mantissa)."""
+    from torch import nn
+
+    from hpatool.engine.scoring import ScoreItem, score
+
+    _four_channel_images(tmp_path, "abc")
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(4, 16, 3), nn.ReLU(), nn.Conv2d(16, 28, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    ).eval()
+    items = [ScoreItem(i, tmp_path, n) for i, n in enumerate("abc")]
+
+    def run(dtype: torch.dtype | None) -> Scores:
+        return score(
+            model, items, View(16, 8, "mean", "grid+flips"), mean=(0.5,) * 4, std=(0.25,) * 4,
+            batch_size=2, workers=0, device=torch.device("cpu"), seed=0, amp_dtype=dtype,
+        )  # fmt: skip
+
+    full, half = run(None), run(torch.bfloat16)
+    for i in range(3):
+        assert np.isfinite(half.probs[i]).all()
+        assert np.abs(half.probs[i] - full.probs[i]).max() < 0.02
+    assert any(not np.array_equal(half.probs[i], full.probs[i]) for i in range(3))  # it ran bf16
+
+
+def test_scoring_dtype_follows_the_run() -> None:
+    from hpatool.engine.checkpoint import trained_amp
+    from hpatool.engine.scoring import scoring_dtype
+
+    cpu = torch.device("cpu")
+    assert scoring_dtype("bfloat16", cpu) is torch.bfloat16
+    assert scoring_dtype(None, cpu) is None  # --no-amp (or a CPU run): float32
+    assert scoring_dtype("float16", cpu) is None  # no fp16 autocast on the CPU: float32
+    assert trained_amp({"config": {"amp": "bfloat16"}}) == "bfloat16"
+    assert trained_amp({"config": {"amp": None}}) is None
+    assert trained_amp({"model": {}}) == "float16"  # a bare checkpoint: autocast's default
+
+
+def test_a_non_finite_probability_names_the_model_and_the_sample(tmp_path: Path) -> None:
+    from torch import nn
+
+    from hpatool.engine.scoring import ScoreItem, score
+    from hpatool.errors import WorkFailed
+
+    _four_channel_images(tmp_path, "ab")
+
+    class Broken(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros(x.shape[0], 28)
+            out[-1, 5] = float("nan")  # the last view of the batch: sample 'b'
+            return out
+
+    items = [ScoreItem(i, tmp_path, n) for i, n in enumerate("ab")]
+    with pytest.raises(WorkFailed) as info:
+        score(
+            Broken(), items, View(16, 1, "max", "crops"), mean=(0.0,) * 4, std=(1.0,) * 4,
+            batch_size=2, workers=0, device=torch.device("cpu"), seed=0, model_name="run r1",
+        )  # fmt: skip
+    assert str(info.value).startswith(
+        "run r1 gave non-finite probabilities (NaN or inf) for sample 'b'"
+    )

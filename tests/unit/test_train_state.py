@@ -110,7 +110,8 @@ def test_restore_names_the_arch_a_checkpoint_does_not_fit() -> None:
 def test_metrics_csv_keeps_its_format(tmp_path: Path) -> None:
     rows = [
         {"epoch": 1, "step": 3, "partial": 0, "train_loss": 0.123456789, "val_loss": 1 / 3,
-         "macro_f1": 0.5, "macro_f1_at_0.5": 1e-7, "lr": 0.0005, "images_per_s": 12345678.9,
+         "macro_f1": 0.5, "macro_f1_in_sample": 0.625, "macro_f1_at_0.5": 1e-7, "lr": 0.0005,
+         "images_per_s": 12345678.9,
          "seconds": 2.0, "extra": "ignored"},
         {"epoch": 2, "step": 5, "partial": 1, "train_loss": float("nan")},
     ]  # fmt: skip
@@ -118,8 +119,8 @@ def test_metrics_csv_keeps_its_format(tmp_path: Path) -> None:
     write_metrics_csv(path, rows)
     assert path.read_text() == (
         ",".join(METRIC_COLUMNS) + "\n"
-        "1,3,0,0.123457,0.333333,0.5,1e-07,0.0005,1.23457e+07,2\n"
-        "2,5,1,nan,,,,,,\n"
+        "1,3,0,0.123457,0.333333,0.5,0.625,1e-07,0.0005,1.23457e+07,2\n"
+        "2,5,1,nan,,,,,,,\n"
     )
 
 
