@@ -243,16 +243,16 @@ def one_config(
     stacks = [torch.randn(8, 4, crop, crop) for _ in range(pred_batch)]
     reps = 3
     with torch.inference_mode():
-        score_forward(model, stacks, device)
+        score_forward(model, stacks, device, dtype)
         sync(device)
         t0 = time.perf_counter()
         for _ in range(reps):
-            score_forward(model, stacks, device)
+            score_forward(model, stacks, device, dtype)
         sync(device)
     row["predict8_img_s"] = round(reps * pred_batch / (time.perf_counter() - t0), 1)
     row["predict_peak_gib"] = round(peak_gib(device), 2)
-    # predict's forward pass autocasts with torch's default dtype for the device
-    row["predict_amp"] = str(torch.get_autocast_dtype(device.type)).replace("torch.", "")
+    # predict's forward pass autocasts with the dtype the run trained in (issue 17)
+    row["predict_amp"] = str(dtype).replace("torch.", "")
     return row
 
 

@@ -23,7 +23,7 @@ import torch
 
 from hpatool.data.transforms import HPA_MEAN, HPA_STD, to_tensor
 from hpatool.engine.scoring import ScoreItem, score
-from hpatool.engine.views import crop_windows
+from hpatool.engine.views import View, crop_windows
 from hpatool.imaging import read_sample
 from hpatool.models import create_model
 from hpatool.synth import synth_dataset
@@ -67,9 +67,7 @@ def bench(args: argparse.Namespace) -> None:
             return score(
                 model,
                 items,
-                crop=args.crop,
-                crops=args.crops,
-                agg="max",
+                View(args.crop, args.crops, "max", "crops"),
                 mean=HPA_MEAN,
                 std=HPA_STD,
                 batch_size=args.batch_size,

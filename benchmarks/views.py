@@ -2,7 +2,7 @@
 the evaluation view costs.
 
 Run: .venv/bin/python benchmarks/views.py [--samples 400] [--size 96] [--crop 48] [--epochs 6]
-     [--folds 5] [--arch resnet10t] [--seed 0] [--val-view-folds 0,1] [--keep DIR [--reuse]]
+     [--folds 5] [--arch resnet10t] [--seeds 0,1,2] [--val-view-folds 0,1] [--keep DIR]
 
 Makes a synthetic dataset (``hpatool.synth``, as the demo does) in a temporary folder, splits it
 into ``--folds`` folds and trains one run per fold with ``hpatool.engine.train.fit`` (validation
@@ -19,9 +19,11 @@ and the share of each image's pixels the view sees. The views: the centre crop; 
 8 flips/rotations (max, mean). The image is ``--size`` px and the crop ``--crop`` px: 96 / 48
 has the geometry of a 512 px Kaggle image scored with 256 px windows (a 2x2 grid).
 
-``--val-view-folds`` trains those folds again with ``--val-view eval`` (validation on the run's
-evaluation view, the grid with max) and prints the seconds per epoch of both, the best epochs
-they chose and the held-out OOF macro F1 of those folds' final ``oof.csv`` both ways.
+``--seeds`` repeats everything (data, split, training) per seed and prints the mean held-out
+figure of each view. ``--val-view-folds`` trains those folds of the first seed again with
+``--val-view eval`` (validation on the run's evaluation view, the default view) and prints
+the training and validation seconds per epoch of both, the best epochs they chose and the
+held-out OOF macro F1 of those folds' final ``oof.csv`` both ways.
 """
 
 from __future__ import annotations
@@ -89,18 +91,19 @@ def score_fold(run_dir: Path, reg: Registry, ids: list[str], views: list[View]) 
     return out
 
 
-def train(base: Path, home: Path, args: argparse.Namespace, fold: int, val_view: str) -> Path:
+def train(
+    base: Path, home: Path, args: argparse.Namespace, fold: int, val_view: str, seed: int
+) -> Path:
     from hpatool.engine.config import TrainConfig
     from hpatool.engine.train import fit
 
     config = TrainConfig(
         datasets=["syn"], arch=args.arch, fold=fold, epochs=args.epochs, batch_size=16,
         crop=args.crop, lr=3e-3, workers=0, device="cpu", out=str(base / "runs"),
-        name=f"views-{val_view}-f{fold}", seed=args.seed, tta="grid", eval_agg="max",
-        val_view=val_view,
+        name=f"views-{val_view}-f{fold}", seed=seed, val_view=val_view,
     )  # fmt: skip
     run_dir = base / "runs" / config.name  # type: ignore[operator]
-    if not args.reuse or not (run_dir / "oof.csv").is_file():
+    if not (run_dir / "oof.csv").is_file():  # a kept folder's runs are reused
         fit(config, home=home)
     return run_dir
 
@@ -112,6 +115,76 @@ def heldout_and_in_sample(
     return macro_f1(y, pred), macro_f1(y, probs >= tune_thresholds(y, probs))
 
 
+def views_table(args: argparse.Namespace, base: Path, seed: int) -> list[tuple[float, float]]:
+    """One seed: the data, the folds, one run per fold; (held out, in sample) per view."""
+    from hpatool.engine.oof import OOF_FILE, read_oof
+    from hpatool.labels import to_multihot
+
+    home, data = base / "home", base / "data"
+    if not home.is_dir():
+        synth_dataset(data, samples=args.samples, size=args.size, seed=seed)
+        with Registry.open(home) as reg:
+            add_dataset(reg, "syn", labels=data / "labels.csv", root=data)
+            split_dataset(reg, "syn", folds=args.folds, seed=seed)
+    views = [View(args.crop, n, agg, tta) for _, n, agg, tta in VIEWS]
+    per_view: list[list[np.ndarray]] = [[] for _ in views]
+    ys, fold_of = [], []
+    for fold in range(args.folds):
+        run_dir = train(base, home, args, fold, "centre", seed)
+        ids, _ = read_oof(run_dir / OOF_FILE)
+        with Registry.open(home) as reg:
+            targets = {s.id: s.target for s in reg.samples("syn")}
+            for k, probs in enumerate(score_fold(run_dir, reg, ids, views)):
+                per_view[k].append(probs)
+        ys.append(to_multihot([targets[i] for i in ids]))
+        fold_of += [fold] * len(ids)
+    y, folds = np.concatenate(ys), np.asarray(fold_of)
+    return [heldout_and_in_sample(y, np.concatenate(parts), folds) for parts in per_view]
+
+
+def val_view_part(args: argparse.Namespace, base: Path, seed: int) -> None:
+    """--val-view centre vs eval on ``--val-view-folds`` of seed ``seed``'s data."""
+    from hpatool.engine.oof import OOF_FILE, read_oof
+    from hpatool.engine.run_dir import read_metrics_csv
+    from hpatool.labels import to_multihot
+
+    home = base / "home"
+    chosen = [int(f) for f in args.val_view_folds.split(",") if f.strip()]
+    print(f"--val-view centre vs eval (the default view), seed {seed}, folds {chosen}:")
+    print(
+        f"{'fold':>4} {'train s/epoch':>14} {'val s centre':>13} {'val s eval':>11} "
+        f"{'best epoch c / e':>17}"
+    )
+    oof: dict[str, list[tuple[np.ndarray, np.ndarray, int]]] = {"centre": [], "eval": []}
+    for fold in chosen:
+        rows = {}
+        for how in ("centre", "eval"):
+            run_dir = train(base, home, args, fold, how, seed)
+            metrics = read_metrics_csv(run_dir / "metrics.csv")
+            train_s = float(np.mean([float(r["seconds"]) for r in metrics]))
+            val_s = float(np.mean([float(r["val_seconds"]) for r in metrics]))
+            best_row = max(metrics, key=lambda r: float(r["macro_f1"]))
+            rows[how] = (train_s, val_s, int(best_row["epoch"]))
+            ids, probs = read_oof(run_dir / OOF_FILE)
+            with Registry.open(home) as reg:
+                targets = {s.id: s.target for s in reg.samples("syn")}
+            oof[how].append((to_multihot([targets[i] for i in ids]), probs, fold))
+        print(
+            f"{fold:>4} {rows['centre'][0]:>14.2f} {rows['centre'][1]:>13.2f} "
+            f"{rows['eval'][1]:>11.2f} {rows['centre'][2]:>8} / {rows['eval'][2]}"
+        )
+    if len(chosen) > 1:
+        for how, parts in oof.items():
+            yy = np.concatenate([p[0] for p in parts])
+            pp = np.concatenate([p[1] for p in parts])
+            ff = np.concatenate([[p[2]] * len(p[0]) for p in parts])
+            held, in_sample = heldout_and_in_sample(yy, pp, ff)
+            print(
+                f"--val-view {how}: OOF (default view) of folds {args.val_view_folds} held out "
+                f"{held:.4f}, in sample {in_sample:.4f}"
+            )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--samples", type=int, default=400)
@@ -120,91 +193,41 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--arch", default="resnet10t")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="data, split and training seeds, e.g. 0,1,2")
     ap.add_argument("--val-view-folds", default="0,1", help="'' to skip the --val-view part")
-    ap.add_argument("--keep", type=Path, help="work in this new folder and keep it")
-    ap.add_argument("--reuse", action="store_true", help="with --keep: use the runs in it")
+    ap.add_argument("--keep", type=Path, help="work in this folder and keep it (reruns reuse it)")
     args = ap.parse_args()
-
-    from hpatool.engine.oof import OOF_FILE, read_oof
-    from hpatool.engine.run_dir import read_metrics_csv
-    from hpatool.labels import to_multihot
+    seeds = [int(s) for s in args.seeds.split(",")]
 
     with tempfile.TemporaryDirectory(prefix="hpatool-views-") as tmp:
-        base = args.keep if args.keep is not None else Path(tmp)
-        home, data = base / "home", base / "data"
-        if not (args.reuse and home.is_dir()):
-            synth_dataset(data, samples=args.samples, size=args.size, seed=args.seed)
-            with Registry.open(home) as reg:
-                add_dataset(reg, "syn", labels=data / "labels.csv", root=data)
-                split_dataset(reg, "syn", folds=args.folds, seed=args.seed)
+        root = args.keep if args.keep is not None else Path(tmp)
         print(
             f"synthetic {args.samples} samples of {args.size}px, {args.folds} folds; {args.arch}, "
-            f"crop {args.crop}, {args.epochs} epochs, seed {args.seed}"
+            f"crop {args.crop}, {args.epochs} epochs, seeds {seeds}"
         )
-        views = [View(args.crop, n, agg, tta) for _, n, agg, tta in VIEWS]
-        per_view: list[list[np.ndarray]] = [[] for _ in views]
-        ys, fold_of = [], []
         started = time.perf_counter()
-        for fold in range(args.folds):
-            run_dir = train(base, home, args, fold, "centre")
-            ids, _ = read_oof(run_dir / OOF_FILE)
-            with Registry.open(home) as reg:
-                targets = {s.id: s.target for s in reg.samples("syn")}
-                for k, probs in enumerate(score_fold(run_dir, reg, ids, views)):
-                    per_view[k].append(probs)
-            ys.append(to_multihot([targets[i] for i in ids]))
-            fold_of += [fold] * len(ids)
-        y, folds = np.concatenate(ys), np.asarray(fold_of)
-        print(f"trained and scored in {time.perf_counter() - started:.0f} s; {len(y)} OOF samples")
-        print(
-            f"{'view':<18} {'agg':>4} {'views':>5} {'pixels':>7} {'held out':>9} {'in sample':>10}"
-        )
+        results = [views_table(args, root / f"seed{seed}", seed) for seed in seeds]
+        print(f"trained and scored in {time.perf_counter() - started:.0f} s")
+        cols = " ".join(f"{'seed ' + str(s):>13}" for s in seeds)
+        print("held out / in sample OOF macro F1 per seed, then the mean held out")
+        print(f"{'view':<15} {'agg':>4} {'views':>5} {'pixels':>6} {cols} {'mean':>7}")
         best = None
-        for (name, _, agg, _), view, parts in zip(VIEWS, views, per_view, strict=True):
-            held, in_sample = heldout_and_in_sample(y, np.concatenate(parts), folds)
+        for k, ((name, _, agg, _), view) in enumerate(
+            zip(VIEWS, [View(args.crop, n, a, t) for _, n, a, t in VIEWS], strict=True)
+        ):
+            pairs = [r[k] for r in results]
+            mean = float(np.mean([p[0] for p in pairs]))
+            cells = " ".join(f"{h:.4f}/{i:.4f}" for h, i in pairs)
             n = view.windows((args.size, args.size))
             print(
-                f"{name:<18} {agg:>4} {n:>5} {coverage(view, args.size):>7.1%} {held:>9.4f} "
-                f"{in_sample:>10.4f}"
+                f"{name:<15} {agg:>4} {n:>5} {coverage(view, args.size):>6.0%} {cells} {mean:>7.4f}"
             )
-            if best is None or held > best[0]:
-                best = (held, f"{name}, {agg}")
+            if best is None or mean > best[0]:
+                best = (mean, f"{name}, {agg}")
         assert best is not None
-        print(f"best held out: {best[1]} ({best[0]:.4f})")
-
-        chosen = [int(f) for f in args.val_view_folds.split(",") if f.strip()]
-        if not chosen:
-            return 0
-        print("--val-view centre vs eval (the grid, max), same folds and seed:")
-        print(f"{'fold':>4} {'s/epoch centre':>15} {'s/epoch eval':>13} {'best epoch c / e':>17}")
-        oof: dict[str, list[tuple[np.ndarray, np.ndarray, int]]] = {"centre": [], "eval": []}
-        for fold in chosen:
-            rows = {}
-            for how in ("centre", "eval"):
-                run_dir = train(base, home, args, fold, how)
-                metrics = read_metrics_csv(run_dir / "metrics.csv")
-                seconds = np.mean([float(r["seconds"]) for r in metrics])
-                best_row = max(metrics, key=lambda r: float(r["macro_f1"]))
-                rows[how] = (seconds, int(best_row["epoch"]))
-                ids, probs = read_oof(run_dir / OOF_FILE)
-                with Registry.open(home) as reg:
-                    targets = {s.id: s.target for s in reg.samples("syn")}
-                oof[how].append((to_multihot([targets[i] for i in ids]), probs, fold))
-            print(
-                f"{fold:>4} {rows['centre'][0]:>15.1f} {rows['eval'][0]:>13.1f} "
-                f"{rows['centre'][1]:>8} / {rows['eval'][1]}"
-            )
-        if len(chosen) > 1:
-            for how, parts in oof.items():
-                yy = np.concatenate([p[0] for p in parts])
-                pp = np.concatenate([p[1] for p in parts])
-                ff = np.concatenate([[p[2]] * len(p[0]) for p in parts])
-                held, in_sample = heldout_and_in_sample(yy, pp, ff)
-                print(
-                    f"--val-view {how}: OOF of folds {args.val_view_folds} held out {held:.4f}, "
-                    f"in sample {in_sample:.4f}"
-                )
+        print(f"best mean held out: {best[1]} ({best[0]:.4f})")
+        if args.val_view_folds.strip():
+            val_view_part(args, root / f"seed{seeds[0]}", seeds[0])
     return 0
 
 

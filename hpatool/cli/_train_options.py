@@ -72,8 +72,8 @@ CropOpt = Annotated[
     int | None,
     typer.Option(
         "--crop",
-        help="Random square crop side in pixels; validation "
-        f"uses the centre crop {_default('crop')}.",
+        help="Random square crop side in pixels; validation uses the centre crop (see "
+        f"--val-view) and scoring the grid of windows of this size {_default('crop')}.",
         min=8,
         show_default=False,
     ),

@@ -44,7 +44,7 @@ def demo(
     folds, cross-validates a small model (one short run per fold,
     each scoring its validation fold), shows the held-out out-of-fold (OOF) macro F1 (the figure
     to compare options by),
-    evaluates fold 0's run (max of the crops, the mean beside it in the figure), predicts the
+    evaluates fold 0's run (the mean over the grid, the max beside it), predicts the
     test set with the fold ensemble and says where everything is. It takes a few minutes on a
     laptop CPU. Rerunning it clears the previous demo's folder first.
 

@@ -74,7 +74,11 @@ def evaluate(
 
     Predictions are made exactly as 'hpatool predict' makes them (views, aggregation,
     thresholds, --min-labels; one run, or an ensemble of --run A --run B ... or --experiment
-    EXP); the other aggregation of the same views is reported beside the chosen one. On the
+    EXP). Both aggregations of the same views are also scored held out, each with thresholds
+    tuned for it on one half of its own predictions and scored on the other (both ways, 5
+    seeded splittings): the figures to compare max and mean by. When the applied thresholds
+    were tuned on the scored samples (a run on its own validation fold), the figure with them
+    is in sample, and the output says so and leads with the held-out one. On the
     run's own validation dataset and fold, the run's --limit applies (an ensemble has no
     default fold: give --fold, or every labelled sample is scored).
     Everything is checked before scoring: samples whose images are missing or unreadable are

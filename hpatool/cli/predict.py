@@ -87,18 +87,19 @@ def predict(
 ) -> None:
     """Score every image of a dataset with one model or an ensemble; write a Kaggle submission.
 
-    Each image is scored on --crops views (random crops, seeded: the same command gives the same
-    file; --crops 1 is the centre crop; --tta adds flips/rotations) in batched forward passes;
-    the views' probabilities are combined by max or mean. By default each model uses the view
-    its thresholds were tuned on (stored with the run); another view gets one warning line. An
-    ensemble (--run A --run B ..., or --experiment EXP) scores its models one after another
-    with the same seed and averages their probabilities. At the end, a warning names classes
-    predicted far more (or less) often than in the training data. Rows follow the
-    dataset's order (a dataset registered from sample_submission.csv keeps that file's order).
-    Images that are not there are found before scoring and named in one warning; their rows
-    get no labels (--strict refuses instead). An image that cannot be read (its header, checked
-    before scoring, or its body) is reported and the others go to <out>.partial.csv (exit 1).
-    Works under torchrun: each rank scores a share, rank 0 writes.
+    Each image is scored on its views (--tta grid: the windows that together cover every pixel;
+    grid+flips: each of them flipped and rotated; crops: --crops random crops, seeded, so the
+    same command gives the same file; --crops 1 is the centre crop) in batched forward passes,
+    in the dtype the run trained in; the views' probabilities are combined by max or mean. By
+    default each model uses the view its thresholds were tuned on (stored with the run); another
+    view gets one warning line. An ensemble (--run A --run B ..., or --experiment EXP) scores
+    its models one after another with the same seed and averages their probabilities. At the
+    end, a warning names classes predicted far more (or less) often than in the training data.
+    Rows follow the dataset's order (a dataset registered from sample_submission.csv keeps that
+    file's order). Images that are not there are found before scoring and named in one warning;
+    their rows get no labels (--strict refuses instead). An image that cannot be read (its
+    header, checked before scoring, or its body) is reported and the others go to
+    <out>.partial.csv (exit 1). Works under torchrun: each rank scores a share, rank 0 writes.
 
     Example: hpatool predict --experiment resnet50-cv --dataset kaggle-test --probs probs.csv
     """

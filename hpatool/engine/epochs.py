@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -153,6 +154,7 @@ def run_epoch(run: EpochRun, epoch: int) -> tuple[bool, bool]:
         )
 
     on_batch(0)
+    val_started = time.perf_counter()
     if config.val_view == "eval":
         result = validate_view(run, config.view, on_batch if run.ctx.is_main else None)
     else:
@@ -167,6 +169,7 @@ def run_epoch(run: EpochRun, epoch: int) -> tuple[bool, bool]:
             on_batch=on_batch if run.ctx.is_main else None,
         )
     check_validation_finite(run, result)
+    val_seconds = time.perf_counter() - val_started
     metrics = result.metrics()
     thresholds = metrics.pop("thresholds")
     row = {
@@ -178,6 +181,7 @@ def run_epoch(run: EpochRun, epoch: int) -> tuple[bool, bool]:
         "lr": float(objects.scheduler.get_last_lr()[0]),
         "images_per_s": stats.images_per_s,
         "seconds": stats.seconds,
+        "val_seconds": val_seconds,
     }
     complete = state.finish_epoch(epoch, stats.steps, stats.loss_sum, run.data.steps_per_epoch)
     is_best = state.record(row)

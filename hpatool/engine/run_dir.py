@@ -18,7 +18,8 @@ held out), ``epoch``, ``checkpoint``, ``class_names``. Old runs' files have no `
 ``tuned_on``: validation, centre crop.
 
 ``metrics.csv``: ``macro_f1`` is each epoch's held-out figure (what picks the best epoch),
-``macro_f1_in_sample`` the same predictions scored with thresholds tuned on them.
+``macro_f1_in_sample`` the same predictions scored with thresholds tuned on them; ``seconds``
+the epoch's training time, ``val_seconds`` its validation's (``--val-view``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST, BEST, THRESHOLDS_FILE, CURVES_FILE
 #: The columns of ``metrics.csv``, in order.
 METRIC_COLUMNS = (
     "epoch", "step", "partial", "train_loss", "val_loss", "macro_f1", "macro_f1_in_sample",
-    "macro_f1_at_0.5", "lr", "images_per_s", "seconds",
+    "macro_f1_at_0.5", "lr", "images_per_s", "seconds", "val_seconds",
 )  # fmt: skip
 
 

@@ -72,7 +72,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
     for fold in (0, 1):
         steps.append(
             ("train", "--dataset", "syn", *TRAIN, "--crop", "24", "--eval-crops", "2",
-             "--tta", "crops",
+             "--tta", "crops", "--eval-agg", "max",
              "--epochs", "1", "--fold", fold, "--workers", "0", "--out", runs,
              "--name", f"r{fold}")
         )  # fmt: skip

@@ -66,6 +66,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
             "3",
             "--tta",
             "crops",
+            "--eval-agg",
+            "max",
             "--device",
             "cpu",
             "--workers",

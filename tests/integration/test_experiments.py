@@ -187,7 +187,7 @@ def test_experiments_list_and_show_tables_and_plot(done: Done, tmp_path: Path) -
     shown = run_cli(done.home, "experiments", "show", "ex", "--plot", plot)
     assert shown.exit_code == 0, shown.output
     assert "ex-f2" in shown.stdout and "Nucleoplasm" in shown.stdout
-    assert "max over the grid of 32 px windows" in shown.stdout
+    assert "mean over the grid of 32 px windows" in shown.stdout
     assert f"Plot written to {plot}" in shown.stdout
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = run_cli(done.home, "experiments", "show", "nope")

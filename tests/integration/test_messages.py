@@ -78,11 +78,11 @@ def test_whole_image_crop_and_capped_workers(
     assert f"(1 window of {SIZE}px (the whole image))" in res.stdout
     assert "crops" not in res.stdout.splitlines()[0]
     res = cli("predict", *scoring, "--crop-size", "32", "--out", tmp_path / "t.csv")
-    assert f"(max of 4 windows of 32px covering the {SIZE}x{SIZE} image)" in res.stdout
+    assert f"(mean of 4 windows of 32px covering the {SIZE}x{SIZE} image)" in res.stdout
     res = cli(
         "predict", *scoring, "--crop-size", "32", "--tta", "crops", "--out", tmp_path / "u.csv"
     )
-    assert "(max of 4 crops of 32px)" in res.stdout
+    assert "(mean of 4 crops of 32px)" in res.stdout
     res = cli("evaluate", *scoring, "--crop-size", str(SIZE), "--workers", "2")
     assert res.exit_code == 0, res.output
     assert f"1 window of {SIZE}px (the whole image), thresholds" in res.stdout
@@ -94,7 +94,7 @@ def test_windows_text() -> None:
 
     assert View(256, 8, "max", "crops").text((512, 512)) == "max of 8 crops of 256px"
     assert View(512, 8, "max", "crops").text((512, 512)) == "1 window of 512px (the whole image)"
-    assert View(256).text((512, 512)) == "max of 4 windows of 256px covering the 512x512 image"
+    assert View(256).text((512, 512)) == "mean of 4 windows of 256px covering the 512x512 image"
 
 
 def test_loader_workers_is_capped_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -346,7 +346,7 @@ def test_val_view_eval_validates_with_the_runs_evaluation_view(
     assert res.exit_code == 0, res.output
     run_dir = tmp_path / "runs" / "v"
     doc = json.loads((run_dir / "thresholds.json").read_text())
-    assert doc["view"] == {"crop": 32, "crops": 8, "agg": "max", "tta": "grid"}
+    assert doc["view"] == {"crop": 32, "crops": 8, "agg": "mean", "tta": "grid"}
     assert doc["validation_thresholds"] == doc["thresholds"]  # the same predictions
     with (run_dir / "metrics.csv").open(newline="") as fh:
         (row,) = list(csv.DictReader(fh))

@@ -375,3 +375,28 @@ def test_a_non_finite_probability_names_the_model_and_the_sample(tmp_path: Path)
     assert str(info.value).startswith(
         "run r1 gave non-finite probabilities (NaN or inf) for sample 'b'"
     )
+
+
+def test_grid_views_of_real_512px_samples_are_their_quarters(real_samples: Path) -> None:
+    """On real Kaggle images (512 px, four 8-bit stains): the default grid at crop 256 is the
+    four quarters, every pixel seen once; grid+flips flips each quarter, not the centre."""
+    from hpatool.data.transforms import dihedral
+    from hpatool.engine.scoring import CropDataset, ScoreItem
+    from hpatool.imaging import read_sample
+
+    root = real_samples / "kaggle_train_512"
+    sample_id = sorted(p.name[: -len("_red.png")] for p in root.glob("*_red.png"))[0]
+    img = read_sample(root, sample_id)
+    assert img.shape == (4, 512, 512)
+    items = [ScoreItem(0, root, sample_id)]
+    zero, one = (0.0,) * 4, (1.0,) * 4
+    _, views, _ = CropDataset(items, View(256), 0, zero, one)[0]
+    assert views is not None and views.shape == (4, 4, 256, 256)
+    quarters = [img[:, t : t + 256, left : left + 256] for t in (0, 256) for left in (0, 256)]
+    for got, quarter in zip(views, quarters, strict=True):
+        assert torch.equal(got, torch.from_numpy(quarter.astype(np.float32) / 255.0))
+    _, flipped, _ = CropDataset(items, View(256, 2, "mean", "grid+flips"), 0, zero, one)[0]
+    assert flipped is not None and flipped.shape == (8, 4, 256, 256)
+    for w, quarter in enumerate(quarters):
+        rotated = torch.from_numpy(dihedral(quarter, 1).astype(np.float32) / 255.0)
+        assert torch.equal(flipped[2 * w + 1], rotated)

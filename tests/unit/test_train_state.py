@@ -119,8 +119,8 @@ def test_metrics_csv_keeps_its_format(tmp_path: Path) -> None:
     write_metrics_csv(path, rows)
     assert path.read_text() == (
         ",".join(METRIC_COLUMNS) + "\n"
-        "1,3,0,0.123457,0.333333,0.5,0.625,1e-07,0.0005,1.23457e+07,2\n"
-        "2,5,1,nan,,,,,,,\n"
+        "1,3,0,0.123457,0.333333,0.5,0.625,1e-07,0.0005,1.23457e+07,2,\n"
+        "2,5,1,nan,,,,,,,,\n"
     )
 
 
