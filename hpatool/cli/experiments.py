@@ -12,6 +12,7 @@ from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
 
 if TYPE_CHECKING:
     from hpatool.engine.experiments import ExperimentReport
+    from hpatool.engine.oof import OofSummary
     from hpatool.engine.views import View
 
 app = typer.Typer(
@@ -252,6 +253,14 @@ def _print_report(report: ExperimentReport) -> None:
     if oof is None:
         console.print("no OOF predictions yet", markup=False)
         return
+    _print_classes(oof)
+
+
+def _print_classes(oof: OofSummary) -> None:
+    """The per-class OOF table (held out where there is a held-out figure) and the figures."""
+    from hpatool.cli._console import Table, out
+
+    console = out()
     held = oof.heldout_classes
     title = (
         "Per class, out-of-fold, held out (each fold thresholded as tuned on the other folds)"

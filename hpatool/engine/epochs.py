@@ -146,29 +146,8 @@ def run_epoch(run: EpochRun, epoch: int) -> tuple[bool, bool]:
     )
     in_epoch = state.step_in_epoch + stats.steps
     step = state.step + stats.steps
-    n_val = len(run.data.val_loader.sampler)  # type: ignore[arg-type]
-
-    def on_batch(done: int) -> None:
-        run.events(
-            "validate", epoch + 1, step, step_in_epoch=in_epoch, val_done=done, val_total=n_val
-        )
-
-    on_batch(0)
     val_started = time.perf_counter()
-    if config.val_view == "eval":
-        result = validate_view(run, config.view, on_batch if run.ctx.is_main else None)
-    else:
-        result = validate(
-            objects.model,
-            run.data.val_loader,
-            trainer.device,
-            amp_dtype=trainer.amp_dtype,
-            channels_last=trainer.channels_last,
-            ctx=run.ctx,
-            n_total=len(run.data.parts.val),
-            on_batch=on_batch if run.ctx.is_main else None,
-        )
-    check_validation_finite(run, result)
+    result = validate_epoch(run, epoch, step, in_epoch)
     val_seconds = time.perf_counter() - val_started
     metrics = result.metrics()
     thresholds = metrics.pop("thresholds")
@@ -207,6 +186,35 @@ def run_epoch(run: EpochRun, epoch: int) -> tuple[bool, bool]:
             raise KeyboardInterrupt
         raise Interrupted("terminated", exit_code=143)
     return complete, stats.stopped
+
+
+def validate_epoch(run: EpochRun, epoch: int, step: int, in_epoch: int) -> ValidationResult:
+    """Validate 0-based ``epoch``'s model with the run's ``--val-view`` (the centre-crop loader,
+    or the evaluation view through the scoring loop); a non-finite probability is an error."""
+    config, trainer = run.target.config, run.trainer
+    n_val = len(run.data.val_loader.sampler)  # type: ignore[arg-type]
+
+    def on_batch(done: int) -> None:
+        run.events(
+            "validate", epoch + 1, step, step_in_epoch=in_epoch, val_done=done, val_total=n_val
+        )
+
+    on_batch(0)
+    if config.val_view == "eval":
+        result = validate_view(run, config.view, on_batch if run.ctx.is_main else None)
+    else:
+        result = validate(
+            trainer.objects.model,
+            run.data.val_loader,
+            trainer.device,
+            amp_dtype=trainer.amp_dtype,
+            channels_last=trainer.channels_last,
+            ctx=run.ctx,
+            n_total=len(run.data.parts.val),
+            on_batch=on_batch if run.ctx.is_main else None,
+        )
+    check_validation_finite(run, result)
+    return result
 
 
 def save_epoch(run: EpochRun, row: dict[str, Any], thresholds: list[float], is_best: bool) -> None:

@@ -230,10 +230,7 @@ def evaluate_run(
     classes = per_class_report(y_true, y_pred)
     other = np.stack([scored.scores.other[t.index] for t in items])
     heldout = _heldout_by_agg(y_true, {scored.view.agg: probs, other_agg(scored.view.agg): other})
-    tuned_on = 0
-    if parse_threshold(config.threshold) is None:
-        tuned_ids = thresholds_tuned_on(reg, scored.sources)
-        tuned_on = sum(1 for t in items if t.id in tuned_ids)
+    tuned_on = _tuned_on_scored(reg, config, scored, items)
     report = EvaluationReport(
         dataset=dataset,
         fold=chosen.fold,
@@ -267,6 +264,17 @@ def evaluate_run(
     if plot is not None and report.is_main:
         report.plot = plot_evaluation(report, plot)
     return report
+
+
+def _tuned_on_scored(
+    reg: Registry, config: PredictConfig, scored: Any, items: list[ScoreItem]
+) -> int:
+    """How many of the scored ``items`` the applied thresholds were tuned on (0 for a number
+    given as ``--threshold``)."""
+    if parse_threshold(config.threshold) is not None:
+        return 0
+    tuned_ids = thresholds_tuned_on(reg, scored.sources)
+    return sum(1 for t in items if t.id in tuned_ids)
 
 
 def _heldout_by_agg(

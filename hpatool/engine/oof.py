@@ -135,6 +135,17 @@ def run_view(out_dir: Path) -> View | None:
         return None
 
 
+def _heldout(
+    y_true: np.ndarray, probs: np.ndarray, folds: np.ndarray
+) -> tuple[float, list[ClassReport], dict[int, np.ndarray]] | None:
+    """The held-out macro F1, per-class report and thresholds by fold (``metrics.crossfit``
+    over the folds); ``None`` with one fold."""
+    if len(set(folds.tolist())) < 2:
+        return None
+    pred, by_fold = crossfit(y_true, probs, folds)
+    return macro_f1(y_true, pred), per_class_report(y_true, pred), by_fold
+
+
 @dataclass
 class OofSummary:
     """Several runs' OOF predictions on one dataset, put together."""
@@ -226,10 +237,7 @@ def summarize_oof(reg: Registry, runs: Sequence[RunRecord]) -> OofSummary:
     thresholds = tune_thresholds(y_true, probs)
     pred = probs >= thresholds
     folds = np.asarray([fold_of[sid] for sid in ordered], dtype=np.int64)
-    heldout: tuple[float, list[ClassReport], dict[int, np.ndarray]] | None = None
-    if len(set(folds.tolist())) > 1:
-        held_pred, by_fold = crossfit(y_true, probs, folds)
-        heldout = (macro_f1(y_true, held_pred), per_class_report(y_true, held_pred), by_fold)
+    heldout = _heldout(y_true, probs, folds)
     return OofSummary(
         dataset=first,
         ids=ordered,
