@@ -5,8 +5,10 @@ every other labelled sample of the first dataset plus all labelled samples of th
 minus any sample whose id is in the validation part (so a dataset registered twice cannot leak
 validation images into training).
 
-``HpaDataset`` reads a sample's four PNGs and returns ``(x, y)``: a normalised float tensor
-``(4, crop, crop)`` and a float multi-hot ``(28,)``. Its keys are either a plain index (validation:
+``HpaDataset`` reads a sample's four PNGs (or its decoded cache) and returns ``(x, y)``: a uint8
+tensor ``(4, crop, crop)`` (normalised on the device by ``transforms.normalize``: a quarter of
+float32's bytes through shared memory, pinning and the host-to-device copy) and a float
+multi-hot ``(28,)``. Its keys are either a plain index (validation:
 a centre crop) or ``(index, aug_seed)`` pairs as yielded by
 ``hpatool.data.sampling.WeightedEpochSampler`` (training: the random crop and dihedral transform
 come from ``numpy.random.default_rng(aug_seed)``, so they depend only on the run seed, the epoch and
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from hpatool.data.transforms import HPA_MEAN, HPA_STD, augment, center_crop, to_tensor
+from hpatool.data.transforms import HPA_MEAN, HPA_STD, augment, center_crop
 from hpatool.errors import DataError, NotFound, UsageError
 from hpatool.ids import channel_path
 from hpatool.imaging import open_image, read_sample
@@ -291,7 +293,8 @@ def targets_array(items: Sequence[Item]) -> np.ndarray:
 
 
 class HpaDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Samples as ``(x, y)``: ``x`` float ``(4, crop, crop)`` normalised, ``y`` float ``(28,)``.
+    """Samples as ``(x, y)``: ``x`` uint8 ``(4, crop, crop)`` (``transforms.normalize`` makes it
+    the model's input on the device, with ``mean``/``std``), ``y`` float ``(28,)``.
 
     ``dataset[i]`` gives the centre crop (validation); ``dataset[(i, aug_seed)]`` gives a random
     crop and dihedral transform drawn from ``default_rng(aug_seed)`` (training).
@@ -333,5 +336,5 @@ class HpaDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         else:
             index = int(key)
             img = center_crop(self.load(index), self.crop)
-        x = to_tensor(img, self.mean, self.std)
+        x = torch.from_numpy(np.ascontiguousarray(img))
         return x, torch.from_numpy(self.targets[index])

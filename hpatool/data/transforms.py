@@ -1,14 +1,17 @@
 """Crops, the 8 dihedral transforms and per-channel normalisation of ``(4, H, W)`` samples.
 
-Pure numpy on uint8 ``(C, H, W)`` arrays (channel order R, G, B, Y); ``to_tensor`` turns the
-result into a normalised float tensor. Training takes a random ``crop x crop`` window and one of
-the 8 symmetries of the square (rotations by 0/90/180/270 degrees, each with or without a
-horizontal flip): cells have no preferred orientation, so all 8 are equally valid images.
-Validation takes one centre crop (the whole image when the crop is at least the image size).
+Pure numpy on uint8 ``(C, H, W)`` arrays (channel order R, G, B, Y). Loaders hand over uint8
+tensors; ``normalize`` turns a batch into normalised floats where it is cheapest, on the device
+(``to_tensor`` does the same for one array, with identical values). Training takes a random
+``crop x crop`` window and one of the 8 symmetries of the square (rotations by 0/90/180/270
+degrees, each with or without a horizontal flip): cells have no preferred orientation, so all 8
+are equally valid images. Validation takes one centre crop (the whole image when the crop is at
+least the image size).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -74,3 +77,21 @@ def to_tensor(
     m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
     return x.sub_(m).div_(s)
+
+
+def normalize(
+    x: torch.Tensor,
+    mean: Sequence[float] = HPA_MEAN,
+    std: Sequence[float] = HPA_STD,
+) -> torch.Tensor:
+    """uint8 ``(..., C, H, W)`` -> float32 scaled to 0..1 and normalised per channel, on ``x``'s
+    device (the GPU when there is one: images travel as uint8, a quarter of float32's bytes).
+    The same operations in the same order as ``to_tensor``, so the values are identical. A
+    float tensor is taken as already normalised and returned as it is."""
+    import torch
+
+    if x.is_floating_point():
+        return x
+    m = torch.tensor(tuple(mean), dtype=torch.float32, device=x.device).view(-1, 1, 1)
+    s = torch.tensor(tuple(std), dtype=torch.float32, device=x.device).view(-1, 1, 1)
+    return x.to(torch.float32).div_(255.0).sub_(m).div_(s)

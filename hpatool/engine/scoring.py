@@ -150,26 +150,18 @@ def check_images(
 
 
 class CropDataset:
-    """``(4, H, W)`` samples cut into their TTA views: item ``i`` is ``(views, 4, c, c)``.
+    """``(4, H, W)`` samples cut into their TTA views: item ``i`` is ``(views, 4, c, c)``
+    uint8 (normalised on the device by ``score``'s forward pass).
 
     A sample that cannot be read comes back as ``None`` plus the error text, so one bad file
     doesn't stop the others (the caller decides whether to stop).
     """
 
-    def __init__(
-        self,
-        items: Sequence[ScoreItem],
-        view: View,
-        seed: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-    ) -> None:
+    def __init__(self, items: Sequence[ScoreItem], view: View, seed: int) -> None:
         self.items = list(items)
         self.view = view.check()
         self.crop = view.crop
         self.seed = seed
-        self.mean = tuple(mean)
-        self.std = tuple(std)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -177,7 +169,7 @@ class CropDataset:
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         import torch
 
-        from hpatool.data.transforms import dihedral, to_tensor
+        from hpatool.data.transforms import dihedral
         from hpatool.imaging import read_sample
 
         t = self.items[i]
@@ -196,7 +188,8 @@ class CropDataset:
             else img[:, top : top + c, left : left + c]
             for top, left, k in windows
         ]
-        return t.index, torch.stack([to_tensor(x, self.mean, self.std) for x in views]), None
+        stack = np.stack([np.ascontiguousarray(x) for x in views])
+        return t.index, torch.from_numpy(stack), None
 
 
 def _collate(
@@ -273,7 +266,7 @@ def score(
     view.check()
     mine = rank_share(len(items), batch_size, rank, world_size)
     loader: DataLoader[Any] = DataLoader(
-        Subset(CropDataset(items, view, seed, mean, std), mine),  # type: ignore[arg-type]
+        Subset(CropDataset(items, view, seed), mine),  # type: ignore[arg-type]
         batch_size=batch_size,
         shuffle=False,
         num_workers=loader_workers(workers),
@@ -295,7 +288,7 @@ def score(
                     out.failures[idx] = error or "unreadable"
             good = [(idx, x) for idx, x, _ in batch if x is not None]
             if good:
-                probs = _forward(model, [x for _, x in good], device, amp_dtype)
+                probs = _forward(model, [x for _, x in good], device, amp_dtype, mean, std)
                 for (idx, _), part in zip(good, probs, strict=True):
                     check_finite(part, model_name, by_index[idx])
                     out.probs[idx] = aggregate(part, view.agg)
@@ -338,12 +331,21 @@ def check_finite(probs: torch.Tensor, model_name: str, item: ScoreItem) -> None:
 
 
 def _forward(
-    model: nn.Module, stacks: list[torch.Tensor], device: torch.device, amp_dtype: Any
+    model: nn.Module,
+    stacks: list[torch.Tensor],
+    device: torch.device,
+    amp_dtype: Any,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> Any:
-    """Sigmoid probabilities of each image's crop stack, from one forward pass of them all."""
+    """Sigmoid probabilities of each image's crop stack, from one forward pass of them all;
+    uint8 stacks are normalised on the device (``transforms.normalize``)."""
     import torch
 
+    from hpatool.data.transforms import HPA_MEAN, HPA_STD, normalize
+
     inputs = torch.cat(stacks).to(device, non_blocking=True)
+    inputs = normalize(inputs, mean or HPA_MEAN, std or HPA_STD)
     inputs = inputs.contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         logits = model(inputs)

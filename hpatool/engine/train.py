@@ -33,7 +33,7 @@ The engine never prints: progress goes to an optional callback receiving ``Train
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
 from hpatool.convert.pool import deferred_interrupts, sigterm_as_interrupt
+from hpatool.data.transforms import HPA_MEAN, HPA_STD, normalize
 from hpatool.engine.build import TrainData, build_data, build_trainer, resolved_config
 from hpatool.engine.config import TrainConfig, given_train_options
 from hpatool.engine.distributed import DistContext, resolve_device
@@ -87,9 +88,12 @@ def _forward(
     device: torch.device,
     amp_dtype: torch.dtype | None,
     channels_last: bool,
+    mean: Sequence[float] = HPA_MEAN,
+    std: Sequence[float] = HPA_STD,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move a batch to ``device`` and run the model under autocast: ``(float logits, y)``."""
-    x = x.to(device, non_blocking=True)
+    """Move a batch to ``device`` (uint8: normalised there, ``transforms.normalize``) and run
+    the model under autocast: ``(float logits, y)``."""
+    x = normalize(x.to(device, non_blocking=True), mean, std)
     y = y.to(device, non_blocking=True)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

@@ -19,6 +19,7 @@ import torch
 from sklearn.metrics import f1_score
 
 from hpatool.data.samples import HpaDataset, dataset_items, targets_array
+from hpatool.data.transforms import normalize
 from hpatool.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
 from hpatool.engine.metrics import tune_thresholds
 from hpatool.engine.oof import OOF_FILE, read_oof, summarize_oof, write_oof
@@ -239,7 +240,7 @@ def test_val_loss_is_bce_for_a_focal_run(runs: dict[str, Any]) -> None:
         items = dataset_items(reg, "syn")
     val = set(_fold_ids(runs["home"], 0))
     ds = HpaDataset([it for it in items if it.id in val], 32)
-    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    x = normalize(torch.stack([ds[i][0] for i in range(len(ds))]))
     y = torch.stack([ds[i][1] for i in range(len(ds))])
     with torch.no_grad():
         logits = model(x)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from hpatool.data.samples import HpaDataset, dataset_items
+from hpatool.data.transforms import normalize
 from hpatool.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
 from hpatool.engine.metrics import constant_baseline_macro_f1, macro_f1
 from hpatool.registry import Registry
@@ -290,7 +291,8 @@ def test_short_cpu_training_learns(cli: Invoke, home: Path, tmp_path: Path) -> N
     model, spec = build_model_from_checkpoint(run / "checkpoint-best.pt")
     ds = HpaDataset(test_items, spec.crop, spec.mean, spec.std)
     with torch.no_grad():
-        probs = torch.sigmoid(model(torch.stack([ds[i][0] for i in range(len(ds))]))).numpy()
+        x = normalize(torch.stack([ds[i][0] for i in range(len(ds))]), spec.mean, spec.std)
+        probs = torch.sigmoid(model(x)).numpy()
     y = ds.targets
     # learning, whatever the thresholds: the held-out images of each class rank above the rest
     present = [c for c in range(28) if 0 < y[:, c].sum() < len(y)]

@@ -263,19 +263,18 @@ def test_flipped_views_are_the_dihedral_transforms_of_the_crop(tmp_path: Path) -
     for colour in ("red", "green", "blue", "yellow"):
         save_png(rng.integers(0, 255, (24, 24), dtype=np.uint8), tmp_path / f"a_{colour}.png")
     img = read_sample(tmp_path, "a")
-    zero, one = (0.0,) * 4, (1.0,) * 4
     items = [ScoreItem(0, tmp_path, "a")]
-    _, views, _ = CropDataset(items, View(16, 8, "max", "flips"), 0, zero, one)[0]
+    _, views, _ = CropDataset(items, View(16, 8, "max", "flips"), 0)[0]
     # every window of the 2x2 grid (corners at 0 and 8) under each of the 8 transforms
     assert views is not None and views.shape == (4 * 8, 4, 16, 16)
     for w, (top, left) in enumerate([(0, 0), (0, 8), (8, 0), (8, 8)]):
         window = img[:, top : top + 16, left : left + 16]
         for k in range(8):
-            expected = torch.from_numpy(dihedral(window, k).astype(np.float32) / 255.0)
+            expected = torch.from_numpy(np.ascontiguousarray(dihedral(window, k)))
             assert torch.equal(views[w * 8 + k], expected)
-    _, whole, _ = CropDataset(items, View(24, 3, "max", "crops+flips"), 0, zero, one)[0]
+    _, whole, _ = CropDataset(items, View(24, 3, "max", "crops+flips"), 0)[0]
     assert whole is not None and whole.shape == (3, 4, 24, 24)
-    assert torch.equal(whole[2], torch.from_numpy(dihedral(img, 2).astype(np.float32) / 255.0))
+    assert torch.equal(whole[2], torch.from_numpy(np.ascontiguousarray(dihedral(img, 2))))
 
 
 def test_frequency_drift_rule() -> None:
@@ -389,14 +388,13 @@ def test_grid_views_of_real_512px_samples_are_their_quarters(real_samples: Path)
     img = read_sample(root, sample_id)
     assert img.shape == (4, 512, 512)
     items = [ScoreItem(0, root, sample_id)]
-    zero, one = (0.0,) * 4, (1.0,) * 4
-    _, views, _ = CropDataset(items, View(256), 0, zero, one)[0]
+    _, views, _ = CropDataset(items, View(256), 0)[0]
     assert views is not None and views.shape == (4, 4, 256, 256)
     quarters = [img[:, t : t + 256, left : left + 256] for t in (0, 256) for left in (0, 256)]
     for got, quarter in zip(views, quarters, strict=True):
-        assert torch.equal(got, torch.from_numpy(quarter.astype(np.float32) / 255.0))
-    _, flipped, _ = CropDataset(items, View(256, 2, "mean", "grid+flips"), 0, zero, one)[0]
+        assert torch.equal(got, torch.from_numpy(np.ascontiguousarray(quarter)))
+    _, flipped, _ = CropDataset(items, View(256, 2, "mean", "grid+flips"), 0)[0]
     assert flipped is not None and flipped.shape == (8, 4, 256, 256)
     for w, quarter in enumerate(quarters):
-        rotated = torch.from_numpy(dihedral(quarter, 1).astype(np.float32) / 255.0)
+        rotated = torch.from_numpy(np.ascontiguousarray(dihedral(quarter, 1)))
         assert torch.equal(flipped[2 * w + 1], rotated)

@@ -15,6 +15,7 @@ from hpatool.data.transforms import (
     augment,
     center_crop,
     dihedral,
+    normalize,
     random_crop,
     to_tensor,
 )
@@ -87,10 +88,12 @@ def test_dataset_reads_pngs_and_is_deterministic_per_key(tmp_path: Path) -> None
         _write_sample(tmp_path, it.id, 24, i)
     ds = HpaDataset(items, crop=16)
     x, y = ds[1]
-    assert x.shape == (4, 16, 16) and x.dtype == torch.float32
+    assert x.shape == (4, 16, 16) and x.dtype == torch.uint8  # normalised on the device
     assert y.tolist() == [1.0 if c in (3, 27) else 0.0 for c in range(28)]
     raw = ds.load(1)
-    assert torch.equal(x, to_tensor(raw[:, 4:20, 4:20]))  # validation: the centre crop
+    assert np.array_equal(x.numpy(), raw[:, 4:20, 4:20])  # validation: the centre crop
+    # normalised on the device, the values are exactly to_tensor's (as before uint8 loaders)
+    assert torch.equal(normalize(x[None])[0], to_tensor(raw[:, 4:20, 4:20]))
     a, _ = ds[(1, 12345)]
     b, _ = ds[(1, 12345)]
     c, _ = ds[(1, 54321)]
