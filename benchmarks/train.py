@@ -1,6 +1,6 @@
 """Training throughput: the real data pipeline vs the same steps on tensors already in memory.
 
-Run: .venv/bin/python benchmarks/train.py [--arch resnet50] [--crop 256] [--batch-size 8]
+Run: .venv/bin/python benchmarks/train.py [--arch resnet50] [--crop 256] [--batch-size 8] [--cache]
      [--steps 5] [--repeats 4] [--workers 0,2] [--samples 64] [--size 512] [--device cpu|cuda]
 
 Writes ``--samples`` synthetic 512x512 HPA-like samples (``hpatool.synth``), then times the
@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from hpatool.data.samples import HpaDataset, Item  # noqa: E402
 from hpatool.data.sampling import WeightedEpochSampler, auto_multipliers, sample_weights  # noqa: E402
+from hpatool.data.transforms import normalize  # noqa: E402
 from hpatool.engine.optim import create_optimizer  # noqa: E402
 from hpatool.models import create_model  # noqa: E402
 from hpatool.synth import synth_dataset  # noqa: E402
@@ -80,7 +81,7 @@ def run_steps(
     cpu: list[float] = []
     last = last_cpu = 0.0
     for done, (xb, yb) in enumerate(batches):
-        x = xb.to(device, non_blocking=True)
+        x = normalize(xb.to(device, non_blocking=True))  # uint8 from the loader, as in train
         y = yb.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -171,6 +172,79 @@ def report(title: str, res: dict[str, tuple[float, float, float]], pipeline_cpu:
     )
 
 
+def cached_items(items: list[Item], data: Path, home: Path) -> list[Item]:
+    """``items`` pointed at a decoded cache of ``data``, built in registry home ``home``."""
+    from hpatool.catalog import add_dataset
+    from hpatool.data.cache import build_cache, use_cache
+    from hpatool.registry import Registry
+
+    t0 = time.perf_counter()
+    with Registry.open(home) as reg:
+        add_dataset(reg, "bench", labels=data / "labels.csv", root=data)
+        build_cache(reg, "bench", workers=2)
+        view = use_cache(reg, "bench")
+    assert view is not None
+    print(f"decoded cache of {len(items)} samples built in {time.perf_counter() - t0:.1f} s")
+    return [Item(it.dataset, it.root, it.id, it.target, view.path(it.id)) for it in items]
+
+
+def per_sample_costs(crop: int, batch: int, repeats: int = 5) -> None:
+    """CPU ms per training sample (read + random crop + dihedral transform + collate into a
+    uint8 batch) on the 60 real Kaggle samples: the PNGs through Pillow (the fast decoder
+    switched off), through pyspng (the default), and from the decoded cache. Best of
+    ``repeats`` passes; the cache is built in a temporary registry home first."""
+    from torch.utils.data import default_collate
+
+    from hpatool import imaging
+    from hpatool.catalog import add_dataset
+    from hpatool.data.cache import build_cache, use_cache
+    from hpatool.registry import Registry
+
+    root = REPO.parent / "shared" / "data" / "hpa" / "real" / "kaggle_train_512"
+    if not root.is_dir():
+        print(f"no real samples at {root}: nothing to measure")
+        return
+    with tempfile.TemporaryDirectory() as tmp, Registry.open(Path(tmp)) as reg:
+        add_dataset(reg, "real", labels=root / "labels.csv", root=root)
+        build_cache(reg, "real", workers=1)
+        view = use_cache(reg, "real")
+        assert view is not None
+        with (root / "labels.csv").open() as fh:
+            rows = list(csv.DictReader(fh))
+        items = [
+            Item("real", root, r["Id"], tuple(int(v) for v in r["Target"].split())) for r in rows
+        ]
+        cached = [Item(it.dataset, it.root, it.id, it.target, view.path(it.id)) for it in items]
+
+        def cost(ds: HpaDataset) -> float:
+            best = float("inf")
+            for rep in range(repeats):
+                t0 = time.process_time()
+                for start in range(0, len(ds), batch):
+                    default_collate(
+                        [
+                            ds[(i, 1000 * rep + i)]
+                            for i in range(start, start + batch)
+                            if i < len(ds)
+                        ]
+                    )
+                best = min(best, (time.process_time() - t0) / len(ds))
+            return best * 1000
+
+        fast = imaging._decode_fast
+        imaging._decode_fast = lambda path: None  # type: ignore[assignment]
+        try:
+            pillow = cost(HpaDataset(items, crop))
+        finally:
+            imaging._decode_fast = fast  # type: ignore[assignment]
+        spng = cost(HpaDataset(items, crop))
+        cache = cost(HpaDataset(cached, crop))
+    print(f"CPU ms per training sample, crop {crop}, batches of {batch}, 60 real 512 px samples:")
+    print(f"  PNGs, Pillow        {pillow:7.3f}")
+    print(f"  PNGs, pyspng        {spng:7.3f}  ({pillow / spng:.2f}x)")
+    print(f"  decoded cache       {cache:7.3f}  ({pillow / cache:.1f}x; target <= 1 ms)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", default="resnet50")
@@ -183,7 +257,21 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--data", type=Path, default=None, help="reuse a synth folder")
+    parser.add_argument(
+        "--cache",
+        action="store_true",
+        help="read the samples from a decoded cache ('hpatool datasets cache') built first",
+    )
+    parser.add_argument(
+        "--per-sample",
+        action="store_true",
+        help="only the CPU cost per training sample on the real 512 px samples in ../shared: "
+        "PNGs through Pillow, through the fast decoder, and from the decoded cache",
+    )
     args = parser.parse_args()
+    if args.per_sample:
+        per_sample_costs(args.crop, args.batch_size)
+        return
     workers_list = [int(w) for w in args.workers.split(",") if w.strip()]
     device = torch.device(args.device)
 
@@ -206,6 +294,8 @@ def main() -> None:
         items = [
             Item("bench", data, r["Id"], tuple(int(v) for v in r["Target"].split())) for r in rows
         ]
+        if args.cache:
+            items = cached_items(items, data, Path(tmp) / "home")
         ds = HpaDataset(items, args.crop)
         n = min(32, len(ds))
         t0, c0 = time.perf_counter(), time.process_time()
@@ -213,8 +303,9 @@ def main() -> None:
             ds[(i, i)]
         per_sample = (time.perf_counter() - t0) / n
         per_sample_cpu = (time.process_time() - c0) / n
+        source = "the decoded cache" if args.cache else "4 PNG decodes"
         print(
-            f"one sample through the pipeline (4 PNG decodes + crop + transform): "
+            f"one sample through the pipeline ({source} + crop + transform): "
             f"{1000 * per_sample:.1f} ms wall, {1000 * per_sample_cpu:.1f} ms CPU"
         )
 

@@ -140,8 +140,12 @@ def register_dataset(
 def remove_dataset(reg: Registry, name: str) -> DatasetRecord:
     """Remove dataset ``name`` (samples, folds) from the registry in one unit of work; its image
     files are left where they are."""
+    from hpatool.data.cache import drop_cache
+
     with reg.transaction():
-        return reg.remove_dataset(name)
+        record = reg.remove_dataset(name)
+    drop_cache(reg.path.parent, name)  # its decoded cache goes with it
+    return record
 
 
 def describe_dataset(reg: Registry, name: str) -> dict[str, Any]:
@@ -152,6 +156,11 @@ def describe_dataset(reg: Registry, name: str) -> dict[str, Any]:
     split = reg.split_info(name)
     fold_counts = reg.fold_class_counts(name) if split else None
     doc = rec.to_json()
+    from hpatool.data.cache import cache_summary
+
+    cache = cache_summary(reg.path.parent, name)
+    if cache is not None:
+        doc["cache"] = cache
     if any(k is not None for k in statuses):
         doc["status"] = {k or "pending": n for k, n in sorted(statuses.items(), key=str)}
     if split is not None and fold_counts is not None:

@@ -171,3 +171,17 @@ def _config_option(tables: str) -> Any:
 
 PredictConfigOpt = Annotated[Path | None, _config_option("[predict]")]
 EvaluateConfigOpt = Annotated[Path | None, _config_option("[evaluate] or [predict]")]
+
+CacheOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cache",
+        help=help_with_default(
+            "auto: read the dataset from its decoded cache ('hpatool datasets cache') when it "
+            "is complete and matches the images (one that does not is refused, saying how to "
+            "rebuild it); off: read the images.",
+            "cache",
+        ),
+        show_default=False,
+    ),
+]

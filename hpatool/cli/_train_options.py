@@ -283,6 +283,17 @@ TtaOpt = Annotated[
     ),
 ]
 
+CacheOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cache",
+        help="auto: read each dataset from its decoded cache ('hpatool datasets cache') when "
+        "it is complete and matches the images (one that does not is refused, saying how to "
+        f"rebuild it); off: read the images {_default('cache')}.",
+        show_default=False,
+    ),
+]
+
 ValViewOpt = Annotated[
     str | None,
     typer.Option(

@@ -11,6 +11,7 @@ from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
 from hpatool.cli._scoring_options import (
     AggOpt,
     BatchOpt,
+    CacheOpt,
     CheckpointOpt,
     CropSizeOpt,
     CropsOpt,
@@ -59,6 +60,7 @@ def evaluate(
     crop_size: CropSizeOpt = None,
     agg: AggOpt = None,
     tta: TtaOpt = None,
+    cache: CacheOpt = None,
     threshold: ThresholdOpt = None,
     min_labels: MinLabelsOpt = None,
     batch_size: BatchOpt = None,
@@ -111,6 +113,8 @@ def evaluate(
         where += f" (the run's --limit {report.limit:,})"
     left = sum(report.left_out.values())
     images = f"{report.samples:,} images" + (f" ({left:,} left out)" if left else "")
+    if report.cached:
+        images += " read from the decoded cache"
     model = f", {report.model_text}" if len(report.models) > 1 else ""
     table = Table(
         title=f"{where}: {images}, {report.scoring_text}{model}, thresholds {report.threshold}"

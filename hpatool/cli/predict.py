@@ -11,6 +11,7 @@ from hpatool.cli._common import HomeOpt, open_registry
 from hpatool.cli._scoring_options import (
     AggOpt,
     BatchOpt,
+    CacheOpt,
     CheckpointOpt,
     CropSizeOpt,
     CropsOpt,
@@ -72,6 +73,7 @@ def predict(
     crop_size: CropSizeOpt = None,
     agg: AggOpt = None,
     tta: TtaOpt = None,
+    cache: CacheOpt = None,
     threshold: ThresholdOpt = None,
     min_labels: MinLabelsOpt = None,
     out: OutOpt = None,
@@ -125,8 +127,9 @@ def predict(
         if result.n_left_out
         else ""
     )
+    cached = " (read from its decoded cache)" if result.cached else ""
     console.print(
-        f"Scored {result.scored:,} of {result.samples:,} images of {result.dataset} "
+        f"Scored {result.scored:,} of {result.samples:,} images of {result.dataset}{cached} "
         f"({result.scoring_text}) with {result.model_text}{left}"
     )
     if result.known_labels is not None:

@@ -11,6 +11,7 @@ from hpatool.cli._train_options import (
     AmpOpt,
     ArchOpt,
     BatchSizeOpt,
+    CacheOpt,
     CheckpointEveryOpt,
     ConfigOpt,
     CropOpt,
@@ -73,6 +74,7 @@ def train(
     eval_agg: EvalAggOpt = None,
     tta: TtaOpt = None,
     val_view: ValViewOpt = None,
+    cache: CacheOpt = None,
     config: ConfigOpt = None,
     json_: JsonOpt = False,
     home: HomeOpt = None,
@@ -125,6 +127,11 @@ def _train_progress(enabled: bool) -> Iterator[ProgressCallback]:
                     f"Run [bold]{event.name}[/]{resumed}: {info['train_samples']:,} training, "
                     f"{info['val_samples']:,} validation samples on {info['device']}"
                     + (f" x{info['world_size']}" if info["world_size"] > 1 else "")
+                    + (
+                        f"; read from the decoded cache of {', '.join(info['cache'])}"
+                        if info.get("cache")
+                        else ""
+                    )
                     + f"; files in {event.run_dir}"
                 )
                 for line in info.get("left_out", []):

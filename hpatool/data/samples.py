@@ -75,6 +75,7 @@ class Item:
     root: Path
     id: str
     target: tuple[int, ...]
+    cache: Path | None = None  # its decoded array (``hpatool.data.cache``), when one is used
 
 
 @dataclass
@@ -320,7 +321,12 @@ class HpaDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def load(self, index: int) -> np.ndarray:
         """The raw ``(4, H, W)`` uint8 sample; a ``DataError`` if it is smaller than the crop."""
         item = self.items[index]
-        img = read_sample(item.root, item.id)
+        if item.cache is not None:
+            from hpatool.data.cache import read_cached
+
+            img = read_cached(item.cache, item.id)  # a memory map: a crop reads its window
+        else:
+            img = read_sample(item.root, item.id)
         if min(img.shape[1:]) < self.crop:
             raise DataError(
                 f"sample {item.id!r} of dataset {item.dataset!r} is {img.shape[2]}x{img.shape[1]},"
@@ -336,5 +342,6 @@ class HpaDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         else:
             index = int(key)
             img = center_crop(self.load(index), self.crop)
-        x = torch.from_numpy(np.ascontiguousarray(img))
-        return x, torch.from_numpy(self.targets[index])
+        if not (img.flags.writeable and img.flags.c_contiguous):
+            img = np.array(img, order="C")  # a cached sample's read-only map: copied once
+        return torch.from_numpy(img), torch.from_numpy(self.targets[index])

@@ -8,7 +8,8 @@ after ``torch.manual_seed(seed)``, so its initial weights depend on the seed alo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from hpatool.data.samples import (
     HpaDataset,
+    Item,
     TrainValItems,
     check_crop,
     loader_workers,
@@ -62,6 +64,7 @@ class TrainData:
     train_loader: DataLoader[Any]
     val_loader: DataLoader[Any]
     steps_per_epoch: int  # per process
+    cached: list[str] = field(default_factory=list)  # datasets read from their decoded cache
 
     def close(self) -> None:
         """Stop the loaders' worker processes (and the pin-memory thread) now.
@@ -85,6 +88,7 @@ def build_data(
     config = target.config
     parts = train_val_items(reg, config.datasets, config.fold, config.limit, strict=config.strict)
     check_same_split(target, parts)
+    cached = with_caches(reg, parts, config.cache)
     sizes = check_crop(config.crop, [*parts.val, *parts.train])
     train_targets = targets_array(parts.train)
     multipliers = class_multipliers(config.oversample, train_targets)
@@ -120,7 +124,33 @@ def build_data(
         generator=loader_generator(config.seed + 1),
         **loader_kw,
     )
-    return TrainData(parts, sizes, multipliers, sampler, train_loader, val_loader, steps_per_epoch)
+    return TrainData(
+        parts, sizes, multipliers, sampler, train_loader, val_loader, steps_per_epoch, cached
+    )
+
+
+def with_caches(reg: Registry, parts: TrainValItems, mode: str) -> list[str]:
+    """Point the items of every dataset with a complete, up-to-date decoded cache at their
+    arrays (``hpatool.data.cache.use_cache``: a stale cache is refused); the datasets that
+    have one."""
+    from hpatool.data.cache import use_cache
+
+    names = list(dict.fromkeys(it.dataset for it in [*parts.val, *parts.train]))
+    views = {name: use_cache(reg, name, mode) for name in names}
+    views = {name: view for name, view in views.items() if view is not None}
+    if not views:
+        return []
+
+    def cached(items: list[Item]) -> list[Item]:
+        out = []
+        for it in items:
+            view = views.get(it.dataset)
+            path = view.path(it.id) if view is not None else None
+            out.append(dataclasses.replace(it, cache=path) if path is not None else it)
+        return out
+
+    parts.train, parts.val = cached(parts.train), cached(parts.val)
+    return sorted(views)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hpatool.data.cache import CACHE_MODES
 from hpatool.engine.views import (
     AGGREGATIONS,
     DEFAULT_AGG,
@@ -88,6 +89,7 @@ class TrainConfig:
     eval_agg: str = DEFAULT_AGG
     tta: str = DEFAULT_TTA
     val_view: str = "centre"  # validation during training: the centre crop or the eval view
+    cache: str = "auto"  # the datasets' decoded caches when complete and up to date, or "off"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,6 +135,7 @@ class TrainConfig:
         _one_of(self, "tta", TTA_MODES)
         _flips_fit(self.tta, self.eval_crops, "--eval-crops")
         _one_of(self, "val_view", VAL_VIEWS)
+        _one_of(self, "cache", CACHE_MODES)
         if self.experiment is not None:
             from hpatool.registry.records import check_name
 
@@ -154,7 +157,7 @@ IDENTITY_KEYS = (
     "oversample", "seed", "limit",
 )  # fmt: skip
 #: Options that belong to one invocation and are not inherited by ``--resume``.
-PER_INVOCATION_KEYS = ("max_steps",)
+PER_INVOCATION_KEYS = ("max_steps", "cache")
 
 
 def train_config(options: dict[str, Any], base: dict[str, Any] | None = None) -> TrainConfig:
@@ -216,6 +219,7 @@ class PredictConfig:
     workers: int = field(default_factory=default_workers)  # as train's
     device: str = "auto"
     seed: int = 0
+    cache: str = "auto"  # the dataset's decoded cache when complete and up to date, or "off"
     # predict only
     known_labels: bool = False  # a sample with labelled duplicates (hpatool dedup) takes theirs
     out: str = "submission.csv"
@@ -258,6 +262,7 @@ class PredictConfig:
         _at_least(self, "workers", 0, "use 0 (load in the main process) or more")
         _one_of(self, "device", DEVICES)
         _at_least(self, "seed", 0, "use a non-negative integer")
+        _one_of(self, "cache", CACHE_MODES)
 
 
 def parse_threshold(threshold: str | float) -> float | None:

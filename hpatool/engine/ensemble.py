@@ -15,6 +15,7 @@ Ctrl-C does (``score_or_stop``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from hpatool._io import ProgressFn
+from hpatool.data.cache import use_cache
 from hpatool.engine import checkpoint as ckpt_mod
 from hpatool.engine.config import PredictConfig, parse_threshold
 from hpatool.engine.model_source import (
@@ -77,6 +79,7 @@ class Scored:
     models: list[ModelView] = field(default_factory=list)
     train_frequency: np.ndarray | None = None  # the models' mean training class frequency
     sources: list[ModelSource] = field(default_factory=list)  # every model's
+    cached: bool = False  # the images were read from the dataset's decoded cache
 
     @property
     def view(self) -> View:
@@ -190,7 +193,11 @@ def _score_dataset(
         else:
             thresholds = ensemble_thresholds(reg, config.threshold, sources, ckpts)
         trained_crop = max(spec.crop for spec in specs)
-        checked = check_images(cands.items, config.crop_size, trained_crop, cands.dataset)
+        cache = use_cache(reg, cands.dataset, config.cache)
+        if cache is not None:
+            cands.items = [dataclasses.replace(t, cache=cache.path(t.id)) for t in cands.items]
+        sizes = cache.sizes if cache is not None else None
+        checked = check_images(cands.items, config.crop_size, trained_crop, cands.dataset, sizes)
         models = []
         for source, spec, amp in zip(sources, specs, amps, strict=True):
             crop = config.crop_size if config.crop_size is not None else spec.crop
@@ -253,6 +260,7 @@ def _score_dataset(
             models,
             train_frequency,
             sources,
+            cache is not None,
         )
     finally:
         ctx.destroy()

@@ -83,6 +83,7 @@ def announce(
         "device": str(trainer.device),
         "world_size": ctx.world_size,
         "resumed": target.resumed,
+        "cache": list(data.cached),  # datasets read from their decoded cache
     }
     events("start", state.epoch + 1, state.step, info=info)
     return events
@@ -346,7 +347,7 @@ def validation_items(run: EpochRun) -> list[Any]:
     from hpatool.engine.scoring import ScoreItem
 
     positions = {s.id: i for i, s in enumerate(run.reg.samples(run.target.config.datasets[0]))}
-    return [ScoreItem(positions[it.id], it.root, it.id) for it in run.data.parts.val]
+    return [ScoreItem(positions[it.id], it.root, it.id, it.cache) for it in run.data.parts.val]
 
 
 def needs_oof(run: EpochRun, *, trained: bool) -> bool:

@@ -90,6 +90,7 @@ class EvaluationReport:
     #: of the scored samples, how many the applied thresholds were tuned on (``--threshold
     #: auto``: the run's validation fold, an ensemble's out-of-fold samples)
     tuned_on_scored: int = 0
+    cached: bool = False  # the images were read from the dataset's decoded cache
     #: the checkpoint file, or ``ensemble of 3 models (EXP-f0, EXP-f1, EXP-f2)``
     model_text: str = ""
     models: list[str] = field(default_factory=list)  # the runs (or checkpoint files) scoring
@@ -160,6 +161,7 @@ class EvaluationReport:
             "macro_f1_heldout": self.macro_f1_heldout,
             "macro_f1_by_agg": self.macro_f1_by_agg,
             "tuned_on_scored": self.tuned_on_scored,
+            "cached": self.cached,
             "in_sample": self.in_sample,
             "headline": self.headline,
             "classes": [c.__dict__ for c in self.classes],
@@ -260,6 +262,7 @@ def evaluate_run(
         heldout_classes=heldout,
         other_classes=heldout.get(other_agg(scored.view.agg), []),
         tuned_on_scored=tuned_on,
+        cached=scored.cached,
     )
     if plot is not None and report.is_main:
         report.plot = plot_evaluation(report, plot)

@@ -67,6 +67,7 @@ class PredictResult:
     #: the checkpoint file, or ``ensemble of 3 models (EXP-f0, EXP-f1, EXP-f2)``
     model_text: str = ""
     models: list[str] = field(default_factory=list)  # the runs (or checkpoint files) scoring
+    cached: bool = False  # the images were read from the dataset's decoded cache
 
     @property
     def n_left_out(self) -> int:
@@ -152,6 +153,7 @@ def predict(
         scoring_text=scored.scoring_text,
         model_text=scored.model_text,
         models=[m.name for m in scored.models],
+        cached=scored.cached,
     )
     if scored.is_main:
         _write_predictions(result, all_items, scored, config.min_labels, out, probs_out, known)

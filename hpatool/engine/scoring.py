@@ -41,6 +41,7 @@ class ScoreItem:
     index: int
     root: Path
     id: str
+    cache: Path | None = None  # its decoded array (``hpatool.data.cache``), when one is used
 
 
 #: Why a sample whose four files are there is left out before scoring: a header that cannot be
@@ -104,13 +105,17 @@ class CheckedImages:
 
 
 def check_images(
-    items: Sequence[ScoreItem], crop_size: int | None, trained_crop: int, dataset: str
+    items: Sequence[ScoreItem],
+    crop_size: int | None,
+    trained_crop: int,
+    dataset: str,
+    sizes: dict[str, tuple[int, int]] | None = None,
 ) -> CheckedImages:
     """Read the headers of every image before any scoring: the crop (``--crop-size``, else the
     run's training crop) must fit the first readable image (a ``UsageError`` otherwise, and
     then whether it is the whole image); an image whose header cannot be read, or that is
     smaller than the crop, is left out with its reason (``UNREADABLE``, ``too_small``). None
-    readable is a ``DataError``."""
+    readable is a ``DataError``. ``sizes`` (a decoded cache's, by id) spare reading headers."""
     crop = crop_size if crop_size is not None else trained_crop
     what = f"--crop-size {crop}" if crop_size is not None else f"the run's training crop {crop}"
     if crop < 8:
@@ -121,7 +126,7 @@ def check_images(
     first: tuple[int, int] | None = None
     for t in items:
         try:
-            h, w = sample_size(t.root, t.id)
+            h, w = sizes[t.id] if sizes and t.id in sizes else sample_size(t.root, t.id)
         except DataError as exc:
             errors[t.index] = str(exc)
             left[UNREADABLE] = left.get(UNREADABLE, 0) + 1
@@ -174,7 +179,12 @@ class CropDataset:
 
         t = self.items[i]
         try:
-            img = read_sample(t.root, t.id)
+            if t.cache is not None:
+                from hpatool.data.cache import read_cached
+
+                img = read_cached(t.cache, t.id)  # a memory map: each view reads its window
+            else:
+                img = read_sample(t.root, t.id)
         except DataError as exc:
             return t.index, None, str(exc)
         _, h, w = img.shape
