@@ -101,7 +101,9 @@ LossOpt = Annotated[
     str | None,
     typer.Option(
         "--loss",
-        help=f"bce or focal (sigmoid focal, gamma 2) {_default('loss')}.",
+        help="bce, focal (sigmoid focal, gamma 2), lovasz (the Lovász hinge of each class over "
+        "the batch, a surrogate of its F1/Jaccard), or a weighted sum: focal+lovasz, "
+        f"bce*0.5+lovasz*1; validation loss is BCE whatever this is {_default('loss')}.",
         show_default=False,
     ),
 ]
@@ -290,6 +292,18 @@ CacheOpt = Annotated[
         help="auto: read each dataset from its decoded cache ('hpatool datasets cache') when "
         "it is complete and matches the images (one that does not is refused, saying how to "
         f"rebuild it); off: read the images {_default('cache')}.",
+        show_default=False,
+    ),
+]
+
+HeadBiasOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--head-bias",
+        help="The classifier's starting bias: prior (the log-odds of each class's training "
+        "frequency as the sampler draws it, so step one predicts base rates, not 0.5 for all "
+        "28 classes) or zero (timm's init); a --pretrained file's trained head is kept either "
+        f"way {_default('head_bias')}.",
         show_default=False,
     ),
 ]

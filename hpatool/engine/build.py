@@ -202,6 +202,8 @@ def build_trainer(
         num_classes=NUM_CLASSES,
         pretrained=config.pretrained if fresh else None,
     )
+    if fresh and config.head_bias == "prior" and _new_head(config.pretrained):
+        init_head_bias(model, effective_class_frequency(data))
     model.to(device)
     if use_cuda:
         model.to(memory_format=torch.channels_last)
@@ -211,6 +213,40 @@ def build_trainer(
     objects = TrainObjects(model, optimizer, scheduler, scaler, data.sampler)
     loss_fn = create_loss(config.loss)
     return Trainer(objects, loss_fn, device, amp_dtype, use_cuda, spec, train_model=model)
+
+
+def _new_head(pretrained: str | None) -> bool:
+    """Whether the classifier head starts new: no ``--pretrained``, or ImageNet weights (a
+    weight file or a run's checkpoint may bring a trained head, which is kept)."""
+    from hpatool.engine.config import IMAGENET
+
+    return pretrained is None or pretrained.lower() == IMAGENET
+
+
+def effective_class_frequency(data: TrainData) -> np.ndarray:
+    """Each class's share of the samples the oversampling sampler draws (the sampling weights
+    times the labels): the frequency the model sees in training."""
+    targets = targets_array(data.parts.train).astype(np.float64)
+    weights = sample_weights(targets, data.multipliers).astype(np.float64)
+    return (weights[:, None] * targets).sum(axis=0) / max(weights.sum(), 1e-12)
+
+
+def init_head_bias(model: nn.Module, frequency: np.ndarray) -> bool:
+    """``--head-bias prior``: the classifier's bias set to the log-odds of each class's
+    frequency (clipped to 1e-4..1 - 1e-4), so that step one predicts the classes' base rates
+    instead of 0.5 for all 28 (a BCE of about 0.69 a class); ``False`` when the model has no
+    classifier with a bias of 28 outputs."""
+    from hpatool.models import classifier_name
+
+    name = classifier_name(model)
+    head = model.get_submodule(name) if name else None
+    bias = getattr(head, "bias", None)
+    if not isinstance(bias, torch.Tensor) or bias.shape != (len(frequency),):
+        return False
+    p = np.clip(np.asarray(frequency, dtype=np.float64), 1e-4, 1 - 1e-4)
+    with torch.no_grad():
+        bias.copy_(torch.from_numpy(np.log(p / (1 - p))).to(bias.dtype))
+    return True
 
 
 def resolved_config(

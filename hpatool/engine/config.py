@@ -38,11 +38,12 @@ from hpatool.labels import NUM_CLASSES
 
 C = TypeVar("C")
 
-LOSSES = ("bce", "focal")
 DEVICES = ("auto", "cpu", "cuda")
 #: How validation during training scores an image: ``centre`` (one centre crop, the cheapest)
 #: or ``eval`` (the run's evaluation view: ``--eval-crops``, ``--eval-agg``, ``--tta``).
 VAL_VIEWS = ("centre", "eval")
+#: ``--head-bias``: the classifier's starting bias.
+HEAD_BIASES = ("prior", "zero")
 #: ``--pretrained imagenet``: timm's ImageNet weights for the architecture.
 IMAGENET = "imagenet"
 
@@ -90,6 +91,9 @@ class TrainConfig:
     tta: str = DEFAULT_TTA
     val_view: str = "centre"  # validation during training: the centre crop or the eval view
     cache: str = "auto"  # the datasets' decoded caches when complete and up to date, or "off"
+    #: the classifier's starting bias: "prior" (log-odds of each class's training frequency,
+    #: as sampled) or "zero" (timm's init); measured in docs/benchmarks.md
+    head_bias: str = "zero"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,7 +126,9 @@ class TrainConfig:
             raise _bad("lr", self.lr, "use a positive learning rate such as 5e-4")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise _bad("weight_decay", self.weight_decay, "use 0 or more, such as 0.01")
-        _one_of(self, "loss", LOSSES)
+        from hpatool.engine.losses import parse_loss
+
+        parse_loss(self.loss)
         parse_oversample(self.oversample)
         _at_least(self, "workers", 0, "use 0 (load in the main process) or more")
         _one_of(self, "device", DEVICES)
@@ -136,6 +142,7 @@ class TrainConfig:
         _flips_fit(self.tta, self.eval_crops, "--eval-crops")
         _one_of(self, "val_view", VAL_VIEWS)
         _one_of(self, "cache", CACHE_MODES)
+        _one_of(self, "head_bias", HEAD_BIASES)
         if self.experiment is not None:
             from hpatool.registry.records import check_name
 

@@ -38,6 +38,7 @@ EXPERIMENT_KEYS = (
     "eval_agg",
     "tta",
     "val_view",
+    "head_bias",
 )
 
 

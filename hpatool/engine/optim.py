@@ -2,8 +2,8 @@
 the loss, and the seeding of every random generator.
 
 AdamW (fused where available) with a linear warm-up (5% of all steps, at most 500) and then a
-cosine decay to 0 over all steps (``epochs x steps_per_epoch``). The loss is BCE with logits or the
-sigmoid focal loss (gamma 2). Model init follows ``torch.manual_seed(seed)``; DataLoaders get
+cosine decay to 0 over all steps (``epochs x steps_per_epoch``). The loss of ``--loss``
+(``hpatool.engine.losses``). Model init follows ``torch.manual_seed(seed)``; DataLoaders get
 their own generators, so they never touch the global RNG.
 """
 
@@ -15,17 +15,14 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from hpatool.engine.config import LOSSES
-from hpatool.errors import UsageError
+from hpatool.engine.losses import LossFn, create_loss
 
-FOCAL_GAMMA = 2.0
+__all__ = ["LossFn", "create_loss"]  # the losses live in engine.losses; built here with the rest
+
 MAX_WARMUP_STEPS = 500
 WARMUP_FRACTION = 0.05
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def create_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -59,23 +56,6 @@ def create_scheduler(
     """The warm-up + cosine schedule over ``total_steps`` optimizer steps."""
     warmup = warmup_steps_for(total_steps)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total_steps, warmup))
-
-
-def focal_loss(
-    logits: torch.Tensor, targets: torch.Tensor, gamma: float = FOCAL_GAMMA
-) -> torch.Tensor:
-    """Sigmoid focal loss (Lin et al. 2017) with ``gamma``, no alpha, mean over elements."""
-    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    p_t = torch.exp(-bce)
-    return ((1 - p_t) ** gamma * bce).mean()
-
-
-def create_loss(name: str) -> LossFn:
-    if name == "bce":
-        return F.binary_cross_entropy_with_logits
-    if name == "focal":
-        return focal_loss
-    raise UsageError(f"--loss {name} is invalid; use one of {', '.join(LOSSES)}")
 
 
 def set_seeds(seed: int) -> None:

@@ -1,7 +1,8 @@
 """``train --tensorboard``: the run's scalars for TensorBoard, in ``OUT/NAME/tensorboard``.
 
 Per epoch (x = the optimizer step at its end): ``train/loss``, ``val/loss``,
-``val/macro_f1_tuned``, ``val/macro_f1_at_0.5``, ``lr``, ``images_per_s``; every
+``val/macro_f1_heldout`` (what picks the best epoch), ``val/macro_f1_tuned`` (in sample),
+``val/macro_f1_at_0.5``, ``lr``, ``images_per_s``; every
 ``STEP_EVERY`` optimizer steps (or the next step reported after them):
 ``train/loss_running`` (the epoch's running mean) and ``train/images_per_s``. A resumed run
 appends to the same folder, and TensorBoard shows one line per tag (step numbers go on from
@@ -27,7 +28,8 @@ STEP_EVERY = 10
 EPOCH_TAGS = {
     "train_loss": "train/loss",
     "val_loss": "val/loss",
-    "macro_f1": "val/macro_f1_tuned",
+    "macro_f1": "val/macro_f1_heldout",
+    "macro_f1_in_sample": "val/macro_f1_tuned",
     "macro_f1_at_0.5": "val/macro_f1_at_0.5",
     "lr": "lr",
     "images_per_s": "images_per_s",
