@@ -69,7 +69,7 @@ class TrainConfig:
     crop: int = 256
     lr: float = 5e-4
     weight_decay: float = 0.01
-    loss: str = "bce"
+    loss: str = "focal"  # measured: docs/benchmarks.md (benchmarks/recipe.py)
     oversample: str = "auto"
     pretrained: str | None = None
     workers: int = field(default_factory=default_workers)

@@ -122,6 +122,11 @@ def test_a_resume_after_the_dataset_was_split_again_is_refused(
     args = ("train", "--dataset", "syn", *TRAIN, "--workers", "0", "--out", runs)
     first = cli(*args, "--epochs", "2", "--max-steps", "1", "--name", "r")
     assert first.exit_code == 0, first.output
+    # the split's time is stored to the second: a re-split within the same second as the
+    # first (a fast machine: the run above takes under a second) would look like the same one
+    import time
+
+    time.sleep(1.05)
     assert cli("split", "syn", "--folds", "2").exit_code == 0
     again = cli("train", "--resume", "--name", "r", "--out", runs)
     line = one_line_error(again, 2)
