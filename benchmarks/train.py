@@ -175,7 +175,8 @@ def report(title: str, res: dict[str, tuple[float, float, float]], pipeline_cpu:
 def cached_items(items: list[Item], data: Path, home: Path) -> list[Item]:
     """``items`` pointed at a decoded cache of ``data``, built in registry home ``home``."""
     from hpatool.catalog import add_dataset
-    from hpatool.data.cache import build_cache, use_cache
+    from hpatool.data.cache import use_cache
+    from hpatool.data.cache_build import build_cache
     from hpatool.registry import Registry
 
     t0 = time.perf_counter()
@@ -197,7 +198,8 @@ def per_sample_costs(crop: int, batch: int, repeats: int = 5) -> None:
 
     from hpatool import imaging
     from hpatool.catalog import add_dataset
-    from hpatool.data.cache import build_cache, use_cache
+    from hpatool.data.cache import use_cache
+    from hpatool.data.cache_build import build_cache
     from hpatool.registry import Registry
 
     root = REPO.parent / "shared" / "data" / "hpa" / "real" / "kaggle_train_512"

@@ -11,10 +11,10 @@ only its window. ``hpatool datasets cache NAME`` builds ``<home>/cache/<NAME>/``
   in nanoseconds, of each of its four channel files when it was decoded) and its size, and a
   ``complete`` mark written only when every usable sample of the dataset is cached.
 
-A build is resumable: a rerun decodes only the samples without a row, or whose files changed
-since; a build killed at any point leaves no ``complete`` mark, and a cache without it is never
-used. A plain folder: it can live on shared storage (or be moved to a fast local disk, see
-``docs/workflow.md``), and each DDP rank reads only its own samples.
+A build (``hpatool.data.cache_build``) is resumable: a rerun decodes only the samples without a
+row, or whose files changed since; a build killed at any point leaves no ``complete`` mark, and
+a cache without it is never used. A plain folder: it can live on shared storage (or be moved to
+a fast local disk, see ``docs/workflow.md``), and each DDP rank reads only its own samples.
 
 ``use_cache`` is what ``train``, ``cv``, ``evaluate`` and ``predict`` call: a complete cache is
 used only if it matches the dataset's images now (the same usable samples, every stamp equal);
@@ -29,17 +29,15 @@ import os
 import re
 import sqlite3
 import struct
-import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hpatool.errors import DataError, HpaToolError, Interrupted, UsageError
+from hpatool.errors import DataError, UsageError
 from hpatool.ids import COLOURS, channel_path, id_problem
 from hpatool.registry import Registry
 
@@ -80,7 +78,7 @@ def array_name(sample_id: str) -> str:
 
 
 @contextmanager
-def _index(folder: Path, *, create: bool) -> Iterator[sqlite3.Connection]:
+def open_index(folder: Path, *, create: bool) -> Iterator[sqlite3.Connection]:
     path = folder / INDEX_FILE
     if not create and not path.is_file():
         raise FileNotFoundError(path)
@@ -103,11 +101,11 @@ def _index(folder: Path, *, create: bool) -> Iterator[sqlite3.Connection]:
         ) from None
 
 
-def _rows(conn: sqlite3.Connection) -> dict[str, tuple[Stamp, int, int]]:
+def index_rows(conn: sqlite3.Connection) -> dict[str, tuple[Stamp, int, int]]:
     return {sid: (st, h, w) for sid, st, h, w in conn.execute("SELECT * FROM samples")}
 
 
-def _meta(conn: sqlite3.Connection, key: str) -> str | None:
+def index_meta(conn: sqlite3.Connection, key: str) -> str | None:
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     return None if row is None else str(row[0])
 
@@ -117,208 +115,6 @@ def folder_bytes(folder: Path) -> int:
     if not folder.is_dir():
         return 0
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
-
-
-# ------------------------------------------------------------------------------- building
-
-
-@dataclass
-class CacheBuild:
-    """What ``datasets cache`` did for one dataset."""
-
-    dataset: str
-    folder: Path
-    samples: int  # usable samples of the dataset (what a complete cache holds)
-    decoded: int = 0  # decoded by this run
-    reused: int = 0  # already cached and unchanged
-    removed: int = 0  # rows (and arrays) of samples no longer usable, removed
-    failed: dict[str, str] = field(default_factory=dict)  # id -> why
-    left_out: dict[str, int] = field(default_factory=dict)  # samples without images, by reason
-    bytes: int = 0
-    seconds: float = 0.0
-
-    @property
-    def complete(self) -> bool:
-        return not self.failed
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "dataset": self.dataset,
-            "folder": str(self.folder),
-            "samples": self.samples,
-            "decoded": self.decoded,
-            "reused": self.reused,
-            "removed": self.removed,
-            "failed": len(self.failed),
-            "left_out": dict(sorted(self.left_out.items())),
-            "complete": self.complete,
-            "bytes": self.bytes,
-            "seconds": round(self.seconds, 3),
-        }
-
-
-def decode_one(root: str, sample_id: str, target: str) -> tuple[str, Stamp | None, int, int, str]:
-    """Decode one sample into ``target`` (atomically): ``(id, stamp, height, width, error)``.
-    The stamp is taken before reading and checked after: a file replaced meanwhile is an error,
-    never a cached array that does not match its stamp."""
-    from hpatool.imaging import read_sample
-
-    base = Path(root)
-    try:
-        before = sample_stamp(base, sample_id)
-        img = read_sample(base, sample_id)
-        if sample_stamp(base, sample_id) != before:
-            return sample_id, None, 0, 0, "its files changed while it was decoded; run again"
-        tmp = Path(target).with_name(f".tmp-{os.getpid()}-{Path(target).name}")
-        try:
-            np.save(tmp, np.ascontiguousarray(img), allow_pickle=False)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-    except HpaToolError as exc:
-        return sample_id, None, 0, 0, str(exc)
-    except FileNotFoundError as exc:
-        return sample_id, None, 0, 0, f"{exc.filename}: missing channel file"
-    except OSError as exc:
-        return sample_id, None, 0, 0, f"cannot write {target}: {exc.strerror or exc}"
-    return sample_id, before, int(img.shape[1]), int(img.shape[2]), ""
-
-
-def build_cache(
-    reg: Registry,
-    name: str,
-    *,
-    workers: int = 1,
-    progress: ProgressFn | None = None,
-) -> CacheBuild:
-    """Decode every usable sample of dataset ``name`` not yet cached (or changed since) into
-    its cache folder, ``workers`` processes at a time; mark the cache complete when no sample
-    failed. Ctrl-C or SIGTERM stops it with what is done kept (``Interrupted``)."""
-    from hpatool.availability import usable_samples
-
-    started = time.perf_counter()
-    root = reg.dataset(name).image_root()
-    usable = usable_samples(reg, name)
-    if usable.labels_only:
-        raise UsageError(f"dataset {name!r} has no images yet: nothing to cache")
-    folder = cache_folder(reg.path.parent, name)
-    folder.mkdir(parents=True, exist_ok=True)
-    for leftover in folder.glob(".tmp-*"):
-        leftover.unlink(missing_ok=True)
-    ids = [s.id for s in usable.samples]
-    result = CacheBuild(name, folder, len(ids), left_out=dict(usable.left_out))
-    with _index(folder, create=True) as conn:
-        conn.execute("DELETE FROM meta WHERE key = 'complete'")  # a build in progress
-        conn.commit()
-        rows = _rows(conn)
-        wanted = set(ids)
-        gone = [sid for sid in rows if sid not in wanted]
-        for sid in gone:
-            (folder / array_name(sid)).unlink(missing_ok=True)
-        conn.executemany("DELETE FROM samples WHERE id = ?", [(sid,) for sid in gone])
-        conn.commit()
-        result.removed = len(gone)
-        todo = []
-        for sid in ids:
-            row = rows.get(sid)
-            try:
-                fresh = row is not None and row[0] == sample_stamp(root, sid)
-            except FileNotFoundError:
-                fresh = False
-            if fresh and (folder / array_name(sid)).is_file():
-                result.reused += 1
-            else:
-                todo.append(sid)
-        jobs = [(str(root), sid, str(folder / array_name(sid))) for sid in todo]
-        _run_jobs(conn, jobs, workers, result, progress)
-        if result.complete:
-            mark = {"format": FORMAT, "samples": len(ids), "built_at": time.time()}
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('complete', ?)", (json.dumps(mark),))
-            conn.commit()
-    result.bytes = folder_bytes(folder)
-    result.seconds = time.perf_counter() - started
-    return result
-
-
-def _run_jobs(
-    conn: sqlite3.Connection,
-    jobs: Sequence[tuple[str, str, str]],
-    workers: int,
-    result: CacheBuild,
-    progress: ProgressFn | None,
-) -> None:
-    """Decode ``jobs`` (in ``workers`` processes, or in this one), recording each finished
-    sample's row in batches; a stop (Ctrl-C, SIGTERM) keeps what is done."""
-    from hpatool.convert.pool import sigterm_as_interrupt
-
-    total = len(jobs)
-    pending: list[tuple[str, Stamp, int, int]] = []
-    done = 0
-    if progress:
-        progress(0, total)
-
-    def record(out: tuple[str, Stamp | None, int, int, str]) -> None:
-        nonlocal done
-        sid, stamp, h, w, error = out
-        if error or stamp is None:
-            result.failed[sid] = error
-        else:
-            pending.append((sid, stamp, h, w))
-            result.decoded += 1
-        done += 1
-        if len(pending) >= 200 or done == total:
-            flush()
-        if progress:
-            progress(done, total)
-
-    def flush() -> None:
-        conn.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?)", pending)
-        conn.commit()
-        pending.clear()
-
-    try:
-        with sigterm_as_interrupt():
-            if workers <= 1 or total < 2:
-                for job in jobs:
-                    record(decode_one(*job))
-            else:
-                _in_processes(jobs, workers, record)
-    except (KeyboardInterrupt, Interrupted) as exc:
-        flush()
-        code = exc.exit_code if isinstance(exc, Interrupted) else 130
-        raise Interrupted(
-            f"stopped after {result.decoded:,} of {total:,} samples of {result.dataset!r}; "
-            f"what is done is kept: run 'hpatool datasets cache {result.dataset}' again to "
-            "finish it",
-            code,
-        ) from None
-    flush()
-
-
-def _in_processes(
-    jobs: Sequence[tuple[str, str, str]],
-    workers: int,
-    record: Callable[[tuple[str, Stamp | None, int, int, str]], None],
-) -> None:
-    """``decode_one`` over ``jobs`` in a pool of ``workers`` processes, at most ``4 * workers``
-    submitted at once; cancelled on an exception."""
-    pool = ProcessPoolExecutor(max_workers=workers)
-    try:
-        queue = iter(jobs)
-        running: set[Future[Any]] = set()
-        for job in queue:
-            running.add(pool.submit(decode_one, *job))
-            if len(running) >= 4 * workers:
-                break
-        while running:
-            finished, running = wait(running, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                record(fut.result())
-                nxt = next(queue, None)
-                if nxt is not None:
-                    running.add(pool.submit(decode_one, *nxt))
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ------------------------------------------------------------------------------- using
@@ -362,9 +158,9 @@ def use_cache(reg: Registry, name: str, mode: str = "auto") -> CacheView | None:
     folder = cache_folder(reg.path.parent, name)
     if mode == "off" or not (folder / INDEX_FILE).is_file():
         return None
-    with _index(folder, create=False) as conn:
-        complete = _meta(conn, "complete")
-        rows = _rows(conn) if complete else {}
+    with open_index(folder, create=False) as conn:
+        complete = index_meta(conn, "complete")
+        rows = index_rows(conn) if complete else {}
     if not complete:
         warnings.warn(
             f"the decoded cache of dataset {name!r} is incomplete (its build was stopped); "
@@ -435,8 +231,8 @@ def cache_summary(home: Path, name: str) -> dict[str, Any] | None:
     if not (folder / INDEX_FILE).is_file():
         return None
     try:
-        with _index(folder, create=False) as conn:
-            complete = _meta(conn, "complete") is not None
+        with open_index(folder, create=False) as conn:
+            complete = index_meta(conn, "complete") is not None
             samples = int(conn.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
     except DataError:
         complete, samples = False, 0
