@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from hpatool._io import ProgressFn
-from hpatool.data.cache import use_cache
+from hpatool.data.cache import CacheView, use_cache
 from hpatool.engine import checkpoint as ckpt_mod
 from hpatool.engine.config import PredictConfig, parse_threshold
 from hpatool.engine.model_source import (
@@ -172,30 +172,13 @@ def _score_dataset(
     dev = resolve_device(config.device, ctx)
     ctx.init(dev)
     try:
-        ckpts: list[dict[str, Any]] = []
-        specs = []
-        amps: list[str | None] = []
-        for source in sources:
-            ckpt = ckpt_mod.load_checkpoint(source.checkpoint)
-            spec = ckpt_mod.model_spec(ckpt)
-            amps.append(ckpt_mod.trained_amp(ckpt))
-            _check_input_size(spec.arch, config.crop_size)
-            specs.append(spec)
-            # an ensemble keeps only what the thresholds need: its models load one at a time
-            ckpts.append(
-                ckpt
-                if len(sources) == 1
-                else {k: ckpt.get(k) for k in ("thresholds", "epoch") if k in ckpt}
-            )
-            del ckpt
+        ckpts, specs, amps = _load_sources(sources, config.crop_size)
         if len(sources) == 1:
             thresholds = resolve_thresholds(config.threshold, sources[0], ckpts[0])
         else:
             thresholds = ensemble_thresholds(reg, config.threshold, sources, ckpts)
         trained_crop = max(spec.crop for spec in specs)
-        cache = use_cache(reg, cands.dataset, config.cache)
-        if cache is not None:
-            cands.items = [dataclasses.replace(t, cache=cache.path(t.id)) for t in cands.items]
+        cache = _use_cache(reg, cands, config.cache)
         sizes = cache.sizes if cache is not None else None
         checked = check_images(cands.items, config.crop_size, trained_crop, cands.dataset, sizes)
         models = []
@@ -244,12 +227,7 @@ def _score_dataset(
         merged = Scores()
         for part in ctx.gather(local):
             merged.update(part)
-        frequencies = [s.class_frequency() for s in sources]
-        train_frequency = (
-            np.mean([f for f in frequencies if f is not None], axis=0)
-            if all(f is not None for f in frequencies)
-            else None
-        )
+        train_frequency = _mean_class_frequency(sources)
         return Scored(
             merged,
             models[0].view.crop,
@@ -264,6 +242,46 @@ def _score_dataset(
         )
     finally:
         ctx.destroy()
+
+
+def _mean_class_frequency(sources: list[ModelSource]) -> np.ndarray | None:
+    """The models' mean training class frequency; ``None`` if a model does not record one."""
+    frequencies = [s.class_frequency() for s in sources]
+    if any(f is None for f in frequencies):
+        return None
+    return np.mean([f for f in frequencies if f is not None], axis=0)
+
+
+def _load_sources(
+    sources: list[ModelSource], crop_size: int | None
+) -> tuple[list[dict[str, Any]], list[Any], list[str | None]]:
+    """Each model's checkpoint (an ensemble's: only what its thresholds need, its models load
+    one at a time while scoring), spec and training dtype; each architecture checked against
+    ``--crop-size`` before any image is read."""
+    ckpts: list[dict[str, Any]] = []
+    specs = []
+    amps: list[str | None] = []
+    for source in sources:
+        ckpt = ckpt_mod.load_checkpoint(source.checkpoint)
+        spec = ckpt_mod.model_spec(ckpt)
+        amps.append(ckpt_mod.trained_amp(ckpt))
+        _check_input_size(spec.arch, crop_size)
+        specs.append(spec)
+        ckpts.append(
+            ckpt
+            if len(sources) == 1
+            else {k: ckpt.get(k) for k in ("thresholds", "epoch") if k in ckpt}
+        )
+        del ckpt
+    return ckpts, specs, amps
+
+
+def _use_cache(reg: Registry, cands: Candidates, mode: str) -> CacheView | None:
+    """The dataset's decoded cache (``data.cache.use_cache``), its items pointed at it."""
+    cache = use_cache(reg, cands.dataset, mode)
+    if cache is not None:
+        cands.items = [dataclasses.replace(t, cache=cache.path(t.id)) for t in cands.items]
+    return cache
 
 
 def _model_progress(progress: ProgressFn | None, k: int, models: int) -> ProgressFn | None:

@@ -187,14 +187,9 @@ def evaluate_run(
     while scored is left out too, with a second one), and a ``TrainedOn`` warning says how
     many of the evaluated samples the run trained on."""
     dataset = dataset_name(config)
-    plot = None
-    if config.plot is not None:
-        own = [*inputs, *model_inputs(reg, config)]
-        plot = check_figure(config.plot, "--plot", reg, own)
+    plot = _plot_target(reg, config, inputs)
     checkpoint = Path(config.checkpoint) if config.checkpoint is not None else None
-    names = list(config.run)
-    if config.experiment is not None:
-        names = [r.name for r in reg.experiment_runs(config.experiment)]
+    names = _run_names(reg, config)
     ensemble = len(names) > 1
     trained = None if ensemble else training_data(reg, names[0] if names else None, checkpoint)
     each = [d for d in (training_data(reg, n, None) for n in names) if d is not None]
@@ -267,6 +262,20 @@ def evaluate_run(
     if plot is not None and report.is_main:
         report.plot = plot_evaluation(report, plot)
     return report
+
+
+def _plot_target(reg: Registry, config: PredictConfig, inputs: Inputs) -> Path | None:
+    """``--plot``, checked before any work (never the registry, an input or a model file)."""
+    if config.plot is None:
+        return None
+    return check_figure(config.plot, "--plot", reg, [*inputs, *model_inputs(reg, config)])
+
+
+def _run_names(reg: Registry, config: PredictConfig) -> list[str]:
+    """The runs scoring: ``--run`` (repeated) or the runs of ``--experiment``."""
+    if config.experiment is not None:
+        return [r.name for r in reg.experiment_runs(config.experiment)]
+    return list(config.run)
 
 
 def _tuned_on_scored(
