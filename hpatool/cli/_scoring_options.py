@@ -107,7 +107,11 @@ ThresholdOpt = Annotated[
         "--threshold",
         help=help_with_default(
             "'auto' (the run's per-class thresholds, tuned on its stored view; an ensemble's: "
-            "tuned on its runs' out-of-fold predictions) or a number for every class.",
+            "tuned on its runs' out-of-fold predictions), a number for every class, or (predict "
+            "only) 'prior': each class's threshold set so that its share of the scored images "
+            "equals its share in the training data ('prior=FILE.csv': the shares of a CSV with "
+            "columns class, share; classes it does not name keep their tuned thresholds; the "
+            "--min-labels top-up is off).",
             "threshold",
         ),
         show_default=False,

@@ -308,6 +308,40 @@ HeadBiasOpt = Annotated[
     ),
 ]
 
+AugmentOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--augment",
+        help="Training augmentation: dihedral (a random crop and one of the 8 flips/rotations), "
+        "light (also each channel's brightness, contrast and gamma jittered) or strong (also "
+        "rotated up to 15 degrees and scaled up to 15%); deterministic per --seed "
+        f"{_default('augment')}.",
+        show_default=False,
+    ),
+]
+
+EmaOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--ema",
+        help="Keep an exponential moving average of the weights (BatchNorm statistics "
+        "included) with this decay; the average is validated and checkpointed in place of the "
+        f"raw weights; 0 turns it off {_default('ema')}.",
+        show_default=False,
+    ),
+]
+
+KeepCheckpointsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--keep-checkpoints",
+        help="Also keep the weights of the last K epochs (checkpoint-epoch-NNN.pt), for "
+        "'hpatool runs average RUN --last K' (default: none kept).",
+        min=1,
+        show_default=False,
+    ),
+]
+
 ValViewOpt = Annotated[
     str | None,
     typer.Option(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from hpatool.engine.prior import PriorMatch
 
 from hpatool.cli._common import HomeOpt, open_registry
 from hpatool.cli._scoring_options import (
@@ -137,7 +140,33 @@ def predict(
             f"--known-labels: {result.known_labels:,} samples took the labels of their labelled "
             "duplicates (hpatool dedup) instead of the model's"
         )
+    if result.prior is not None:
+        _print_prior(result.prior)
     console.print(
         f"Submission: {result.submission}"
         + (f"; probabilities: {result.probs}" if result.probs else "")
     )
+
+
+def _print_prior(match: PriorMatch) -> None:
+    """``--threshold prior``'s table: each class's target and predicted share and threshold."""
+    from hpatool.cli._console import Table
+    from hpatool.cli._console import out as console_out
+    from hpatool.labels import CLASS_NAMES
+
+    table = Table(
+        title=f"Thresholds matched to the class shares of {match.source} (no --min-labels top-up)"
+    )
+    for col in ("#", "class", "target", "predicted", "threshold"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for c, name in enumerate(CLASS_NAMES):
+        target = float(match.target[c])
+        table.add_row(
+            str(c),
+            name,
+            "tuned" if target != target else f"{100 * target:.2f}%",
+            f"{100 * float(match.predicted[c]):.2f}%",
+            f"{float(match.thresholds[c]):.4f}",
+            style="dim" if target != target else None,
+        )
+    console_out().print(table)

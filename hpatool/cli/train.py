@@ -10,6 +10,7 @@ from hpatool.cli._common import ROOT_HOME, HomeOpt, JsonOpt
 from hpatool.cli._train_options import (
     AmpOpt,
     ArchOpt,
+    AugmentOpt,
     BatchSizeOpt,
     CacheOpt,
     CheckpointEveryOpt,
@@ -17,12 +18,14 @@ from hpatool.cli._train_options import (
     CropOpt,
     DatasetOpt,
     DeviceOpt,
+    EmaOpt,
     EpochsOpt,
     EvalAggOpt,
     EvalCropsOpt,
     ExperimentOpt,
     FoldOpt,
     HeadBiasOpt,
+    KeepCheckpointsOpt,
     LimitOpt,
     LossOpt,
     LrOpt,
@@ -76,6 +79,9 @@ def train(
     tta: TtaOpt = None,
     val_view: ValViewOpt = None,
     head_bias: HeadBiasOpt = None,
+    augment: AugmentOpt = None,
+    ema: EmaOpt = None,
+    keep_checkpoints: KeepCheckpointsOpt = None,
     cache: CacheOpt = None,
     config: ConfigOpt = None,
     json_: JsonOpt = False,
@@ -132,6 +138,11 @@ def _train_progress(enabled: bool) -> Iterator[ProgressCallback]:
                     + (
                         f"; read from the decoded cache of {', '.join(info['cache'])}"
                         if info.get("cache")
+                        else ""
+                    )
+                    + (
+                        f"; validating the weights' moving average (--ema {info['ema']:g})"
+                        if info.get("ema")
                         else ""
                     )
                     + f"; files in {event.run_dir}"

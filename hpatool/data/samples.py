@@ -10,9 +10,10 @@ tensor ``(4, crop, crop)`` (normalised on the device by ``transforms.normalize``
 float32's bytes through shared memory, pinning and the host-to-device copy) and a float
 multi-hot ``(28,)``. Its keys are either a plain index (validation:
 a centre crop) or ``(index, aug_seed)`` pairs as yielded by
-``hpatool.data.sampling.WeightedEpochSampler`` (training: the random crop and dihedral transform
-come from ``numpy.random.default_rng(aug_seed)``, so they depend only on the run seed, the epoch and
-the position in the epoch, never on worker processes or on a resume).
+``hpatool.data.sampling.WeightedEpochSampler`` (training: the random crop, dihedral transform
+and ``--augment`` jitter come from ``numpy.random.default_rng(aug_seed)``, so they depend only
+on the run seed, the epoch and the position in the epoch, never on worker processes or on a
+resume).
 """
 
 from __future__ import annotations
@@ -272,7 +273,9 @@ def image_size(item: Item) -> tuple[int, int]:
 
 
 def check_crop(crop: int, items: Sequence[Item]) -> dict[str, tuple[int, int]]:
-    """Check ``crop`` against the first sample of each dataset in ``items``; return the sizes."""
+    """Check ``crop`` against the first sample of each dataset in ``items``; return the sizes.
+    Datasets stored at different sizes (512 and 1024 px, say) are refused: one run never mixes
+    scales (a cell would be twice as large in one dataset's crops as in the other's)."""
     if crop < 8:
         raise UsageError(f"--crop {crop} is too small; use at least 8 pixels")
     firsts: dict[str, Item] = {}
@@ -285,6 +288,15 @@ def check_crop(crop: int, items: Sequence[Item]) -> dict[str, tuple[int, int]]:
                 f"--crop {crop} is larger than the {w}x{h} images of dataset {name!r}; use "
                 f"--crop {min(h, w)} or less"
             )
+    (a, (ah, aw)), *others = sizes.items()
+    other = next(((n, s) for n, s in others if s != (ah, aw)), None)
+    if other is not None:
+        b, (bh, bw) = other
+        raise UsageError(
+            f"dataset {a!r} stores {aw}x{ah} images and dataset {b!r} {bw}x{bh}: one run never "
+            f"mixes scales; convert {b!r} to {aw} px ('hpatool preprocess DIR --size {aw} "
+            f"--name NEW') and train on that, or train on the datasets of one size"
+        )
     return sizes
 
 
@@ -307,9 +319,15 @@ class HpaDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         crop: int,
         mean: Sequence[float] = HPA_MEAN,
         std: Sequence[float] = HPA_STD,
+        augment: str = "dihedral",
+        sizes: dict[str, tuple[int, int]] | None = None,
     ) -> None:
         self.items = list(items)
         self.crop = int(crop)
+        self.augment = augment  # --augment: transforms.AUGMENTS
+        #: the stored (height, width) of each dataset's images: a sample of another size is
+        #: an error, never a silent change of scale (``None``: not checked)
+        self.sizes = dict(sizes) if sizes is not None else None
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
         self.targets = targets_array(self.items).astype(np.float32)
@@ -333,12 +351,21 @@ class HpaDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
                 f" smaller than the {self.crop} crop; use a smaller --crop or resize it "
                 "('hpatool preprocess --size')"
             )
+        if self.sizes is not None and item.dataset in self.sizes:
+            h, w = self.sizes[item.dataset]
+            if tuple(img.shape[1:]) != (h, w):
+                raise DataError(
+                    f"sample {item.id!r} of dataset {item.dataset!r} is {img.shape[2]}x"
+                    f"{img.shape[1]}, not the {w}x{h} of the dataset's other images: a run "
+                    "never mixes scales; convert it to one size ('hpatool preprocess --size')"
+                )
         return img
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(key, tuple):
             index, aug_seed = int(key[0]), int(key[1])
-            img = augment(self.load(index), self.crop, np.random.default_rng(aug_seed))
+            rng = np.random.default_rng(aug_seed)
+            img = augment(self.load(index), self.crop, rng, self.augment)
         else:
             index = int(key)
             img = center_crop(self.load(index), self.crop)

@@ -36,6 +36,7 @@ from hpatool.data.transforms import HPA_MEAN, HPA_STD
 from hpatool.engine.checkpoint import ModelSpec
 from hpatool.engine.config import TrainConfig
 from hpatool.engine.distributed import DistContext
+from hpatool.engine.ema import ModelEma
 from hpatool.engine.optim import (
     LossFn,
     create_loss,
@@ -112,14 +113,14 @@ def build_data(
         "persistent_workers": workers > 0,
     }
     train_loader = DataLoader(
-        HpaDataset(parts.train, config.crop),
+        HpaDataset(parts.train, config.crop, augment=config.augment, sizes=sizes),
         sampler=sampler,
         drop_last=True,
         generator=loader_generator(config.seed),
         **loader_kw,
     )
     val_loader = DataLoader(
-        HpaDataset(parts.val, config.crop),
+        HpaDataset(parts.val, config.crop, sizes=sizes),
         sampler=ShardSampler(len(parts.val), ctx.rank, ctx.world_size),
         generator=loader_generator(config.seed + 1),
         **loader_kw,
@@ -210,7 +211,8 @@ def build_trainer(
     optimizer = create_optimizer(model, config.lr, config.weight_decay)
     scheduler = create_scheduler(optimizer, config.epochs * data.steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    objects = TrainObjects(model, optimizer, scheduler, scaler, data.sampler)
+    ema = ModelEma(model, config.ema) if config.ema else None
+    objects = TrainObjects(model, optimizer, scheduler, scaler, data.sampler, ema)
     loss_fn = create_loss(config.loss)
     return Trainer(objects, loss_fn, device, amp_dtype, use_cuda, spec, train_model=model)
 

@@ -94,6 +94,16 @@ class TrainConfig:
     #: the classifier's starting bias: "prior" (log-odds of each class's training frequency,
     #: as sampled) or "zero" (timm's init); measured in docs/benchmarks.md
     head_bias: str = "zero"
+    #: --augment: the training augmentation (``transforms.AUGMENTS``); measured in
+    #: docs/benchmarks.md
+    augment: str = "dihedral"
+    #: --ema: the decay of an exponential moving average of the weights that is validated and
+    #: checkpointed in place of the raw weights (``engine.ema``); 0 = off; measured in
+    #: docs/benchmarks.md
+    ema: float = 0.999
+    #: --keep-checkpoints: keep the weights of the last K epochs (checkpoint-epoch-NNN.pt), for
+    #: ``hpatool runs average``; None = none kept
+    keep_checkpoints: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -143,6 +153,12 @@ class TrainConfig:
         _one_of(self, "val_view", VAL_VIEWS)
         _one_of(self, "cache", CACHE_MODES)
         _one_of(self, "head_bias", HEAD_BIASES)
+        from hpatool.data.transforms import AUGMENTS
+
+        _one_of(self, "augment", AUGMENTS)
+        if not (0.0 <= self.ema < 1.0):
+            raise _bad("ema", self.ema, "use a decay in (0, 1) such as 0.999, or 0 (off)")
+        _at_least(self, "keep_checkpoints", 1, "keep at least 1 epoch's checkpoint")
         if self.experiment is not None:
             from hpatool.registry.records import check_name
 
@@ -161,8 +177,19 @@ class TrainConfig:
 #: Options that define a run: resuming with a different value is an error.
 IDENTITY_KEYS = (
     "arch", "datasets", "fold", "batch_size", "crop", "lr", "weight_decay", "loss",
-    "oversample", "seed", "limit",
+    "oversample", "seed", "limit", "augment", "ema",
 )  # fmt: skip
+#: What the options added after runs and experiments were first stored meant before they
+#: existed: a stored configuration without one of these keys had this value (its default
+#: now may differ: ``--ema`` is on by default since issue 19).
+LEGACY_OPTIONS: dict[str, Any] = {"ema": 0.0, "augment": "dihedral", "head_bias": "zero"}
+
+
+def with_legacy(options: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored run's or experiment's options, with the ``LEGACY_OPTIONS`` it predates."""
+    return {**LEGACY_OPTIONS, **options}
+
+
 #: Options that belong to one invocation and are not inherited by ``--resume``.
 PER_INVOCATION_KEYS = ("max_steps", "cache")
 
@@ -170,7 +197,11 @@ PER_INVOCATION_KEYS = ("max_steps", "cache")
 def train_config(options: dict[str, Any], base: dict[str, Any] | None = None) -> TrainConfig:
     """A ``TrainConfig`` from ``options`` (``None`` = not given) over ``base`` (a resumed
     run's saved options, less the per-invocation ones) over the defaults."""
-    saved = {k: v for k, v in (base or {}).items() if k not in PER_INVOCATION_KEYS}
+    saved = {
+        k: v
+        for k, v in (with_legacy(base) if base is not None else {}).items()
+        if k not in PER_INVOCATION_KEYS
+    }
     merged = merge_options(TrainConfig, saved, options)
     if not merged.get("datasets"):
         raise UsageError("give at least one --dataset NAME (the first one is split into folds)")
@@ -273,15 +304,21 @@ class PredictConfig:
 
 
 def parse_threshold(threshold: str | float) -> float | None:
-    """``--threshold``: ``None`` for ``auto`` (the run's tuned thresholds), else one number in
-    (0, 1) for every class."""
+    """``--threshold``: ``None`` for ``auto`` (the run's tuned thresholds) and for ``prior`` /
+    ``prior=FILE.csv`` (``engine.prior``: the tuned thresholds are its fallback), else one
+    number in (0, 1) for every class."""
+    from hpatool.engine.prior import parse_prior
+
     if isinstance(threshold, str) and threshold.strip().lower() == "auto":
+        return None
+    if parse_prior(threshold) is not None:
         return None
     try:
         value = float(threshold)
     except ValueError:
         raise UsageError(
-            f"--threshold {threshold!r} is invalid; use 'auto' or a number in (0, 1)"
+            f"--threshold {threshold!r} is invalid; use 'auto', 'prior', 'prior=FILE.csv' or a "
+            "number in (0, 1)"
         ) from None
     if not 0.0 < value < 1.0:
         raise UsageError(f"--threshold {value} is out of range; use a number in (0, 1)")
@@ -304,7 +341,31 @@ def predict_config(
     )
     config = PredictConfig(**merge_options(PredictConfig, from_file, given))
     config.validate()
+    _check_prior(
+        config, command, {**from_file, **{k: v for k, v in given.items() if v is not None}}
+    )
     return config
+
+
+def _check_prior(config: PredictConfig, command: str, given: dict[str, Any]) -> None:
+    """``--threshold prior`` is ``predict``'s, and turns the ``--min-labels`` top-up off (it
+    would add labels beyond each class's matched count): an explicit top-up is refused."""
+    from hpatool.engine.prior import parse_prior
+
+    if parse_prior(config.threshold) is None:
+        return
+    if command != "predict":
+        raise UsageError(
+            f"--threshold {config.threshold} sets thresholds on the images predict scores; "
+            f"{command} scores with tuned thresholds: use --threshold auto or a number"
+        )
+    if given.get("min_labels"):
+        raise UsageError(
+            f"--min-labels {config.min_labels} would add labels beyond the class shares "
+            f"--threshold {config.threshold} matches; leave it out (the top-up is off in this "
+            "mode) or use --threshold auto"
+        )
+    config.min_labels = 0
 
 
 # ---------------------------------------------------------------------------- the machinery

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpatool.engine.config import train_config
+from hpatool.engine.config import train_config, with_legacy
 from hpatool.engine.experiments import (
     RUN_OWN_KEYS,
     conflict_text,
@@ -102,7 +102,7 @@ def plan_cv(
                 f"{conflict_text(*conflict, name)}; rerun with the same value (or leave it "
                 "out), or start a new experiment with another --name"
             )
-        options = {**stored.options, "datasets": stored.datasets, **given}
+        options = {**with_legacy(stored.options), "datasets": stored.datasets, **given}
     else:
         options = dict(given)
     if options.get("out") is not None:

@@ -84,6 +84,7 @@ def announce(
         "world_size": ctx.world_size,
         "resumed": target.resumed,
         "cache": list(data.cached),  # datasets read from their decoded cache
+        "ema": config.ema,  # 0: off
     }
     events("start", state.epoch + 1, state.step, info=info)
     return events
@@ -144,6 +145,7 @@ def run_epoch(run: EpochRun, epoch: int) -> tuple[bool, bool]:
         on_checkpoint=step_saver(run, epoch),
         checkpoint_every=config.checkpoint_every,
         first_step=state.step,
+        ema=objects.ema,
     )
     in_epoch = state.step_in_epoch + stats.steps
     step = state.step + stats.steps
@@ -205,7 +207,7 @@ def validate_epoch(run: EpochRun, epoch: int, step: int, in_epoch: int) -> Valid
         result = validate_view(run, config.view, on_batch if run.ctx.is_main else None)
     else:
         result = validate(
-            trainer.objects.model,
+            trainer.objects.eval_model,
             run.data.val_loader,
             trainer.device,
             amp_dtype=trainer.amp_dtype,
@@ -226,6 +228,9 @@ def save_epoch(run: EpochRun, row: dict[str, Any], thresholds: list[float], is_b
         run.trainer.objects, run.resolved, thresholds=thresholds, metrics=row
     )
     save_checkpoint(run_dir.last, checkpoint)
+    keep = run.target.config.keep_checkpoints
+    if keep is not None and not row["partial"]:
+        run_dir.keep_epoch_checkpoint(checkpoint, int(row["epoch"]), keep)
     if is_best:
         save_checkpoint(run_dir.best, checkpoint)
         run_dir.write_thresholds(
@@ -290,7 +295,7 @@ def validate_view(
     loss is BCE of the aggregated probabilities."""
     from hpatool.data.samples import targets_array
 
-    model = run.trainer.objects.model
+    model = run.trainer.objects.eval_model  # the moving average with --ema
     model.eval()  # train_one_epoch sets train mode again
 
     def progress(done: int, total: int) -> None:

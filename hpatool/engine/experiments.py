@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpatool.engine.config import IDENTITY_KEYS, TrainConfig, flag
+from hpatool.engine.config import IDENTITY_KEYS, TrainConfig, flag, with_legacy
 from hpatool.errors import NotFound, UsageError
 from hpatool.registry import Registry, RunRecord
 
@@ -83,6 +83,7 @@ def option_conflict(
     """The first of ``EXPERIMENT_KEYS`` that ``given`` and an experiment's ``stored`` options
     both have with other values, as ``(key, given value, stored value)``; ``None`` if none.
     The one comparison of ``cv`` and ``train --experiment``."""
+    stored = with_legacy(stored)
     for key in EXPERIMENT_KEYS:
         if key in given and key in stored and not same_option(key, given[key], stored[key]):
             return key, given[key], stored[key]

@@ -28,6 +28,7 @@ from hpatool.engine.predict_files import (
     write_probabilities,
     write_submission,
 )
+from hpatool.engine.prior import PriorMatch, match_prior, parse_prior
 from hpatool.engine.scoring import ScoreItem, decide_labels
 from hpatool.engine.selection import (
     Candidates,
@@ -68,6 +69,7 @@ class PredictResult:
     model_text: str = ""
     models: list[str] = field(default_factory=list)  # the runs (or checkpoint files) scoring
     cached: bool = False  # the images were read from the dataset's decoded cache
+    prior: PriorMatch | None = None  # --threshold prior: the target and predicted shares
 
     @property
     def n_left_out(self) -> int:
@@ -156,8 +158,23 @@ def predict(
         cached=scored.cached,
     )
     if scored.is_main:
+        prior = parse_prior(config.threshold)
+        if prior is not None:
+            result.prior = _match_prior(prior, scored)
         _write_predictions(result, all_items, scored, config.min_labels, out, probs_out, known)
     return result
+
+
+def _match_prior(prior: Path | str, scored: Scored) -> PriorMatch:
+    """``--threshold prior``: the thresholds matched to the target shares on the scored
+    images replace ``scored.thresholds`` (the tuned ones are their fallback)."""
+    got = scored.scores.probs
+    probs = (
+        np.stack([got[i] for i in sorted(got)]) if got else np.zeros((0, len(scored.thresholds)))
+    )
+    match = match_prior(prior, probs, scored.thresholds, scored.train_frequency)
+    scored.thresholds = match.thresholds
+    return match
 
 
 def known_labels(reg: Registry, dataset: str) -> dict[str, tuple[int, ...]]:
@@ -209,9 +226,13 @@ def _write_predictions(
         decide_labels(got[t.index], scored.thresholds, min_labels) if t.index in got else []
         for t in rows
     ]
-    drift = frequency_drift(
-        [lab for t, lab in zip(rows, labels, strict=True) if t.index in got],
-        scored.train_frequency,
+    drift = (
+        frequency_drift(
+            [lab for t, lab in zip(rows, labels, strict=True) if t.index in got],
+            scored.train_frequency,
+        )
+        if result.prior is None
+        else ""
     )
     if known is not None:  # --known-labels: a duplicate's labels win over the model's
         labels = [

@@ -14,6 +14,7 @@ options not given come from the run's saved ones (see ``engine.config.train_conf
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 from hpatool._io import DiskFull
 from hpatool.data.samples import TrainValItems
 from hpatool.engine import checkpoint as ckpt_mod
-from hpatool.engine.config import IDENTITY_KEYS, TrainConfig, flag, train_config
+from hpatool.engine.config import IDENTITY_KEYS, TrainConfig, flag, train_config, with_legacy
 from hpatool.engine.distributed import DistContext
 from hpatool.engine.experiments import check_experiment_run, ensure_experiment
 from hpatool.engine.run_admin import process_gone, process_info
@@ -92,6 +93,13 @@ def _resumed_run(given: dict[str, Any], reg: Registry) -> RunTarget:
         else Path(given.get("out") or "runs").expanduser().resolve() / name
     )
     run_dir = RunDir(folder)
+    averaged = reg.run(name).config.get("averaged") if reg.has_run(name) else None
+    if isinstance(averaged, dict):
+        raise UsageError(
+            f"run {name!r} is the mean of epochs of run {averaged.get('from')!r} ('hpatool "
+            "runs average'): it is not trained further; resume that run, or start a new one "
+            f"from it with --pretrained {folder / 'checkpoint-best.pt'}"
+        )
     if not run_dir.last.is_file():
         record = reg.run(name) if reg.has_run(name) else None
         if record is not None and record.status == "running" and not process_gone(record):
@@ -141,13 +149,16 @@ def check_resume_options(saved: dict[str, Any], given: dict[str, Any], path: Pat
             f"{'experiment ' + repr(was) if was else 'none'} in {path}; a run stays in the "
             "experiment it started in: resume without --experiment, or start a new run"
         )
+    defaults = with_legacy({f.name: f.default for f in dataclasses.fields(TrainConfig)})
     for key in IDENTITY_KEYS:
         if key == "arch" or given.get(key) is None:
             continue
         value = list(given[key]) if key == "datasets" else given[key]
-        if value != saved.get(key):
+        # an option newer than the run (--augment, --ema) had its legacy value then
+        was = saved.get(key, defaults.get(key))
+        if value != was:
             raise UsageError(
-                f"{flag(key)} {_show(value)} differs from the run's {_show(saved.get(key))} in "
+                f"{flag(key)} {_show(value)} differs from the run's {_show(was)} in "
                 f"{path}; resume with the same value (or leave it out) or start a new run with "
                 "another --name"
             )

@@ -75,10 +75,15 @@ def _check_run_folder(folder: Path, name: str) -> None:
 
 def _delete_run_files(removed: RemovedRun) -> None:
     folder = removed.out_dir
+    from hpatool.engine.run_dir import is_epoch_checkpoint
     from hpatool.engine.tensorboard import TENSORBOARD_DIR, is_event_file
 
     for path in sorted(folder.iterdir()):
-        ours = path.name in RUN_FILES or path.name.startswith(".tmp-")
+        ours = (
+            path.name in RUN_FILES
+            or path.name.startswith(".tmp-")
+            or is_epoch_checkpoint(path.name)  # --keep-checkpoints
+        )
         if ours and path.is_file() and not path.is_symlink():
             path.unlink()
             removed.deleted.append(path)

@@ -2,7 +2,9 @@
 
 ``OUT/NAME/`` holds ``config.json`` (the resolved configuration), ``metrics.csv`` (one row per
 epoch), ``checkpoint-last.pt`` and ``checkpoint-best.pt`` (written by ``engine.checkpoint``),
-``thresholds.json`` (the per-class thresholds ``predict --threshold auto`` uses), ``curves.png``
+``thresholds.json`` (the per-class thresholds ``predict --threshold auto`` uses), ``curves.png``,
+with ``--keep-checkpoints K`` the weights of the last K epochs (``checkpoint-epoch-NNN.pt``:
+the model, its spec and configuration, no optimizer state; what ``runs average`` averages)
 and, once the run has ended, ``oof.csv`` (the best checkpoint's probabilities on the validation
 fold, ``engine.oof``). Training writes them, ``predict``/``evaluate``, ``runs show`` and ``runs
 compare`` read them. Every file is written atomically.
@@ -25,6 +27,7 @@ the epoch's training time, ``val_seconds`` its validation's (``--val-view``).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,12 +46,25 @@ METRICS_FILE = "metrics.csv"
 THRESHOLDS_FILE = "thresholds.json"
 CURVES_FILE = "curves.png"
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, LAST, BEST, THRESHOLDS_FILE, CURVES_FILE, OOF_FILE)
+#: ``--keep-checkpoints``: one epoch's weights (``checkpoint-epoch-007.pt``)
+EPOCH_CHECKPOINT = "checkpoint-epoch-{:03d}.pt"
+_EPOCH_PATTERN = re.compile(r"checkpoint-epoch-(\d{3,})\.pt")
+#: What an epoch's checkpoint keeps of a full one: enough to score and average it.
+EPOCH_CHECKPOINT_KEYS = (
+    "arch", "timm_name", "model", "ema", "epoch", "step", "steps_per_epoch", "config",
+    "model_spec", "metrics",
+)  # fmt: skip
 
 #: The columns of ``metrics.csv``, in order.
 METRIC_COLUMNS = (
     "epoch", "step", "partial", "train_loss", "val_loss", "macro_f1", "macro_f1_in_sample",
     "macro_f1_at_0.5", "lr", "images_per_s", "seconds", "val_seconds",
 )  # fmt: skip
+
+
+def is_epoch_checkpoint(name: str) -> bool:
+    """Whether a file name is that of a kept epoch checkpoint (``checkpoint-epoch-NNN.pt``)."""
+    return _EPOCH_PATTERN.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)
@@ -84,6 +100,27 @@ class RunDir:
     @property
     def oof(self) -> Path:
         return self.path / OOF_FILE
+
+    def epoch_checkpoints(self) -> list[tuple[int, Path]]:
+        """The kept epoch checkpoints (``--keep-checkpoints``) as ``(epoch, path)``, oldest
+        first."""
+        found = []
+        for path in self.path.glob("checkpoint-epoch-*.pt"):
+            match = _EPOCH_PATTERN.fullmatch(path.name)
+            if match is not None and path.is_file() and not path.is_symlink():
+                found.append((int(match.group(1)), path))
+        return sorted(found)
+
+    def keep_epoch_checkpoint(self, checkpoint: dict[str, Any], epoch: int, keep: int) -> None:
+        """Save epoch ``epoch``'s weights (``EPOCH_CHECKPOINT_KEYS`` of ``checkpoint``), then
+        delete all but the newest ``keep`` epoch checkpoints."""
+        from hpatool.engine.checkpoint import save_checkpoint
+
+        slim = {k: checkpoint[k] for k in EPOCH_CHECKPOINT_KEYS if k in checkpoint}
+        save_checkpoint(self.path / EPOCH_CHECKPOINT.format(epoch), slim)
+        kept = self.epoch_checkpoints()
+        for _, path in kept[: max(0, len(kept) - keep)]:
+            path.unlink(missing_ok=True)
 
     def files(self) -> dict[str, Path]:
         """The run files that exist, by name, in ``RUN_FILES`` order."""

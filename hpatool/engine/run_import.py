@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpatool.engine.config import TrainConfig, train_config
+from hpatool.engine.config import TrainConfig, train_config, with_legacy
 from hpatool.engine.experiments import check_experiment_run, ensure_experiment
 from hpatool.engine.run_dir import (
     CONFIG_FILE,
@@ -78,7 +78,7 @@ def import_run(reg: Registry, folder: Path, *, name: str | None = None) -> Impor
             known = {f.name for f in dataclasses.fields(TrainConfig)}
             cfg = train_config(
                 {
-                    **{k: v for k, v in options.items() if k in known},
+                    **{k: v for k, v in with_legacy(options).items() if k in known},
                     "name": run_name,
                     # a new experiment's later folds go beside the imported run
                     "out": str(folder.parent),

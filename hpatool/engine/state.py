@@ -7,7 +7,9 @@ The keys of a checkpoint (besides ``format`` and ``version``, see ``engine.check
 
 ==================  ==============================================================================
 ``arch``            the ``--arch`` given (``resnet50``); ``timm_name``: the timm model built
-``model``           the model's state dict (never DDP-wrapped)
+``model``           the model's state dict (never DDP-wrapped); with ``--ema``, the moving average's
+                    (what is validated and scored), the raw weights under ``raw_model`` and the
+                    average's update count under ``ema`` (``engine.ema``)
 ``optimizer``       AdamW state dict; ``scheduler``: LambdaLR state; ``scaler``: GradScaler state
 ``epoch``           epochs completed; ``step``: optimizer steps done
 ``step_in_epoch``   steps done in epoch ``epoch`` (> 0 only if stopped by ``--max-steps`` or saved
@@ -38,6 +40,7 @@ from torch import nn
 
 from hpatool.data.sampling import WeightedEpochSampler
 from hpatool.engine.checkpoint import capture_rng_state, restore_rng_state
+from hpatool.engine.ema import ModelEma
 from hpatool.errors import UsageError
 
 
@@ -50,6 +53,13 @@ class TrainObjects:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     sampler: WeightedEpochSampler
+    ema: ModelEma | None = None  # --ema: the moving average of the model's weights
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The model that is validated and checkpointed as ``"model"``: the moving average
+        with ``--ema``, else the model itself."""
+        return self.ema.module if self.ema is not None else self.model
 
 
 @dataclass
@@ -96,7 +106,12 @@ class TrainState:
         return {
             "arch": config["options"]["arch"],
             "timm_name": config["timm_name"],
-            "model": objects.model.state_dict(),
+            "model": objects.eval_model.state_dict(),
+            **(
+                {"raw_model": objects.model.state_dict(), "ema": objects.ema.state()}
+                if objects.ema is not None
+                else {}
+            ),
             "optimizer": objects.optimizer.state_dict(),
             "scheduler": objects.scheduler.state_dict(),
             "scaler": objects.scaler.state_dict(),
@@ -128,7 +143,16 @@ class TrainState:
     ) -> TrainState:
         """Load ``checkpoint`` into ``objects`` and the global RNGs; the state it was saved in."""
         try:
-            objects.model.load_state_dict(checkpoint["model"])
+            if objects.ema is not None:
+                if "raw_model" not in checkpoint:
+                    raise UsageError(
+                        f"checkpoint of run {name!r} has no moving average of the weights: the "
+                        "run trained without --ema; resume it without --ema"
+                    )
+                objects.model.load_state_dict(checkpoint["raw_model"])
+                objects.ema.load(checkpoint["model"], checkpoint.get("ema") or {})
+            else:
+                objects.model.load_state_dict(checkpoint.get("raw_model", checkpoint["model"]))
         except RuntimeError as exc:
             raise UsageError(
                 f"checkpoint of run {name!r} does not fit --arch {arch}: "

@@ -49,6 +49,7 @@ from hpatool.data.transforms import HPA_MEAN, HPA_STD, normalize
 from hpatool.engine.build import TrainData, build_data, build_trainer, resolved_config
 from hpatool.engine.config import TrainConfig, given_train_options
 from hpatool.engine.distributed import DistContext, resolve_device
+from hpatool.engine.ema import ModelEma
 from hpatool.engine.events import ProgressCallback
 from hpatool.engine.metrics import apply_thresholds, heldout_macro_f1, macro_f1, tune_thresholds
 from hpatool.engine.optim import LossFn
@@ -120,6 +121,7 @@ def train_one_epoch(
     on_checkpoint: Callable[[int, float], None] | None = None,
     checkpoint_every: int | None = None,
     first_step: int = 0,
+    ema: ModelEma | None = None,
 ) -> EpochStats:
     """Train over ``loader`` (stopping after ``max_steps`` steps if given).
 
@@ -129,6 +131,7 @@ def train_one_epoch(
     epoch's mean loss comes out exactly as if it had never stopped.
     ``on_checkpoint(steps_done, epoch_loss_sum)`` is called after every step whose run-wide
     number (``first_step`` + steps done) is a multiple of ``checkpoint_every``.
+    ``ema`` (``--ema``): the moving average, updated after every step.
     """
     model.train()
     started = time.perf_counter()
@@ -145,6 +148,8 @@ def train_one_epoch(
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if ema is not None:
+            ema.update()
         steps += 1
         samples += x.shape[0] * world_size
         step_loss = loss.detach().to(torch.float64)

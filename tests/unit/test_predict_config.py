@@ -67,7 +67,11 @@ SOURCES = "give one of --run RUN (repeat it for an ensemble), --experiment EXP o
         ),
         ({"crop_size": 4}, "--crop-size 4 is too small; use --crop-size 8 or more"),
         ({"agg": "median"}, "--agg 'median' is invalid; use max or mean"),
-        ({"threshold": "abc"}, "--threshold 'abc' is invalid; use 'auto' or a number in (0, 1)"),
+        (
+            {"threshold": "abc"},
+            "--threshold 'abc' is invalid; use 'auto', 'prior', 'prior=FILE.csv' or a number "
+            "in (0, 1)",
+        ),
         ({"threshold": "1.5"}, "--threshold 1.5 is out of range; use a number in (0, 1)"),
         ({"min_labels": 29}, "--min-labels 29 is invalid; use 0..28"),
         ({"batch_size": 0}, "--batch-size 0 is invalid; use 1 or more"),
