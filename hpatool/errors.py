@@ -51,3 +51,9 @@ class Interrupted(HpaToolError):
     def __init__(self, message: str, exit_code: int = 130) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class Note(UserWarning):
+    """Not a problem: something the user should know that was done (``warnings.warn`` with a
+    subclass of this shows as one ``note: ...`` line on stderr, where other hpatool warnings
+    show as ``warning: ...``)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpatool.errors import DataError, NotFound, UsageError
+from hpatool.errors import DataError, UsageError, WorkFailed
 
 if TYPE_CHECKING:
     import torch
@@ -114,9 +114,10 @@ def _offline_reason(url: str) -> str | None:
         return f"{host} cannot be reached ({exc.strerror or type(exc).__name__})"
 
 
-def _unavailable(timm_name: str, tag: str, url: str, reason: str) -> NotFound:
+def _unavailable(timm_name: str, tag: str, url: str, reason: str) -> WorkFailed:
+    """The weights cannot be had here: failed work (exit 1), not bad usage."""
     filename = f"{tag}{Path(url.split('?')[0]).suffix or '.pth'}"
-    return NotFound(
+    return WorkFailed(
         f"--pretrained imagenet: the ImageNet weights of {timm_name} ({url}) are not in the "
         f"local cache and cannot be downloaded: {reason}; on a machine with internet run "
         f"curl -L -o {filename} {url}, copy the file here and pass --pretrained {filename}"
@@ -128,7 +129,7 @@ def imagenet_state_dict(timm_name: str) -> dict[str, torch.Tensor]:
     its ImageNet head), as timm loads them (its checkpoint filters applied): from the local
     cache, else downloaded once by timm into the Hugging Face / torch hub cache.
 
-    ``UsageError`` if timm has no weights for the name; ``NotFound`` (one line: the URL, a
+    ``UsageError`` if timm has no weights for the name; ``WorkFailed`` (exit 1, one line: the URL, a
     ``curl`` command, the ``--pretrained PATH`` to pass) if there is no cached copy and the host
     cannot be reached (checked first, within ``CONNECT_TIMEOUT_S``) or the download fails.
     The one function tests patch: nothing else here touches the network.

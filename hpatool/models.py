@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpatool._io import describe_load_error
-from hpatool.errors import DataError, NotFound, UsageError
+from hpatool.errors import DataError, Note, NotFound, UsageError
 from hpatool.labels import NUM_CLASSES
 
 if TYPE_CHECKING:
@@ -133,9 +133,9 @@ def adapt_first_conv(weight: torch.Tensor, in_chans: int = IN_CHANS) -> torch.Te
     return weight.repeat(1, reps, 1, 1)[:, :in_chans].clone()
 
 
-class PretrainedWeights(UserWarning):
+class PretrainedWeights(Note):
     """What ``--pretrained`` loaded, and whether the classifier head was kept or re-initialised
-    (the CLI shows it as one ``warning:`` line)."""
+    (the CLI shows it as one ``note:`` line: a load that worked is not a problem)."""
 
 
 def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:

@@ -38,6 +38,9 @@ class PreprocessConfig(ConvertConfig):
     name: str | None = None
     #: a label CSV giving the registered dataset's samples and labels
     labels: Path | None = None
+    #: the registered dataset's kind (``train``, ``test`` or ``external``); None: the source
+    #: dataset's kind, else ``train`` for ``labels`` with a Target column, else ``test``
+    kind: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

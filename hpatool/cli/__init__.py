@@ -125,8 +125,8 @@ def _quiet_broken_pipe() -> Iterator[None]:
 @contextlib.contextmanager
 def _own_warnings() -> Iterator[None]:
     """hpatool's own warnings (``warnings.warn`` with a category defined in hpatool, such as
-    ``WorkersCapped``) as one ``warning: ...`` line on stderr, once per command; others as
-    Python shows them."""
+    ``WorkersCapped``) as one ``warning: ...`` line on stderr (``note: ...`` for a ``Note``),
+    once per command; others as Python shows them."""
     import warnings
 
     with warnings.catch_warnings():
@@ -136,8 +136,10 @@ def _own_warnings() -> Iterator[None]:
         def show(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
             if category.__module__.startswith("hpatool."):
                 from hpatool.cli._console import err
+                from hpatool.errors import Note
 
-                line = f"warning: {message}"
+                kind = "note" if issubclass(category, Note) else "warning"
+                line = f"{kind}: {message}"
                 if line not in printed:
                     printed.add(line)
                     console = err()  # on a terminal wrapped between words, else one line
@@ -260,6 +262,7 @@ COMMANDS = (
     ("experiments", "experiments", "app", TRAINING_PANEL),
     ("evaluate", "evaluate", "evaluate", PREDICTION_PANEL),
     ("predict", "predict", "predict", PREDICTION_PANEL),
+    ("blend", "blend", "blend", PREDICTION_PANEL),
     ("synth", "synth", "synth", TOOLS_PANEL),
     ("demo", "demo", "demo", TOOLS_PANEL),
 )

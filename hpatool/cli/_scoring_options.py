@@ -38,19 +38,31 @@ RunOpt = Annotated[
         "--run",
         "--run-name",
         metavar="<str>",
-        help="A registered training run (uses its best checkpoint); repeat it for an ensemble "
-        "(the runs' probabilities averaged). Under torchrun write --run-name: torchrun's own "
-        "parser takes --run for its --run-path.",
+        help="A registered training run (uses its best checkpoint); repeat it, or add "
+        "--experiment, for an ensemble (the models' probabilities averaged); RUN:WEIGHT weighs "
+        "it (default 1). Under torchrun write --run-name: torchrun's own parser takes --run "
+        "for its --run-path.",
         show_default=False,
     ),
 ]
 ExperimentOpt = Annotated[
-    str | None,
+    list[str] | None,
     typer.Option(
         "--experiment",
         help="Every run of this experiment ('hpatool cv'), as an ensemble: each scores with "
         "its own view, the probabilities are averaged, and --threshold auto uses thresholds "
-        "tuned on the runs' out-of-fold predictions together.",
+        "tuned on the runs' out-of-fold predictions together (weighted alike). Repeat it, or "
+        "add --run, to ensemble several; EXP:WEIGHT weighs the experiment (split among its "
+        "runs).",
+        show_default=False,
+    ),
+]
+WeightOpt = Annotated[
+    list[float] | None,
+    typer.Option(
+        "--weight",
+        help="The ensemble's weights, one per --run (or one per --experiment) in order; "
+        "normalised to sum to 1 (default: equal; or write RUN:WEIGHT).",
         show_default=False,
     ),
 ]

@@ -1,4 +1,5 @@
-"""``hpatool datasets ...``: register, list, show, export, remove and verify datasets."""
+"""``hpatool datasets ...``: register, list, show, export, remove and verify datasets (and
+``set-root``, from ``cli/datasets_root.py``; ``cache``, from ``cli/datasets_cache.py``)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import typer
 
 from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
 from hpatool.cli.datasets_cache import cache_datasets
+from hpatool.cli.datasets_root import set_root
 
 if TYPE_CHECKING:
     from hpatool.catalog import SampleListing, VerifyReport
 
 app = typer.Typer(
-    help="Register, list, show, export, remove and verify datasets.\n\nExample: hpatool "
-    "datasets list",
+    help="Register, list, show, export, remove and verify datasets, and set their image "
+    "folders.\n\nExample: hpatool datasets list",
     no_args_is_help=True,
 )
 
@@ -51,8 +53,9 @@ def add(
     """Register a dataset from a label CSV, a folder of images, or both.
 
     With --labels the CSV lists the samples (a sample_submission.csv registers a test set);
-    --root says where their images are (they may come later). Without --labels the samples are
-    the <Id>_<colour>.png files found in --root.
+    --root says where their images are (they may come later, attached with 'hpatool datasets
+    set-root NAME DIR'). Without --labels the samples are the <Id>_<colour>.png files found in
+    --root.
 
     Example: hpatool datasets add kaggle-train --labels train.csv --root train/
     """
@@ -67,6 +70,11 @@ def add(
         f"Registered [bold]{rec.name}[/] ({rec.kind}): {rec.samples:,} samples, "
         f"{rec.labelled:,} labelled; images: {images}"
     )
+    if rec.root is None:
+        out().print(
+            f"Attach its images later with 'hpatool datasets set-root {rec.name} DIR'",
+            markup=False,
+        )
     if added.id_column is not None:
         target = repr(added.target_column) if added.target_column else "none (unlabelled)"
         if added.predictions_column:
@@ -388,4 +396,5 @@ def _print_verify_report(report: VerifyReport) -> None:
         console.print(table)
 
 
+app.command("set-root")(set_root)  # datasets set-root: its own module, cli/datasets_root.py
 app.command("cache")(cache_datasets)  # datasets cache: its own module, cli/datasets_cache.py

@@ -24,8 +24,10 @@ from hpatool.cli._scoring_options import (
     SeedOpt,
     ThresholdOpt,
     TtaOpt,
+    WeightOpt,
     WorkersOpt,
 )
+from hpatool.cli.experiments import SortOpt
 
 if TYPE_CHECKING:
     from hpatool.engine.evaluate import EvaluationReport
@@ -54,6 +56,8 @@ def evaluate(
     dataset: DatasetOpt = None,
     run: RunOpt = None,
     experiment: ExperimentOpt = None,
+    weight: WeightOpt = None,
+    sort: SortOpt = "class",
     checkpoint: CheckpointOpt = None,
     fold: FoldOpt = None,
     crops: CropsOpt = None,
@@ -92,9 +96,11 @@ def evaluate(
     options = dict(locals())  # the parameters as given (None = not given), before anything else
     from hpatool.cli._console import Table, print_json, progress_bar
     from hpatool.cli._console import out as console_out
+    from hpatool.cli.experiments import sort_classes
     from hpatool.engine.config import predict_config
     from hpatool.engine.evaluate import evaluate_run
 
+    sort_classes([], sort)  # a bad --sort before any work
     settings = predict_config(options, config, "evaluate")
     with (
         open_registry(home) as reg,
@@ -121,15 +127,18 @@ def evaluate(
     )
     for col in ("#", "class", "precision", "recall", "F1", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")
-    for c in report.classes:
+    from hpatool.cli.experiments import sort_classes
+
+    for c in sort_classes(list(report.classes), sort):
+        empty = c.support == 0  # no positives: recall and F1 undefined, shown as "-"
         table.add_row(
             str(c.index),
             c.name,
             f"{c.precision:.3f}",
-            f"{c.recall:.3f}",
-            f"{c.f1:.3f}",
+            "-" if empty else f"{c.recall:.3f}",
+            "-" if empty else f"{c.f1:.3f}",
             f"{c.support:,}",
-            style="dim" if c.support == 0 else None,
+            style="dim" if empty else None,
         )
     console = console_out()
     console.print(table)

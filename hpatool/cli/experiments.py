@@ -111,11 +111,49 @@ PlotOpt = Annotated[
 ]
 
 
+PlotThresholdsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--plot-thresholds",
+        help="Also draw each class's OOF F1 against its threshold (one panel per class), the "
+        "chosen threshold marked and each fold's held-out threshold ticked.",
+        show_default=False,
+    ),
+]
+#: ``--sort``: the order of the per-class rows.
+SORTS = ("class", "f1", "support")
+SortOpt = Annotated[
+    str,
+    typer.Option(
+        "--sort",
+        help="Order of the per-class table: class (its number), f1 (highest first) or support "
+        "(most positives first).",
+    ),
+]
+
+
+def sort_classes(rows: list[Any], sort: str, key_f1: Any = None) -> list[Any]:
+    """Per-class rows (with ``.index``, ``.f1``, ``.support``) in ``--sort`` order."""
+    from hpatool.errors import UsageError
+
+    if sort not in SORTS:
+        raise UsageError(f"--sort {sort!r} is invalid; use one of {', '.join(SORTS)}")
+    if sort == "f1":
+        return sorted(
+            rows, key=lambda r: (r.support == 0, -(key_f1(r) if key_f1 else r.f1), r.index)
+        )
+    if sort == "support":
+        return sorted(rows, key=lambda r: (-r.support, r.index))
+    return list(rows)
+
+
 @app.command("show")
 def experiments_show(
     experiment: Annotated[str, typer.Argument(help="Experiment name.", show_default=False)],
     json_: JsonOpt = False,
     plot: PlotOpt = None,
+    plot_thresholds: PlotThresholdsOpt = None,
+    sort: SortOpt = "class",
     home: HomeOpt = None,
 ) -> None:
     """Show an experiment: each fold's run and macro F1, and the out-of-fold (OOF) scores.
@@ -137,27 +175,61 @@ def experiments_show(
     from hpatool.cli._console import out, print_json
     from hpatool.engine.experiments import experiment_report
 
+    sort_classes([], sort)  # a bad --sort before any work
+    targets: dict[str, Path] = {}
     with open_registry(home) as reg:
         report = experiment_report(reg, experiment)
-        if plot is not None:
-            from hpatool.outputs import check_figure
+        from hpatool.outputs import check_figure
 
-            target = check_figure(plot, "--plot", reg)
-    if plot is not None and report.oof is None:
+        for flag, given in (("--plot", plot), ("--plot-thresholds", plot_thresholds)):
+            if given is not None:
+                targets[flag] = check_figure(given, flag, reg)
+    if targets and report.oof is None:
         from hpatool.errors import NotFound
 
         raise NotFound(
-            f"--plot: experiment {experiment!r} has no OOF predictions yet (no run has an "
-            "oof.csv); nothing to draw"
+            f"{next(iter(targets))}: experiment {experiment!r} has no OOF predictions yet (no "
+            "run has an oof.csv); nothing to draw"
         )
-    if plot is not None:
-        _plot(report, target)
+    if "--plot" in targets:
+        _plot(report, targets["--plot"])
+    if "--plot-thresholds" in targets:
+        _plot_thresholds(report, targets["--plot-thresholds"])
     if json_:
         print_json(report.to_json())
         return
-    _print_report(report)
-    if plot is not None:
+    _print_report(report, sort)
+    for target in targets.values():
         out().print(f"Plot written to {target}", markup=False)
+
+
+def _plot_thresholds(report: ExperimentReport, path: Path) -> None:
+    from hpatool.plot_thresholds import plot_thresholds
+
+    oof = report.oof
+    assert oof is not None
+    held = [c.f1 for c in oof.heldout_classes] if oof.heldout_classes is not None else None
+    f1, label = headline(report)
+    plot_thresholds(
+        oof.y_true,
+        oof.probs,
+        list(oof.thresholds),
+        oof.heldout_thresholds,
+        held,
+        f"Experiment {report.name} on {report.dataset}: {label} {f1:.4f}, "
+        f"{len(oof.ids):,} out-of-fold predictions",
+        path,
+    )
+
+
+def _shown(value: Any) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def flag(name: str) -> str:
+    from hpatool.engine.config import flag as option_flag
+
+    return option_flag(name)
 
 
 def _plot(report: ExperimentReport, path: Path) -> None:
@@ -202,7 +274,7 @@ def _view_text(view: View) -> str:
     return f"{view.agg} of {view.crops} {view.tta} of {view.crop} px"
 
 
-def _print_report(report: ExperimentReport) -> None:
+def _print_report(report: ExperimentReport, sort: str = "class") -> None:
     from hpatool.cli._console import Table, out
     from hpatool.engine.oof import OOF_FILE
 
@@ -236,6 +308,11 @@ def _print_report(report: ExperimentReport) -> None:
             *([] if one_view else [_view_text(views[r.name]) if r.name in views else "-"]),
         )
     console.print(table)
+    for run, keys in report.differs.items():
+        what = "; ".join(
+            f"{flag(k)} {_shown(a)}, the experiment's {_shown(b)}" for k, (a, b) in keys.items()
+        )
+        console.print(f"note: {run} trained differently from the other folds: {what}", markup=False)
     if report.folds_missing:
         console.print(
             f"folds without a run: {', '.join(map(str, report.folds_missing))} ('hpatool cv "
@@ -253,10 +330,10 @@ def _print_report(report: ExperimentReport) -> None:
     if oof is None:
         console.print("no OOF predictions yet", markup=False)
         return
-    _print_classes(oof)
+    _print_classes(oof, sort)
 
 
-def _print_classes(oof: OofSummary) -> None:
+def _print_classes(oof: OofSummary, sort: str = "class") -> None:
     """The per-class OOF table (held out where there is a held-out figure) and the figures."""
     from hpatool.cli._console import Table, out
 
@@ -271,7 +348,10 @@ def _print_classes(oof: OofSummary) -> None:
     for col in ("class", "thresh.", "precision", "recall", "F1", "in-sample F1", "support"):
         classes.add_column(col, justify="left" if col == "class" else "right")
     rows = held if held is not None else oof.classes
-    for c, own, t in zip(rows, oof.classes, oof.thresholds, strict=True):
+    triples = list(zip(rows, oof.classes, oof.thresholds, strict=True))
+    order = sort_classes([c for c, _, _ in triples], sort)
+    by_index = {c.index: (c, own, t) for c, own, t in triples}
+    for c, own, t in (by_index[r.index] for r in order):
         empty = c.support == 0
         classes.add_row(
             f"{c.index} {c.name}",

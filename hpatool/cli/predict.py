@@ -27,6 +27,7 @@ from hpatool.cli._scoring_options import (
     SeedOpt,
     ThresholdOpt,
     TtaOpt,
+    WeightOpt,
     WorkersOpt,
     help_with_default,
 )
@@ -71,6 +72,7 @@ def predict(
     dataset: DatasetOpt = None,
     run: RunOpt = None,
     experiment: ExperimentOpt = None,
+    weight: WeightOpt = None,
     checkpoint: CheckpointOpt = None,
     crops: CropsOpt = None,
     crop_size: CropSizeOpt = None,

@@ -34,7 +34,10 @@ WorkersOpt = Annotated[
 SrcDirArg = Annotated[
     Path,
     typer.Argument(
-        metavar="SRC_DIR", help="Folder of <Id>_<colour>.jpg/.png/.tif images.", show_default=False
+        metavar="SRC_DIR",
+        help="Folder of <Id>_<colour>.jpg/.png/.tif images, or of sub-folders of them (the HPA "
+        "server's <antibody>/ layout).",
+        show_default=False,
     ),
 ]
 OutOpt = Annotated[
@@ -63,6 +66,15 @@ LabelsOpt = Annotated[
         show_default=False,
     ),
 ]
+KindOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--kind",
+        help="The registered dataset's kind: train, test or external (default: the source "
+        "dataset's kind, else train if --labels has a Target column, else test).",
+        show_default=False,
+    ),
+]
 RegisterOpt = Annotated[
     bool,
     typer.Option("--register/--no-register", help="Register the output as a dataset (see --name)."),
@@ -77,6 +89,7 @@ def preprocess(
     workers: WorkersOpt = PreprocessConfig.workers,
     name: NameOpt = PreprocessConfig.name,
     labels: LabelsOpt = PreprocessConfig.labels,
+    kind: KindOpt = PreprocessConfig.kind,
     register: RegisterOpt = True,
     json_: JsonOpt = False,
     home: HomeOpt = None,
@@ -89,6 +102,11 @@ def preprocess(
     LANCZOS resize. Idempotent: outputs already there are kept. Failures go to
     DIR/failures.csv and exit 1; the other files are still converted.
 
+    A SRC_DIR with no such file of its own is read one level down, as the HPA image server lays
+    images out: <antibody>/<plate>_<well>_<field>_<colour>.jpg is sample
+    <antibody>_<plate>_<well>_<field> (other sub-folders: the file's <Id>). The outputs are
+    flat, DIR/<Id>_<colour>.png; two sources for one output are a failure naming both.
+
     Example: hpatool preprocess data/hpa-v18/raw --out data/hpa-v18-512 --name hpa-v18-512
     """
     from hpatool.cli._console import progress_bar
@@ -96,7 +114,7 @@ def preprocess(
     from hpatool.preprocess import preprocess_images
 
     config = PreprocessConfig(
-        size=size, channel_rule=channel_rule, workers=workers, name=name, labels=labels
+        size=size, channel_rule=channel_rule, workers=workers, name=name, labels=labels, kind=kind
     )
     with contextlib.ExitStack() as stack:
         reg = stack.enter_context(
@@ -149,6 +167,7 @@ def _print_summary(s: PreprocessSummary, json_: bool) -> None:
                 "source": str(s.src_dir),
                 "out": str(s.out_dir),
                 "files": s.files,
+                "subfolders": s.subfolders,
                 "converted": s.converted,
                 "skipped": s.skipped,
                 "failed": s.failed,
@@ -163,8 +182,9 @@ def _print_summary(s: PreprocessSummary, json_: bool) -> None:
         )
         return
     console = out()
+    folders = f" ({s.subfolders:,} sub-folders)" if s.subfolders else ""
     console.print(
-        f"Preprocessed {s.files:,} files from {s.src_dir} into {s.out_dir}: "
+        f"Preprocessed {s.files:,} files from {s.src_dir}{folders} into {s.out_dir}: "
         f"{s.converted:,} converted, {s.skipped:,} already there, {s.failed:,} failed "
         f"({s.complete_samples:,} of {s.samples:,} samples complete) in {s.elapsed_s:,.1f} s"
     )

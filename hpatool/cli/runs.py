@@ -1,5 +1,5 @@
-"""``hpatool runs list``, ``runs show``, ``runs compare``, ``runs remove``, ``runs import`` and
-``runs average``: the training runs of the registry."""
+"""``hpatool runs list``, ``runs show``, ``runs compare``, ``runs remove``, ``runs import``,
+``runs average`` and ``runs export``: the training runs of the registry."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
-from hpatool.cli._scoring_options import CacheOpt, DeviceOpt, WorkersOpt
+from hpatool.cli.runs_average import runs_average
+from hpatool.cli.runs_export import runs_export
 
 if TYPE_CHECKING:
     from hpatool.engine.run_admin import RunSummary
 
 app = typer.Typer(
-    help="List, show, compare, remove, import and average training runs.\n\n"
+    help="List, show, compare, remove, import, average and export training runs.\n\n"
     "Example: hpatool runs list",
     no_args_is_help=True,
 )
@@ -128,9 +129,29 @@ def runs_show(
     ):
         if key in record.config:
             table.add_row(key, str(record.config[key]))
+    for key, value in _provenance_rows(record.config.get("provenance")):
+        table.add_row(key, value)
     for key, path in files.items():
         table.add_row(f"file: {key}", path)
     out().print(table)
+
+
+def _provenance_rows(doc: object) -> list[tuple[str, str]]:
+    """``runs show``'s rows of the run's provenance (versions, git commit, device, the
+    --pretrained file's sha256); none for a run trained before it was recorded."""
+    if not isinstance(doc, dict):
+        return []
+    rows = [(f"version: {k}", str(doc[k])) for k in ("hpatool", "torch", "timm") if k in doc]
+    git = doc.get("git")
+    if isinstance(git, dict):
+        dirty = " (with uncommitted changes)" if git.get("dirty") else ""
+        rows.append(("git commit", f"{git.get('commit')}{dirty}"))
+    if doc.get("gpu"):
+        rows.append(("gpu", str(doc["gpu"])))
+    pretrained = doc.get("pretrained")
+    if isinstance(pretrained, dict) and pretrained.get("sha256"):
+        rows.append(("pretrained sha256", f"{pretrained['sha256']} ({pretrained.get('file')})"))
+    return rows
 
 
 @app.command("compare")
@@ -330,107 +351,5 @@ def runs_import(
         out().print(f"note: {note}", markup=False)
 
 
-@app.command("average")
-def runs_average(
-    run: Annotated[
-        str, typer.Argument(help="The run whose epochs to average.", show_default=False)
-    ],
-    last: Annotated[
-        int,
-        typer.Option(
-            "--last",
-            help="Average the weights of its last K kept epochs (it trained with "
-            "--keep-checkpoints K or more).",
-            min=1,
-            show_default=False,
-        ),
-    ],
-    name: Annotated[
-        str,
-        typer.Option(
-            "--name", help="The new run's name (its folder goes beside RUN's).", show_default=False
-        ),
-    ],
-    experiment: Annotated[
-        str | None,
-        typer.Option(
-            "--experiment",
-            help="Add the new run to experiment EXP as the model of RUN's fold (average every "
-            "fold's run into one new experiment to compare it out of fold).",
-            show_default=False,
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option(
-            "--batch-size",
-            help="Samples per batch (default: the run's --batch-size).",
-            min=1,
-            show_default=False,
-        ),
-    ] = None,
-    workers: WorkersOpt = None,
-    device: DeviceOpt = None,
-    cache: CacheOpt = None,
-    json_: JsonOpt = False,
-    home: HomeOpt = None,
-) -> None:
-    """Write a new run whose weights are the mean of RUN's last K epoch checkpoints (SWA).
-
-    BatchNorm statistics are recomputed on RUN's training samples (one pass, the run's
-    --augment), not averaged. The new run is then scored like any run: its validation fold's
-    centre crops (metrics.csv, thresholds.json) and the run's view (oof.csv, thresholds tuned on
-    it), so 'predict', 'evaluate', 'runs compare' and experiments use it as they use RUN. It is
-    registered 'done' and is not trained further.
-
-    Example: hpatool runs average r50-f0 --last 3 --name r50-f0-swa
-    """
-    from hpatool.cli._console import out, print_json, progress_bar
-    from hpatool.engine.average import average_run
-
-    stages = {"batchnorm": "BatchNorm statistics", "oof": "scoring validation fold"}
-    with open_registry(home) as reg, progress_bar(f"average {run}", "images") as bar:
-
-        def progress(stage: str, done: int, total: int) -> None:
-            bar.update(done, total, description=stages.get(stage, stage))
-
-        result = average_run(
-            reg,
-            run,
-            last=last,
-            name=name,
-            experiment=experiment,
-            device=device or "auto",
-            workers=workers,
-            batch_size=batch_size,
-            cache=cache or "auto",
-            progress=progress,
-        )
-    if json_:
-        print_json(result.to_json())
-        return
-    record = result.record
-    epochs = ", ".join(str(e) for e in result.epochs)
-    bn = (
-        f"BatchNorm statistics of {result.bn_layers} layers recomputed on "
-        f"{result.bn_samples:,} training samples"
-        if result.bn_layers
-        else "no BatchNorm layers"
-    )
-    joined = ""
-    if record.experiment:
-        new = " (new)" if result.experiment_created else ""
-        joined = f"; fold {record.fold} of experiment {record.experiment}{new}"
-    heldout = result.oof_macro_f1_heldout
-    figures = (
-        f"validation macro F1 {result.metrics['macro_f1']:.4f} held out (centre crop); "
-        f"out-of-fold macro F1 on {result.view_text}: "
-        + ("-" if heldout is None else f"{heldout:.4f}")
-        + f" held out, {result.oof_macro_f1:.4f} in sample"
-    )
-    out().print(
-        f"Run {record.name}: the mean of epochs {epochs} of run {result.source}; {bn}; "
-        f"{figures}{joined}. Files in {record.out_dir}",
-        markup=False,
-        soft_wrap=True,
-    )
+app.command("average")(runs_average)  # its own module, cli/runs_average.py
+app.command("export")(runs_export)  # its own module, cli/runs_export.py

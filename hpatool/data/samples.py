@@ -264,8 +264,9 @@ def image_size(item: Item) -> tuple[int, int]:
             width, height = img.size
     except FileNotFoundError:
         raise DataError(
-            f"{path}: missing channel file of dataset {item.dataset!r}; check its --root or run "
-            f"'hpatool datasets verify {item.dataset}'"
+            f"{path}: missing channel file of dataset {item.dataset!r}; run 'hpatool datasets "
+            f"verify {item.dataset}', or 'hpatool datasets set-root {item.dataset} DIR' if its "
+            "images moved"
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: cannot decode image ({exc})") from None

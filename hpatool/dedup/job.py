@@ -144,8 +144,8 @@ def _check_datasets(
         if record.root is None:
             raise DataError(
                 f"dataset {name!r} has no image folder (registered from a label CSV alone): "
-                f"nothing to hash; add it with --root, or register its images with "
-                "'hpatool preprocess'"
+                f"nothing to hash; attach its images with 'hpatool datasets set-root {name} "
+                "DIR', or convert and register them with 'hpatool preprocess'"
             )
         usable = usable_samples(reg, name)
         if not usable.samples:

@@ -144,6 +144,42 @@ def average_run(
         best_epoch=epoch,
         history=[row],
     )
+    oof, record, created = _publish(
+        reg, dest, checkpoint, row, thresholds, run_config, model, data, loading, progress
+    )
+    return AveragedRun(
+        record=record,
+        source=run,
+        epochs=averaged["epochs"],
+        bn_layers=bn_layers,
+        bn_samples=averaged["bn_samples"],
+        metrics=row,
+        oof_macro_f1=oof[0],
+        oof_macro_f1_heldout=oof[1],
+        view_text=oof[2],
+        experiment_created=created,
+    )
+
+
+def _publish(
+    reg: Registry,
+    dest: Path,
+    checkpoint: dict[str, Any],
+    row: dict[str, Any],
+    thresholds: list[float],
+    run_config: TrainConfig,
+    model: nn.Module,
+    data: _Data,
+    loading: _Loading,
+    progress: AverageProgress | None,
+) -> tuple[tuple[float, float | None, str], RunRecord, bool]:
+    """Write the run's files under a temporary name beside ``dest``, rename the folder to
+    ``dest``, then register the run (``done``; in its experiment): a failure leaves neither
+    folder nor row. ``(the OOF figures, the registry row, whether the experiment is new)``."""
+    name = dest.name
+    experiment = run_config.experiment
+    new_config = checkpoint["config"]
+    epoch = row["epoch"]
     staging = dest.parent / f".{name}.partial-{os.getpid()}"
     try:
         staging.mkdir(parents=True)
@@ -175,18 +211,7 @@ def average_run(
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
-    return AveragedRun(
-        record=record,
-        source=run,
-        epochs=averaged["epochs"],
-        bn_layers=bn_layers,
-        bn_samples=averaged["bn_samples"],
-        metrics=row,
-        oof_macro_f1=oof[0],
-        oof_macro_f1_heldout=oof[1],
-        view_text=oof[2],
-        experiment_created=created,
-    )
+    return oof, record, created
 
 
 def _train_config(

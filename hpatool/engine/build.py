@@ -46,6 +46,7 @@ from hpatool.engine.optim import (
     set_seeds,
     warmup_steps_for,
 )
+from hpatool.engine.provenance import provenance
 from hpatool.engine.resume import RunTarget, check_same_split
 from hpatool.engine.state import TrainObjects
 from hpatool.errors import UsageError
@@ -289,4 +290,6 @@ def resolved_config(
         "amp": str(amp).replace("torch.", "") if amp else None,
         "channels_last": trainer.channels_last,
         "model_spec": trainer.spec.to_json(),
+        # versions, git commit, device, the --pretrained file's sha256 (engine.provenance)
+        "provenance": provenance(config.pretrained, trainer.device),
     }

@@ -242,9 +242,13 @@ class PredictConfig:
     other's own options, so one configuration file can serve both."""
 
     dataset: str | None = None
-    #: one run, or several: an ensemble (their probabilities averaged)
+    #: one run, or several: an ensemble (their probabilities averaged); ``RUN:WEIGHT`` weighs
     run: list[str] = field(default_factory=list)
-    experiment: str | None = None  # every run of the experiment: an ensemble
+    #: every run of each experiment: an ensemble (``EXP:WEIGHT``: the experiment's weight,
+    #: split among its runs); with ``run``, one ensemble of them all
+    experiment: list[str] = field(default_factory=list)
+    #: ``--weight``: the weights of the ``run``s (or of the ``experiment``s), in order
+    weight: list[float] = field(default_factory=list)
     checkpoint: str | None = None
     # the view; None = not given: each model's stored view (a run without one: 8, max, crops)
     crops: int | None = None
@@ -276,12 +280,20 @@ class PredictConfig:
             raise UsageError("give the dataset to score with --dataset NAME")
         if isinstance(self.run, str):  # PredictConfig(run="r1"), as before ensembles
             self.run = [self.run]
-        sources = [bool(self.run), self.experiment is not None, self.checkpoint is not None]
-        if sum(sources) != 1:
+        if isinstance(self.experiment, str):  # PredictConfig(experiment="e"), as before
+            self.experiment = [self.experiment]
+        if isinstance(self.weight, int | float):
+            self.weight = [float(self.weight)]
+        self.run, self.experiment = list(self.run or []), list(self.experiment or [])
+        self.weight = list(self.weight or [])
+        models = bool(self.run) or bool(self.experiment)
+        if models == (self.checkpoint is not None):
             raise UsageError(
-                "give one of --run RUN (repeat it for an ensemble), --experiment EXP or "
-                "--checkpoint PATH"
+                "give --run RUN or --experiment EXP (repeat them, mixed, for an ensemble; "
+                "RUN:WEIGHT to weigh one), or --checkpoint PATH"
             )
+        if self.weight and self.checkpoint is not None:
+            raise UsageError("--weight is for ensembles of --run / --experiment models")
         if self.crops is not None:
             _at_least(self, "crops", 1, "use 1 (the centre crop) or more")
         _flips_fit(self.tta, self.crops, "--crops")
@@ -294,6 +306,11 @@ class PredictConfig:
         if self.agg is not None and self.agg not in AGGREGATIONS:
             raise UsageError(f"--agg {self.agg!r} is invalid; use max or mean")
         parse_threshold(self.threshold)
+        file = threshold_file(self.threshold)
+        if file is not None:
+            from hpatool.engine.prior import read_thresholds_file
+
+            read_thresholds_file(file)  # a missing or bad file: said before any work
         if not 0 <= self.min_labels <= NUM_CLASSES:
             raise _bad("min_labels", self.min_labels, f"use 0..{NUM_CLASSES}")
         _at_least(self, "batch_size", 1, "use 1 or more")
@@ -303,22 +320,37 @@ class PredictConfig:
         _one_of(self, "cache", CACHE_MODES)
 
 
+def threshold_file(threshold: str | float) -> Path | None:
+    """``--threshold FILE.csv``: the file of per-class thresholds (columns ``class``,
+    ``threshold``; ``engine.prior.read_thresholds_file``), when the value names an existing
+    file or ends in ``.csv``; else ``None``."""
+    from hpatool.engine.prior import parse_prior
+
+    if not isinstance(threshold, str) or threshold.strip().lower() == "auto":
+        return None
+    if parse_prior(threshold) is not None:
+        return None
+    text = threshold.strip()
+    path = Path(text).expanduser()
+    return path if text.lower().endswith(".csv") or path.is_file() else None
+
+
 def parse_threshold(threshold: str | float) -> float | None:
-    """``--threshold``: ``None`` for ``auto`` (the run's tuned thresholds) and for ``prior`` /
-    ``prior=FILE.csv`` (``engine.prior``: the tuned thresholds are its fallback), else one
-    number in (0, 1) for every class."""
+    """``--threshold``: ``None`` for ``auto`` (the run's tuned thresholds), for ``prior`` /
+    ``prior=FILE.csv`` (``engine.prior``) and for a thresholds file (``threshold_file``): the
+    tuned thresholds are the base those replace; else one number in (0, 1) for every class."""
     from hpatool.engine.prior import parse_prior
 
     if isinstance(threshold, str) and threshold.strip().lower() == "auto":
         return None
-    if parse_prior(threshold) is not None:
+    if parse_prior(threshold) is not None or threshold_file(threshold) is not None:
         return None
     try:
         value = float(threshold)
     except ValueError:
         raise UsageError(
-            f"--threshold {threshold!r} is invalid; use 'auto', 'prior', 'prior=FILE.csv' or a "
-            "number in (0, 1)"
+            f"--threshold {threshold!r} is invalid; use 'auto', 'prior', 'prior=FILE.csv', a "
+            "number in (0, 1) or a CSV file of per-class thresholds (class,threshold)"
         ) from None
     if not 0.0 < value < 1.0:
         raise UsageError(f"--threshold {value} is out of range; use a number in (0, 1)")

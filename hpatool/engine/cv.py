@@ -64,6 +64,8 @@ class CvPlan:
     options: dict[str, Any]  # by TrainConfig name: the given ones over the experiment's
     folds: list[FoldPlan]
     new: bool  # the experiment is not in the registry yet, or has no runs
+    #: ``--epochs N`` above the experiment's: its folds are continued to N (``extend_epochs``)
+    extend_to: int | None = None
 
     def command(self, home: Path | None = None) -> str:
         """The command that goes on with this cross-validation."""
@@ -96,7 +98,9 @@ def plan_cv(
     if stored is not None:
         # an experiment with no runs yet (a cv that failed before its first fold registered)
         # takes the options given: its first run registered stores them (ensure_experiment)
-        conflict = option_conflict(given, stored.options) if stored.runs else None
+        extend_to = _extend_to(name, given, stored.options, reg.experiment_runs(name))
+        checked = {k: v for k, v in given.items() if not (extend_to and k == "epochs")}
+        conflict = option_conflict(checked, stored.options) if stored.runs else None
         if conflict is not None:
             raise UsageError(
                 f"{conflict_text(*conflict, name)}; rerun with the same value (or leave it "
@@ -104,7 +108,7 @@ def plan_cv(
             )
         options = {**with_legacy(stored.options), "datasets": stored.datasets, **given}
     else:
-        options = dict(given)
+        options, extend_to = dict(given), None
     if options.get("out") is not None:
         options["out"] = str(Path(options["out"]).expanduser().resolve())
     else:
@@ -133,12 +137,41 @@ def plan_cv(
         )
     members = reg.experiment_runs(name) if stored is not None else []
     by_fold = {r.fold: r for r in members}
-    plans = [_plan_fold(reg, name, k, by_fold.get(k), Path(options["out"])) for k in wanted]
-    return CvPlan(name, dataset, split_folds, options, plans, new=stored is None or not stored.runs)
+    plans = [
+        _plan_fold(reg, name, k, by_fold.get(k), Path(options["out"]), extend_to) for k in wanted
+    ]
+    new = stored is None or not stored.runs
+    return CvPlan(name, dataset, split_folds, options, plans, new, extend_to)
+
+
+def _extend_to(
+    name: str, given: Mapping[str, Any], stored: Mapping[str, Any], runs: list[RunRecord]
+) -> int | None:
+    """``cv --name EXP --epochs N`` with N above the experiment's epochs: N (every fold is
+    continued to it, the cosine schedule stretched as ``train --resume --epochs`` does); a
+    fold that trained more epochs than N is an error (a run is never shortened)."""
+    epochs, was = given.get("epochs"), stored.get("epochs")
+    if epochs is None or was is None or not runs or int(epochs) == int(was):
+        return None
+    for run in runs:
+        options = run.config.get("options") if isinstance(run.config, dict) else None
+        trained = max(run.epochs_done, int((options or {}).get("epochs") or 0))
+        if int(epochs) < trained:
+            raise UsageError(
+                f"--epochs {epochs} is fewer than the {trained} epochs fold {run.fold} (run "
+                f"{run.name!r}) of experiment {name!r} trained: a run is not shortened; give "
+                f"--epochs {trained} or more, or start a new experiment with another --name"
+            )
+    return int(epochs)
 
 
 def _plan_fold(
-    reg: Registry, experiment: str, fold: int, member: RunRecord | None, out: Path
+    reg: Registry,
+    experiment: str,
+    fold: int,
+    member: RunRecord | None,
+    out: Path,
+    extend_to: int | None = None,
 ) -> FoldPlan:
     from hpatool.engine.oof import OOF_FILE
 
@@ -162,6 +195,11 @@ def _plan_fold(
             f"run {name!r} (fold {fold} of {experiment!r}) is still running{where}; wait for "
             "it or stop it, then run 'hpatool cv' again"
         )
+    trained = (record.config.get("options") or {}).get("epochs")
+    shorter = extend_to is not None and trained is not None and int(trained) < extend_to
+    if shorter and (record.out_dir / LAST).is_file():
+        why = f"continued from {trained} to {extend_to} epochs"
+        return FoldPlan(fold, name, "resume", record, why)
     if record.status in FINISHED and (record.out_dir / OOF_FILE).is_file():
         return FoldPlan(fold, name, "skip", record)
     state = "its process is gone" if record.status == "running" else record.status
@@ -243,6 +281,8 @@ def cross_validate(
         with Registry.open(home) as reg:
             plan = plan_cv(reg, given, name=name, folds=folds, fold_list=fold_list)
             home_path = reg.home
+            if plan.extend_to is not None and ctx.is_main:  # the folds still to come train N
+                reg.update_experiment_options(name, {"epochs": plan.extend_to})
         # the experiment is created (or, with no runs yet, takes these options) when its first
         # fold run registers (experiments.ensure_experiment): a cv that fails before that
         # leaves nothing that a retry with other options would be refused by

@@ -33,9 +33,10 @@ from hpatool.engine.model_source import (
     resolve_sources,
     resolve_thresholds,
     uses_oof_thresholds,
+    with_threshold_file,
 )
 from hpatool.engine.scoring import CheckedImages, Scores, check_images, score, scoring_dtype
-from hpatool.engine.selection import Candidates, ViewMismatch, warn_once
+from hpatool.engine.selection import Candidates, SizeDiffers, ViewMismatch, warn_once
 from hpatool.engine.views import Size, View, resolve_view
 from hpatool.errors import Interrupted, UsageError
 from hpatool.registry import Registry
@@ -95,10 +96,16 @@ class Scored:
 
     @property
     def model_text(self) -> str:
-        """The checkpoint file, or ``ensemble of 3 models (EXP-f0, EXP-f1, EXP-f2)``."""
+        """The checkpoint file, or ``ensemble of 3 models (EXP-f0, EXP-f1, EXP-f2)`` (with
+        each model's weight when they differ: ``a x0.50, b x0.25, ...``)."""
         if len(self.models) == 1:
             return str(self.models[0].checkpoint)
-        return f"ensemble of {len(self.models)} models ({', '.join(m.name for m in self.models)})"
+        weights = [s.weight for s in self.sources]
+        if len(set(weights)) > 1 and len(weights) == len(self.models):
+            names = [f"{m.name} x{w:.2f}" for m, w in zip(self.models, weights, strict=True)]
+        else:
+            names = [m.name for m in self.models]
+        return f"ensemble of {len(self.models)} models ({', '.join(names)})"
 
 
 #: Called once every check has passed, right before scoring, with the samples to score.
@@ -116,6 +123,35 @@ def _check_input_size(arch: str, crop_size: int | None) -> None:
         check_input_size(arch, crop_size)
     except UsageError as exc:
         raise UsageError(f"--crop-size {crop_size} does not fit the model: {exc}") from None
+
+
+def _warn_sizes(
+    models: list[ModelView], specs: list[Any], config: PredictConfig, dataset: str
+) -> None:
+    """One ``SizeDiffers`` line when a model trained on images of another size than the
+    scored dataset's (its ``ModelSpec.image_size``), and one when ``--crops`` asks for several
+    views of a crop that fills the image (every random crop is then the same window)."""
+    for m, spec in zip(models, specs, strict=True):
+        trained = tuple(spec.image_size) if spec.image_size else None
+        if trained is not None and trained != tuple(m.size):
+            th, tw = trained
+            warn_once(
+                f"{m.name} trained on {tw}x{th} images and scores dataset {dataset!r}'s "
+                f"{m.size[1]}x{m.size[0]} ones: the cells are at another scale than it learnt "
+                f"({m.text}); resize the dataset to {tw} px ('hpatool preprocess --size {tw}') "
+                "or use a model trained at this size",
+                SizeDiffers,
+            )
+            break
+    for m in models:
+        if config.crops is not None and config.crops > 1 and m.windows == 1:
+            warn_once(
+                f"--crops {config.crops}: {m.name}'s {m.view.crop}px crop is the whole "
+                f"{m.size[1]}x{m.size[0]} image, so every crop is the same window ({m.text}); "
+                "use --tta flips for several views of it",
+                SizeDiffers,
+            )
+            break
 
 
 def _warn_view_mismatch(
@@ -177,6 +213,7 @@ def _score_dataset(
             thresholds = resolve_thresholds(config.threshold, sources[0], ckpts[0])
         else:
             thresholds = ensemble_thresholds(reg, config.threshold, sources, ckpts)
+        thresholds = with_threshold_file(config.threshold, thresholds)
         trained_crop = max(spec.crop for spec in specs)
         cache = _use_cache(reg, cands, config.cache)
         sizes = cache.sizes if cache is not None else None
@@ -191,6 +228,7 @@ def _score_dataset(
         if parse_threshold(config.threshold) is None:
             tuned = [uses_oof_thresholds(s, c) for s, c in zip(sources, ckpts, strict=True)]
             _warn_view_mismatch(models, sources, tuned, checked)
+        _warn_sizes(models, specs, config, cands.dataset)
         before(cands)
         parts: list[Scores] = []
         for k, (source, spec, m) in enumerate(zip(sources, specs, models, strict=True)):
@@ -223,7 +261,7 @@ def _score_dataset(
             ckpts[k] = {}
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
-        local = average_scores(parts)
+        local = average_scores(parts, [s.weight for s in sources])
         merged = Scores()
         for part in ctx.gather(local):
             merged.update(part)
@@ -295,20 +333,22 @@ def _model_progress(progress: ProgressFn | None, k: int, models: int) -> Progres
     return report
 
 
-def average_scores(parts: list[Scores]) -> Scores:
+def average_scores(parts: list[Scores], weights: list[float] | None = None) -> Scores:
     """The models' scores of the same images put together: the mean of their probabilities
-    (float64) for the images every model scored; an image that failed for any model fails."""
+    (float64; weighted by ``weights`` when they differ) for the images every model scored; an
+    image that failed for any model fails."""
     if len(parts) == 1:
         return parts[0]
+    w = None if weights is None or len(set(weights)) == 1 else weights
     out = Scores()
     for part in parts:
         out.failures.update(part.failures)
     for idx in parts[0].probs:
         if idx in out.failures or any(idx not in p.probs for p in parts):
             continue
-        out.probs[idx] = np.mean([p.probs[idx] for p in parts], axis=0)
+        out.probs[idx] = np.average([p.probs[idx] for p in parts], axis=0, weights=w)
         if all(idx in p.other for p in parts):
-            out.other[idx] = np.mean([p.other[idx] for p in parts], axis=0)
+            out.other[idx] = np.average([p.other[idx] for p in parts], axis=0, weights=w)
     return out
 
 

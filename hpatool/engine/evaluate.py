@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from hpatool._io import ProgressFn
-from hpatool.engine.config import PredictConfig, parse_threshold
+from hpatool.engine.config import PredictConfig, parse_threshold, threshold_file
 from hpatool.engine.ensemble import dataset_name, score_or_stop
 from hpatool.engine.metrics import (
     DEFAULT_THRESHOLD,
@@ -272,10 +272,10 @@ def _plot_target(reg: Registry, config: PredictConfig, inputs: Inputs) -> Path |
 
 
 def _run_names(reg: Registry, config: PredictConfig) -> list[str]:
-    """The runs scoring: ``--run`` (repeated) or the runs of ``--experiment``."""
-    if config.experiment is not None:
-        return [r.name for r in reg.experiment_runs(config.experiment)]
-    return list(config.run)
+    """The runs scoring: each ``--run`` and the runs of each ``--experiment``."""
+    from hpatool.engine.model_source import ensemble_members
+
+    return [name for name, _ in ensemble_members(reg, config)]
 
 
 def _tuned_on_scored(
@@ -283,7 +283,7 @@ def _tuned_on_scored(
 ) -> int:
     """How many of the scored ``items`` the applied thresholds were tuned on (0 for a number
     given as ``--threshold``)."""
-    if parse_threshold(config.threshold) is not None:
+    if parse_threshold(config.threshold) is not None or threshold_file(config.threshold):
         return 0
     tuned_ids = thresholds_tuned_on(reg, scored.sources)
     return sum(1 for t in items if t.id in tuned_ids)

@@ -176,6 +176,9 @@ class ExperimentReport:
     #: runs whose oof.csv holds ids of another fold of the current split than the run's fold
     #: (trained on another split, e.g. imported): their predictions are not out-of-fold here
     not_out_of_fold: list[str] = field(default_factory=list)
+    #: run -> {option: (the run's value, the experiment's)} for folds trained differently
+    #: (a fold extended with 'train --resume --epochs', say): ``trained_differently``
+    differs: dict[str, dict[str, tuple[Any, Any]]] = field(default_factory=dict)
 
     @property
     def folds_missing(self) -> list[int]:
@@ -209,6 +212,10 @@ class ExperimentReport:
         }
         doc.update(oof_json(self.oof))
         doc["not_out_of_fold"] = list(self.not_out_of_fold)
+        doc["trained_differently"] = {
+            run: {k: {"run": a, "experiment": b} for k, (a, b) in keys.items()}
+            for run, keys in self.differs.items()
+        }
         if self.oof is None:
             doc["dataset_samples"] = None
         if self.oof_note:
@@ -233,7 +240,31 @@ def experiment_report(reg: Registry, name: str) -> ExperimentReport:
         oof=oof,
         oof_note=note,
         not_out_of_fold=not_out_of_fold(reg, record.dataset, runs),
+        differs=trained_differently(record.options, runs),
     )
+
+
+def trained_differently(
+    stored: Mapping[str, Any], runs: list[RunRecord]
+) -> dict[str, dict[str, tuple[Any, Any]]]:
+    """The runs whose recorded options differ from their experiment's ``stored`` ones in an
+    ``EXPERIMENT_KEYS`` option (``epochs`` after a fold was resumed with more, say): run ->
+    {option: (the run's value, the experiment's)}. Runs that record no options are skipped."""
+    expected = with_legacy(stored)
+    out: dict[str, dict[str, tuple[Any, Any]]] = {}
+    for run in runs:
+        options = run.config.get("options") if isinstance(run.config, dict) else None
+        if not isinstance(options, dict):
+            continue
+        mine = with_legacy(options)
+        keys = {
+            key: (mine[key], expected[key])
+            for key in EXPERIMENT_KEYS
+            if key in mine and key in expected and not same_option(key, mine[key], expected[key])
+        }
+        if keys:
+            out[run.name] = keys
+    return out
 
 
 def not_out_of_fold(reg: Registry, dataset: str, runs: list[RunRecord]) -> list[str]:

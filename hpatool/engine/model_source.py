@@ -7,7 +7,9 @@ predictions together); the training class frequencies; and the fold a model was 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,8 @@ class ModelSource:
     checkpoint: Path
     run: str | None
     thresholds_file: Path | None
+    #: its share of an ensemble's probabilities (the weights sum to 1; one model: 1)
+    weight: float = 1.0
 
     @property
     def name(self) -> str:
@@ -70,24 +74,94 @@ class ModelSource:
 
 
 def resolve_sources(reg: Registry, config: PredictConfig) -> list[ModelSource]:
-    """The models of ``--run`` (one, or several: an ensemble), ``--experiment`` (its runs)
-    or ``--checkpoint``: exactly one of them (``PredictConfig.validate``)."""
+    """The models of ``--run`` and ``--experiment`` (each repeatable: an ensemble, weighted by
+    ``ensemble_members``) or of ``--checkpoint`` (``PredictConfig.validate``)."""
     if config.checkpoint is not None:
         return [resolve_source(reg, None, Path(config.checkpoint))]
-    names = list(config.run) if config.run else experiment_run_names(reg, config.experiment)
+    return [
+        dataclasses.replace(resolve_source(reg, name, None), weight=weight)
+        for name, weight in ensemble_members(reg, config)
+    ]
+
+
+def parse_member(text: str, flag: str) -> tuple[str, float | None]:
+    """``RUN`` or ``RUN:WEIGHT`` (``EXP:WEIGHT``): the name and the weight, if given (a
+    positive finite number)."""
+    name, sep, weight = str(text).rpartition(":")
+    if not sep:
+        return str(text), None
+    try:
+        value = float(weight)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and math.isfinite(value)):
+        raise UsageError(
+            f"{flag} {text}: weight {weight!r} is not a positive number; write {flag} NAME or "
+            f"{flag} NAME:WEIGHT (e.g. {name or 'NAME'}:2)"
+        )
+    return name, value
+
+
+def ensemble_members(reg: Registry, config: PredictConfig) -> list[tuple[str, float]]:
+    """The runs that score, with their weights summing to 1: each ``--run`` (``RUN`` or
+    ``RUN:WEIGHT``) and every run of each ``--experiment`` (``EXP`` or ``EXP:WEIGHT``: the
+    experiment's weight split equally among its runs); weights left out are 1, or come from
+    ``--weight`` (one per ``--run``, or one per ``--experiment``, in order). A run given twice
+    (itself, or through an experiment) is refused."""
+    runs = [parse_member(r, "--run") for r in config.run]
+    exps = [parse_member(e, "--experiment") for e in config.experiment]
+    if config.weight:
+        runs, exps = _with_weight_option(config.weight, runs, exps)
+    members: list[tuple[str, float]] = []
+    for name, weight in runs:
+        members.append((name, 1.0 if weight is None else weight))
+    for name, weight in exps:
+        names = experiment_run_names(reg, name)
+        share = (1.0 if weight is None else weight) / len(names)
+        members += [(run, share) for run in names]
     seen: set[str] = set()
-    for name in names:
+    for name, _ in members:
         if name in seen:
-            raise UsageError(f"--run {name} is given twice; give each run of an ensemble once")
+            raise UsageError(
+                f"run {name!r} is given twice (by --run, or as a run of an --experiment); give "
+                "each model of an ensemble once"
+            )
         seen.add(name)
-    return [resolve_source(reg, name, None) for name in names]
+    total = sum(w for _, w in members)
+    return [(name, w / total) for name, w in members]
 
 
-def experiment_run_names(reg: Registry, experiment: str | None) -> list[str]:
+Member = tuple[str, float | None]
+
+
+def _with_weight_option(
+    weights: list[float], runs: list[Member], exps: list[Member]
+) -> tuple[list[Member], list[Member]]:
+    """``--weight W`` (repeated): one weight per ``--run``, or per ``--experiment``, in order."""
+    if any(w is not None for _, w in (*runs, *exps)):
+        raise UsageError("give the weights as --weight W or as NAME:WEIGHT, not both")
+    if runs and exps:
+        raise UsageError(
+            "--weight with both --run and --experiment is ambiguous; write the weights as "
+            "--run RUN:WEIGHT and --experiment EXP:WEIGHT"
+        )
+    members, flag = (runs, "--run") if runs else (exps, "--experiment")
+    if len(weights) != len(members):
+        raise UsageError(
+            f"{len(weights)} --weight values for {len(members)} {flag} values; give one each"
+        )
+    bad = next((w for w in weights if not (w > 0 and math.isfinite(w))), None)
+    if bad is not None:
+        raise UsageError(f"--weight {bad} is not a positive number")
+    weighted: list[Member] = [
+        (name, float(w)) for (name, _), w in zip(members, weights, strict=True)
+    ]
+    return (weighted, exps) if runs else (runs, weighted)
+
+
+def experiment_run_names(reg: Registry, experiment: str) -> list[str]:
     """The runs of ``--experiment`` (by fold, then name); ``NotFound`` for an unknown one or
     one without runs."""
-    if experiment is None:
-        raise UsageError("give one of --run RUN, --experiment EXP or --checkpoint PATH")
     runs = reg.experiment_runs(experiment)
     if not runs:
         raise NotFound(
@@ -173,6 +247,19 @@ def _checked_thresholds(values: Any, origin: str, source: ModelSource) -> np.nda
     return arr
 
 
+def with_threshold_file(threshold: str | float, tuned: np.ndarray) -> np.ndarray:
+    """``--threshold FILE.csv``: the file's per-class thresholds over ``tuned`` (the classes
+    it does not name keep theirs); any other ``--threshold``: ``tuned`` unchanged."""
+    from hpatool.engine.config import threshold_file
+    from hpatool.engine.prior import read_thresholds_file
+
+    file = threshold_file(threshold)
+    if file is None:
+        return tuned
+    values = read_thresholds_file(file)
+    return np.where(np.isnan(values), tuned, values)
+
+
 class EnsembleThresholds(UserWarning):
     """An ensemble's thresholds could not be tuned on all its runs' out-of-fold predictions."""
 
@@ -181,7 +268,8 @@ def ensemble_thresholds(
     reg: Registry, threshold: str | float, sources: list[ModelSource], ckpts: list[dict[str, Any]]
 ) -> np.ndarray:
     """An ensemble's per-class thresholds: one number for every class, or (``auto``) those
-    tuned on the runs' out-of-fold predictions together (``hpatool.engine.oof.summarize_oof``).
+    tuned on the runs' out-of-fold predictions together (``hpatool.engine.oof.summarize_oof``;
+    an id several runs predict gets the weighted mean, as the ensemble's probabilities do).
     When a run has no ``oof.csv`` (or a model is not a run): the mean of the models' own
     thresholds (``resolve_thresholds``), with one ``EnsembleThresholds`` warning."""
     import warnings
@@ -197,9 +285,12 @@ def ensemble_thresholds(
         s.name for s in sources if s.run is None or not (s.checkpoint.parent / OOF_FILE).is_file()
     ]
     if not missing:
-        return np.asarray(summarize_oof(reg, records).thresholds, dtype=np.float64)
-    mean = np.mean(
-        [resolve_thresholds(threshold, s, c) for s, c in zip(sources, ckpts, strict=True)], axis=0
+        weights = [s.weight for s in sources]
+        return np.asarray(summarize_oof(reg, records, weights).thresholds, dtype=np.float64)
+    mean = np.average(
+        [resolve_thresholds(threshold, s, c) for s, c in zip(sources, ckpts, strict=True)],
+        axis=0,
+        weights=[s.weight for s in sources],
     )
     if env_rank()[0] == 0:
         warnings.warn(

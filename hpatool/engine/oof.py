@@ -58,8 +58,11 @@ def write_oof(path: Path, ids: Sequence[str], probs: np.ndarray) -> Path:
     return write_csv(path, OOF_HEADER, rows)
 
 
-def read_oof(path: Path) -> tuple[list[str], np.ndarray]:
-    """The ids and ``(n, 28)`` probabilities of an ``oof.csv``; a file that is not one is a
+def read_oof(
+    path: Path, what: str = "an oof.csv", made_by: str = "'hpatool train'"
+) -> tuple[list[str], np.ndarray]:
+    """The ids and ``(n, 28)`` probabilities of an ``oof.csv`` (or of another file of that
+    shape, ``what``, written by ``made_by``: ``predict --probs``); a file that is not one is a
     one-line ``DataError`` naming the line and column."""
     ids: list[str] = []
     rows: list[list[float]] = []
@@ -69,8 +72,8 @@ def read_oof(path: Path) -> tuple[list[str], np.ndarray]:
             header = next(reader, None)
             if header is None or tuple(h.strip() for h in header) != OOF_HEADER:
                 raise DataError(
-                    f"{path}, line 1: not an oof.csv (the header must be Id,0,1,...,"
-                    f"{NUM_CLASSES - 1}); it is written by 'hpatool train'"
+                    f"{path}, line 1: not {what} (the header must be Id,0,1,...,"
+                    f"{NUM_CLASSES - 1}); it is written by {made_by}"
                 )
             for line, raw in enumerate(reader, start=2):
                 if not raw:
@@ -96,7 +99,7 @@ def read_oof(path: Path) -> tuple[list[str], np.ndarray]:
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path}: not an oof.csv ({exc})") from None
+        raise DataError(f"{path}: not {what} ({exc})") from None
     seen: set[str] = set()
     for i, sid in enumerate(ids):
         if sid in seen:
@@ -171,10 +174,25 @@ class OofSummary:
         return [] if self.folds is None else sorted({int(f) for f in self.folds})
 
 
-def summarize_oof(reg: Registry, runs: Sequence[RunRecord]) -> OofSummary:
-    """Put the ``oof.csv`` of ``runs`` together (see the module docstring). All runs must share
-    their first dataset (a ``UsageError`` otherwise); none with an ``oof.csv`` is ``NotFound``;
-    an id that is not a labelled sample of the dataset is a ``DataError`` naming the file."""
+def mean_prediction(parts: list[tuple[float, np.ndarray]]) -> np.ndarray:
+    """One id's predictions from several runs: the plain mean when their weights are equal
+    (bit for bit what an unweighted summary gives), else the weighted mean."""
+    if len(parts) == 1:
+        return parts[0][1]
+    if len({w for w, _ in parts}) == 1:
+        return np.asarray(sum(row for _, row in parts)) / len(parts)
+    total = sum(w for w, _ in parts)
+    return np.asarray(sum(w * row for w, row in parts)) / total
+
+
+def summarize_oof(
+    reg: Registry, runs: Sequence[RunRecord], weights: Sequence[float] | None = None
+) -> OofSummary:
+    """Put the ``oof.csv`` of ``runs`` together (see the module docstring; an id in several
+    files gets their mean, weighted by ``weights`` when given: an ensemble's weights). All
+    runs must share their first dataset (a ``UsageError`` otherwise); none with an
+    ``oof.csv`` is ``NotFound``; an id that is not a labelled sample of the dataset is a
+    ``DataError`` naming the file."""
     from hpatool.labels import to_multihot
 
     if not runs:
@@ -187,8 +205,7 @@ def summarize_oof(reg: Registry, runs: Sequence[RunRecord]) -> OofSummary:
             f"run {other!r} validates on dataset {datasets[other]!r}, run {runs[0].name!r} on "
             f"{first!r}; out-of-fold predictions can only be put together on one dataset"
         )
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
+    parts: dict[str, list[tuple[float, np.ndarray]]] = {}
     fold_of: dict[str, int] = {}
     views: dict[str, View] = {}
     without: list[str] = []
@@ -198,20 +215,16 @@ def summarize_oof(reg: Registry, runs: Sequence[RunRecord]) -> OofSummary:
             without.append(run.name)
             continue
         ids, probs = read_oof(path)
+        w = 1.0 if weights is None else float(weights[k])
         fold = run.fold if run.fold is not None else -1 - k  # a run without a fold: its own
         for sid in ids:
             fold_of.setdefault(sid, fold)
         for sid, row in zip(ids, probs, strict=True):
-            if sid in sums:
-                sums[sid] = sums[sid] + row
-                counts[sid] += 1
-            else:
-                sums[sid] = row.copy()
-                counts[sid] = 1
+            parts.setdefault(sid, []).append((w, row))
         view = run_view(Path(run.out_dir))
         if view is not None:
             views[run.name] = view
-    if not sums:
+    if not parts:
         names = ", ".join(r.name for r in runs)
         raise NotFound(
             f"none of the runs ({names}) has an {OOF_FILE}; it is written at the end of a run "
@@ -219,7 +232,7 @@ def summarize_oof(reg: Registry, runs: Sequence[RunRecord]) -> OofSummary:
         )
     samples = reg.samples(first)
     labelled = {s.id: (i, s.target) for i, s in enumerate(samples) if s.target is not None}
-    unknown = [sid for sid in sums if sid not in labelled]
+    unknown = [sid for sid in parts if sid not in labelled]
     if unknown:
         owner = next(
             r.name
@@ -231,8 +244,8 @@ def summarize_oof(reg: Registry, runs: Sequence[RunRecord]) -> OofSummary:
             f"sample of dataset {first!r} ({len(unknown)} such ids); the file belongs to "
             "another dataset or its labels changed"
         )
-    ordered = sorted(sums, key=lambda sid: labelled[sid][0])
-    probs = np.stack([sums[sid] / counts[sid] for sid in ordered])
+    ordered = sorted(parts, key=lambda sid: labelled[sid][0])
+    probs = np.stack([mean_prediction(parts[sid]) for sid in ordered])
     y_true = to_multihot([labelled[sid][1] for sid in ordered])
     thresholds = tune_thresholds(y_true, probs)
     pred = probs >= thresholds

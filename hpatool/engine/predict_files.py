@@ -74,15 +74,14 @@ def model_inputs(reg: Registry, config: PredictConfig) -> list[tuple[str | Path 
             (checkpoint, "the --checkpoint file"),
             (checkpoint.parent / THRESHOLDS_FILE, "the checkpoint's thresholds file"),
         ]
+    from hpatool.engine.model_source import ensemble_members
     from hpatool.engine.oof import OOF_FILE
-    from hpatool.errors import NotFound
+    from hpatool.errors import HpaToolError
 
-    names = list(config.run)
-    if config.experiment is not None:
-        try:
-            names = [r.name for r in reg.experiment_runs(config.experiment)]
-        except NotFound:
-            names = []  # the scoring says so, with its own message
+    try:
+        names = [name for name, _ in ensemble_members(reg, config)]
+    except HpaToolError:
+        names = []  # the scoring says so, with its own message
     files: list[tuple[str | Path | None, str]] = []
     for run in names:
         if reg.has_run(run):

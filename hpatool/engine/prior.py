@@ -49,15 +49,31 @@ def read_shares(path: Path) -> np.ndarray:
     a file that is not one is a one-line error naming the row."""
     if not path.is_file():
         raise NotFound(f"--threshold prior={path}: no such file (a CSV with columns class, share)")
+    return read_class_values(path, "share")
+
+
+def read_thresholds_file(path: Path) -> np.ndarray:
+    """The ``(28,)`` thresholds of ``--threshold FILE.csv`` (columns ``class``, ``threshold``;
+    NaN where the file names no class: the tuned threshold stays)."""
+    if not path.is_file():
+        raise NotFound(f"--threshold {path}: no such file (a CSV with columns class, threshold)")
+    return read_class_values(path, "threshold")
+
+
+def read_class_values(path: Path, column: str) -> np.ndarray:
+    """The ``(28,)`` values of a CSV with columns ``class`` (an index 0..27 or a class name)
+    and ``column`` (a number in [0, 1]); NaN for a class it does not name. A file that is not
+    one, a bad class or value, or a class given twice is a one-line ``DataError`` naming the
+    file and line."""
     shares = np.full(NUM_CLASSES, np.nan)
     lowered = {name.lower(): i for i, name in enumerate(CLASS_NAMES)}
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
             fields = [(f or "").strip().lower() for f in reader.fieldnames or []]
-            if "class" not in fields or "share" not in fields:
+            if "class" not in fields or column not in fields:
                 raise DataError(
-                    f"{path}: needs columns class and share (has {', '.join(fields) or 'none'})"
+                    f"{path}: needs columns class and {column} (has {', '.join(fields) or 'none'})"
                 )
             for line, raw in enumerate(reader, start=2):
                 row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items() if k}
@@ -69,21 +85,21 @@ def read_shares(path: Path) -> np.ndarray:
                         "class name such as 'Lysosomes'"
                     )
                 try:
-                    share = float(row["share"])
+                    share = float(row[column])
                 except ValueError:
                     share = math.nan
                 if not 0.0 <= share <= 1.0:
                     raise DataError(
-                        f"{path}, line {line}: share {row['share']!r} of class {key!r} is not a "
-                        "fraction in [0, 1]"
+                        f"{path}, line {line}: {column} {row[column]!r} of class {key!r} is not "
+                        "a number in [0, 1]"
                     )
                 if not np.isnan(shares[index]):
                     raise DataError(f"{path}, line {line}: class {key!r} is given twice")
                 shares[index] = share
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path}: not a readable CSV of class shares ({exc})") from None
+        raise DataError(f"{path}: not a readable CSV of class {column}s ({exc})") from None
     if np.isnan(shares).all():
-        raise DataError(f"{path}: names no class; give one row per class: class,share")
+        raise DataError(f"{path}: names no class; give one row per class: class,{column}")
     return shares
 
 

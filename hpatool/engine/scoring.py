@@ -174,7 +174,6 @@ class CropDataset:
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         import torch
 
-        from hpatool.data.transforms import dihedral
         from hpatool.imaging import read_sample
 
         t = self.items[i]
@@ -190,16 +189,23 @@ class CropDataset:
         _, h, w = img.shape
         if self.crop > min(h, w):
             return t.index, None, f"image is {w}x{h}, smaller than the {self.crop} crop"
-        windows = self.view.windows_of(t.index, (h, w), self.seed)
-        c = self.crop
-        views = [
-            dihedral(img[:, top : top + c, left : left + c], k)
-            if k
-            else img[:, top : top + c, left : left + c]
-            for top, left, k in windows
-        ]
-        stack = np.stack([np.ascontiguousarray(x) for x in views])
-        return t.index, torch.from_numpy(stack), None
+        return t.index, torch.from_numpy(cut_views(img, self.view, t.index, self.seed)), None
+
+
+def cut_views(img: np.ndarray, view: View, index: int, seed: int) -> np.ndarray:
+    """Sample ``index``'s ``(4, H, W)`` uint8 image cut into ``view``'s windows (each under
+    its flip/rotation): ``(views, 4, crop, crop)`` uint8, what ``score`` feeds the model."""
+    from hpatool.data.transforms import dihedral
+
+    _, h, w = img.shape
+    c = view.crop
+    views = [
+        dihedral(img[:, top : top + c, left : left + c], k)
+        if k
+        else img[:, top : top + c, left : left + c]
+        for top, left, k in view.windows_of(index, (h, w), seed)
+    ]
+    return np.stack([np.ascontiguousarray(x) for x in views])
 
 
 def _collate(

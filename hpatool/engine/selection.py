@@ -37,6 +37,11 @@ class ViewMismatch(UserWarning):
     """The images are scored with another view than the one the thresholds were tuned on."""
 
 
+class SizeDiffers(UserWarning):
+    """A model scores images of another size than those it trained on (cells at another
+    scale), or a view option cannot apply to a whole-image model (``--crops`` of one window)."""
+
+
 class FrequencyDrift(UserWarning):
     """A class's predicted frequency is far from its frequency in the training data."""
 

@@ -1,7 +1,9 @@
 """``hpatool preprocess``: raw images already on disk -> sample channel PNGs, registered.
 
 A source is ``<Id>_<colour>.{jpg,jpeg,png,tif,tiff}``: an RGB JPEG of one stain (as the HPA
-image server sends), an 8- or 16-bit greyscale or RGB PNG, or a TIFF. The output is
+image server sends), an 8- or 16-bit greyscale or RGB PNG, or a TIFF, in the source folder or,
+when it has none of its own, in its sub-folders one level down (the server's ``<antibody>/``
+layout: see :func:`hpatool.preprocess.sources.scan_sources`). The output is
 ``<out>/<Id>_<colour>.png``, 8-bit greyscale, ``size``×``size``. This module is the job:
 naming the sources, converting them through :mod:`hpatool.convert` (a rerun with the same
 settings skips every output that is already there and newer than its source), and registering
@@ -52,7 +54,7 @@ from hpatool.preprocess.sources import (
     _output,
     scan_sources,
 )
-from hpatool.registry import DatasetRecord, Registry
+from hpatool.registry import KINDS, DatasetRecord, Registry
 
 __all__ = [
     "SOURCE_EXTS",
@@ -72,6 +74,9 @@ class PreprocessSummary:
     src_dir: Path
     out_dir: Path
     files: int = 0
+    #: the sub-folders of ``src_dir`` the sources were read from (the HPA server's layout);
+    #: 0: the sources were in ``src_dir`` itself
+    subfolders: int = 0
     converted: int = 0
     skipped: int = 0
     failures: list[ConvertFailure] = field(default_factory=list)
@@ -98,8 +103,9 @@ def preprocess_images(
     progress: ProgressFn | None = None,
     register: bool = True,
 ) -> PreprocessSummary:
-    """Convert every ``<Id>_<colour>.<ext>`` in ``src_dir`` to ``out_dir/<Id>_<colour>.png``,
-    with the options of ``config`` (default: ``PreprocessConfig()``).
+    """Convert every ``<Id>_<colour>.<ext>`` in ``src_dir`` (or, when it has none, in its
+    sub-folders: ``scan_sources``) to ``out_dir/<Id>_<colour>.png``, with the options of
+    ``config`` (default: ``PreprocessConfig()``).
 
     8-bit greyscale, ``size``×``size`` (0 keeps each image's size), channel rule ``stain`` or
     ``luma`` for RGB sources. Idempotent: outputs already there and not older than their
@@ -107,8 +113,9 @@ def preprocess_images(
     ``out_dir/failures.csv``); the others are still converted. With a ``registry`` the output is
     registered as dataset ``name`` (default: ``default_output_name``; samples from ``labels`` if
     given, else from the source dataset if ``src_dir`` is one's image folder, else the ids
-    found), with its lineage. With ``register=False`` the ``registry`` is only checked: an
-    ``out_dir`` holding what it must keep (its home, another dataset's images) is refused.
+    found; of kind ``config.kind`` if given), with its lineage. With ``register=False`` the
+    ``registry`` is only checked: an ``out_dir`` holding what it must keep (its home, another
+    dataset's images) is refused.
     """
     started = time.perf_counter()
     cfg = config if config is not None else PreprocessConfig()
@@ -116,8 +123,14 @@ def preprocess_images(
     check_size(size, zero="keeps each image's own size")
     check_channel_rule(channel_rule)
     n_workers = check_workers(cfg.workers)
-    if (registry is None or not register) and (name is not None or labels is not None):
-        raise UsageError("--no-register leaves nothing for --name or --labels; drop one of them")
+    if (registry is None or not register) and (
+        name is not None or labels is not None or cfg.kind is not None
+    ):
+        raise UsageError(
+            "--no-register leaves nothing for --name, --labels or --kind; drop one of them"
+        )
+    if cfg.kind is not None and cfg.kind not in KINDS:
+        raise UsageError(f"invalid --kind {cfg.kind!r}; use one of {', '.join(KINDS)}")
     for path, what in (
         (src_dir, "source folder"),
         (out_dir, "--out folder"),
@@ -126,19 +139,24 @@ def preprocess_images(
         if path is not None:
             check_path_text(path, what)
     src, out = _check_folders(src_dir, out_dir)
-    registration = _plan_registration(registry if register else None, name, labels, src, out, size)
+    registration = _plan_registration(
+        registry if register else None, name, labels, src, out, size, kind=cfg.kind
+    )
     own = registration.name if registration is not None and registration.existing else None
     check_output_dir(out_dir, "--out", registry, own_dataset=own, writes=(FAILURES_CSV,))
-    sources, failures = scan_sources(src)
+    sources, failures = scan_sources(src, exclude=out)
     if not sources and not failures:
         raise DataError(
-            f"{src}: no <Id>_<colour>.{{jpg,png,tif}} files (colours: {', '.join(COLOURS)}); "
-            "nothing to convert"
+            f"{src}: no <Id>_<colour>.{{jpg,png,tif}} files (colours: {', '.join(COLOURS)}) in "
+            "it, nor in its sub-folders one level down (the HPA server's <antibody>/ layout; "
+            "deeper folders are not read); nothing to convert"
         )
     out = prepare_out_dir(out_dir)
     with output_lock(out, "preprocess"):
         claim_output_dir(out, size, channel_rule)
         summary = PreprocessSummary(src_dir=src, out_dir=out, files=len(sources) + len(failures))
+        parents = {s.path.parent for s in sources} | {Path(f.path).parent for f in failures}
+        summary.subfolders = len(parents - {src})
         _convert_sources(summary, sources, failures, cfg, n_workers, progress)
         if registration is not None:
             summary.dataset = _register_output(

@@ -27,6 +27,8 @@ class _Registration:
     table: Any = None
     labels_path: str | None = None
     labels_sha256: str | None = None
+    #: ``--kind``; None: the source dataset's kind, else train / test by the labels
+    kind: str | None = None
 
 
 def default_output_name(reg: Registry, src: Path, out: Path, size: int) -> str:
@@ -70,7 +72,14 @@ def _check_registration(reg: Registry, name: str, src: Path, out: Path) -> Datas
 
 
 def _plan_registration(
-    reg: Registry | None, name: str | None, labels: Path | None, src: Path, out: Path, size: int
+    reg: Registry | None,
+    name: str | None,
+    labels: Path | None,
+    src: Path,
+    out: Path,
+    size: int,
+    *,
+    kind: str | None = None,
 ) -> _Registration | None:
     """Check the registration (name, label CSV) before any work; None without a registry."""
     if reg is None:
@@ -79,7 +88,7 @@ def _plan_registration(
         name = default_output_name(reg, src, out, size)
     existing = _check_registration(reg, name, src, out)
     if labels is None:
-        return _Registration(reg, name, existing)
+        return _Registration(reg, name, existing, kind=kind)
     from hpatool.labels import load_label_csv
 
     table = load_label_csv(labels)
@@ -90,6 +99,7 @@ def _plan_registration(
         table=table,
         labels_path=str(labels.expanduser().resolve()),
         labels_sha256=table.sha256,  # of the bytes parsed: the file is read once
+        kind=kind,
     )
 
 
@@ -122,6 +132,7 @@ def _register_output(
         if parent is not None and parent.name == name:
             parent = None
         ids, targets, kind, labels_path, labels_sha = _samples_of(reg, plan, parent, ids_found)
+        kind = plan.kind or kind
         provenance = {
             "made_by": "preprocess",
             "source": str(src),
@@ -160,7 +171,7 @@ def _register_output(
                 reg.set_origin(name, labels_path=labels_path, labels_sha256=labels_sha)
             if parent is not None:
                 reg.set_origin(name, parent=parent.name)
-            record = reg.update_dataset(name, root=out, provenance=provenance)
+            record = reg.update_dataset(name, root=out, provenance=provenance, kind=plan.kind)
         if carried is not None:
             reg.set_folds(name, carried.ids, carried.folds_of, folds=carried.n, seed=carried.seed)
         return record

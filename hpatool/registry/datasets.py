@@ -151,11 +151,17 @@ class DatasetQueries(RegistryConnection):
         *,
         root: Path | None = None,
         provenance: dict[str, Any] | None = None,
+        kind: str | None = None,
     ) -> DatasetRecord:
+        """Change a dataset's image folder, provenance and/or kind (``None``: unchanged)."""
+        if kind is not None and kind not in KINDS:
+            raise UsageError(f"invalid kind {kind!r}; use one of {', '.join(KINDS)}")
         with self.transaction() as conn:
             record = self.dataset(name)  # looked up under the write lock
             if root is not None:
                 conn.execute("UPDATE datasets SET root = ? WHERE id = ?", (str(root), record.id))
+            if kind is not None:
+                conn.execute("UPDATE datasets SET kind = ? WHERE id = ?", (kind, record.id))
             if provenance is not None:
                 conn.execute(
                     "UPDATE datasets SET provenance = ? WHERE id = ?",

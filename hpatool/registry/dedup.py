@@ -100,6 +100,19 @@ class DedupQueries(RegistryConnection):
                 ),
             )
 
+    def drop_hashes(self, name: str, sample_ids: Iterable[str]) -> int:
+        """Forget the stored hashes of these samples of dataset ``name`` (their files changed:
+        ``dedup`` hashes them again) and their places in duplicate clusters, which were found
+        with those hashes, in one transaction; the number of hashes dropped."""
+        with self.transaction() as conn:
+            record = self.dataset(name)  # looked up under the write lock
+            keys = [(record.id, sid) for sid in sample_ids]
+            cur = conn.executemany(
+                "DELETE FROM sample_hashes WHERE dataset_id = ? AND sample_id = ?", keys
+            )
+            conn.executemany("DELETE FROM clusters WHERE dataset_id = ? AND sample_id = ?", keys)
+        return max(cur.rowcount, 0)
+
     # --------------------------------------------------------------- clusters
 
     def set_clusters(

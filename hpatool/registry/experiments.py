@@ -123,6 +123,16 @@ class ExperimentQueries(RegistryConnection):
             )
         return self.experiment(name)
 
+    def update_experiment_options(self, name: str, changes: dict[str, Any]) -> None:
+        """Change some of the options experiment ``name``'s runs start with (``cv --epochs``
+        continuing every fold to more epochs)."""
+        with self.transaction() as conn:
+            options = {**self.experiment(name).options, **changes}
+            conn.execute(
+                "UPDATE experiments SET options = ? WHERE name = ?",
+                (json.dumps(options, sort_keys=True), name),
+            )
+
     def delete_experiment(self, name: str) -> None:
         """Remove experiment ``name``; its runs stay, belonging to none."""
         with self.transaction() as conn:

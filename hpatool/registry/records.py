@@ -51,11 +51,14 @@ class DatasetRecord:
         """The folder of this dataset's images; a clear error if it has none or it is gone."""
         if self.root is None:
             raise UsageError(
-                f"dataset {self.name!r} has no image folder (labels only); register it with "
-                "--root DIR or download its images first"
+                f"dataset {self.name!r} has no image folder (labels only); attach one with "
+                f"'hpatool datasets set-root {self.name} DIR' or download its images first"
             )
         if not self.root.is_dir():
-            raise DataError(f"dataset {self.name!r}: image folder {self.root} does not exist")
+            raise DataError(
+                f"dataset {self.name!r}: image folder {self.root} does not exist; if the images "
+                f"were moved, point to them with 'hpatool datasets set-root {self.name} DIR'"
+            )
         return self.root
 
     def to_json(self) -> dict[str, Any]:

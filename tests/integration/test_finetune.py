@@ -26,9 +26,9 @@ def test_fine_tune_from_a_runs_checkpoint(
     tuned = cli("train", *common, "--epochs", "1", "--max-steps", "1", "--lr", "1e-9",
                 "--pretrained", best, "--name", "r2")  # fmt: skip
     assert tuned.exit_code == 0, tuned.output
-    warnings = [line for line in tuned.stderr.splitlines() if line.startswith("warning: ")]
+    warnings = [line for line in tuned.stderr.splitlines() if line.startswith("note: ")]
     assert warnings == [
-        f"warning: --pretrained {best}: loaded {len(load_checkpoint(best)['model'])} tensors "
+        f"note: --pretrained {best}: loaded {len(load_checkpoint(best)['model'])} tensors "
         f"of an hpatool checkpoint (run 'r1', --arch {ARCH}, epoch 1); its classifier head "
         "was kept (fine-tuning from these weights)"
     ], tuned.stderr

@@ -196,7 +196,7 @@ def test_bad_input(submission_csv: Path, trained: dict[str, Path], tmp_path: Pat
     assert res.exit_code == 2
     assert "--crop-size 65 is larger than the 64x64 images" in res.stderr  # type: ignore
     res = run_cli(home, "predict", "--dataset", "te")
-    assert res.exit_code == 2 and "give one of --run RUN (repeat it for an ensemble)" in res.stderr
+    assert res.exit_code == 2 and "give --run RUN or --experiment EXP (repeat them" in res.stderr
     res = run_cli(home, "predict", "--run", "r1", "--dataset", "te", "--threshold", "abc")
     assert res.exit_code == 2 and "--threshold 'abc' is invalid" in res.stderr  # type: ignore
     res = run_cli(home, "predict", "--checkpoint", tmp_path / "none.pt", "--dataset", "te")

@@ -82,10 +82,10 @@ def test_train_starts_from_cached_imagenet_weights(
     done = cli("train", "--dataset", "syn", *FAST, "--pretrained", "imagenet", "--out", out,
                "--name", "inet")  # fmt: skip
     assert done.exit_code == 0, done.output
-    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("note: ")]
     loaded = sum(1 for k in source if not k.startswith("fc."))
     assert warnings == [
-        f"warning: --pretrained imagenet: loaded {loaded} tensors of the ImageNet weights of "
+        f"note: --pretrained imagenet: loaded {loaded} tensors of the ImageNet weights of "
         f"{TAG}, first convolution adapted from 3 to 4 channels; its 1000-class head does not "
         "fit the 28 classes: the head was re-initialised"
     ], done.stderr
@@ -110,7 +110,7 @@ def test_train_offline_without_cached_weights_is_one_line(
     done = _train(home, tmp_path / "empty-hf", tmp_path, "--dataset", "syn", *FAST,
                   "--pretrained", "imagenet", "--out", runs, "--name", "off")  # fmt: skip
     took = time.monotonic() - started
-    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert done.returncode == 1, (done.returncode, done.stderr)  # failed work, not bad usage
     assert done.stderr.strip() == (
         f"error: --pretrained imagenet: the ImageNet weights of {ARCH} ({URL}) are not in the "
         "local cache and cannot be downloaded: HF_HUB_OFFLINE is set; on a machine with "

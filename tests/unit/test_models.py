@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpatool.errors import DataError, NotFound, UsageError
+from hpatool.errors import DataError, NotFound, UsageError, WorkFailed
 from hpatool.models import (
     MIN_INPUT_SIZE,
     PretrainedWeights,
@@ -351,7 +351,7 @@ def test_imagenet_offline_is_one_line_and_its_file_loads_as_a_path(
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     url = "https://huggingface.co/timm/resnet18.a1_in1k/resolve/main/model.safetensors"
-    with pytest.raises(NotFound) as info:
+    with pytest.raises(WorkFailed) as info:
         imagenet_state_dict("resnet18")
     assert str(info.value) == (
         f"--pretrained imagenet: the ImageNet weights of resnet18 ({url}) are not in the local "
@@ -359,7 +359,7 @@ def test_imagenet_offline_is_one_line_and_its_file_loads_as_a_path(
         f"curl -L -o resnet18.a1_in1k.safetensors {url}, copy the file here and pass "
         "--pretrained resnet18.a1_in1k.safetensors"
     )
-    with pytest.raises(NotFound):  # the same through create_model, before it builds anything
+    with pytest.raises(WorkFailed):  # the same through create_model, before it builds anything
         create_model("resnet18", pretrained="imagenet")
     # the file the hint names (timm's hub file: a plain safetensors state dict) loads as a PATH,
     # and so does the older pytorch_model.bin

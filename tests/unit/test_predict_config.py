@@ -50,7 +50,10 @@ def test_bad_files(tmp_path: Path) -> None:
         predict_config({}, tmp_path / "missing.toml")
 
 
-SOURCES = "give one of --run RUN (repeat it for an ensemble), --experiment EXP or --checkpoint PATH"
+SOURCES = (
+    "give --run RUN or --experiment EXP (repeat them, mixed, for an ensemble; RUN:WEIGHT to "
+    "weigh one), or --checkpoint PATH"
+)
 
 
 @pytest.mark.parametrize(
@@ -59,7 +62,11 @@ SOURCES = "give one of --run RUN (repeat it for an ensemble), --experiment EXP o
         ({"dataset": None}, "give the dataset to score with --dataset NAME"),
         ({"run": []}, SOURCES),
         ({"checkpoint": "m.pt"}, SOURCES),
-        ({"experiment": "cv1"}, SOURCES),
+        ({"experiment": "cv1", "run": [], "checkpoint": "m.pt"}, SOURCES),
+        (
+            {"weight": [1.0], "run": [], "checkpoint": "m.pt"},
+            "--weight is for ensembles of --run / --experiment models",
+        ),
         ({"crops": 0}, "--crops 0 is invalid; use 1 (the centre crop) or more"),
         (
             {"tta": "rotate"},
@@ -69,8 +76,8 @@ SOURCES = "give one of --run RUN (repeat it for an ensemble), --experiment EXP o
         ({"agg": "median"}, "--agg 'median' is invalid; use max or mean"),
         (
             {"threshold": "abc"},
-            "--threshold 'abc' is invalid; use 'auto', 'prior', 'prior=FILE.csv' or a number "
-            "in (0, 1)",
+            "--threshold 'abc' is invalid; use 'auto', 'prior', 'prior=FILE.csv', a number in "
+            "(0, 1) or a CSV file of per-class thresholds (class,threshold)",
         ),
         ({"threshold": "1.5"}, "--threshold 1.5 is out of range; use a number in (0, 1)"),
         ({"min_labels": 29}, "--min-labels 29 is invalid; use 0..28"),

@@ -184,7 +184,7 @@ def test_the_shares_file_is_read_by_index_or_name_and_checked(tmp_path: Path) ->
     cases = {
         "class,share\n28,0.1\n": "line 2: class '28' is not 0..27",
         "class,share\nNucleus,0.1\n": "line 2: class 'Nucleus'",
-        "class,share\n0,1.5\n": "line 2: share '1.5' of class '0' is not a fraction",
+        "class,share\n0,1.5\n": "line 2: share .1.5. of class .0. is not a number in",
         "class,share\n0,nan\n": "share 'nan'",
         "class,share\n0,0.1\n0,0.2\n": "line 3: class '0' is given twice",
         "klass,share\n0,0.1\n": "needs columns class and share",
