@@ -164,7 +164,8 @@ def stopped_then_resumed(r: Runner, train: list[str], name: str, limit: float) -
 
 
 def amp_choice() -> str:
-    """What ``train`` uses on this GPU (``engine.build``): bf16 where supported, else fp16."""
+    """What ``train`` uses on this GPU (``engine.training.build``): bf16 where supported, else
+    fp16."""
     import torch
 
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -198,8 +199,8 @@ def train_figures(
     own loop ``train_one_epoch`` over one batch held on the GPU, and the peak GiB allocated."""
     import torch
 
-    from hpatool.engine.optim import create_loss, create_optimizer, create_scheduler
-    from hpatool.engine.train import train_one_epoch
+    from hpatool.engine.training.optim import create_loss, create_optimizer, create_scheduler
+    from hpatool.engine.training.steps import train_one_epoch
 
     opt = create_optimizer(model, 1e-3, 1e-4)
     sched = create_scheduler(opt, 10 * steps)
@@ -225,11 +226,11 @@ def one_config(
 ) -> dict[str, Any]:
     """Training figures (``train_figures``) of ``arch`` at ``crop`` with AMP as ``train`` picks
     it and channels_last, then scoring ``pred_batch``-image batches of 8 crops each
-    (``engine.scoring``'s forward pass, as ``predict`` runs it)."""
+    (``engine.scoring.score``'s forward pass, as ``predict`` runs it)."""
     import torch
 
-    from hpatool.engine.scoring import _forward as score_forward
-    from hpatool.models import create_model
+    from hpatool.engine.models.factory import create_model
+    from hpatool.engine.scoring.score import _forward as score_forward
 
     device = torch.device(device_name)
     amp = amp_choice() if device.type == "cuda" else "bf16"

@@ -61,7 +61,7 @@ def step_cost(arch: str, crop: int, batch: int, steps: int) -> dict[str, float]:
     """Run in a fresh process: seconds per image of a training step and peak RSS."""
     import torch
 
-    from hpatool.models import create_model
+    from hpatool.engine.models.factory import create_model
 
     torch.manual_seed(0)
     model = create_model(arch, in_chans=4, num_classes=28)

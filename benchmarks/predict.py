@@ -6,7 +6,8 @@ Run: python benchmarks/predict.py                 (a sweep: resnet50 at 256, res
 Target: batching is at least 1.5x faster on CPU.
 
 Both paths score the same crops with the same model in eval mode under ``inference_mode``; the
-batched path is what ``hpatool predict`` does (``hpatool.engine.scoring.score``, images read from
+batched path is what ``hpatool predict`` does (``hpatool.engine.scoring.score.score``, images read
+from
 PNGs on disk), the separate path calls the model once per crop. The images are synthetic
 512x512 HPA-like samples written by ``hpatool.synth``.
 """
@@ -22,10 +23,10 @@ import numpy as np
 import torch
 
 from hpatool.data.transforms import HPA_MEAN, HPA_STD, to_tensor
-from hpatool.engine.scoring import ScoreItem, score
+from hpatool.engine.models.factory import create_model
+from hpatool.engine.scoring.score import ScoreItem, score
 from hpatool.engine.views import View, crop_windows
 from hpatool.imaging import read_sample
-from hpatool.models import create_model
 from hpatool.synth import synth_dataset
 
 

@@ -4,7 +4,7 @@ Run: .venv/bin/python benchmarks/recipe.py [--variants focal,bce,focal;ema=0.99,
      [--seeds 0,1] [--samples 400] [--size 96] [--crop 48] [--epochs 6] [--keep DIR] [--prior]
 
 For each seed: synthesise ``--samples`` samples (``hpatool.synth``), split them into 5 folds,
-and train one 5-fold experiment per ``--variants`` entry with ``hpatool.engine.train.fit``
+and train one 5-fold experiment per ``--variants`` entry with ``hpatool.engine.training.fit.fit``
 (resnet10t, the default view), every experiment on the same folds and seeds; then print each
 experiment's held-out out-of-fold macro F1 (each fold thresholded as tuned on the other four,
 what ``experiments show`` reports) and, beside it, the in-sample one.
@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from hpatool.catalog import add_dataset  # noqa: E402
 from hpatool.data.split import split_dataset  # noqa: E402
-from hpatool.engine.oof import summarize_oof  # noqa: E402
+from hpatool.engine.runs.oof import summarize_oof  # noqa: E402
 from hpatool.registry import Registry  # noqa: E402
 from hpatool.synth import synth_dataset  # noqa: E402
 
@@ -58,9 +58,9 @@ def experiment(
 ) -> dict[str, tuple[float, float, float | None]]:
     """``{label: (held out, in sample, prior-matched)}`` of the variant's runs (and, for
     ``swa=K``, of the runs it averaged)."""
-    from hpatool.engine.average import average_run
     from hpatool.engine.config import TrainConfig
-    from hpatool.engine.train import fit
+    from hpatool.engine.training.average import average_run
+    from hpatool.engine.training.fit import fit
 
     home = base / "home"
     loss, head_bias, options = parse_variant(variant)
@@ -101,8 +101,8 @@ def prior_oof_f1(reg: Registry, runs: list[str]) -> float:
     """The OOF macro F1 with each fold thresholded by prior matching: its predicted share of
     each class equal to that class's share among the other folds' labels."""
     from hpatool.engine.metrics import macro_f1
-    from hpatool.engine.oof import read_oof
-    from hpatool.engine.prior import prior_thresholds
+    from hpatool.engine.runs.oof import read_oof
+    from hpatool.engine.scoring.prior import prior_thresholds
     from hpatool.labels import to_multihot
 
     targets = {s.id: s.target for s in reg.samples("syn")}

@@ -41,8 +41,8 @@ sys.path.insert(0, str(REPO))
 from hpatool.data.samples import HpaDataset, Item  # noqa: E402
 from hpatool.data.sampling import WeightedEpochSampler, auto_multipliers, sample_weights  # noqa: E402
 from hpatool.data.transforms import normalize  # noqa: E402
-from hpatool.engine.optim import create_optimizer  # noqa: E402
-from hpatool.models import create_model  # noqa: E402
+from hpatool.engine.models.factory import create_model  # noqa: E402
+from hpatool.engine.training.optim import create_optimizer  # noqa: E402
 from hpatool.synth import synth_dataset  # noqa: E402
 
 

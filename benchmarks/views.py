@@ -5,7 +5,8 @@ Run: .venv/bin/python benchmarks/views.py [--samples 400] [--size 96] [--crop 48
      [--folds 5] [--arch resnet10t] [--seeds 0,1,2] [--val-view-folds 0,1] [--keep DIR]
 
 Makes a synthetic dataset (``hpatool.synth``, as the demo does) in a temporary folder, splits it
-into ``--folds`` folds and trains one run per fold with ``hpatool.engine.train.fit`` (validation
+into ``--folds`` folds and trains one run per fold with ``hpatool.engine.training.fit.fit``
+(validation
 on the centre crop, the default). Each run's best checkpoint then scores its validation fold
 with every view below, on the same samples and seed; for each view the script prints the
 out-of-fold macro F1 across all folds:
@@ -74,8 +75,8 @@ def score_fold(run_dir: Path, reg: Registry, ids: list[str], views: list[View]) 
     """The best checkpoint's probabilities of ``ids`` under each view (seed 0, CPU)."""
     import torch
 
-    from hpatool.engine.checkpoint import build_model_from_checkpoint
-    from hpatool.engine.scoring import ScoreItem, score
+    from hpatool.engine.models.checkpoint import build_model_from_checkpoint
+    from hpatool.engine.scoring.score import ScoreItem, score
 
     model, spec = build_model_from_checkpoint(run_dir / "checkpoint-best.pt")
     root = reg.dataset("syn").image_root()
@@ -95,7 +96,7 @@ def train(
     base: Path, home: Path, args: argparse.Namespace, fold: int, val_view: str, seed: int
 ) -> Path:
     from hpatool.engine.config import TrainConfig
-    from hpatool.engine.train import fit
+    from hpatool.engine.training.fit import fit
 
     config = TrainConfig(
         datasets=["syn"], arch=args.arch, fold=fold, epochs=args.epochs, batch_size=16,
@@ -117,7 +118,7 @@ def heldout_and_in_sample(
 
 def views_table(args: argparse.Namespace, base: Path, seed: int) -> list[tuple[float, float]]:
     """One seed: the data, the folds, one run per fold; (held out, in sample) per view."""
-    from hpatool.engine.oof import OOF_FILE, read_oof
+    from hpatool.engine.runs.oof import OOF_FILE, read_oof
     from hpatool.labels import to_multihot
 
     home, data = base / "home", base / "data"
@@ -144,8 +145,8 @@ def views_table(args: argparse.Namespace, base: Path, seed: int) -> list[tuple[f
 
 def val_view_part(args: argparse.Namespace, base: Path, seed: int) -> None:
     """--val-view centre vs eval on ``--val-view-folds`` of seed ``seed``'s data."""
-    from hpatool.engine.oof import OOF_FILE, read_oof
-    from hpatool.engine.run_dir import read_metrics_csv
+    from hpatool.engine.runs.oof import OOF_FILE, read_oof
+    from hpatool.engine.runs.run_dir import read_metrics_csv
     from hpatool.labels import to_multihot
 
     home = base / "home"

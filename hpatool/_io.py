@@ -194,3 +194,14 @@ def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[A
     """The one CSV writer: ``header`` and ``rows`` written atomically to ``path``."""
     write_text_atomic(path, csv_text(header, rows))
     return Path(path)
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of a file's bytes, as hex (read in 1 MiB blocks)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

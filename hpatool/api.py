@@ -1,8 +1,9 @@
 """hpatool's Python API, for notebooks and scripts: load a trained run, score arrays or a folder
 of images, and read an experiment's out-of-fold table, without the command line.
 
-Everything here calls the functions the commands call (``engine.model_source`` finds a run's
-checkpoint and thresholds, ``engine.scoring`` cuts the views and runs the model, ``engine.oof``
+Everything here calls the functions the commands call (``engine.scoring.model_source`` finds a run's
+checkpoint and thresholds, ``engine.scoring.score`` cuts the views and runs the model,
+``engine.runs.oof``
 puts out-of-fold files together), so a probability from ``Model.predict_proba`` is the one
 ``hpatool predict --run RUN`` writes for the same image and seed (``docs/api.md``)::
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from hpatool.engine.checkpoint import ModelSpec
+    from hpatool.engine.models.checkpoint import ModelSpec
 
 __all__ = ["Model", "load_run", "oof_table", "read_sample", "score_folder"]
 
@@ -65,7 +66,7 @@ class Model:
         come from ``seed`` and the image's position in the list)."""
         import torch
 
-        from hpatool.engine.scoring import _forward, aggregate, cut_views
+        from hpatool.engine.scoring.score import _forward, aggregate, cut_views
 
         one = isinstance(images, np.ndarray) and images.ndim == 3
         batch = [images] if one else list(images)
@@ -86,7 +87,7 @@ class Model:
     ) -> list[int] | list[list[int]]:
         """The classes of one image (or of each image), as ``predict`` decides them: at or
         above the run's thresholds, topped up to ``min_labels`` with the most probable."""
-        from hpatool.engine.scoring import decide_labels
+        from hpatool.engine.scoring.score import decide_labels
 
         probs = self.predict_proba(images, seed=seed)
         if probs.ndim == 1:
@@ -118,15 +119,15 @@ def load_run(
     """Run ``run`` of the registry at ``home``: its best checkpoint (else its last), its
     stored view and its thresholds (``threshold``: ``auto``, a number, or a CSV of per-class
     thresholds, as ``predict --threshold``)."""
-    from hpatool.engine import checkpoint as ckpt_mod
     from hpatool.engine.config import PredictConfig
     from hpatool.engine.distributed import DistContext, resolve_device
-    from hpatool.engine.model_source import (
+    from hpatool.engine.models import checkpoint as ckpt_mod
+    from hpatool.engine.scoring.model_source import (
         resolve_source,
         resolve_thresholds,
         with_threshold_file,
     )
-    from hpatool.engine.scoring import scoring_dtype
+    from hpatool.engine.scoring.score import scoring_dtype
     from hpatool.engine.views import resolve_view
     from hpatool.registry import Registry
 
@@ -154,10 +155,11 @@ def score_folder(
     """Score the samples of ``folder`` (``<Id>_<colour>.png``; ``ids``: these ones, default
     every complete sample found) with ``model``'s view: a DataFrame with ``Id`` and the 28
     class probabilities (columns ``0``..``27``), in ``ids``' order (else sorted). The same
-    scoring loop as ``predict`` (``engine.scoring.score``); an unreadable image is an error."""
+    scoring loop as ``predict`` (``engine.scoring.score.score``); an unreadable image is an
+    error."""
     import pandas as pd
 
-    from hpatool.engine.scoring import ScoreItem, score
+    from hpatool.engine.scoring.score import ScoreItem, score
     from hpatool.ids import COLOURS
 
     root = Path(folder).expanduser()
@@ -190,12 +192,12 @@ def score_folder(
 
 def oof_table(experiment: str, *, home: str | Path | None = None) -> pd.DataFrame:
     """Experiment ``experiment``'s out-of-fold predictions, as ``experiments show`` puts them
-    together (``engine.oof.summarize_oof``): ``Id``, ``fold`` (the run that predicted it did
+    together (``engine.runs.oof.summarize_oof``): ``Id``, ``fold`` (the run that predicted it did
     not train on it), the 28 probabilities (``0``..``27``) and ``Target`` (the labels, space
     separated), in dataset order."""
     import pandas as pd
 
-    from hpatool.engine.oof import summarize_oof
+    from hpatool.engine.runs.oof import summarize_oof
     from hpatool.labels import format_target
     from hpatool.registry import Registry
 

@@ -92,7 +92,7 @@ class SynthConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class DemoConfig:
-    """The options of ``demo`` (:mod:`hpatool.demo`)."""
+    """The options of ``demo`` (:mod:`hpatool.engine.demo`)."""
 
     out: Path = Path("hpatool-demo")
     samples: int = 320

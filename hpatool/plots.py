@@ -209,13 +209,14 @@ def _partial_handle() -> Any:
                   markeredgecolor="0.3", label="epoch stopped part-way")  # fmt: skip
 
 
-def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+def plot_curves(
+    rows: Sequence[dict[str, Any]], path: Path, best: dict[str, Any] | None = None
+) -> Path:
     """A run's ``curves.png`` from its ``metrics.csv`` rows: training and validation loss,
     validation macro F1 (held out, in sample, and at 0.5) and the learning rate, per epoch.
-    The best epoch (highest held-out macro F1) is marked in every panel."""
+    The best epoch's row (``best``: the run's choice, ``run_dir.best_row``) is marked in every
+    panel."""
     from matplotlib.lines import Line2D
-
-    from hpatool.engine.run_dir import best_row
 
     rows = _by_epoch(rows)
     fig = _figure(14, 4.8)
@@ -233,7 +234,6 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path:
         handles.insert(
             3, _epoch_line(ax_f1, rows, "macro_f1_in_sample", IN_SAMPLE_F1_LABEL, **style)
         )
-    best = best_row(rows)
     if best is not None:
         epoch, f1 = int(best["epoch"]), _num(best["macro_f1"])
         for ax in (ax_loss, ax_f1, ax_lr):
@@ -280,24 +280,23 @@ def _lr_axis(ax: Axes, lrs: Sequence[float]) -> None:
     ax.set_ylabel("learning rate")
 
 
-def plot_run_comparison(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: Path) -> Path:
+def plot_run_comparison(
+    runs: Sequence[tuple[str, Sequence[dict[str, Any]], dict[str, Any] | None]], path: Path
+) -> Path:
     """``runs compare --plot``: the runs' validation macro F1 (held out: solid; at
     0.5: dashed) and loss (validation: solid; training: dashed) per epoch, one colour per run
-    (``(run name, metrics rows)``), each run's best epoch starred."""
+    (``(run name, metrics rows, its best epoch's row)``), each run's best epoch starred."""
     from matplotlib.lines import Line2D
-
-    from hpatool.engine.run_dir import best_row
 
     fig = _figure(14, 5.2)
     ax_f1, ax_loss = fig.subplots(1, 2)
     handles, epochs, partial = [], [], False
-    for i, (name, unsorted) in enumerate(runs):
+    for i, (name, unsorted, best) in enumerate(runs):
         rows, colour = _by_epoch(unsorted), f"C{i % 10}"
         handles.append(_epoch_line(ax_f1, rows, "macro_f1", name, color=colour))
         _epoch_line(ax_f1, rows, "macro_f1_at_0.5", None, color=colour, linestyle="--", alpha=0.6)
         _epoch_line(ax_loss, rows, "val_loss", None, color=colour)
         _epoch_line(ax_loss, rows, "train_loss", None, color=colour, linestyle="--", alpha=0.6)
-        best = best_row(rows)
         if best is not None:
             ax_f1.plot([int(best["epoch"])], [_num(best["macro_f1"])], linestyle="none",
                        marker="*", markersize=15, color=colour, markeredgecolor="black",

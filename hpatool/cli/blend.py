@@ -1,4 +1,5 @@
-"""``hpatool blend``: a submission from saved probability files; ``engine.blend`` does the work."""
+"""``hpatool blend``: a submission from saved probability files; ``engine.scoring.blend`` does the
+work."""
 
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ def blend(
     """
     from hpatool.cli._console import out as console_out
     from hpatool.cli._console import print_json
-    from hpatool.engine.blend import blend as run_blend
+    from hpatool.engine.scoring.blend import blend as run_blend
 
     with open_registry(home) as reg:
         result = run_blend(

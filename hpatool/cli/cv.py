@@ -1,5 +1,5 @@
 """``hpatool cv``: K-fold cross-validation, one run per fold of the first dataset's split; the
-library's ``engine.cv.cross_validate`` does the work."""
+library's ``engine.training.cv.cross_validate`` does the work."""
 
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ from hpatool.cli._train_options import (
 )
 
 if TYPE_CHECKING:
-    from hpatool.engine.cv import CvResult, FoldPlan, FoldProgress
-    from hpatool.engine.events import ProgressCallback, TrainEvent
+    from hpatool.engine.training.cv import CvResult, FoldPlan, FoldProgress
+    from hpatool.engine.training.events import ProgressCallback, TrainEvent
 
 CvDatasetOpt = Annotated[
     list[str] | None,
@@ -140,8 +140,8 @@ def cv(
     options = dict(locals())  # the parameters as given (None = not given), before anything else
     for own in ("name", "folds", "fold", "config", "json_", "home"):
         options.pop(own)
-    from hpatool.engine.cv import cross_validate
     from hpatool.engine.distributed import env_rank
+    from hpatool.engine.training.cv import cross_validate
 
     main_rank = env_rank()[0] == 0
     result = cross_validate(

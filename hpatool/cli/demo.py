@@ -1,5 +1,5 @@
 """``hpatool demo``: the whole chain on synthetic data, each step run as the command a user
-would type (``hpatool.demo`` plans the steps)."""
+would type (``hpatool.engine.demo`` plans the steps)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def demo(
     Example: hpatool demo --out /tmp/hpa-demo
     """
     from hpatool.cli._console import out, progress_bar
-    from hpatool.demo import constant_baseline, make_demo_data, oof_figures, plan_steps
+    from hpatool.engine.demo import constant_baseline, make_demo_data, oof_figures, plan_steps
     from hpatool.outputs import existing_registry
 
     started = time.perf_counter()

@@ -30,7 +30,7 @@ from hpatool.cli._scoring_options import (
 from hpatool.cli.experiments import SortOpt
 
 if TYPE_CHECKING:
-    from hpatool.engine.evaluate import EvaluationReport
+    from hpatool.engine.scoring.evaluate import EvaluationReport
 
 FoldOpt = Annotated[
     int | None,
@@ -98,7 +98,7 @@ def evaluate(
     from hpatool.cli._console import out as console_out
     from hpatool.cli.experiments import sort_classes
     from hpatool.engine.config import predict_config
-    from hpatool.engine.evaluate import evaluate_run
+    from hpatool.engine.scoring.evaluate import evaluate_run
 
     sort_classes([], sort)  # a bad --sort before any work
     settings = predict_config(options, config, "evaluate")

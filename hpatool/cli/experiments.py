@@ -11,8 +11,8 @@ import typer
 from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
 
 if TYPE_CHECKING:
-    from hpatool.engine.experiments import ExperimentReport
-    from hpatool.engine.oof import OofSummary
+    from hpatool.engine.runs.experiments import ExperimentReport
+    from hpatool.engine.runs.oof import OofSummary
     from hpatool.engine.views import View
 
 app = typer.Typer(
@@ -29,7 +29,7 @@ def experiments_list(json_: JsonOpt = False, home: HomeOpt = None) -> None:
     Example: hpatool experiments list --json
     """
     from hpatool.cli._console import Table, out, print_json
-    from hpatool.engine.experiments import experiment_report
+    from hpatool.engine.runs.experiments import experiment_report
     from hpatool.errors import HpaToolError
 
     rows: list[dict[str, Any]] = []
@@ -173,7 +173,7 @@ def experiments_show(
     Example: hpatool experiments show r50 --plot r50.png
     """
     from hpatool.cli._console import out, print_json
-    from hpatool.engine.experiments import experiment_report
+    from hpatool.engine.runs.experiments import experiment_report
 
     sort_classes([], sort)  # a bad --sort before any work
     targets: dict[str, Path] = {}
@@ -276,7 +276,7 @@ def _view_text(view: View) -> str:
 
 def _print_report(report: ExperimentReport, sort: str = "class") -> None:
     from hpatool.cli._console import Table, out
-    from hpatool.engine.oof import OOF_FILE
+    from hpatool.engine.runs.oof import OOF_FILE
 
     console = out()
     oof = report.oof

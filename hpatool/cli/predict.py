@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from hpatool.engine.prior import PriorMatch
+    from hpatool.engine.scoring.prior import PriorMatch
 
 from hpatool.cli._common import HomeOpt, open_registry
 from hpatool.cli._scoring_options import (
@@ -114,7 +114,7 @@ def predict(
     from hpatool.cli._console import out as console_out
     from hpatool.cli._console import progress_bar
     from hpatool.engine.config import predict_config
-    from hpatool.engine.predict import predict as run_predict
+    from hpatool.engine.scoring.predict import predict as run_predict
 
     settings = predict_config(options, config, "predict")
     with (

@@ -14,7 +14,7 @@ from hpatool.cli.runs_average import runs_average
 from hpatool.cli.runs_export import runs_export
 
 if TYPE_CHECKING:
-    from hpatool.engine.run_admin import RunSummary
+    from hpatool.engine.runs.admin import RunSummary
 
 app = typer.Typer(
     help="List, show, compare, remove, import, average and export training runs.\n\n"
@@ -75,8 +75,8 @@ def runs_show(
     Example: hpatool runs show resnet50-f0-20240101-120000
     """
     from hpatool.cli._console import Table, out, print_json
-    from hpatool.engine.run_admin import RunSummary, oof_thresholds
-    from hpatool.engine.run_dir import RunDir
+    from hpatool.engine.runs.admin import RunSummary, oof_thresholds
+    from hpatool.engine.runs.run_dir import RunDir
 
     with open_registry(home) as reg:
         record = reg.run(run)
@@ -184,7 +184,7 @@ def runs_compare(
     Example: hpatool runs compare resnet50-f0 densenet121-f0 --plot compare.png
     """
     from hpatool.cli._console import out, print_json
-    from hpatool.engine.run_admin import compare_runs
+    from hpatool.engine.runs.admin import compare_runs
 
     with open_registry(home) as reg:
         summaries = compare_runs(reg, runs, plot=plot)
@@ -280,7 +280,7 @@ def runs_remove(
     Example: hpatool runs remove resnet50-f0-20240101-120000 --files
     """
     from hpatool.cli._console import out
-    from hpatool.engine.run_admin import remove_run
+    from hpatool.engine.runs.admin import remove_run
 
     with open_registry(home) as reg:
         removed = remove_run(reg, run, files=files, force=force)
@@ -328,7 +328,7 @@ def runs_import(
     Example: hpatool runs import /mnt/gpu2/runs/r50-f3
     """
     from hpatool.cli._console import out, print_json
-    from hpatool.engine.run_import import import_run
+    from hpatool.engine.runs.run_import import import_run
 
     with open_registry(home) as reg:
         imported = import_run(reg, run_dir, name=name)

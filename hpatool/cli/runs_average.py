@@ -1,5 +1,5 @@
 """``hpatool runs average``: a run whose weights are the mean of another run's last epochs;
-``engine.average`` does the work."""
+``engine.training.average`` does the work."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def runs_average(
     Example: hpatool runs average r50-f0 --last 3 --name r50-f0-swa
     """
     from hpatool.cli._console import out, print_json, progress_bar
-    from hpatool.engine.average import average_run
+    from hpatool.engine.training.average import average_run
 
     stages = {"batchnorm": "BatchNorm statistics", "oof": "scoring validation fold"}
     with open_registry(home) as reg, progress_bar(f"average {run}", "images") as bar:

@@ -1,4 +1,5 @@
-"""``hpatool runs export``: a run's best model as a TorchScript or ONNX file; ``engine.export``
+"""``hpatool runs export``: a run's best model as a TorchScript or ONNX file;
+``engine.runs.export``
 does the work."""
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def runs_export(
     Example: hpatool runs export r50-f0 --format onnx --out r50-f0.onnx
     """
     from hpatool.cli._console import out, print_json
-    from hpatool.engine.export import export_run
+    from hpatool.engine.runs.export import export_run
 
     with open_registry(home) as reg:
         exported = export_run(reg, run, format_, out_file)

@@ -1,4 +1,5 @@
-"""``hpatool train``: train (or resume) a run; the library's ``engine.train.fit`` does the work."""
+"""``hpatool train``: train (or resume) a run; the library's ``engine.training.fit.fit`` does the
+work."""
 
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ from hpatool.cli._train_options import (
 )
 
 if TYPE_CHECKING:
-    from hpatool.engine.events import ProgressCallback, TrainEvent
-    from hpatool.engine.train import FitResult
+    from hpatool.engine.training.events import ProgressCallback, TrainEvent
+    from hpatool.engine.training.fit import FitResult
 
 
 def train(
@@ -103,7 +104,7 @@ def train(
     """
     options = dict(locals())  # the parameters as given (None = not given), before anything else
     from hpatool.engine.distributed import env_rank
-    from hpatool.engine.train import fit
+    from hpatool.engine.training.fit import fit
 
     main_rank = env_rank()[0] == 0
     with _train_progress(enabled=main_rank and not json_) as callback:

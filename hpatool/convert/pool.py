@@ -6,7 +6,7 @@
   no parallel work; it shuts the pool down without letting a second Ctrl-C cut that short, and
   turns a dead worker into a :class:`WorkerDied`;
 - :func:`bounded_map` runs jobs over a pool (or inline) with a bounded number in flight;
-- :func:`sigterm_as_interrupt` and :func:`deferred_interrupts` are the signal handling.
+- the signal handling (Ctrl-C, SIGTERM, SIGHUP) is ``hpatool.signals``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from concurrent.futures import (
 from multiprocessing.context import BaseContext
 from typing import Any, TypeVar
 
-from hpatool.errors import Interrupted, UsageError, WorkFailed
+from hpatool.errors import UsageError, WorkFailed
+from hpatool.signals import deferred_interrupts
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -44,54 +45,6 @@ WORKER_DIED = (
 
 class WorkerDied(WorkFailed):
     """A pool process died while working (killed for memory, mostly)."""
-
-
-# --------------------------------------------------------------------------- signals
-
-
-@contextlib.contextmanager
-def deferred_interrupts() -> Iterator[list[int]]:
-    """Within the block (a clean-up), Ctrl-C and SIGTERM are held back so that the clean-up
-    always completes; the signals that arrived are in the yielded list, for the caller to act
-    on afterwards."""
-    received: list[int] = []
-
-    def hold(signum: int, frame: Any) -> None:
-        received.append(signum)
-
-    try:
-        previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread
-        yield received
-        return
-    try:
-        yield received
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt(*, hangup: bool = False) -> Iterator[None]:
-    """Within the block, SIGTERM stops the work as cleanly as Ctrl-C does (exit 143); with
-    ``hangup``, so does SIGHUP, a closed terminal (exit 129)."""
-
-    def handler(signum: int, frame: Any) -> None:
-        if signum == signal.SIGHUP:
-            raise Interrupted("hung up", exit_code=129)
-        raise Interrupted("terminated", exit_code=143)
-
-    signals = [signal.SIGTERM, *([signal.SIGHUP] if hangup else [])]
-    try:
-        previous = {sig: signal.signal(sig, handler) for sig in signals}
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 # --------------------------------------------------------------------------- the pool

@@ -160,7 +160,7 @@ def _run_jobs(
 ) -> None:
     """Decode ``jobs`` (in ``workers`` processes, or in this one), recording each finished
     sample's row in batches; a stop (Ctrl-C, SIGTERM) keeps what is done."""
-    from hpatool.convert.pool import sigterm_as_interrupt
+    from hpatool.signals import sigterm_as_interrupt
 
     total = len(jobs)
     pending: list[tuple[str, Stamp, int, int]] = []

@@ -169,7 +169,8 @@ def _hash_all(
 ) -> dict[tuple[str, str], tuple[int, int]]:
     """The hash of every usable, hashable sample, ``(dataset, id) -> words``: stored ones
     that are current, the others made now (and stored). Flat and failed samples have none."""
-    from hpatool.convert.pool import bounded_map, sigterm_as_interrupt, worker_pool
+    from hpatool.convert.pool import bounded_map, worker_pool
+    from hpatool.signals import sigterm_as_interrupt
 
     words: dict[tuple[str, str], tuple[int, int]] = {}
     todo: list[tuple[str, str, str, Path]] = []  # dataset, id, signature, root
@@ -247,7 +248,7 @@ class _Batch:
             self.flush()
 
     def flush(self) -> None:
-        from hpatool.convert.pool import deferred_interrupts
+        from hpatool.signals import deferred_interrupts
 
         with deferred_interrupts() as held:
             rows, self.rows, self.size = self.rows, {}, 0

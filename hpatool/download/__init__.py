@@ -40,7 +40,7 @@ from hpatool.convert.outdir import (
     prepare_out_dir,
     write_failures_csv,
 )
-from hpatool.convert.pool import deferred_interrupts, process_pool
+from hpatool.convert.pool import process_pool
 from hpatool.download._client import (
     ClientSettings,
     Counters,
@@ -78,6 +78,7 @@ from hpatool.errors import Interrupted
 from hpatool.options import DownloadConfig
 from hpatool.outputs import check_output_dir
 from hpatool.registry import DatasetRecord, Registry
+from hpatool.signals import deferred_interrupts
 
 __all__ = [
     "DEFAULT_BASE_URL",

@@ -44,8 +44,6 @@ DEVICES = ("auto", "cpu", "cuda")
 VAL_VIEWS = ("centre", "eval")
 #: ``--head-bias``: the classifier's starting bias.
 HEAD_BIASES = ("prior", "zero")
-#: ``--pretrained imagenet``: timm's ImageNet weights for the architecture.
-IMAGENET = "imagenet"
 
 
 def default_workers() -> int:
@@ -98,7 +96,7 @@ class TrainConfig:
     #: docs/benchmarks.md
     augment: str = "dihedral"
     #: --ema: the decay of an exponential moving average of the weights that is validated and
-    #: checkpointed in place of the raw weights (``engine.ema``); 0 = off; measured in
+    #: checkpointed in place of the raw weights (``engine.training.ema``); 0 = off; measured in
     #: docs/benchmarks.md
     ema: float = 0.999
     #: --keep-checkpoints: keep the weights of the last K epochs (checkpoint-epoch-NNN.pt), for
@@ -120,7 +118,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         from hpatool.data.sampling import parse_oversample
-        from hpatool.models import resolve_arch
+        from hpatool.engine.models.factory import resolve_arch
 
         if not self.datasets:
             raise UsageError("give at least one --dataset NAME")
@@ -129,14 +127,14 @@ class TrainConfig:
         _at_least(self, "epochs", 1, "train for at least 1 epoch")
         _at_least(self, "batch_size", 1, "use at least 1")
         _at_least(self, "crop", 8, "use at least 8 pixels")
-        from hpatool.models import check_input_size
+        from hpatool.engine.models.factory import check_input_size
 
         check_input_size(self.arch, self.crop)  # inceptionresnetv2 needs 75 px, say
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise _bad("lr", self.lr, "use a positive learning rate such as 5e-4")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise _bad("weight_decay", self.weight_decay, "use 0 or more, such as 0.01")
-        from hpatool.engine.losses import parse_loss
+        from hpatool.engine.parsing import parse_loss
 
         parse_loss(self.loss)
         parse_oversample(self.oversample)
@@ -165,12 +163,12 @@ class TrainConfig:
             check_name(self.experiment, "experiment")
         if (
             self.pretrained is not None
-            and self.pretrained.lower() != IMAGENET
+            and self.pretrained.lower() != "imagenet"
             and not Path(self.pretrained).expanduser().is_file()
         ):
             raise NotFound(
                 f"--pretrained {self.pretrained}: no such file; give a local state dict, "
-                f"'{IMAGENET}' or 'none'"
+                "'imagenet' or 'none'"
             )
 
 
@@ -308,7 +306,7 @@ class PredictConfig:
         parse_threshold(self.threshold)
         file = threshold_file(self.threshold)
         if file is not None:
-            from hpatool.engine.prior import read_thresholds_file
+            from hpatool.engine.parsing import read_thresholds_file
 
             read_thresholds_file(file)  # a missing or bad file: said before any work
         if not 0 <= self.min_labels <= NUM_CLASSES:
@@ -322,9 +320,9 @@ class PredictConfig:
 
 def threshold_file(threshold: str | float) -> Path | None:
     """``--threshold FILE.csv``: the file of per-class thresholds (columns ``class``,
-    ``threshold``; ``engine.prior.read_thresholds_file``), when the value names an existing
+    ``threshold``; ``engine.scoring.prior.read_thresholds_file``), when the value names an existing
     file or ends in ``.csv``; else ``None``."""
-    from hpatool.engine.prior import parse_prior
+    from hpatool.engine.parsing import parse_prior
 
     if not isinstance(threshold, str) or threshold.strip().lower() == "auto":
         return None
@@ -337,9 +335,10 @@ def threshold_file(threshold: str | float) -> Path | None:
 
 def parse_threshold(threshold: str | float) -> float | None:
     """``--threshold``: ``None`` for ``auto`` (the run's tuned thresholds), for ``prior`` /
-    ``prior=FILE.csv`` (``engine.prior``) and for a thresholds file (``threshold_file``): the
+    ``prior=FILE.csv`` (``engine.scoring.prior``) and for a thresholds file (``threshold_file``):
+    the
     tuned thresholds are the base those replace; else one number in (0, 1) for every class."""
-    from hpatool.engine.prior import parse_prior
+    from hpatool.engine.parsing import parse_prior
 
     if isinstance(threshold, str) and threshold.strip().lower() == "auto":
         return None
@@ -382,7 +381,7 @@ def predict_config(
 def _check_prior(config: PredictConfig, command: str, given: dict[str, Any]) -> None:
     """``--threshold prior`` is ``predict``'s, and turns the ``--min-labels`` top-up off (it
     would add labels beyond each class's matched count): an explicit top-up is refused."""
-    from hpatool.engine.prior import parse_prior
+    from hpatool.engine.parsing import parse_prior
 
     if parse_prior(config.threshold) is None:
         return

@@ -23,7 +23,7 @@ Thresholds tuned on the same predictions they are scored on flatter that F1 (0.2
 validation fold against 0.203 on a held-out half, measured on synthetic data). So the figures
 hpatool tells a user to compare by are *held out* (cross-fitted): each group's predictions are
 thresholded with thresholds tuned on the other groups only (``crossfit``), then all groups are
-scored together. Across folds the groups are the folds (``hpatool.engine.oof``); within one
+scored together. Across folds the groups are the folds (``hpatool.engine.runs.oof``); within one
 set of predictions (a run's validation fold each epoch, ``evaluate`` on samples its thresholds
 were tuned on) they are two random halves, both ways, averaged over ``HELDOUT_SEEDS`` seeded
 splittings (``split_half``).

@@ -28,13 +28,7 @@ from hpatool.convert.outdir import (
     remove_leftovers,
     write_failures_csv,
 )
-from hpatool.convert.pool import (
-    bounded_map,
-    check_workers,
-    deferred_interrupts,
-    sigterm_as_interrupt,
-    worker_pool,
-)
+from hpatool.convert.pool import bounded_map, check_workers, worker_pool
 from hpatool.convert.workers import OutcomeKind, convert_file
 from hpatool.errors import DataError, NotFound, UsageError, WorkFailed
 from hpatool.ids import COLOURS
@@ -55,6 +49,7 @@ from hpatool.preprocess.sources import (
     scan_sources,
 )
 from hpatool.registry import KINDS, DatasetRecord, Registry
+from hpatool.signals import deferred_interrupts, sigterm_as_interrupt
 
 __all__ = [
     "SOURCE_EXTS",

@@ -14,10 +14,12 @@ composed of them).
 from hpatool.registry.connection import BUSY_TIMEOUT_S, REGISTRY_FILE, resolve_home
 from hpatool.registry.core import Registry
 from hpatool.registry.records import (
+    FINISHED_STATUSES,
     KINDS,
     DatasetRecord,
     ExperimentRecord,
     RunRecord,
+    RunStatus,
     Sample,
     bad_row,
     check_name,
@@ -27,6 +29,7 @@ from hpatool.registry.schema import MIGRATIONS, SCHEMA_VERSION
 
 __all__ = [
     "BUSY_TIMEOUT_S",
+    "FINISHED_STATUSES",
     "KINDS",
     "MIGRATIONS",
     "REGISTRY_FILE",
@@ -35,6 +38,7 @@ __all__ = [
     "ExperimentRecord",
     "Registry",
     "RunRecord",
+    "RunStatus",
     "Sample",
     "bad_row",
     "check_name",

@@ -3,6 +3,7 @@ JSON columns, and the message for a row that cannot be used (a hand edit)."""
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 from dataclasses import dataclass
@@ -28,6 +29,20 @@ def check_name(name: str, what: str = "dataset") -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+class RunStatus(enum.StrEnum):
+    """A training run's state in the registry (a ``str``: compares and stores as its value)."""
+
+    RUNNING = "running"  # training (or its process died: ``run_admin.process_gone``)
+    DONE = "done"  # every epoch trained and oof.csv written
+    STOPPED = "stopped"  # --max-steps reached; resumable
+    INTERRUPTED = "interrupted"  # Ctrl-C, SIGTERM or SIGHUP; resumable
+    FAILED = "failed"  # an error; resumable when it had a checkpoint
+
+
+#: Statuses of a run that ended without error (cv skips such a fold once it has oof.csv).
+FINISHED_STATUSES = (RunStatus.DONE, RunStatus.STOPPED)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from hpatool.errors import AlreadyExists, DataError, NotFound
-from hpatool.registry.records import RunRecord, _json_value, bad_row, check_name, now
+from hpatool.registry.records import RunRecord, RunStatus, _json_value, bad_row, check_name, now
 from hpatool.registry.transaction import RegistryConnection
 
 
@@ -92,7 +92,7 @@ class RunQueries(RegistryConnection):
         out_dir: Path,
         replace: bool = False,
         experiment: str | None = None,
-        status: str = "running",
+        status: str = RunStatus.RUNNING,
     ) -> RunRecord:
         """Register a new training run (status ``running``, or ``status`` for an imported one);
         the name must be new, unless ``replace`` (a run that never reached a checkpoint is

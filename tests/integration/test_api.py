@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from hpatool import api
-from hpatool.engine.blend import read_probability_file
-from hpatool.engine.oof import read_oof
+from hpatool.engine.runs.oof import read_oof
+from hpatool.engine.scoring.blend import read_probability_file
 from tests.support import SIZE, TRAIN, Invoke, register
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpatool.engine.blend import read_probability_file
+from hpatool.engine.scoring.blend import read_probability_file
 from tests.support import SIZE, TRAIN, Invoke, one_line_error, register
 
 

@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from hpatool.engine.checkpoint import load_checkpoint
+from hpatool.engine.models.checkpoint import load_checkpoint
 from hpatool.registry import Registry
 from tests.support import SIZE, TRAIN, Invoke, one_line_error, register
 

@@ -12,7 +12,7 @@ import pytest
 
 from hpatool.catalog import add_dataset
 from hpatool.data.split import split_dataset
-from hpatool.engine.checkpoint import load_checkpoint
+from hpatool.engine.models.checkpoint import load_checkpoint
 from hpatool.registry import Registry
 from hpatool.synth import synth_dataset
 

@@ -91,7 +91,7 @@ def test_demo_steps_are_valid_commands(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from hpatool.cli import app
-    from hpatool.demo import DemoData, plan_steps
+    from hpatool.engine.demo import DemoData, plan_steps
 
     data = DemoData(
         out_dir=tmp_path, home=tmp_path / "home", train_dir=tmp_path / "a", test_dir=tmp_path / "b"
@@ -114,19 +114,19 @@ def test_demo_steps_are_valid_commands(tmp_path: Path) -> None:
 def test_demo_data_registers_both_datasets_or_neither(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import hpatool.demo
+    import hpatool.engine.demo
     from hpatool.registry import Registry
 
-    real_add = hpatool.demo.add_dataset
+    real_add = hpatool.engine.demo.add_dataset
 
     def add_then_fail(reg: Registry, name: str, **kwargs: object) -> object:
-        if name == hpatool.demo.TEST:
+        if name == hpatool.engine.demo.TEST:
             raise RuntimeError("the second registration fails")
         return real_add(reg, name, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(hpatool.demo, "add_dataset", add_then_fail)
+    monkeypatch.setattr(hpatool.engine.demo, "add_dataset", add_then_fail)
     out = tmp_path / "demo"
     with pytest.raises(RuntimeError, match="second registration"):
-        hpatool.demo.make_demo_data(out, samples=60, size=32)
+        hpatool.engine.demo.make_demo_data(out, samples=60, size=32)
     with Registry.open(out / "home") as reg:
         assert reg.datasets() == []

@@ -17,7 +17,7 @@ from typer.testing import CliRunner, Result
 
 from hpatool._io import DiskFull, atomic_path, write_csv
 from hpatool.cli import app
-from hpatool.engine import checkpoint as ckpt_mod
+from hpatool.engine.models import checkpoint as ckpt_mod
 from hpatool.registry import Registry
 from tests.support import SIZE, TRAIN, leftovers, one_line_error
 

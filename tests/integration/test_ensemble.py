@@ -17,8 +17,8 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from hpatool.cli import app
-from hpatool.engine.oof import summarize_oof
-from hpatool.engine.scoring import decide_labels
+from hpatool.engine.runs.oof import summarize_oof
+from hpatool.engine.scoring.score import decide_labels
 from hpatool.registry import Registry
 from hpatool.synth import synth_dataset
 from tests.support import TRAIN
@@ -156,7 +156,7 @@ def test_evaluate_an_ensemble(setup: Setup) -> None:
     from sklearn.metrics import f1_score
 
     from hpatool.engine.config import PredictConfig
-    from hpatool.engine.evaluate import evaluate_run
+    from hpatool.engine.scoring.evaluate import evaluate_run
 
     res = run_cli(
         setup.home, "evaluate", "--run", "r0", "--run", "r1", "--dataset", "syn", "--json", *CPU

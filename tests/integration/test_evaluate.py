@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner, Result
 
 from hpatool.cli import app
-from hpatool.engine import ensemble as ensemble_mod
+from hpatool.engine.scoring import ensemble as ensemble_mod
 from hpatool.registry import Registry
 from hpatool.synth import synth_dataset
 from tests.support import one_line_error
@@ -237,7 +237,7 @@ def test_nothing_to_score_fails_before_the_model_loads(
 def test_crop_size_the_architecture_cannot_take_is_refused_before_scoring(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import hpatool.models
+    import hpatool.engine.models.factory
     from hpatool.errors import UsageError
 
     asked: list[tuple[str, int]] = []
@@ -249,7 +249,7 @@ def test_crop_size_the_architecture_cannot_take_is_refused_before_scoring(
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("scoring started")
 
-    monkeypatch.setattr(hpatool.models, "check_input_size", too_small)
+    monkeypatch.setattr(hpatool.engine.models.factory, "check_input_size", too_small)
     monkeypatch.setattr(ensemble_mod, "score", boom)
     res = run_cli(setup.home, "evaluate", "--run", "r1", "--dataset", "syn", "--crop-size", "16")
     line = one_line_error(res, 2)

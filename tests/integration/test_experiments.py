@@ -272,7 +272,7 @@ def test_train_experiment_refuses_other_options_and_an_empty_experiment_takes_th
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    from hpatool.engine.cv import plan_cv
+    from hpatool.engine.training.cv import plan_cv
 
     with Registry.open(home) as reg:
         fresh = reg.experiment("fresh")

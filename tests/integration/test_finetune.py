@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpatool.engine.checkpoint import load_checkpoint
+from hpatool.engine.models.checkpoint import load_checkpoint
 from tests.support import ARCH, SIZE, TRAIN, Invoke, one_line_error, register
 
 

@@ -20,9 +20,9 @@ from sklearn.metrics import f1_score
 
 from hpatool.data.samples import HpaDataset, dataset_items, targets_array
 from hpatool.data.transforms import normalize
-from hpatool.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
 from hpatool.engine.metrics import tune_thresholds
-from hpatool.engine.oof import OOF_FILE, read_oof, summarize_oof, write_oof
+from hpatool.engine.models.checkpoint import build_model_from_checkpoint, load_checkpoint
+from hpatool.engine.runs.oof import OOF_FILE, read_oof, summarize_oof, write_oof
 from hpatool.errors import DataError, NotFound, UsageError
 from hpatool.registry import Registry
 from tests.support import TRAIN, Invoke, one_line_error, register
@@ -256,7 +256,7 @@ def test_stopped_while_scoring_then_resume_writes_oof(
     cli: Invoke, home: Path, synth_data: Callable[..., Path], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    import hpatool.engine.scoring as scoring
+    import hpatool.engine.scoring.score as scoring
 
     register(cli, synth_data(40))
     out = tmp_path / "runs"

@@ -17,7 +17,7 @@ from typer.testing import CliRunner, Result
 
 from hpatool import outputs
 from hpatool.cli import app
-from hpatool.engine import ensemble as ensemble_mod
+from hpatool.engine.scoring import ensemble as ensemble_mod
 from hpatool.registry import REGISTRY_FILE
 from tests.support import SIZE, TRAIN, one_line_error
 

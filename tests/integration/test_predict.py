@@ -238,7 +238,7 @@ def test_evaluate_matches_sklearn(trained: dict[str, Path], tmp_path: Path) -> N
     from sklearn.metrics import f1_score
 
     from hpatool.engine.config import PredictConfig
-    from hpatool.engine.evaluate import evaluate_run
+    from hpatool.engine.scoring.evaluate import evaluate_run
     from hpatool.registry import Registry
 
     with Registry.open(trained["home"]) as reg:

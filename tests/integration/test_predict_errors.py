@@ -18,10 +18,10 @@ from PIL import Image
 from typer.testing import CliRunner, Result
 
 from hpatool.cli import app
-from hpatool.engine import ensemble as ensemble_mod
-from hpatool.engine.checkpoint import load_checkpoint, save_checkpoint
-from hpatool.engine.model_source import ModelSource, resolve_source, resolve_thresholds
-from hpatool.engine.scoring import decide_labels
+from hpatool.engine.models.checkpoint import load_checkpoint, save_checkpoint
+from hpatool.engine.scoring import ensemble as ensemble_mod
+from hpatool.engine.scoring.model_source import ModelSource, resolve_source, resolve_thresholds
+from hpatool.engine.scoring.score import decide_labels
 from hpatool.errors import DataError
 from hpatool.imaging import save_png
 from hpatool.registry import Registry

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from hpatool.cli import app
-from hpatool.engine import scoring
+from hpatool.engine.scoring import score as scoring
 from tests.support import SIZE, TRAIN, one_line_error
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpatool.engine.checkpoint import load_checkpoint
-from hpatool.models import adapt_first_conv
+from hpatool.engine.models.checkpoint import load_checkpoint
+from hpatool.engine.models.factory import adapt_first_conv
 from tests.support import ARCH, REPO, SIZE, TRAIN, Invoke, register
 
 TAG = f"{ARCH}.c3_in1k"  # timm's default pretrained tag of resnet10t

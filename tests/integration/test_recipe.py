@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from hpatool.engine.checkpoint import load_checkpoint
+from hpatool.engine.models.checkpoint import load_checkpoint
 from hpatool.registry import Registry
 from tests.support import SIZE, TRAIN, Invoke, one_line_error, register
 
@@ -78,7 +78,7 @@ def test_a_run_from_before_ema_existed_resumes_without_one(
 ) -> None:
     """--ema is on by default now; a run whose stored options predate it had none, and a
     resume must not turn it on (nor a new fold of its experiment)."""
-    from hpatool.engine.checkpoint import save_checkpoint
+    from hpatool.engine.models.checkpoint import save_checkpoint
 
     register(cli, synth_dir)
     out = tmp_path / "runs"
@@ -184,7 +184,7 @@ def _assert_batchnorm_recomputed(home: Path, averaged: dict, folder: Path) -> No
 
     from hpatool.data.samples import HpaDataset, train_val_items
     from hpatool.data.transforms import normalize
-    from hpatool.engine.checkpoint import build_model_from_checkpoint
+    from hpatool.engine.models.checkpoint import build_model_from_checkpoint
 
     options = averaged["config"]["options"]
     with Registry.open(home) as reg:

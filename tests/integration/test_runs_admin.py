@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from hpatool.engine.run_admin import process_info
-from hpatool.engine.run_dir import RUN_FILES
+from hpatool.engine.runs.admin import process_info
+from hpatool.engine.runs.run_dir import RUN_FILES
 from hpatool.registry import Registry
 from tests.support import (
     SIZE,

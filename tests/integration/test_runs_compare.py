@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from hpatool.engine.run_dir import write_metrics_csv
+from hpatool.engine.runs.run_dir import write_metrics_csv
 from hpatool.registry import Registry
 from tests.support import SIZE, TRAIN, Invoke, one_line_error, register
 

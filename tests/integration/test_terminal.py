@@ -17,8 +17,8 @@ from hpatool.cli.download import _download_bar
 from hpatool.cli.train import _epoch_line, _result_line, _train_progress
 from hpatool.download import download_external
 from hpatool.download.tracker import DownloadProgress
-from hpatool.engine.events import TrainEvent
-from hpatool.engine.train import FitResult
+from hpatool.engine.training.events import TrainEvent
+from hpatool.engine.training.fit import FitResult
 from hpatool.options import DownloadConfig
 from hpatool.registry import Registry
 from tests.integration.hpa_server import HpaServer

@@ -14,8 +14,8 @@ import torch
 
 from hpatool.data.samples import HpaDataset, dataset_items
 from hpatool.data.transforms import normalize
-from hpatool.engine.checkpoint import build_model_from_checkpoint, load_checkpoint
 from hpatool.engine.metrics import constant_baseline_macro_f1, macro_f1
+from hpatool.engine.models.checkpoint import build_model_from_checkpoint, load_checkpoint
 from hpatool.registry import Registry
 from hpatool.synth import synth_dataset
 from tests.support import ARCH, SIZE, TRAIN, Invoke, one_line_error, register

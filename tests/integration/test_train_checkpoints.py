@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import torch
 
-import hpatool.engine.epochs as train_mod
-from hpatool.engine.checkpoint import load_checkpoint
+import hpatool.engine.training.epochs as train_mod
+from hpatool.engine.models.checkpoint import load_checkpoint
 from hpatool.registry import Registry
 from tests.support import SIZE, TRAIN, Invoke, one_line_error, register, start_hpatool
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hpatool.engine.config import TrainConfig, default_workers
-from hpatool.engine.train import fit
+from hpatool.engine.training.fit import fit
 from tests.support import ARCH, SIZE, Invoke, one_line_error, register
 
 

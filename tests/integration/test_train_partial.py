@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from hpatool.availability import FILES_MISSING, NOT_FETCHED, usable_samples
-from hpatool.engine.events import TrainEvent
-from hpatool.engine.train import fit
+from hpatool.engine.training.events import TrainEvent
+from hpatool.engine.training.fit import fit
 from hpatool.registry import Registry
 from tests.support import ARCH, SIZE, TRAIN, Invoke, one_line_error
 

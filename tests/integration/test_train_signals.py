@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from hpatool.cli import app
-from hpatool.engine.checkpoint import load_checkpoint
-from hpatool.engine.events import TrainEvent
-from hpatool.engine.train import fit
+from hpatool.engine.models.checkpoint import load_checkpoint
+from hpatool.engine.training.events import TrainEvent
+from hpatool.engine.training.fit import fit
 from hpatool.errors import HpaToolError
 from hpatool.registry import Registry
 from tests.support import ARCH, SIZE, TRAIN, Invoke, leftovers, register, start_hpatool
@@ -101,7 +101,7 @@ def test_a_signal_while_an_epoch_is_saved_waits_for_the_whole_epoch(
     is still saved, then the run stops, resumable."""
     import os
 
-    from hpatool.engine import epochs
+    from hpatool.engine.training import epochs
 
     register(cli, synth_data(24, SIZE, seed=1))
     real_save = epochs.save_checkpoint
@@ -133,7 +133,7 @@ def test_the_resume_advice_names_a_home_that_is_not_the_default(
     gives finds no run (found walking the docs)."""
     from types import SimpleNamespace
 
-    from hpatool.engine.resume import resume_advice
+    from hpatool.engine.training.resume import resume_advice
 
     last = tmp_path / "run" / "checkpoint-last.pt"
     last.parent.mkdir()

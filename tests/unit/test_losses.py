@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hpatool.engine.losses import create_loss, focal_loss, lovasz_hinge, parse_loss
+from hpatool.engine.parsing import parse_loss
+from hpatool.engine.training.losses import create_loss, focal_loss, lovasz_hinge
 from hpatool.errors import UsageError
 
 
@@ -146,8 +147,8 @@ def test_head_bias_prior_starts_at_the_class_log_odds() -> None:
     rates' entropy, not the 0.69 a class of a head at 0."""
     import numpy as np
 
-    from hpatool.engine.build import init_head_bias
-    from hpatool.models import create_model
+    from hpatool.engine.models.factory import create_model
+    from hpatool.engine.training.build import init_head_bias
 
     torch.manual_seed(0)
     model = create_model("resnet10t", in_chans=4, num_classes=28).eval()

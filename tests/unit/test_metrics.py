@@ -10,12 +10,6 @@ import pytest
 import torch
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
-from hpatool.engine.checkpoint import (
-    capture_rng_state,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
 from hpatool.engine.metrics import (
     SHRINK_POSITIVES,
     THRESHOLD_GRID,
@@ -25,6 +19,12 @@ from hpatool.engine.metrics import (
     macro_f1,
     per_class_report,
     tune_thresholds,
+)
+from hpatool.engine.models.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
 )
 from hpatool.errors import DataError, NotFound
 

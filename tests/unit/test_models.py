@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpatool.errors import DataError, NotFound, UsageError, WorkFailed
-from hpatool.models import (
+from hpatool.engine.models.factory import (
     MIN_INPUT_SIZE,
     PretrainedWeights,
     adapt_first_conv,
@@ -19,6 +18,7 @@ from hpatool.models import (
     min_input_size,
     resolve_arch,
 )
+from hpatool.errors import DataError, NotFound, UsageError, WorkFailed
 
 
 def test_aliases_resolve_to_timm_names() -> None:
@@ -122,7 +122,7 @@ def test_unknown_arch_suggests_the_closest_names() -> None:
 
 def _save_checkpoint(path: Path, model: torch.nn.Module, arch: str, timm_name: str) -> Path:
     """A checkpoint as ``hpatool train`` writes it (the keys ``load_pretrained`` reads)."""
-    from hpatool.engine.checkpoint import save_checkpoint
+    from hpatool.engine.models.checkpoint import save_checkpoint
 
     save_checkpoint(
         path,
@@ -261,7 +261,7 @@ def _imagenet_like(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
 def test_imagenet_weights_are_adapted_to_four_channels(
     monkeypatch: pytest.MonkeyPatch, arch: str, timm_name: str, tag: str, conv: str
 ) -> None:
-    import hpatool.imagenet
+    import hpatool.engine.models.imagenet
 
     source = _imagenet_like(timm_name)
     asked: list[str] = []
@@ -270,7 +270,7 @@ def test_imagenet_weights_are_adapted_to_four_channels(
         asked.append(name)
         return dict(source)
 
-    monkeypatch.setattr(hpatool.imagenet, "imagenet_state_dict", fake_download)
+    monkeypatch.setattr(hpatool.engine.models.imagenet, "imagenet_state_dict", fake_download)
     torch.manual_seed(0)
     fresh_head = create_model(arch).state_dict()
     torch.manual_seed(0)
@@ -317,7 +317,7 @@ def test_imagenet_weights_come_from_the_hf_cache_without_network(
 
     from huggingface_hub import constants
 
-    from hpatool.imagenet import imagenet_state_dict
+    from hpatool.engine.models.imagenet import imagenet_state_dict
 
     source = _imagenet_like("resnet18", seed=3)
     _put_in_hf_cache(tmp_path / "hub", "timm/resnet18.a1_in1k", "model.safetensors", source)
@@ -346,7 +346,7 @@ def test_imagenet_offline_is_one_line_and_its_file_loads_as_a_path(
 ) -> None:
     from huggingface_hub import constants
 
-    from hpatool.imagenet import imagenet_state_dict
+    from hpatool.engine.models.imagenet import imagenet_state_dict
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from hpatool import plots
-from hpatool.engine.run_dir import best_row, read_metrics_csv, write_metrics_csv
+from hpatool.engine.runs.run_dir import best_row, read_metrics_csv, write_metrics_csv
 from hpatool.errors import DataError
 
 #: The real train.csv class counts (31,072 labelled samples) and a small set missing 3 classes.
@@ -125,7 +125,7 @@ def test_curves_mark_the_best_epoch_and_plot_the_learning_rate(
     drawn: list[Any], tmp_path: Path
 ) -> None:
     rows = [_row(1, 0.2, lr=3e-3), _row(2, 0.5, lr=2e-3), _row(3, 0.4, partial=1, lr=1e-4)]
-    plots.plot_curves(rows, tmp_path / "curves.png")
+    plots.plot_curves(rows, tmp_path / "curves.png", best_row(rows))
     (fig,) = drawn
     ax_loss, ax_f1, ax_lr = fig.axes
     for ax in (ax_loss, ax_f1, ax_lr):
@@ -155,7 +155,7 @@ def test_curves_of_one_partial_epoch_have_one_whole_epoch_tick(
 def test_run_comparison_draws_each_run_and_its_best(drawn: list[Any], tmp_path: Path) -> None:
     a = [_row(1, 0.2), _row(2, 0.6), _row(3, 0.5)]
     b = [_row(1, 0.3, partial=1)]
-    plots.plot_run_comparison([("a", a), ("b", b)], tmp_path / "cmp.png")
+    plots.plot_run_comparison([("a", a, best_row(a)), ("b", b, best_row(b))], tmp_path / "cmp.png")
     ax_f1, ax_loss = drawn[0].axes
     stars = [(line.get_xdata()[0], line.get_ydata()[0]) for line in ax_f1.get_lines()
              if line.get_marker() == "*"]  # fmt: skip

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from hpatool.data.transforms import AUGMENTS, augment, dihedral, random_crop
-from hpatool.engine.ema import ModelEma
-from hpatool.engine.prior import parse_prior, prior_thresholds, read_shares
+from hpatool.engine.parsing import parse_prior, read_shares
+from hpatool.engine.scoring.prior import prior_thresholds
+from hpatool.engine.training.ema import ModelEma
 from hpatool.errors import DataError, NotFound, UsageError
 
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from hpatool.engine.predict_files import (
+from hpatool.engine.scoring.predict_files import (
     failures_path_for,
     partial_path,
     write_failures,
     write_probabilities,
     write_submission,
 )
-from hpatool.engine.scoring import Scores, aggregate, decide_labels, rank_share
+from hpatool.engine.scoring.score import Scores, aggregate, decide_labels, rank_share
 from hpatool.engine.views import View, crop_windows, grid_windows
 from hpatool.errors import DataError, UsageError
 
@@ -94,7 +94,7 @@ def write_sample(root: Path, sample_id: str, size: int | tuple[int, ...]) -> Non
 
 
 def test_check_images_leaves_out_unreadable_and_too_small_images(tmp_path: Path) -> None:
-    from hpatool.engine.scoring import UNREADABLE, ScoreItem, check_images, too_small
+    from hpatool.engine.scoring.score import UNREADABLE, ScoreItem, check_images, too_small
 
     for name, size in (("a", 48), ("b", 48), ("c", 24), ("d", (48, 48, 40, 48)), ("e", 64)):
         write_sample(tmp_path, name, size)
@@ -113,7 +113,7 @@ def test_check_images_leaves_out_unreadable_and_too_small_images(tmp_path: Path)
 
 
 def test_check_images_refuses_a_crop_larger_than_the_images(tmp_path: Path) -> None:
-    from hpatool.engine.scoring import ScoreItem, check_images
+    from hpatool.engine.scoring.score import ScoreItem, check_images
 
     write_sample(tmp_path, "a", 48)
     items = [ScoreItem(0, tmp_path, "a")]
@@ -129,7 +129,7 @@ def test_check_images_refuses_a_crop_larger_than_the_images(tmp_path: Path) -> N
 def test_scoring_gives_both_aggregations_of_the_same_crops(tmp_path: Path) -> None:
     from torch import nn
 
-    from hpatool.engine.scoring import ScoreItem, score
+    from hpatool.engine.scoring.score import ScoreItem, score
     from hpatool.imaging import save_png
 
     rng = np.random.default_rng(0)
@@ -256,7 +256,7 @@ def test_resolve_view_given_over_stored_over_default() -> None:
 
 def test_flipped_views_are_the_dihedral_transforms_of_the_crop(tmp_path: Path) -> None:
     from hpatool.data.transforms import dihedral
-    from hpatool.engine.scoring import CropDataset, ScoreItem
+    from hpatool.engine.scoring.score import CropDataset, ScoreItem
     from hpatool.imaging import read_sample, save_png
 
     rng = np.random.default_rng(1)
@@ -278,7 +278,7 @@ def test_flipped_views_are_the_dihedral_transforms_of_the_crop(tmp_path: Path) -
 
 
 def test_frequency_drift_rule() -> None:
-    from hpatool.engine.predict import frequency_drift
+    from hpatool.engine.scoring.predict import frequency_drift
 
     train = np.zeros(28)
     train[[0, 1, 2, 3]] = [0.5, 0.3, 0.01, 0.04]
@@ -316,7 +316,7 @@ def test_scoring_in_bf16_gives_finite_probabilities_close_to_float32(tmp_path: P
     (bf16 keeps 8 bits of mantissa)."""
     from torch import nn
 
-    from hpatool.engine.scoring import ScoreItem, score
+    from hpatool.engine.scoring.score import ScoreItem, score
 
     _four_channel_images(tmp_path, "abc")
     torch.manual_seed(0)
@@ -339,8 +339,8 @@ def test_scoring_in_bf16_gives_finite_probabilities_close_to_float32(tmp_path: P
 
 
 def test_scoring_dtype_follows_the_run() -> None:
-    from hpatool.engine.checkpoint import trained_amp
-    from hpatool.engine.scoring import scoring_dtype
+    from hpatool.engine.models.checkpoint import trained_amp
+    from hpatool.engine.scoring.score import scoring_dtype
 
     cpu = torch.device("cpu")
     assert scoring_dtype("bfloat16", cpu) is torch.bfloat16
@@ -354,7 +354,7 @@ def test_scoring_dtype_follows_the_run() -> None:
 def test_a_non_finite_probability_names_the_model_and_the_sample(tmp_path: Path) -> None:
     from torch import nn
 
-    from hpatool.engine.scoring import ScoreItem, score
+    from hpatool.engine.scoring.score import ScoreItem, score
     from hpatool.errors import WorkFailed
 
     _four_channel_images(tmp_path, "ab")
@@ -380,7 +380,7 @@ def test_grid_views_of_real_512px_samples_are_their_quarters(real_samples: Path)
     """On real Kaggle images (512 px, four 8-bit stains): the default grid at crop 256 is the
     four quarters, every pixel seen once; grid+flips flips each quarter, not the centre."""
     from hpatool.data.transforms import dihedral
-    from hpatool.engine.scoring import CropDataset, ScoreItem
+    from hpatool.engine.scoring.score import CropDataset, ScoreItem
     from hpatool.imaging import read_sample
 
     root = real_samples / "kaggle_train_512"

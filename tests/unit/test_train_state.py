@@ -1,5 +1,6 @@
-"""The training state <-> checkpoint mapping (``engine.state``) and the run folder's metrics
-file (``engine.run_dir``), on a tiny model."""
+"""The training state <-> checkpoint mapping (``engine.training.state``) and the run folder's
+metrics
+file (``engine.runs.run_dir``), on a tiny model."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import torch
 from torch import nn
 
 from hpatool.data.sampling import WeightedEpochSampler
-from hpatool.engine.optim import create_optimizer, create_scheduler
-from hpatool.engine.run_dir import METRIC_COLUMNS, RunDir, write_metrics_csv
-from hpatool.engine.state import TrainObjects, TrainState
+from hpatool.engine.runs.run_dir import METRIC_COLUMNS, RunDir, write_metrics_csv
+from hpatool.engine.training.optim import create_optimizer, create_scheduler
+from hpatool.engine.training.state import TrainObjects, TrainState
 from hpatool.errors import UsageError
 
 CHECKPOINT_KEYS = {
