@@ -205,21 +205,11 @@ def train_val_items(
         )
     per_dataset = {first: len(train)}
     val_ids = {it.id for it in val} | {it.id for it in val_missing}
-    train_ids = {it.id for it in train}
-    removed = duplicates = 0
-    for name in datasets[1:]:
-        extra, sk, _, reasons = _labelled_items(reg, name, limit)
-        skipped += sk
-        if reasons:
-            left_out[name] = reasons
-        outside_val = [it for it in extra if it.id not in val_ids]
-        removed += len(extra) - len(outside_val)
-        # An id already in training (the same sample registered twice) is trained once.
-        kept = [it for it in outside_val if it.id not in train_ids]
-        duplicates += len(outside_val) - len(kept)
-        train_ids.update(it.id for it in kept)
-        per_dataset[name] = len(kept)
-        train.extend(kept)
+    extra = _other_datasets(reg, datasets[1:], limit, val_ids, train)
+    skipped += extra.skipped
+    left_out.update(extra.left_out)
+    per_dataset.update(extra.per_dataset)
+    removed, duplicates = extra.removed, extra.duplicates
     dup_removed = _duplicates_of(reg, list(datasets), val, train)
     if dup_removed:
         train = [it for it in train if (it.dataset, it.id) not in dup_removed]
@@ -241,6 +231,40 @@ def train_val_items(
         duplicates_removed=sorted(dup_removed),
         not_deduplicated=[d for d in datasets if not reg.dedup_done(d)],
     )
+
+
+@dataclass
+class _Extra:
+    """What the datasets after the first add to training (``_other_datasets``)."""
+
+    skipped: int = 0  # unlabelled samples
+    left_out: dict[str, dict[str, int]] = field(default_factory=dict)
+    per_dataset: dict[str, int] = field(default_factory=dict)
+    removed: int = 0  # ids in the validation fold
+    duplicates: int = 0  # ids already in training
+
+
+def _other_datasets(
+    reg: Registry, names: Sequence[str], limit: int | None, val_ids: set[str], train: list[Item]
+) -> _Extra:
+    """Add the labelled samples of the datasets after the first to ``train`` (in place),
+    except ids in the validation fold and ids already in training (the same sample
+    registered twice is trained once); what was added, left out and removed."""
+    out = _Extra()
+    train_ids = {it.id for it in train}
+    for name in names:
+        extra, skipped, _, reasons = _labelled_items(reg, name, limit)
+        out.skipped += skipped
+        if reasons:
+            out.left_out[name] = reasons
+        outside_val = [it for it in extra if it.id not in val_ids]
+        out.removed += len(extra) - len(outside_val)
+        kept = [it for it in outside_val if it.id not in train_ids]
+        out.duplicates += len(outside_val) - len(kept)
+        train_ids.update(it.id for it in kept)
+        out.per_dataset[name] = len(kept)
+        train.extend(kept)
+    return out
 
 
 def _duplicates_of(

@@ -10,19 +10,16 @@ stated once. Importing this module loads neither torch nor timm.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import json
 import math
 import os
-import tomllib
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from hpatool.data.cache import CACHE_MODES
+from hpatool.engine.config_files import flag, merge_options, read_config_file
+from hpatool.engine.parsing import parse_threshold, threshold_file
 from hpatool.engine.views import (
     AGGREGATIONS,
     DEFAULT_AGG,
@@ -127,7 +124,7 @@ class TrainConfig:
         _at_least(self, "epochs", 1, "train for at least 1 epoch")
         _at_least(self, "batch_size", 1, "use at least 1")
         _at_least(self, "crop", 8, "use at least 8 pixels")
-        from hpatool.engine.models.factory import check_input_size
+        from hpatool.engine.models.input_size import check_input_size
 
         check_input_size(self.arch, self.crop)  # inceptionresnetv2 needs 75 px, say
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -318,44 +315,6 @@ class PredictConfig:
         _one_of(self, "cache", CACHE_MODES)
 
 
-def threshold_file(threshold: str | float) -> Path | None:
-    """``--threshold FILE.csv``: the file of per-class thresholds (columns ``class``,
-    ``threshold``; ``engine.scoring.prior.read_thresholds_file``), when the value names an existing
-    file or ends in ``.csv``; else ``None``."""
-    from hpatool.engine.parsing import parse_prior
-
-    if not isinstance(threshold, str) or threshold.strip().lower() == "auto":
-        return None
-    if parse_prior(threshold) is not None:
-        return None
-    text = threshold.strip()
-    path = Path(text).expanduser()
-    return path if text.lower().endswith(".csv") or path.is_file() else None
-
-
-def parse_threshold(threshold: str | float) -> float | None:
-    """``--threshold``: ``None`` for ``auto`` (the run's tuned thresholds), for ``prior`` /
-    ``prior=FILE.csv`` (``engine.scoring.prior``) and for a thresholds file (``threshold_file``):
-    the
-    tuned thresholds are the base those replace; else one number in (0, 1) for every class."""
-    from hpatool.engine.parsing import parse_prior
-
-    if isinstance(threshold, str) and threshold.strip().lower() == "auto":
-        return None
-    if parse_prior(threshold) is not None or threshold_file(threshold) is not None:
-        return None
-    try:
-        value = float(threshold)
-    except ValueError:
-        raise UsageError(
-            f"--threshold {threshold!r} is invalid; use 'auto', 'prior', 'prior=FILE.csv', a "
-            "number in (0, 1) or a CSV file of per-class thresholds (class,threshold)"
-        ) from None
-    if not 0.0 < value < 1.0:
-        raise UsageError(f"--threshold {value} is out of range; use a number in (0, 1)")
-    return value
-
-
 def predict_config(
     options: dict[str, Any], config_file: str | Path | None = None, command: str = "predict"
 ) -> PredictConfig:
@@ -428,11 +387,6 @@ def _one_of(config: object, name: str, choices: tuple[str, ...]) -> None:
         raise _bad(name, value, f"use one of {', '.join(choices)}")
 
 
-def flag(name: str) -> str:
-    """The command-line flag of option ``name``: ``batch_size`` -> ``--batch-size``."""
-    return "--dataset" if name == "datasets" else "--" + name.replace("_", "-")
-
-
 def default_text(cls: type, name: str) -> str:
     """A field's default as the help text shows it."""
     f = {f.name: f for f in dataclasses.fields(cls)}[name]
@@ -444,82 +398,3 @@ def default_text(cls: type, name: str) -> str:
     if isinstance(f.default, bool):
         return "on" if f.default else "off"
     return str(f.default)
-
-
-def merge_options(cls: type, *layers: dict[str, Any] | None) -> dict[str, Any]:
-    """The options of ``cls`` from ``layers``, later ones winning; ``None`` means not given.
-    An unknown name is a programming error here (files are checked by ``read_config_file``)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        for key, value in (layer or {}).items():
-            if key not in names:
-                raise ValueError(f"unknown {cls.__name__} option {key!r}")
-            if value is not None:
-                merged[key] = value
-    return merged
-
-
-def read_config_file(path: str | Path, cls: type, section: str | tuple[str, ...]) -> dict[str, Any]:
-    """The options in a configuration file, checked against ``cls``'s fields.
-
-    A ``.toml`` file holds the options at its top level or in a ``[section]`` table, named as
-    the flags are (``batch-size``) or as the fields are (``batch_size``). A ``.json`` file is a
-    run's ``config.json`` (its ``"options"``) or a plain object of options. Values are checked
-    against the option types; a bad one is a one-line ``UsageError`` naming the file and key.
-    """
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise NotFound(f"--config {file}: no such file")
-    try:
-        text = file.read_text(encoding="utf-8")
-        doc: Any = json.loads(text) if file.suffix.lower() == ".json" else tomllib.loads(text)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--config {file}: cannot read it ({exc})") from None
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
-        kind = "JSON" if file.suffix.lower() == ".json" else "TOML"
-        raise UsageError(f"--config {file}: not valid {kind} ({exc})") from None
-    if isinstance(doc, dict) and isinstance(doc.get("options"), dict):
-        doc = doc["options"]  # a run's config.json
-    for name in (section,) if isinstance(section, str) else section:
-        if isinstance(doc, dict) and isinstance(doc.get(name), dict):
-            doc = doc[name]  # the first of the sections the file has
-            break
-    if not isinstance(doc, dict):
-        raise UsageError(f"--config {file}: expected a table of options")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    options: dict[str, Any] = {}
-    for raw_key, value in doc.items():
-        key = str(raw_key).replace("-", "_")
-        if key == "dataset" and "datasets" in fields:
-            key = "datasets"
-        if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f"; did you mean {close[0].replace('_', '-')!r}?" if close else ""
-            raise UsageError(f"--config {file}: unknown option {raw_key!r}{hint}")
-        options[key] = _coerce(value, hints[key], f"--config {file}: {raw_key}")
-    return options
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """``value`` as type ``hint`` (int, float, str, bool, list[str], optional), or an error."""
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        hint = next(a for a in args if a is not type(None))
-        args = typing.get_args(hint)
-    if typing.get_origin(hint) is list:
-        items = value if isinstance(value, list) else [value]
-        return [_coerce(v, args[0] if args else str, where) for v in items]
-    ok = {
-        bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, int | float) and not isinstance(value, bool),
-        str: isinstance(value, str | int | float) and not isinstance(value, bool),
-    }.get(hint, True)
-    if not ok:
-        name = getattr(hint, "__name__", str(hint))
-        raise UsageError(f"{where} = {value!r} is not a valid {name}")
-    return hint(value) if hint in (int, float, str) else value

@@ -2,7 +2,8 @@
 torch): ``--loss`` (``parse_loss``: a loss or a weighted sum), ``--threshold prior`` and
 ``prior=FILE.csv`` (``parse_prior``), and the per-class CSV tables of ``prior=FILE.csv`` and
 ``--threshold FILE.csv`` (``read_shares``, ``read_thresholds_file``: one value per class, by
-index or name, checked row by row). ``engine.config`` validates options with them; the losses
+index or name, checked row by row), and ``--threshold`` itself (``parse_threshold``,
+``threshold_file``). ``engine.config`` validates options with them; the losses
 (``engine.training.losses``) and prior matching (``engine.scoring.prior``) use them too."""
 
 from __future__ import annotations
@@ -126,3 +127,37 @@ def read_class_values(path: Path, column: str) -> np.ndarray:
     if np.isnan(shares).all():
         raise DataError(f"{path}: names no class; give one row per class: class,{column}")
     return shares
+
+
+def threshold_file(threshold: str | float) -> Path | None:
+    """``--threshold FILE.csv``: the file of per-class thresholds (columns ``class``,
+    ``threshold``; ``engine.scoring.prior.read_thresholds_file``), when the value names an existing
+    file or ends in ``.csv``; else ``None``."""
+    if not isinstance(threshold, str) or threshold.strip().lower() == "auto":
+        return None
+    if parse_prior(threshold) is not None:
+        return None
+    text = threshold.strip()
+    path = Path(text).expanduser()
+    return path if text.lower().endswith(".csv") or path.is_file() else None
+
+
+def parse_threshold(threshold: str | float) -> float | None:
+    """``--threshold``: ``None`` for ``auto`` (the run's tuned thresholds), for ``prior`` /
+    ``prior=FILE.csv`` (``engine.scoring.prior``) and for a thresholds file (``threshold_file``):
+    the
+    tuned thresholds are the base those replace; else one number in (0, 1) for every class."""
+    if isinstance(threshold, str) and threshold.strip().lower() == "auto":
+        return None
+    if parse_prior(threshold) is not None or threshold_file(threshold) is not None:
+        return None
+    try:
+        value = float(threshold)
+    except ValueError:
+        raise UsageError(
+            f"--threshold {threshold!r} is invalid; use 'auto', 'prior', 'prior=FILE.csv', a "
+            "number in (0, 1) or a CSV file of per-class thresholds (class,threshold)"
+        ) from None
+    if not 0.0 < value < 1.0:
+        raise UsageError(f"--threshold {value} is out of range; use a number in (0, 1)")
+    return value

@@ -237,7 +237,7 @@ def test_nothing_to_score_fails_before_the_model_loads(
 def test_crop_size_the_architecture_cannot_take_is_refused_before_scoring(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import hpatool.engine.models.factory
+    import hpatool.engine.models.input_size
     from hpatool.errors import UsageError
 
     asked: list[tuple[str, int]] = []
@@ -249,7 +249,7 @@ def test_crop_size_the_architecture_cannot_take_is_refused_before_scoring(
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("scoring started")
 
-    monkeypatch.setattr(hpatool.engine.models.factory, "check_input_size", too_small)
+    monkeypatch.setattr(hpatool.engine.models.input_size, "check_input_size", too_small)
     monkeypatch.setattr(ensemble_mod, "score", boom)
     res = run_cli(setup.home, "evaluate", "--run", "r1", "--dataset", "syn", "--crop-size", "16")
     line = one_line_error(res, 2)

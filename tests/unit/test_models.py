@@ -8,16 +8,14 @@ import pytest
 import torch
 
 from hpatool.engine.models.factory import (
-    MIN_INPUT_SIZE,
     PretrainedWeights,
     adapt_first_conv,
-    check_input_size,
     closest_archs,
     create_model,
     first_conv_name,
-    min_input_size,
     resolve_arch,
 )
+from hpatool.engine.models.input_size import MIN_INPUT_SIZE, check_input_size, min_input_size
 from hpatool.errors import DataError, NotFound, UsageError, WorkFailed
 
 

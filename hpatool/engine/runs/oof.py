@@ -156,6 +156,35 @@ def mean_prediction(parts: list[tuple[float, np.ndarray]]) -> np.ndarray:
     return np.asarray(sum(w * row for w, row in parts)) / total
 
 
+def _collect(
+    runs: Sequence[RunRecord], weights: Sequence[float] | None
+) -> tuple[
+    dict[str, list[tuple[float, np.ndarray]]], dict[str, int], dict[str, View], list[str]
+]:
+    """The runs' ``oof.csv`` rows by id (each with its run's weight), the fold of each id (its
+    first run's validation fold), each run's view, and the runs without the file."""
+    parts: dict[str, list[tuple[float, np.ndarray]]] = {}
+    fold_of: dict[str, int] = {}
+    views: dict[str, View] = {}
+    without: list[str] = []
+    for k, run in enumerate(runs):
+        path = Path(run.out_dir) / OOF_FILE
+        if not path.is_file():
+            without.append(run.name)
+            continue
+        ids, probs = read_oof(path)
+        w = 1.0 if weights is None else float(weights[k])
+        fold = run.fold if run.fold is not None else -1 - k  # a run without a fold: its own
+        for sid in ids:
+            fold_of.setdefault(sid, fold)
+        for sid, row in zip(ids, probs, strict=True):
+            parts.setdefault(sid, []).append((w, row))
+        view = run_view(Path(run.out_dir))
+        if view is not None:
+            views[run.name] = view
+    return parts, fold_of, views, without
+
+
 def summarize_oof(
     reg: Registry, runs: Sequence[RunRecord], weights: Sequence[float] | None = None
 ) -> OofSummary:
@@ -176,25 +205,7 @@ def summarize_oof(
             f"run {other!r} validates on dataset {datasets[other]!r}, run {runs[0].name!r} on "
             f"{first!r}; out-of-fold predictions can only be put together on one dataset"
         )
-    parts: dict[str, list[tuple[float, np.ndarray]]] = {}
-    fold_of: dict[str, int] = {}
-    views: dict[str, View] = {}
-    without: list[str] = []
-    for k, run in enumerate(runs):
-        path = Path(run.out_dir) / OOF_FILE
-        if not path.is_file():
-            without.append(run.name)
-            continue
-        ids, probs = read_oof(path)
-        w = 1.0 if weights is None else float(weights[k])
-        fold = run.fold if run.fold is not None else -1 - k  # a run without a fold: its own
-        for sid in ids:
-            fold_of.setdefault(sid, fold)
-        for sid, row in zip(ids, probs, strict=True):
-            parts.setdefault(sid, []).append((w, row))
-        view = run_view(Path(run.out_dir))
-        if view is not None:
-            views[run.name] = view
+    parts, fold_of, views, without = _collect(runs, weights)
     if not parts:
         names = ", ".join(r.name for r in runs)
         raise NotFound(

@@ -115,7 +115,7 @@ BeforeScoring = Callable[[Candidates], None]
 def _check_input_size(arch: str, crop_size: int | None) -> None:
     """Whether the model's architecture can take ``--crop-size`` inputs (the run's own
     training crop it took already), before any image is read."""
-    from hpatool.engine.models.factory import check_input_size
+    from hpatool.engine.models.input_size import check_input_size
 
     if crop_size is None:
         return
@@ -199,7 +199,6 @@ def _score_dataset(
     architecture takes the crop, every image's header is readable and fits the crops), call
     ``before``, then score ``cands.items`` with each model in turn (sharded under torchrun; each
     freed before the next), average the models' probabilities and gather on rank 0."""
-    import torch
 
     from hpatool.engine.distributed import DistContext, resolve_device
 
@@ -230,37 +229,11 @@ def _score_dataset(
             _warn_view_mismatch(models, sources, tuned, checked)
         _warn_sizes(models, specs, config, cands.dataset)
         before(cands)
-        parts: list[Scores] = []
-        for k, (source, spec, m) in enumerate(zip(sources, specs, models, strict=True)):
-            built = ckpts[k] if len(sources) == 1 else source.checkpoint
-            model, _ = ckpt_mod.build_model_from_checkpoint(built, device=dev)
-            # channels_last is faster on CUDA and, through oneDNN, on the CPU too (resnet50 at
-            # 256: 7.6-7.9 vs 6.4-6.6 crops/s on the 2-core development machine).
-            model = model.to(memory_format=torch.channels_last)
-            parts.append(
-                score(
-                    model,
-                    cands.items,
-                    m.view,
-                    mean=spec.mean,
-                    std=spec.std,
-                    batch_size=config.batch_size,
-                    workers=config.workers,
-                    device=dev,
-                    seed=config.seed,
-                    strict=strict,
-                    rank=ctx.rank,
-                    world_size=ctx.world_size,
-                    progress=_model_progress(progress, k, len(sources)) if ctx.is_main else None,
-                    both=both,
-                    amp_dtype=scoring_dtype(m.amp, dev),
-                    model_name=f"run {m.name}" if source.run is not None else m.name,
-                )
-            )
-            del model
-            ckpts[k] = {}
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
+        run = _Scoring(cands, config, strict, progress, both, dev, ctx)
+        parts = [
+            run.one(k, source, spec, m, ckpts)
+            for k, (source, spec, m) in enumerate(zip(sources, specs, models, strict=True))
+        ]
         local = average_scores(parts, [s.weight for s in sources])
         merged = Scores()
         for part in ctx.gather(local):
@@ -280,6 +253,55 @@ def _score_dataset(
         )
     finally:
         ctx.destroy()
+
+
+@dataclass
+class _Scoring:
+    """How each model of one scoring runs: the samples, the options, the device and ranks."""
+
+    cands: Candidates
+    config: PredictConfig
+    strict: bool
+    progress: ProgressFn | None
+    both: bool
+    dev: Any  # torch.device
+    ctx: Any  # DistContext
+
+    def one(
+        self, k: int, source: ModelSource, spec: Any, m: ModelView, ckpts: list[dict[str, Any]]
+    ) -> Scores:
+        """Model ``k``'s scores (its checkpoint built, scored, freed before the next)."""
+        import torch
+
+        config, dev, ctx, models = self.config, self.dev, self.ctx, len(ckpts)
+        built = ckpts[k] if models == 1 else source.checkpoint
+        model, _ = ckpt_mod.build_model_from_checkpoint(built, device=dev)
+        # channels_last is faster on CUDA and, through oneDNN, on the CPU too (resnet50 at
+        # 256: 7.6-7.9 vs 6.4-6.6 crops/s on the 2-core development machine).
+        model = model.to(memory_format=torch.channels_last)
+        part = score(
+            model,
+            self.cands.items,
+            m.view,
+            mean=spec.mean,
+            std=spec.std,
+            batch_size=config.batch_size,
+            workers=config.workers,
+            device=dev,
+            seed=config.seed,
+            strict=self.strict,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            progress=_model_progress(self.progress, k, models) if ctx.is_main else None,
+            both=self.both,
+            amp_dtype=scoring_dtype(m.amp, dev),
+            model_name=f"run {m.name}" if source.run is not None else m.name,
+        )
+        del model
+        ckpts[k] = {}
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        return part
 
 
 def _mean_class_frequency(sources: list[ModelSource]) -> np.ndarray | None:

@@ -191,29 +191,14 @@ def evaluate_run(
     plot = _plot_target(reg, config, inputs)
     checkpoint = Path(config.checkpoint) if config.checkpoint is not None else None
     names = _run_names(reg, config)
-    ensemble = len(names) > 1
-    trained = None if ensemble else training_data(reg, names[0] if names else None, checkpoint)
-    each = [d for d in (training_data(reg, n, None) for n in names) if d is not None]
+    trained = (
+        None if len(names) > 1 else training_data(reg, names[0] if names else None, checkpoint)
+    )
     chosen = evaluation_samples(reg, config, trained, names)
     cands = available(reg, dataset, chosen.labelled, chosen.where(dataset))
-    overlap = [0]
-
-    def count_trained_on(items: list[ScoreItem]) -> int:
-        if ensemble:
-            return trained_on_any(reg, each, items)
-        return trained_on(reg, trained, items)
-
-    def before(c: Candidates) -> None:
-        if c.left_out:
-            warn_once(f"{c.summary()}; scoring the other {len(c.items):,}", LeftOut)
-        overlap[0] = count_trained_on(c.items)
-        if ensemble:
-            warn_ensemble_trained_on(overlap[0], len(c.items), len(names))
-        else:
-            warn_trained_on(overlap[0], len(c.items), trained)
-
+    check = _TrainedOnCheck(reg, names, trained)
     scored = score_or_stop(
-        reg, cands, config, strict=False, progress=progress, before=before, both=True
+        reg, cands, config, strict=False, progress=progress, before=check.before, both=True
     )
     failed = _left_out_while_scoring(cands, scored.scores)
     targets = dict(chosen.labelled)
@@ -248,7 +233,7 @@ def evaluate_run(
         windows=scored.windows,
         limit=chosen.limit,
         left_out=dict(cands.left_out),
-        trained_on=count_trained_on(items) if failed else overlap[0],
+        trained_on=check.count(items) if failed else check.overlap,
         run=trained.run if trained is not None else None,
         tta=scored.view.tta,
         size=scored.models[0].size,
@@ -263,6 +248,32 @@ def evaluate_run(
     if plot is not None and report.is_main:
         report.plot = plot_evaluation(report, plot)
     return report
+
+
+@dataclass
+class _TrainedOnCheck:
+    """How many evaluated samples the model (or any model of an ensemble) trained on, counted
+    and warned about right before scoring (``before``), again after it when some failed."""
+
+    reg: Registry
+    names: list[str]
+    trained: Any  # the one model's TrainingData, or None for an ensemble or a bare checkpoint
+    overlap: int = 0
+
+    def count(self, items: list[ScoreItem]) -> int:
+        if len(self.names) > 1:
+            each = [training_data(self.reg, n, None) for n in self.names]
+            return trained_on_any(self.reg, [d for d in each if d is not None], items)
+        return trained_on(self.reg, self.trained, items)
+
+    def before(self, c: Candidates) -> None:
+        if c.left_out:
+            warn_once(f"{c.summary()}; scoring the other {len(c.items):,}", LeftOut)
+        self.overlap = self.count(c.items)
+        if len(self.names) > 1:
+            warn_ensemble_trained_on(self.overlap, len(c.items), len(self.names))
+        else:
+            warn_trained_on(self.overlap, len(c.items), self.trained)
 
 
 def _plot_target(reg: Registry, config: PredictConfig, inputs: Inputs) -> Path | None:

@@ -126,7 +126,30 @@ def predict(
     scored = score_or_stop(
         reg, cands, config, strict=config.strict, progress=progress, before=before
     )
-    result = PredictResult(
+    result = _result(dataset, cands, scored)
+    if scored.is_main:
+        prior = parse_prior(config.threshold)
+        if prior is not None:
+            result.prior = _match_prior(prior, scored)
+        _write_predictions(result, all_items, scored, config.min_labels, out, probs_out, known)
+    return result
+
+
+def _match_prior(prior: Path | str, scored: Scored) -> PriorMatch:
+    """``--threshold prior``: the thresholds matched to the target shares on the scored
+    images replace ``scored.thresholds`` (the tuned ones are their fallback)."""
+    got = scored.scores.probs
+    probs = (
+        np.stack([got[i] for i in sorted(got)]) if got else np.zeros((0, len(scored.thresholds)))
+    )
+    match = match_prior(prior, probs, scored.thresholds, scored.train_frequency)
+    scored.thresholds = match.thresholds
+    return match
+
+
+def _result(dataset: str, cands: Candidates, scored: Scored) -> PredictResult:
+    """What was scored, before the files are written (``_write_predictions`` adds them)."""
+    return PredictResult(
         dataset=dataset,
         checkpoint=scored.source.checkpoint,
         samples=cands.total,
@@ -158,24 +181,6 @@ def predict(
         models=[m.name for m in scored.models],
         cached=scored.cached,
     )
-    if scored.is_main:
-        prior = parse_prior(config.threshold)
-        if prior is not None:
-            result.prior = _match_prior(prior, scored)
-        _write_predictions(result, all_items, scored, config.min_labels, out, probs_out, known)
-    return result
-
-
-def _match_prior(prior: Path | str, scored: Scored) -> PriorMatch:
-    """``--threshold prior``: the thresholds matched to the target shares on the scored
-    images replace ``scored.thresholds`` (the tuned ones are their fallback)."""
-    got = scored.scores.probs
-    probs = (
-        np.stack([got[i] for i in sorted(got)]) if got else np.zeros((0, len(scored.thresholds)))
-    )
-    match = match_prior(prior, probs, scored.thresholds, scored.train_frequency)
-    scored.thresholds = match.thresholds
-    return match
 
 
 def known_labels(reg: Registry, dataset: str) -> dict[str, tuple[int, ...]]:

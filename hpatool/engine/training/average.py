@@ -24,25 +24,29 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from torch import nn
 
 from hpatool.engine.config import TrainConfig, train_config, with_legacy
-from hpatool.engine.models.checkpoint import load_checkpoint, model_spec, save_checkpoint
+from hpatool.engine.models.checkpoint import save_checkpoint
 from hpatool.engine.runs.experiments import check_experiment_run, ensure_experiment
 from hpatool.engine.runs.run_dir import BEST, RunDir, write_metrics_csv, write_thresholds
-from hpatool.errors import AlreadyExists, DataError, UsageError
+from hpatool.engine.training.swa import (
+    AverageProgress,
+    Loading,
+    SourceData,
+    averaged_model,
+    chosen_checkpoints,
+    mean_checkpoint,
+    recompute_batchnorm,
+    score_oof,
+    validate_centre,
+)
+from hpatool.errors import AlreadyExists, UsageError
 from hpatool.registry import Registry, RunRecord, RunStatus, check_name
-
-#: ``progress(stage, done, total)``: stage ``"batchnorm"`` (training samples through the model)
-#: or ``"oof"`` (validation images scored with the run's view).
-AverageProgress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -96,32 +100,23 @@ def average_run(
     from hpatool.engine.distributed import DistContext, resolve_device
     from hpatool.engine.scoring.score import scoring_dtype
 
-    if last < 1:
-        raise UsageError(f"--last {last} is invalid; average at least 1 epoch checkpoint")
-    source = reg.run(run)
-    chosen = _chosen_checkpoints(source, last)
-    name = check_name(name, "run")
-    if reg.has_run(name):
-        raise AlreadyExists(f"run {name!r} already exists in {reg.path}; choose another --name")
-    dest = source.out_dir.parent / name
-    if dest.exists() or dest.is_symlink():
-        raise AlreadyExists(f"{dest} already exists; choose another --name or move it away")
-    checkpoint, config = _mean_checkpoint(chosen)
+    _, chosen, dest = _checked(reg, run, last, name)
+    checkpoint, config = mean_checkpoint(chosen)
     options = dict(config["options"])
     run_config = _train_config(options, name, experiment, dest.parent)
     check_experiment_run(reg, run_config, name)
     dev = resolve_device(device, DistContext())
     amp_dtype = scoring_dtype(config.get("amp"), dev)
-    model = _model(checkpoint, dev)
-    data = _Data.of(reg, run, checkpoint, cache)
-    loading = _Loading(
+    model = averaged_model(checkpoint, dev)
+    data = SourceData.of(reg, run, checkpoint, cache)
+    loading = Loading(
         int(batch_size or options.get("batch_size") or 16),
         default_workers() if workers is None else workers,
         dev,
         amp_dtype,
     )
-    bn_layers = _recompute_batchnorm(model, data, options, loading, progress)
-    metrics, thresholds = _validate(model, data, loading)
+    bn_layers = recompute_batchnorm(model, data, options, loading, progress)
+    metrics, thresholds = validate_centre(model, data, loading)
     epoch = chosen[-1][0]
     row = {"epoch": epoch, "step": checkpoint.get("step"), "partial": 0, **metrics}
     averaged: dict[str, Any] = {
@@ -161,6 +156,25 @@ def average_run(
     )
 
 
+def _checked(
+    reg: Registry, run: str, last: int, name: str
+) -> tuple[RunRecord, list[tuple[int, Path]], Path]:
+    """The source run, its last ``last`` kept epoch checkpoints and the new run's folder,
+    every refusal before any work: a bad ``--last``, too few kept epochs, a taken name or
+    folder."""
+    if last < 1:
+        raise UsageError(f"--last {last} is invalid; average at least 1 epoch checkpoint")
+    source = reg.run(run)
+    chosen = chosen_checkpoints(source, last)
+    name = check_name(name, "run")
+    if reg.has_run(name):
+        raise AlreadyExists(f"run {name!r} already exists in {reg.path}; choose another --name")
+    dest = source.out_dir.parent / name
+    if dest.exists() or dest.is_symlink():
+        raise AlreadyExists(f"{dest} already exists; choose another --name or move it away")
+    return source, chosen, dest
+
+
 def _publish(
     reg: Registry,
     dest: Path,
@@ -169,8 +183,8 @@ def _publish(
     thresholds: list[float],
     run_config: TrainConfig,
     model: nn.Module,
-    data: _Data,
-    loading: _Loading,
+    data: SourceData,
+    loading: Loading,
     progress: AverageProgress | None,
 ) -> tuple[tuple[float, float | None, str], RunRecord, bool]:
     """Write the run's files under a temporary name beside ``dest``, rename the folder to
@@ -234,8 +248,8 @@ def _write_files(
     thresholds: list[float],
     config: TrainConfig,
     model: nn.Module,
-    data: _Data,
-    loading: _Loading,
+    data: SourceData,
+    loading: Loading,
     progress: AverageProgress | None,
 ) -> tuple[float, float | None, str]:
     """The run's files in ``run_dir``: ``config.json``, ``checkpoint-best.pt``,
@@ -252,7 +266,7 @@ def _write_files(
         run_dir.thresholds, thresholds, row, row["epoch"], config.validation_view.to_json()
     )
     view = config.view
-    probs = _score_oof(model, data, view, loading, progress, config.name or "")
+    probs = score_oof(model, data, view, loading, progress, config.name or "")
     y_true = targets_array(data.parts.val)
     tuned = tune_thresholds(y_true, probs)
     in_sample = macro_f1(y_true, probs >= tuned)
@@ -261,211 +275,3 @@ def _write_files(
     run_dir.write_oof_thresholds(tuned.tolist(), view.to_json(), in_sample, heldout)
     size = data.sizes[config.datasets[0]]
     return in_sample, (None if heldout != heldout else heldout), view.text(size)
-
-
-def _chosen_checkpoints(source: RunRecord, last: int) -> list[tuple[int, Path]]:
-    kept = RunDir(source.out_dir).epoch_checkpoints()
-    if len(kept) < last:
-        have = (
-            f"kept {len(kept)} epoch checkpoints (epochs {', '.join(str(e) for e, _ in kept)})"
-            if kept
-            else "kept no epoch checkpoints (checkpoint-epoch-NNN.pt)"
-        )
-        how = (
-            f"use --last {len(kept)} or fewer"
-            if kept
-            else f"train it with --keep-checkpoints {last} (or more) first"
-        )
-        raise UsageError(f"run {source.name!r} {have} in {source.out_dir}; {how}")
-    return kept[-last:]
-
-
-def _mean_checkpoint(chosen: list[tuple[int, Path]]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The newest checkpoint of ``chosen`` with its ``model`` replaced by the mean of all their
-    models (floating-point tensors; integer ones from the newest), and its configuration."""
-    docs = [(path, load_checkpoint(path)) for _, path in chosen]
-    newest_path, newest = docs[-1]
-    config = newest.get("config")
-    if not isinstance(config, dict) or not isinstance(config.get("options"), dict):
-        raise DataError(f"{newest_path}: no run configuration; it is not a run's epoch checkpoint")
-    states = []
-    for path, doc in docs:
-        state = doc.get("model")
-        if doc.get("timm_name") != newest.get("timm_name") or not isinstance(state, dict):
-            raise DataError(
-                f"{path}: a {doc.get('timm_name')} model, not the {newest.get('timm_name')} of "
-                f"{newest_path.name}; average the checkpoints of one run"
-            )
-        if {k: tuple(v.shape) for k, v in state.items()} != {
-            k: tuple(v.shape) for k, v in newest["model"].items()
-        }:
-            raise DataError(
-                f"{path}: its weights do not have the shapes of {newest_path.name}'s; average "
-                "the checkpoints of one run"
-            )
-        states.append(state)
-    mean: dict[str, torch.Tensor] = {}
-    for key, value in newest["model"].items():
-        if value.is_floating_point():
-            stacked = torch.stack([s[key].to(torch.float64) for s in states])
-            mean[key] = stacked.mean(dim=0).to(value.dtype)
-        else:
-            mean[key] = value.clone()
-    doc = {k: v for k, v in newest.items() if k not in ("format", "version", "ema")}
-    doc["model"] = mean
-    return doc, config
-
-
-def _model(checkpoint: dict[str, Any], device: torch.device) -> nn.Module:
-    from hpatool.engine.models.factory import create_model
-
-    spec = model_spec(checkpoint)
-    model = create_model(spec.timm_name, in_chans=spec.in_chans, num_classes=spec.num_classes)
-    model.load_state_dict(checkpoint["model"])
-    return model.to(device)
-
-
-@dataclass(frozen=True)
-class _Loading:
-    """How the averaged model reads and runs its inputs."""
-
-    batch_size: int
-    workers: int
-    device: torch.device
-    amp_dtype: torch.dtype | None  # scoring's: the dtype the run trained in (scoring_dtype)
-
-
-@dataclass
-class _Data:
-    """The source run's samples (its training and validation parts, as it trained)."""
-
-    parts: Any  # TrainValItems
-    sizes: dict[str, tuple[int, int]]
-    crop: int
-    positions: dict[str, int]  # validation ids -> positions in the first dataset (predict's)
-    mean: tuple[float, ...]  # the model's input normalisation (its ModelSpec)
-    std: tuple[float, ...]
-
-    @classmethod
-    def of(cls, reg: Registry, run: str, checkpoint: dict[str, Any], cache: str) -> _Data:
-        from hpatool.data.samples import check_crop, train_val_items
-        from hpatool.engine.runs.oof import OOF_FILE, read_oof
-        from hpatool.engine.training.build import with_caches
-
-        options = checkpoint["config"]["options"]
-        spec = model_spec(checkpoint)
-        datasets = [str(d) for d in options["datasets"]]
-        parts = train_val_items(reg, datasets, int(options["fold"]), options.get("limit"))
-        oof = reg.run(run).out_dir / OOF_FILE
-        if oof.is_file():
-            ids, _ = read_oof(oof)
-            if sorted(ids) != sorted(it.id for it in parts.val):
-                raise UsageError(
-                    f"the validation fold of run {run!r} ({oof}) is not fold {options['fold']} "
-                    f"of dataset {datasets[0]!r} now (its split or its images changed since the "
-                    "run trained): the average could not be scored out of fold"
-                )
-        with_caches(reg, parts, cache)
-        crop = int(options["crop"])
-        sizes = check_crop(crop, [*parts.val, *parts.train])
-        positions = {s.id: i for i, s in enumerate(reg.samples(datasets[0]))}
-        return cls(parts, sizes, crop, positions, spec.mean, spec.std)
-
-
-def _recompute_batchnorm(
-    model: nn.Module,
-    data: _Data,
-    options: dict[str, Any],
-    loading: _Loading,
-    progress: AverageProgress | None,
-) -> int:
-    """BatchNorm's running statistics recomputed from the training samples (float32, each
-    sample once, with the run's augmentation); the number of BatchNorm layers."""
-    from torch.optim.swa_utils import update_bn
-    from torch.utils.data import DataLoader
-
-    from hpatool.data.samples import HpaDataset, loader_workers
-    from hpatool.data.transforms import normalize
-
-    layers = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    if not layers:
-        return 0
-    augment = str(options.get("augment") or "dihedral")
-    dataset = HpaDataset(data.parts.train, data.crop, augment=augment, sizes=data.sizes)
-    seeds = np.random.default_rng(int(options.get("seed") or 0)).integers(0, 2**31, len(dataset))
-    keys = [(i, int(s)) for i, s in enumerate(seeds)]
-    loader = DataLoader(
-        dataset,
-        batch_size=loading.batch_size,
-        sampler=keys,
-        num_workers=loader_workers(loading.workers),
-    )
-    total = len(dataset)
-
-    def batches() -> Iterator[torch.Tensor]:
-        done = 0
-        for x, _ in loader:
-            yield normalize(x.to(loading.device), data.mean, data.std)
-            done += x.shape[0]
-            if progress is not None:
-                progress("batchnorm", done, total)
-
-    update_bn(batches(), model)
-    model.eval()
-    return layers
-
-
-def _validate(
-    model: nn.Module, data: _Data, loading: _Loading
-) -> tuple[dict[str, Any], list[float]]:
-    """The averaged model validated as an epoch is (the centre crop of each validation
-    sample): its ``metrics.csv`` figures and the thresholds tuned on it."""
-    from torch.utils.data import DataLoader
-
-    from hpatool.data.samples import HpaDataset, loader_workers
-    from hpatool.engine.training.steps import validate
-
-    dataset = HpaDataset(data.parts.val, data.crop, data.mean, data.std, sizes=data.sizes)
-    loader = DataLoader(
-        dataset, batch_size=loading.batch_size, num_workers=loader_workers(loading.workers)
-    )
-    result = validate(model, loader, loading.device, amp_dtype=loading.amp_dtype)
-    metrics = result.metrics()
-    thresholds = metrics.pop("thresholds")
-    return metrics, thresholds
-
-
-def _score_oof(
-    model: nn.Module,
-    data: _Data,
-    view: Any,
-    loading: _Loading,
-    progress: AverageProgress | None,
-    name: str,
-) -> np.ndarray:
-    """``(n, 28)`` probabilities of the validation fold under the run's ``view`` (seed 0,
-    the run's dtype: what the out-of-fold step of a run does)."""
-    from hpatool.engine.scoring.score import ScoreItem, score
-
-    items = [ScoreItem(data.positions[it.id], it.root, it.id, it.cache) for it in data.parts.val]
-
-    def on_progress(done: int, total: int) -> None:
-        if progress is not None:
-            progress("oof", done, total)
-
-    scores = score(
-        model,
-        items,
-        view,
-        mean=data.mean,
-        std=data.std,
-        batch_size=loading.batch_size,
-        workers=loading.workers,
-        device=loading.device,
-        seed=0,
-        strict=True,
-        progress=on_progress,
-        amp_dtype=loading.amp_dtype,
-        model_name=f"run {name}",
-    )
-    return np.stack([scores.probs[item.index] for item in items])
