@@ -197,8 +197,14 @@ class BadImage(DataError):
     caller can say it its own way (a download names "the downloaded file", not its ``.part``).
     """
 
-    def __init__(self, path: Path | str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
+    def __init__(
+        self, path: Path | str = "", reason: str = "", *, message: str | None = None
+    ) -> None:
+        if message is not None:  # torch's DataLoader re-raise in the parent: the whole text
+            super().__init__(message)
+            path, _, reason = str(self).partition(": ")
+        else:
+            super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = " ".join(reason.split())
 

@@ -104,12 +104,36 @@ class _Group(HelpGroup):
             raise typer.Exit(2) from None
         except (typer.Exit, typer.Abort, typer.TyperException, ClickException, BrokenPipeError):
             raise
+        except UnicodeError as exc:
+            # a name or value with bytes that are not UTF-8 (a folder, an id, a label CSV)
+            # reaching a file, the registry or the terminal: the thing, shown escaped
+            if _debug(ctx):
+                raise
+            print_error(_not_utf8(exc))
+            raise typer.Exit(2) from None
         except Exception as exc:
             if _debug(ctx):
                 raise
             text = _from_worker(exc) or type(exc).__name__
             print_error(f"unexpected {type(exc).__name__}: {text} (rerun with --debug for details)")
             raise typer.Exit(1) from None
+
+
+def _not_utf8(exc: UnicodeError) -> str:
+    """The one line for a value that is not UTF-8 text: the value (its bad bytes escaped, as
+    ``\\xff``) and the fix."""
+    value = getattr(exc, "object", None)
+    if isinstance(value, bytes):
+        shown = value.decode("utf-8", "backslashreplace")
+    elif isinstance(value, str):
+        shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    else:
+        shown = str(exc)
+    return (
+        f"'{shown}' is not valid UTF-8 text (a file or folder name, an id or a value with "
+        "bytes of another encoding); rename it, or save the file as UTF-8, and run the command "
+        "again"
+    )
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ HomeOpt = Annotated[
     typer.Option(
         "--home",
         parser=_home_path,
-        metavar="<path>",
+        metavar="DIR",
         help="Registry home folder (default: $HPATOOL_HOME, else the user data dir).",
         show_default=False,
     ),

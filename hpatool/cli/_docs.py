@@ -14,7 +14,7 @@ from typing import Any
 import typer
 from typer.core import TyperArgument, TyperGroup
 
-from hpatool.cli._help import command_panels
+from hpatool.cli._help import command_panels, help_record, placeholder
 
 HEADER = """# hpatool command reference
 
@@ -42,10 +42,9 @@ def root_command() -> Any:
 
 
 def _param_line(param: Any, ctx: typer.Context) -> str:
-    record = param.get_help_record(ctx)
+    record = help_record(param, ctx)  # as --help shows it: NAME..., --out FILE.csv
     if isinstance(param, TyperArgument):
-        name = (param.metavar or param.name or "").upper()
-        text = record[1] if record else (getattr(param, "help", None) or "")
+        name, text = record if record else (placeholder(param), getattr(param, "help", ""))
         return f"- `{name}` (argument{', required' if param.required else ''}): {text}".rstrip(": ")
     flags, text = record if record else (param.name, "")
     return f"- `{flags}`: {' '.join(text.split())}"

@@ -11,6 +11,13 @@ layout with this formatter:
   written, never wrapped: each example stays one line that can be copied into a shell.
 - A group lists its commands under their help panels (``rich_help_panel``), in the order of
   ``list_commands``, each with the whole first paragraph of its help.
+- A value's placeholder says what to type, as other command lines' help does: the parameter's
+  ``metavar`` (``--dataset NAME``, ``--out FILE.csv``, ``--cache auto|off``), else one made
+  from its type (``placeholder``): ``N`` for an integer, ``NUM`` for a number, ``PATH``,
+  ``TEXT``, the choices joined by ``|``, a list's element (the option is repeated). Typer's own
+  (``<list[str]>``, ``<int range>``) name Python types. An argument is its metavar, else its
+  name (``SRC_DIR``), in its row and in the usage line: ``NAME`` (required), ``[NAME]``
+  (optional), ``NAME...`` (several).
 
 Plain output also keeps ``hpatool --help`` light: rich's help renderer alone imported markdown
 and pygments machinery on every call.
@@ -21,7 +28,9 @@ from __future__ import annotations
 import inspect
 import textwrap
 from collections.abc import Iterable, Sequence
-from typing import Any
+from datetime import datetime
+from pathlib import PurePath
+from typing import Any, get_args
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -111,6 +120,74 @@ class HelpFormatter(_ClickHelpFormatter):
             self.write("".join(f"{hanging}{line}\n" for line in lines[1:]))
 
 
+#: The placeholder of a value of each type, for a parameter that names none (its metavar).
+TYPE_PLACEHOLDERS: dict[type, str] = {int: "N", float: "NUM", str: "TEXT", bool: "BOOL"}
+#: The placeholder of a path by what it may be (Typer's ``file_okay`` / ``dir_okay``).
+PATH_PLACEHOLDERS = {"file": "FILE", "dir": "DIR", "path": "PATH"}
+
+
+def _type_placeholder(annotation: Any) -> str:
+    if isinstance(annotation, type) and issubclass(annotation, PurePath):
+        return "PATH"
+    if annotation is datetime:
+        return "DATETIME"
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if args:  # list[X], tuple[X, Y]: what to type for each value
+        return " ".join(_type_placeholder(a) for a in args)
+    return TYPE_PLACEHOLDERS.get(annotation, "VALUE") if isinstance(annotation, type) else "VALUE"
+
+
+def placeholder(param: Any) -> str:
+    """What to type for ``param``'s value: its ``metavar``, else one made from its type
+    (see the module docstring)."""
+    if param.metavar:
+        return str(param.metavar)
+    desc = getattr(param, "type_descriptor", None)
+    if desc is None:  # not a Typer parameter (click's --help has no value)
+        return (param.name or "").upper()
+    if desc.is_choice:
+        return "|".join(str(getattr(c, "value", c)) for c in desc.choices)
+    if desc.is_path:
+        args = get_args(desc.annotation)
+        if not args or all(isinstance(a, type) and issubclass(a, PurePath) for a in args):
+            return PATH_PLACEHOLDERS.get(desc.path_type, "PATH")
+    return _type_placeholder(desc.annotation)
+
+
+def _argument_name(param: Any) -> str:
+    """An argument's placeholder (its metavar, else its name: ``SRC_DIR``), with ``...`` when
+    it takes several values."""
+    name = str(param.metavar or (param.name or "").upper())
+    return name if param.nargs == 1 or name.endswith("...") else f"{name}..."
+
+
+def usage_pieces(param: Any, ctx: Any) -> list[str]:
+    """``param``'s part of the usage line: ``NAME``, ``[NAME]`` or ``NAME...`` for an
+    argument, nothing for an option (they are ``[OPTIONS]``)."""
+    if param.param_type_name != "argument":
+        return list(param.get_usage_pieces(ctx))
+    name = _argument_name(param)
+    return [name if param.required else f"[{name}]"]
+
+
+def _join_options(opts: Sequence[str]) -> str:
+    """``-d, --dataset``: the short spellings first, as click lists them."""
+    return ", ".join(sorted(opts, key=lambda opt: len(opt) - len(opt.lstrip("-/+"))))
+
+
+def help_record(param: Any, ctx: Any) -> tuple[str, str] | None:
+    """``param``'s row in ``--help``: its spellings (or, for an argument, its placeholder) with
+    the placeholder of its value, and Typer's help text (defaults, range, required)."""
+    record = param.get_help_record(ctx)
+    if record is None:
+        return None
+    if param.param_type_name == "argument":
+        return _argument_name(param), record[1]
+    if getattr(param, "is_flag", False) or getattr(param, "count", False):
+        return record[0], record[1]
+    return f"{_join_options(param.opts)} {placeholder(param)}", record[1]
+
+
 class _HelpMixin:
     """Help through ``HelpFormatter`` and click's plain layout, whatever Typer's markup mode."""
 
@@ -126,6 +203,31 @@ class _HelpMixin:
         command.format_help_text(ctx, formatter)
         command.format_options(ctx, formatter)
         command.format_epilog(ctx, formatter)
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        command: Any = self
+        pieces = [command.options_metavar] if command.options_metavar else []
+        for param in command.get_params(ctx):
+            pieces.extend(usage_pieces(param, ctx))
+        if getattr(command, "subcommand_metavar", None):  # a group: COMMAND [ARGS]...
+            pieces.append(command.subcommand_metavar)
+        return pieces
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        command: Any = self
+        rows: dict[str, list[tuple[str, str]]] = {"Arguments": [], "Options": []}
+        for param in command.get_params(ctx):
+            record = help_record(param, ctx)
+            if record is not None:
+                rows["Arguments" if param.param_type_name == "argument" else "Options"].append(
+                    record
+                )
+        for title, section in rows.items():
+            if section:
+                with formatter.section(title):
+                    formatter.write_dl(section)
+        if hasattr(command, "format_commands"):
+            command.format_commands(ctx, formatter)
 
 
 class HelpCommand(_HelpMixin, TyperCommand):

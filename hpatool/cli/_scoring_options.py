@@ -28,6 +28,7 @@ DatasetOpt = Annotated[
     str | None,
     typer.Option(
         "--dataset",
+        metavar="NAME",
         help="The registered dataset to score (required, here or in --config).",
         show_default=False,
     ),
@@ -37,7 +38,7 @@ RunOpt = Annotated[
     typer.Option(
         "--run",
         "--run-name",
-        metavar="<str>",
+        metavar="RUN",
         help="A registered training run (uses its best checkpoint); repeat it, or add "
         "--experiment, for an ensemble (the models' probabilities averaged); RUN:WEIGHT weighs "
         "it (default 1). Under torchrun write --run-name: torchrun's own parser takes --run "
@@ -49,6 +50,7 @@ ExperimentOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--experiment",
+        metavar="EXP",
         help="Every run of this experiment ('hpatool cv'), as an ensemble: each scores with "
         "its own view, the probabilities are averaged, and --threshold auto uses thresholds "
         "tuned on the runs' out-of-fold predictions together (weighted alike). Repeat it, or "
@@ -61,6 +63,7 @@ WeightOpt = Annotated[
     list[float] | None,
     typer.Option(
         "--weight",
+        metavar="W",
         help="The ensemble's weights, one per --run (or one per --experiment) in order; "
         "normalised to sum to 1 (default: equal; or write RUN:WEIGHT).",
         show_default=False,
@@ -69,7 +72,10 @@ WeightOpt = Annotated[
 CheckpointOpt = Annotated[
     Path | None,
     typer.Option(
-        "--checkpoint", help="A checkpoint file instead of --run (one model).", show_default=False
+        "--checkpoint",
+        metavar="FILE.pt",
+        help="A checkpoint file instead of --run (one model).",
+        show_default=False,
     ),
 ]
 CropsOpt = Annotated[
@@ -95,6 +101,7 @@ AggOpt = Annotated[
     str | None,
     typer.Option(
         "--agg",
+        metavar="max|mean",
         help="How to combine the views' probabilities: max or mean (default: the run's stored "
         "view, its --eval-agg; max for a run that stores none).",
         show_default=False,
@@ -104,6 +111,7 @@ TtaOpt = Annotated[
     str | None,
     typer.Option(
         "--tta",
+        metavar="MODE",
         help="Test-time augmentation: grid (windows of the crop that together cover every "
         "pixel of the image), grid+flips (each grid window under --crops of the 8 "
         "flips/rotations; flips is the same), crops (--crops random crops), crops+flips "
@@ -117,6 +125,7 @@ ThresholdOpt = Annotated[
     str | None,
     typer.Option(
         "--threshold",
+        metavar="auto|NUM|prior|FILE.csv",
         help=help_with_default(
             "'auto' (the run's per-class thresholds, tuned on its stored view; an ensemble's: "
             "tuned on its runs' out-of-fold predictions), a number for every class, or (predict "
@@ -162,7 +171,10 @@ WorkersOpt = Annotated[
 DeviceOpt = Annotated[
     str | None,
     typer.Option(
-        "--device", help=help_with_default("auto, cpu or cuda.", "device"), show_default=False
+        "--device",
+        metavar="auto|cpu|cuda",
+        help=help_with_default("auto, cpu or cuda.", "device"),
+        show_default=False,
     ),
 ]
 SeedOpt = Annotated[
@@ -179,6 +191,7 @@ SeedOpt = Annotated[
 def _config_option(tables: str) -> Any:
     return typer.Option(
         "--config",
+        metavar="FILE.toml",
         help=f"Read options from this TOML file (its {tables} table, else its top level; "
         "named as the flags are); options given on the command line win.",
         show_default=False,
@@ -192,6 +205,7 @@ CacheOpt = Annotated[
     str | None,
     typer.Option(
         "--cache",
+        metavar="auto|off",
         help=help_with_default(
             "auto: read the dataset from its decoded cache ('hpatool datasets cache') when it "
             "is complete and matches the images (one that does not is refused, saying how to "

@@ -22,6 +22,7 @@ DatasetOpt = Annotated[
     typer.Option(
         "--dataset",
         "-d",
+        metavar="NAME",
         help="Registered dataset; repeat for more. Validation is "
         "a fold of the first (run 'hpatool split' on it); the others only add "
         "training samples. Required unless --resume.",
@@ -33,6 +34,7 @@ ArchOpt = Annotated[
     str | None,
     typer.Option(
         "--arch",
+        metavar="ARCH",
         help=f"resnet50, inceptionresnetv2, or any timm model name {_default('arch')}.",
         show_default=False,
     ),
@@ -101,6 +103,7 @@ LossOpt = Annotated[
     str | None,
     typer.Option(
         "--loss",
+        metavar="LOSS",
         help="bce, focal (sigmoid focal, gamma 2), lovasz (the Lovász hinge of each class over "
         "the batch, a surrogate of its F1/Jaccard), or a weighted sum: focal+lovasz, "
         f"bce*0.5+lovasz*1; validation loss is BCE whatever this is {_default('loss')}.",
@@ -112,7 +115,8 @@ OversampleOpt = Annotated[
     str | None,
     typer.Option(
         "--oversample",
-        help="auto (rare classes 2-7x), none, or "
+        metavar="auto|none|SPEC",
+        help="auto (rare classes 2-7x), none, or SPEC: "
         f"CLASS=FACTOR,... e.g. 27=7,Lysosomes=5 {_default('oversample')}.",
         show_default=False,
     ),
@@ -122,6 +126,7 @@ PretrainedOpt = Annotated[
     str | None,
     typer.Option(
         "--pretrained",
+        metavar="imagenet|FILE|none",
         help="imagenet (timm's ImageNet weights for --arch, downloaded once into the Hugging "
         "Face / torch cache), a local state dict to start from (ImageNet timm/torchvision, "
         "3 or 4 channels), a run's checkpoint-best.pt (its 28-class head is kept), or none; "
@@ -143,7 +148,12 @@ WorkersOpt = Annotated[
 
 DeviceOpt = Annotated[
     str | None,
-    typer.Option("--device", help=f"auto, cpu or cuda {_default('device')}.", show_default=False),
+    typer.Option(
+        "--device",
+        metavar="auto|cpu|cuda",
+        help=f"auto, cpu or cuda {_default('device')}.",
+        show_default=False,
+    ),
 ]
 
 AmpOpt = Annotated[
@@ -159,6 +169,7 @@ OutOpt = Annotated[
     Path | None,
     typer.Option(
         "--out",
+        metavar="DIR",
         help=f"Parent folder of run folders {_default('out')}.",
         show_default=False,
     ),
@@ -168,6 +179,7 @@ NameOpt = Annotated[
     str | None,
     typer.Option(
         "--name",
+        metavar="NAME",
         help="Run name and folder (default: ARCH-fFOLD-TIMESTAMP).",
         show_default=False,
     ),
@@ -244,6 +256,7 @@ ExperimentOpt = Annotated[
     str | None,
     typer.Option(
         "--experiment",
+        metavar="EXP",
         help="Add this run to experiment EXP as the model of its --fold (see 'hpatool cv'): "
         "folds can be trained on different machines or GPUs at once, and their run "
         "folders collected with 'hpatool runs import'.",
@@ -268,6 +281,7 @@ EvalAggOpt = Annotated[
     str | None,
     typer.Option(
         "--eval-agg",
+        metavar="max|mean",
         help=f"max or mean over the --eval-crops views {_default('eval_agg')}.",
         show_default=False,
     ),
@@ -277,6 +291,7 @@ TtaOpt = Annotated[
     str | None,
     typer.Option(
         "--tta",
+        metavar="MODE",
         help="The test-time augmentation of that view: grid (windows of --crop that together "
         "cover every pixel of the image), grid+flips (each grid window under --eval-crops "
         "flips/rotations; flips is the same), crops (--eval-crops random crops) or crops+flips "
@@ -289,6 +304,7 @@ CacheOpt = Annotated[
     str | None,
     typer.Option(
         "--cache",
+        metavar="auto|off",
         help="auto: read each dataset from its decoded cache ('hpatool datasets cache') when "
         "it is complete and matches the images (one that does not is refused, saying how to "
         f"rebuild it); off: read the images {_default('cache')}.",
@@ -300,6 +316,7 @@ HeadBiasOpt = Annotated[
     str | None,
     typer.Option(
         "--head-bias",
+        metavar="prior|zero",
         help="The classifier's starting bias: prior (the log-odds of each class's training "
         "frequency as the sampler draws it, so step one predicts base rates, not 0.5 for all "
         "28 classes) or zero (timm's init); a --pretrained file's trained head is kept either "
@@ -312,6 +329,7 @@ AugmentOpt = Annotated[
     str | None,
     typer.Option(
         "--augment",
+        metavar="dihedral|light|strong",
         help="Training augmentation: dihedral (a random crop and one of the 8 flips/rotations), "
         "light (also each channel's brightness, contrast and gamma jittered) or strong (also "
         "rotated up to 15 degrees and scaled up to 15%); deterministic per --seed "
@@ -324,6 +342,7 @@ EmaOpt = Annotated[
     float | None,
     typer.Option(
         "--ema",
+        metavar="DECAY",
         help="Keep an exponential moving average of the weights (BatchNorm statistics "
         "included) with this decay; the average is validated and checkpointed in place of the "
         f"raw weights; 0 turns it off {_default('ema')}.",
@@ -335,6 +354,7 @@ KeepCheckpointsOpt = Annotated[
     int | None,
     typer.Option(
         "--keep-checkpoints",
+        metavar="K",
         help="Also keep the weights of the last K epochs (checkpoint-epoch-NNN.pt), for "
         "'hpatool runs average RUN --last K' (default: none kept).",
         min=1,
@@ -346,6 +366,7 @@ ValViewOpt = Annotated[
     str | None,
     typer.Option(
         "--val-view",
+        metavar="centre|eval",
         help="How validation scores each epoch (its F1 picks the best epoch): centre (one "
         "centre crop, the cheapest) or eval (the run's evaluation view: --tta, --eval-crops, "
         f"--eval-agg) {_default('val_view')}.",
@@ -357,6 +378,7 @@ ConfigOpt = Annotated[
     Path | None,
     typer.Option(
         "--config",
+        metavar="FILE",
         help="Read options from this TOML file (its [train] table, else its top level; "
         "named as the flags are) or from a run's config.json; options given on the "
         "command line win.",

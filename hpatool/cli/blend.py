@@ -10,71 +10,94 @@ import typer
 
 from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
 
+FilesArg = Annotated[
+    list[Path],
+    typer.Argument(
+        metavar="PROBS.csv...",
+        help="Probability files written by 'predict --probs' (Id and 28 probabilities), "
+        "of the same images.",
+        show_default=False,
+    ),
+]
+OutOpt = Annotated[
+    Path,
+    typer.Option(
+        "--out",
+        metavar="FILE.csv",
+        help="The submission to write (Id,Predicted).",
+        show_default=False,
+    ),
+]
+WeightOpt = Annotated[
+    list[float] | None,
+    typer.Option(
+        "--weight",
+        metavar="W",
+        help="One weight per file, in order; normalised to sum to 1 (default: equal).",
+        show_default=False,
+    ),
+]
+OofOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--oof",
+        metavar="RUN|EXP|FILE.csv",
+        help="For --threshold auto: each file's out-of-fold predictions, in order: an "
+        "oof.csv, or a registered run or experiment (its oof.csv files).",
+        show_default=False,
+    ),
+]
+DatasetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dataset",
+        metavar="NAME",
+        help="The registered dataset whose labels the --oof predictions are scored against "
+        "(default: the one the --oof runs validate on).",
+        show_default=False,
+    ),
+]
+ThresholdOpt = Annotated[
+    str,
+    typer.Option(
+        "--threshold",
+        metavar="auto|NUM|FILE.csv",
+        help="auto (tuned on the --oof predictions blended with the same weights), a "
+        "number for every class, a CSV of per-class thresholds (class,threshold), or "
+        "prior=FILE.csv (each class's predicted share matched to the file's).",
+    ),
+]
+MinLabelsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--min-labels",
+        help="Give every image at least this many labels, the most probable (default: 1; "
+        "0 with prior matching).",
+        min=0,
+        max=28,
+        show_default=False,
+    ),
+]
+ProbsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--probs",
+        metavar="FILE.csv",
+        help="Also write the blended probabilities.",
+        show_default=False,
+    ),
+]
+
 
 def blend(
-    files: Annotated[
-        list[Path],
-        typer.Argument(
-            metavar="PROBS.csv...",
-            help="Probability files written by 'predict --probs' (Id and 28 probabilities), "
-            "of the same images.",
-            show_default=False,
-        ),
-    ],
-    out: Annotated[
-        Path,
-        typer.Option("--out", help="The submission to write (Id,Predicted).", show_default=False),
-    ],
-    weight: Annotated[
-        list[float] | None,
-        typer.Option(
-            "--weight",
-            help="One weight per file, in order; normalised to sum to 1 (default: equal).",
-            show_default=False,
-        ),
-    ] = None,
-    oof: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--oof",
-            help="For --threshold auto: each file's out-of-fold predictions, in order: an "
-            "oof.csv, or a registered run or experiment (its oof.csv files).",
-            show_default=False,
-        ),
-    ] = None,
-    dataset: Annotated[
-        str | None,
-        typer.Option(
-            "--dataset",
-            help="The registered dataset whose labels the --oof predictions are scored against "
-            "(default: the one the --oof runs validate on).",
-            show_default=False,
-        ),
-    ] = None,
-    threshold: Annotated[
-        str,
-        typer.Option(
-            "--threshold",
-            help="auto (tuned on the --oof predictions blended with the same weights), a "
-            "number for every class, a CSV of per-class thresholds (class,threshold), or "
-            "prior=FILE.csv (each class's predicted share matched to the file's).",
-        ),
-    ] = "auto",
-    min_labels: Annotated[
-        int | None,
-        typer.Option(
-            "--min-labels",
-            help="Give every image at least this many labels, the most probable (default: 1; "
-            "0 with prior matching).",
-            min=0,
-            max=28,
-            show_default=False,
-        ),
-    ] = None,
-    probs: Annotated[
-        Path | None,
-        typer.Option("--probs", help="Also write the blended probabilities.", show_default=False),
-    ] = None,
+    files: FilesArg,
+    out: OutOpt,
+    weight: WeightOpt = None,
+    oof: OofOpt = None,
+    dataset: DatasetOpt = None,
+    threshold: ThresholdOpt = "auto",
+    min_labels: MinLabelsOpt = None,
+    probs: ProbsOpt = None,
     json_: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:

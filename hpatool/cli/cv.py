@@ -52,6 +52,7 @@ CvDatasetOpt = Annotated[
     typer.Option(
         "--dataset",
         "-d",
+        metavar="NAME",
         help="Registered dataset; repeat for more. The folds are those of the first one's "
         "split ('hpatool split'); the others only add training samples. Required for a new "
         "experiment; a rerun takes the experiment's.",
@@ -62,6 +63,7 @@ ExperimentNameOpt = Annotated[
     str,
     typer.Option(
         "--name",
+        metavar="NAME",
         help="The experiment; fold K is trained as run NAME-fK.",
         show_default=False,
     ),
@@ -70,6 +72,7 @@ FoldsOpt = Annotated[
     int | None,
     typer.Option(
         "--folds",
+        metavar="K",
         help="Check that the first dataset is split into K folds (default: train every fold "
         "of its split).",
         min=2,
@@ -80,6 +83,7 @@ CvFoldOpt = Annotated[
     list[int] | None,
     typer.Option(
         "--fold",
+        metavar="K",
         help="Train only this fold; repeat for more (default: every fold).",
         min=0,
         show_default=False,

@@ -1,5 +1,6 @@
-"""``hpatool datasets ...``: register, list, show, export, remove and verify datasets (and
-``set-root``, from ``cli/datasets_root.py``; ``cache``, from ``cli/datasets_cache.py``)."""
+"""``hpatool datasets ...``: register, list, show, export and remove datasets (and ``verify``,
+from ``cli/datasets_verify.py``; ``set-root``, from ``cli/datasets_root.py``; ``cache``, from
+``cli/datasets_cache.py``)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import typer
 from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
 from hpatool.cli.datasets_cache import cache_datasets
 from hpatool.cli.datasets_root import set_root
+from hpatool.cli.datasets_verify import verify
 
 if TYPE_CHECKING:
-    from hpatool.catalog import SampleListing, VerifyReport
+    from hpatool.catalog import SampleListing
 
 app = typer.Typer(
     help="Register, list, show, export, remove and verify datasets, and set their image "
@@ -31,6 +33,7 @@ def add(
         Path | None,
         typer.Option(
             "--labels",
+            metavar="FILE.csv",
             help="Label CSV with an Id column and optional Target column (names matched "
             "case-insensitively).",
             show_default=False,
@@ -38,12 +41,15 @@ def add(
     ] = None,
     root: Annotated[
         Path | None,
-        typer.Option("--root", help="Folder of <Id>_<colour>.png images.", show_default=False),
+        typer.Option(
+            "--root", metavar="DIR", help="Folder of <Id>_<colour>.png images.", show_default=False
+        ),
     ] = None,
     kind: Annotated[
         str | None,
         typer.Option(
             "--kind",
+            metavar="train|test|external",
             help="train, test or external (default: train if the CSV has Target, else test).",
             show_default=False,
         ),
@@ -142,6 +148,7 @@ def show(
         str | None,
         typer.Option(
             "--status",
+            metavar="STATUS",
             help="With --samples: only the samples with this status (done, failed, missing, "
             "pending...).",
             show_default=False,
@@ -203,6 +210,7 @@ def export(
         Path | None,
         typer.Option(
             "--out",
+            metavar="FILE.csv",
             help="Write the CSV to this file (default: standard output).",
             show_default=False,
         ),
@@ -329,72 +337,6 @@ def remove(name: NameArg, home: HomeOpt = None) -> None:
     out().print(f"Removed dataset [bold]{rec.name}[/] ({rec.samples:,} samples); files untouched.")
 
 
-@app.command("verify")
-def verify(
-    name: NameArg,
-    size: Annotated[
-        int | None,
-        typer.Option(
-            "--size",
-            help="Expected width and height (default: the most common size).",
-            show_default=False,
-            min=1,
-        ),
-    ] = None,
-    workers: Annotated[
-        int | None, typer.Option("--workers", help="Reader threads.", min=1, show_default=False)
-    ] = None,
-    failures: Annotated[
-        Path | None,
-        typer.Option(
-            "--failures",
-            help="Also write the failures to this CSV (Id,colour,path,problem).",
-            show_default=False,
-        ),
-    ] = None,
-    json_: JsonOpt = False,
-    home: HomeOpt = None,
-) -> None:
-    """Check that every sample has four 8-bit greyscale channel files of one size that decode.
-
-    Prints a summary and the failures; exits 1, with an error line, if any sample fails.
-
-    Example: hpatool datasets verify kaggle-train --size 512
-    """
-    from hpatool.catalog import verify_dataset
-    from hpatool.cli._console import print_json, progress_bar
-
-    with open_registry(home) as reg, progress_bar(f"verify {name}") as progress:
-        report = verify_dataset(
-            reg, name, size=size, workers=workers, progress=progress, failures=failures
-        )
-    if json_:
-        print_json(report.to_json())
-    else:
-        _print_verify_report(report)
-    report.check()  # one error line and exit 1 if any sample failed
-
-
-def _print_verify_report(report: VerifyReport) -> None:
-    from hpatool.cli._console import Table, out
-
-    console = out()
-    sizes = ", ".join(f"{w}x{h}: {n:,}" for (w, h), n in report.sizes.most_common(3)) or "-"
-    console.print(
-        f"Verified [bold]{report.dataset}[/] in {report.root}: {report.checked:,} samples, "
-        f"{report.ok:,} ok, {report.failed_samples:,} failed (sizes {sizes})"
-    )
-    if report.not_checked:
-        why = ", ".join(f"{n:,} {r}" for r, n in sorted(report.not_checked.items()))
-        console.print(f"Not checked: {why} (their files are not meant to be there)", markup=False)
-    if report.failures:
-        table = Table(title="Failures" + (" (first 20)" if len(report.failures) > 20 else ""))
-        for col in ("Id", "colour", "problem", "path"):
-            table.add_column(col)
-        for f in report.failures[:20]:
-            table.add_row(f.id, f.colour, f.problem, f.path)
-        console.print(table)
-
-
+app.command("verify")(verify)  # datasets verify: its own module, cli/datasets_verify.py
 app.command("set-root")(set_root)  # datasets set-root: its own module, cli/datasets_root.py
 app.command("cache")(cache_datasets)  # datasets cache: its own module, cli/datasets_cache.py

@@ -25,7 +25,7 @@ def dedup(
         int,
         typer.Option(
             "--max-distance",
-            metavar="<bits>",
+            metavar="BITS",
             help=f"Samples whose 128-bit hashes differ in at most this many bits are duplicates "
             f"(0 to {MAX_MAX_DISTANCE}; 0: identical hashes only).",
         ),
@@ -42,7 +42,7 @@ def dedup(
         Path | None,
         typer.Option(
             "--out",
-            metavar="<path>",
+            metavar="FILE.csv",
             help="Write every pair to this CSV: dataset_a,id_a,dataset_b,id_b,distance.",
             show_default=False,
         ),

@@ -12,30 +12,38 @@ import typer
 from hpatool.cli._common import ROOT_HOME
 from hpatool.options import DemoConfig
 
+OutOpt = Annotated[
+    Path,
+    typer.Option(
+        "--out",
+        metavar="DIR",
+        help="Folder for everything the demo makes (its own registry home included).",
+    ),
+]
+SamplesOpt = Annotated[
+    int, typer.Option("--samples", help="Training samples to synthesise.", min=1)
+]
+SizeOpt = Annotated[int, typer.Option("--size", help="Synthetic image size.", min=32)]
+EpochsOpt = Annotated[
+    int, typer.Option("--epochs", help="Training epochs of each fold's run.", min=1)
+]
+FoldsOpt = Annotated[
+    int, typer.Option("--folds", help="Folds to split into and cross-validate.", min=2)
+]
+ArchOpt = Annotated[
+    str, typer.Option("--arch", metavar="ARCH", help="Model (a small timm ResNet by default).")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+
 
 def demo(
-    out_dir: Annotated[
-        Path,
-        typer.Option(
-            "--out", help="Folder for everything the demo makes (its own registry home included)."
-        ),
-    ] = DemoConfig.out,
-    samples: Annotated[
-        int, typer.Option("--samples", help="Training samples to synthesise.", min=1)
-    ] = DemoConfig.samples,
-    size: Annotated[
-        int, typer.Option("--size", help="Synthetic image size.", min=32)
-    ] = DemoConfig.size,
-    epochs: Annotated[
-        int, typer.Option("--epochs", help="Training epochs of each fold's run.", min=1)
-    ] = DemoConfig.epochs,
-    folds: Annotated[
-        int, typer.Option("--folds", help="Folds to split into and cross-validate.", min=2)
-    ] = DemoConfig.folds,
-    arch: Annotated[
-        str, typer.Option("--arch", help="Model (a small timm ResNet by default).")
-    ] = DemoConfig.arch,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = DemoConfig.seed,
+    out_dir: OutOpt = DemoConfig.out,
+    samples: SamplesOpt = DemoConfig.samples,
+    size: SizeOpt = DemoConfig.size,
+    epochs: EpochsOpt = DemoConfig.epochs,
+    folds: FoldsOpt = DemoConfig.folds,
+    arch: ArchOpt = DemoConfig.arch,
+    seed: SeedOpt = DemoConfig.seed,
 ) -> None:
     """Run the whole chain on synthetic data on a CPU, in a fresh registry home under --out.
 

@@ -22,6 +22,7 @@ LabelsOpt = Annotated[
     Path,
     typer.Option(
         "--labels",
+        metavar="FILE.csv",
         help="Label CSV of the external samples (Id,Target), e.g. HPAv18RBGY_wodpl.csv.",
         show_default=False,
     ),
@@ -30,15 +31,23 @@ OutOpt = Annotated[
     Path,
     typer.Option(
         "--out",
+        metavar="DIR",
         help="Folder for <Id>_<colour>.png (and raw/<Id>_<colour>.jpg).",
         show_default=False,
     ),
 ]
-NameOpt = Annotated[str, typer.Option("--name", help="Dataset to register or update.")]
-BaseUrlOpt = Annotated[
-    str, typer.Option("--base-url", help="Image server: <base>/<antibody>/<rest>_<colour>.jpg.")
+NameOpt = Annotated[
+    str, typer.Option("--name", metavar="NAME", help="Dataset to register or update.")
 ]
-ColorsOpt = Annotated[str, typer.Option("--colors", help="Stains to get, comma-separated.")]
+BaseUrlOpt = Annotated[
+    str,
+    typer.Option(
+        "--base-url", metavar="URL", help="Image server: <base>/<antibody>/<rest>_<colour>.jpg."
+    ),
+]
+ColorsOpt = Annotated[
+    str, typer.Option("--colors", metavar="COLORS", help="Stains to get, comma-separated.")
+]
 ConcurrencyOpt = Annotated[int, typer.Option("--concurrency", help="Requests in flight at once.")]
 RetriesOpt = Annotated[
     int,
@@ -60,6 +69,7 @@ TimeoutOpt = Annotated[
     float,
     typer.Option(
         "--timeout",
+        metavar="SECONDS",
         help="Seconds without progress (connect or read) before "
         "a request is retried; a whole file may take 10x this.",
     ),
@@ -83,6 +93,7 @@ ShardOpt = Annotated[
     str | None,
     typer.Option(
         "--shard",
+        metavar="I/N",
         help="I/N: this machine's share (1-based I) of the ids, chosen by a hash of the id.",
         show_default=False,
     ),
@@ -91,6 +102,7 @@ MaxFileSizeOpt = Annotated[
     int,
     typer.Option(
         "--max-file-size",
+        metavar="MIB",
         help="The most MiB one file may have, decoded; a larger (or endless) body is a failed "
         "file, not retried (HPA JPEGs are 40-300 kB at 2048 px).",
     ),
@@ -99,6 +111,7 @@ BackoffOpt = Annotated[
     float,
     typer.Option(
         "--backoff",
+        metavar="SECONDS",
         help="Advanced: base of the exponential retry backoff "
         "in seconds (full jitter; Retry-After overrides it).",
     ),

@@ -45,6 +45,7 @@ PlotOpt = Annotated[
     Path | None,
     typer.Option(
         "--plot",
+        metavar="FILE.png",
         help="Write one figure to this PNG (or SVG, PDF): per-class F1, precision and recall "
         "for max and mean of the same crops, with each class's support.",
         show_default=False,
@@ -94,8 +95,7 @@ def evaluate(
     Example: hpatool evaluate --run resnet50-f0 --dataset kaggle-train --agg mean --plot f1.png
     """
     options = dict(locals())  # the parameters as given (None = not given), before anything else
-    from hpatool.cli._console import Table, print_json, progress_bar
-    from hpatool.cli._console import out as console_out
+    from hpatool.cli._console import print_json, progress_bar
     from hpatool.cli.experiments import sort_classes
     from hpatool.engine.config import predict_config
     from hpatool.engine.scoring.evaluate import evaluate_run
@@ -114,6 +114,15 @@ def evaluate(
     if json_:
         print_json(report.to_json())
         return
+    _print_report(report, sort)
+
+
+def _print_report(report: EvaluationReport, sort: str) -> None:
+    """The per-class table (rows in ``--sort`` order), the macro F1 line, where the plot is."""
+    from hpatool.cli._console import Table
+    from hpatool.cli._console import out as console_out
+    from hpatool.cli.experiments import sort_classes
+
     where = report.dataset + (f" fold {report.fold}" if report.fold is not None else "")
     if report.limit is not None:
         where += f" (the run's --limit {report.limit:,})"
@@ -127,8 +136,6 @@ def evaluate(
     )
     for col in ("#", "class", "precision", "recall", "F1", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")
-    from hpatool.cli.experiments import sort_classes
-
     for c in sort_classes(list(report.classes), sort):
         empty = c.support == 0  # no positives: recall and F1 undefined, shown as "-"
         table.add_row(

@@ -104,6 +104,7 @@ PlotOpt = Annotated[
     Path | None,
     typer.Option(
         "--plot",
+        metavar="FILE.png",
         help="Also draw the per-class OOF F1 (with each class's support) and each fold's macro "
         "F1 beside the OOF one, in one figure (PNG, SVG or PDF).",
         show_default=False,
@@ -115,6 +116,7 @@ PlotThresholdsOpt = Annotated[
     Path | None,
     typer.Option(
         "--plot-thresholds",
+        metavar="FILE.png",
         help="Also draw each class's OOF F1 against its threshold (one panel per class), the "
         "chosen threshold marked and each fold's held-out threshold ticked.",
         show_default=False,
@@ -126,6 +128,7 @@ SortOpt = Annotated[
     str,
     typer.Option(
         "--sort",
+        metavar="class|f1|support",
         help="Order of the per-class table: class (its number), f1 (highest first) or support "
         "(most positives first).",
     ),
@@ -149,7 +152,9 @@ def sort_classes(rows: list[Any], sort: str, key_f1: Any = None) -> list[Any]:
 
 @app.command("show")
 def experiments_show(
-    experiment: Annotated[str, typer.Argument(help="Experiment name.", show_default=False)],
+    experiment: Annotated[
+        str, typer.Argument(metavar="EXP", help="Experiment name.", show_default=False)
+    ],
     json_: JsonOpt = False,
     plot: PlotOpt = None,
     plot_thresholds: PlotThresholdsOpt = None,

@@ -36,6 +36,7 @@ OutOpt = Annotated[
     Path | None,
     typer.Option(
         "--out",
+        metavar="FILE.csv",
         help=help_with_default("Submission CSV (Id,Predicted).", "out"),
         show_default=False,
     ),
@@ -43,7 +44,10 @@ OutOpt = Annotated[
 ProbsOpt = Annotated[
     Path | None,
     typer.Option(
-        "--probs", help="Also write Id plus 28 probability columns 0..27.", show_default=False
+        "--probs",
+        metavar="FILE.csv",
+        help="Also write Id plus 28 probability columns 0..27.",
+        show_default=False,
     ),
 ]
 StrictOpt = Annotated[

@@ -20,6 +20,7 @@ RuleOpt = Annotated[
     str,
     typer.Option(
         "--channel-rule",
+        metavar="stain|luma",
         help="How an RGB image becomes one greyscale stain: 'stain' takes the stain's own band "
         "(red<-R, green<-G, blue<-B, yellow<-R), 'luma' is PIL convert('L').",
     ),
@@ -42,7 +43,9 @@ SrcDirArg = Annotated[
 ]
 OutOpt = Annotated[
     Path,
-    typer.Option("--out", help="Folder for the <Id>_<colour>.png files.", show_default=False),
+    typer.Option(
+        "--out", metavar="DIR", help="Folder for the <Id>_<colour>.png files.", show_default=False
+    ),
 ]
 SizeOpt = Annotated[
     int,
@@ -52,6 +55,7 @@ NameOpt = Annotated[
     str | None,
     typer.Option(
         "--name",
+        metavar="NAME",
         help="Register the output as this dataset (its lineage is recorded). Default: "
         "<source dataset>-<size> when SRC_DIR is a registered dataset's folder, else the "
         "--out folder's name.",
@@ -62,6 +66,7 @@ LabelsOpt = Annotated[
     Path | None,
     typer.Option(
         "--labels",
+        metavar="FILE.csv",
         help="Label CSV giving the registered dataset's samples and labels.",
         show_default=False,
     ),
@@ -70,6 +75,7 @@ KindOpt = Annotated[
     str | None,
     typer.Option(
         "--kind",
+        metavar="train|test|external",
         help="The registered dataset's kind: train, test or external (default: the source "
         "dataset's kind, else train if --labels has a Target column, else test).",
         show_default=False,

@@ -29,12 +29,17 @@ def runs_list(json_: JsonOpt = False, home: HomeOpt = None) -> None:
 
     Example: hpatool runs list --json
     """
-    from hpatool.cli._console import Table, out, print_json
+    from hpatool.cli._console import Table, err, out, print_json
 
     with open_registry(home) as reg:
         records = reg.runs()
+    for r in records:  # a hand-edited row: said, the others listed as they are
+        if r.problem:
+            err().print(f"warning: {r.problem}", markup=False, soft_wrap=True)
     if json_:
-        print_json([r.to_json() for r in records])
+        print_json(
+            [{**r.to_json(), **({"problem": r.problem} if r.problem else {})} for r in records]
+        )
         return
     if not records:
         out().print("No runs yet; start one with 'hpatool train --dataset NAME --arch ARCH'.")
@@ -51,7 +56,7 @@ def runs_list(json_: JsonOpt = False, home: HomeOpt = None) -> None:
     for r in records:
         best = f"{r.best_f1:.4f}" if r.best_f1 is not None else "-"
         table.add_row(
-            r.name,
+            r.name + (" (bad row)" if r.problem else ""),
             r.arch,
             ", ".join(r.datasets),
             "-" if r.fold is None else str(r.fold),
@@ -66,7 +71,7 @@ def runs_list(json_: JsonOpt = False, home: HomeOpt = None) -> None:
 
 @app.command("show")
 def runs_show(
-    run: Annotated[str, typer.Argument(help="Run name.", show_default=False)],
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run name.", show_default=False)],
     json_: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:
@@ -164,6 +169,7 @@ def runs_compare(
         Path | None,
         typer.Option(
             "--plot",
+            metavar="FILE.png",
             help="Also draw the runs' validation macro F1 and losses per epoch in one figure "
             "(PNG, SVG or PDF).",
             show_default=False,
@@ -256,7 +262,7 @@ def _oof_cell(s: RunSummary, f1: float | None) -> str:
 
 @app.command("remove")
 def runs_remove(
-    run: Annotated[str, typer.Argument(help="Run name.", show_default=False)],
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run name.", show_default=False)],
     files: Annotated[
         bool,
         typer.Option(
@@ -310,6 +316,7 @@ def runs_import(
         str | None,
         typer.Option(
             "--name",
+            metavar="NAME",
             help="Register it under this name (default: the name in its config.json).",
             show_default=False,
         ),

@@ -10,45 +10,57 @@ import typer
 from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
 from hpatool.cli._scoring_options import CacheOpt, DeviceOpt, WorkersOpt
 
+RunArg = Annotated[
+    str,
+    typer.Argument(metavar="RUN", help="The run whose epochs to average.", show_default=False),
+]
+LastOpt = Annotated[
+    int,
+    typer.Option(
+        "--last",
+        metavar="K",
+        help="Average the weights of its last K kept epochs (it trained with "
+        "--keep-checkpoints K or more).",
+        min=1,
+        show_default=False,
+    ),
+]
+NameOpt = Annotated[
+    str,
+    typer.Option(
+        "--name",
+        metavar="NAME",
+        help="The new run's name (its folder goes beside RUN's).",
+        show_default=False,
+    ),
+]
+ExperimentOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--experiment",
+        metavar="EXP",
+        help="Add the new run to experiment EXP as the model of RUN's fold (average every "
+        "fold's run into one new experiment to compare it out of fold).",
+        show_default=False,
+    ),
+]
+BatchSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        help="Samples per batch (default: the run's --batch-size).",
+        min=1,
+        show_default=False,
+    ),
+]
+
 
 def runs_average(
-    run: Annotated[
-        str, typer.Argument(help="The run whose epochs to average.", show_default=False)
-    ],
-    last: Annotated[
-        int,
-        typer.Option(
-            "--last",
-            help="Average the weights of its last K kept epochs (it trained with "
-            "--keep-checkpoints K or more).",
-            min=1,
-            show_default=False,
-        ),
-    ],
-    name: Annotated[
-        str,
-        typer.Option(
-            "--name", help="The new run's name (its folder goes beside RUN's).", show_default=False
-        ),
-    ],
-    experiment: Annotated[
-        str | None,
-        typer.Option(
-            "--experiment",
-            help="Add the new run to experiment EXP as the model of RUN's fold (average every "
-            "fold's run into one new experiment to compare it out of fold).",
-            show_default=False,
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option(
-            "--batch-size",
-            help="Samples per batch (default: the run's --batch-size).",
-            min=1,
-            show_default=False,
-        ),
-    ] = None,
+    run: RunArg,
+    last: LastOpt,
+    name: NameOpt,
+    experiment: ExperimentOpt = None,
+    batch_size: BatchSizeOpt = None,
     workers: WorkersOpt = None,
     device: DeviceOpt = None,
     cache: CacheOpt = None,

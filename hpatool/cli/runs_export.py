@@ -14,12 +14,16 @@ from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
 
 def runs_export(
     run: Annotated[
-        str, typer.Argument(help="The run whose best model to export.", show_default=False)
+        str,
+        typer.Argument(
+            metavar="RUN", help="The run whose best model to export.", show_default=False
+        ),
     ],
     format_: Annotated[
         str,
         typer.Option(
             "--format",
+            metavar="torchscript|onnx",
             help="torchscript (a TorchScript file: torch.jit.load(FILE)) or onnx (needs the "
             "onnx package: pip install 'hpatool[export]').",
             show_default=False,
@@ -29,6 +33,7 @@ def runs_export(
         Path,
         typer.Option(
             "--out",
+            metavar="FILE",
             help="The file to write (e.g. model.onnx); FILE.json is written beside it.",
             show_default=False,
         ),

@@ -13,7 +13,10 @@ from hpatool.cli._common import HomeOpt, open_registry
 def show(
     name: Annotated[str, typer.Argument(metavar="NAME", help="Dataset name.", show_default=False)],
     sample_id: Annotated[str, typer.Argument(metavar="ID", help="Sample id.", show_default=False)],
-    out_path: Annotated[Path, typer.Option("--out", help="PNG file to write.", show_default=False)],
+    out_path: Annotated[
+        Path,
+        typer.Option("--out", metavar="FILE.png", help="PNG file to write.", show_default=False),
+    ],
     home: HomeOpt = None,
 ) -> None:
     """Draw a sample's four stains side by side and the colour composite, titled with its labels.

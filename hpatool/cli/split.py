@@ -9,26 +9,30 @@ import typer
 from hpatool.cli._common import HomeOpt, JsonOpt, open_registry
 from hpatool.options import SplitConfig
 
+NameArg = Annotated[
+    str, typer.Argument(metavar="NAME", help="Dataset to split (labelled).", show_default=False)
+]
+FoldsOpt = Annotated[int, typer.Option("--folds", help="Number of folds.", min=2, max=20)]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed of the split.", min=0)]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Replace an existing split with other --folds/--seed.")
+]
+AllSamplesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--all-samples",
+        help="Split every registered sample, also those whose images are not there (yet); "
+        "by default only the samples with images are split.",
+    ),
+]
+
 
 def split(
-    name: Annotated[str, typer.Argument(help="Dataset to split (labelled).", show_default=False)],
-    folds: Annotated[
-        int, typer.Option("--folds", help="Number of folds.", min=2, max=20)
-    ] = SplitConfig.folds,
-    seed: Annotated[
-        int, typer.Option("--seed", help="Random seed of the split.", min=0)
-    ] = SplitConfig.seed,
-    force: Annotated[
-        bool, typer.Option("--force", help="Replace an existing split with other --folds/--seed.")
-    ] = False,
-    all_samples: Annotated[
-        bool,
-        typer.Option(
-            "--all-samples",
-            help="Split every registered sample, also those whose images are not there (yet); "
-            "by default only the samples with images are split.",
-        ),
-    ] = False,
+    name: NameArg,
+    folds: FoldsOpt = SplitConfig.folds,
+    seed: SeedOpt = SplitConfig.seed,
+    force: ForceOpt = False,
+    all_samples: AllSamplesOpt = False,
     json_: JsonOpt = False,
     home: HomeOpt = None,
 ) -> None:

@@ -13,40 +13,46 @@ if TYPE_CHECKING:
     from hpatool.stats import DatasetStats
 
 
+NamesArg = Annotated[
+    list[str],
+    typer.Argument(metavar="NAME", help="One or more dataset names.", show_default=False),
+]
+PlotOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--plot",
+        metavar="FILE.png",
+        help="Write a bar chart of class counts (log axis) to this PNG, with the 1% rare "
+        "line of each dataset; a class without any sample is marked 0.",
+        show_default=False,
+    ),
+]
+ShareOpt = Annotated[
+    bool,
+    typer.Option(
+        "--share",
+        help="With --plot: draw each class's share of the labelled samples (%) instead of "
+        "its count, so datasets of different sizes compare; one 1% rare line.",
+    ),
+]
+AllSamplesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--all-samples",
+        help="Count the labels of every registered sample, also those whose images are "
+        "not there (not downloaded, failed, missing files).",
+    ),
+]
+PairsOpt = Annotated[int, typer.Option("--pairs", help="How many label pairs to list.", min=0)]
+
+
 def stats(
-    names: Annotated[
-        list[str],
-        typer.Argument(metavar="NAME", help="One or more dataset names.", show_default=False),
-    ],
+    names: NamesArg,
     json_: JsonOpt = False,
-    plot: Annotated[
-        Path | None,
-        typer.Option(
-            "--plot",
-            help="Write a bar chart of class counts (log axis) to this PNG, with the 1% rare "
-            "line of each dataset; a class without any sample is marked 0.",
-            show_default=False,
-        ),
-    ] = None,
-    share: Annotated[
-        bool,
-        typer.Option(
-            "--share",
-            help="With --plot: draw each class's share of the labelled samples (%) instead of "
-            "its count, so datasets of different sizes compare; one 1% rare line.",
-        ),
-    ] = False,
-    all_samples: Annotated[
-        bool,
-        typer.Option(
-            "--all-samples",
-            help="Count the labels of every registered sample, also those whose images are "
-            "not there (not downloaded, failed, missing files).",
-        ),
-    ] = False,
-    top_pairs: Annotated[
-        int, typer.Option("--pairs", help="How many label pairs to list.", min=0)
-    ] = 10,
+    plot: PlotOpt = None,
+    share: ShareOpt = False,
+    all_samples: AllSamplesOpt = False,
+    top_pairs: PairsOpt = 10,
     home: HomeOpt = None,
 ) -> None:
     """Label statistics: class counts and shares side by side, labels per sample, label pairs.

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from hpatool.errors import HpaToolError
+from hpatool.errors import HpaToolError, WorkFailed
 
 LOCK_FILE = ".hpatool-lock"
 
@@ -52,7 +52,14 @@ def _holder(path: Path) -> str:
 def _take(path: Path, exclusive: bool) -> IO[str] | None:
     """The open lock file ``path`` locked (``exclusive`` or shared), or None if it is held."""
     assert fcntl is not None
-    fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the lock's life
+    try:
+        fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the lock's life
+    except OSError as exc:  # a read-only folder or file system, no permission
+        raise WorkFailed(
+            f"{path.parent}: cannot create its lock file {path.name} "
+            f"({exc.strerror or exc}); the output folder must be writable: give another --out, "
+            "or make it writable"
+        ) from None
     try:
         fcntl.flock(fh.fileno(), (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
     except BlockingIOError:

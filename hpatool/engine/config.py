@@ -224,7 +224,30 @@ def given_train_options(
     flags = {k: str(v) if isinstance(v, Path) else v for k, v in raw.items() if k in names}
     flags["datasets"] = list(flags.get("datasets") or []) or None
     from_file = read_config_file(config_file, TrainConfig, "train") if config_file else None
+    if from_file and config_file is not None:  # a value the command line overrides: moot
+        mine = {k: v for k, v in from_file.items() if flags.get(k) is None}
+        check_file_values(TrainConfig, mine, config_file, {"datasets": ["-"]})
     return merge_options(TrainConfig, from_file, flags)
+
+
+def check_file_values(
+    cls: type, from_file: Mapping[str, Any], file: str | Path, base: dict[str, Any]
+) -> None:
+    """Each value of a ``--config`` file validated on its own (over ``base`` and the defaults),
+    so that a bad one is reported as the file's, naming the file and the key, not as if it had
+    been typed (``--epochs -4 is invalid``)."""
+    for key, value in from_file.items():
+        if key in base or value is None:
+            continue
+        probe = {**base, key: value}
+        if key == "crop" and "arch" in from_file:  # the smallest crop depends on the arch
+            probe["arch"] = from_file["arch"]
+        try:
+            cls(**probe).validate()
+        except UsageError as exc:
+            raise UsageError(
+                f"--config {file}: {key.replace('_', '-')} = {value!r}: {exc}"
+            ) from None
 
 
 # ---------------------------------------------------------------------------------- predict
@@ -329,6 +352,11 @@ def predict_config(
     from_file = (
         read_config_file(config_file, PredictConfig, sections) if config_file is not None else {}
     )
+    if from_file and config_file is not None:
+        base = {"dataset": "-", "run": ["-"]}
+        skip = ("run", "experiment", "checkpoint", "weight")
+        mine = {k: v for k, v in from_file.items() if k not in skip and given.get(k) is None}
+        check_file_values(PredictConfig, mine, config_file, base)
     config = PredictConfig(**merge_options(PredictConfig, from_file, given))
     config.validate()
     _check_prior(

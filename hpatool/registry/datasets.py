@@ -188,6 +188,21 @@ class DatasetQueries(RegistryConnection):
         return [self._sample_row(name, r) for r in rows]
 
     def _sample_row(self, name: str, row: Sequence[Any]) -> Sample:
+        from hpatool.ids import id_problem
+
+        problem = id_problem(row[0]) if isinstance(row[0], str) else "not text"
+        if problem is not None:  # a hand edit: nothing outside the image folder is ever read
+            raise DataError(
+                bad_row(
+                    self.path,
+                    "samples",
+                    f"dataset {name!r}",
+                    "sample_id",
+                    row[0],
+                    f"an id that could name a file outside the image folder: {problem}",
+                    "repair the id, or remove the dataset and add it again from its CSV",
+                )
+            )
         try:
             return Sample(row[0], _target(row[1]), row[2])
         except ValueError as exc:

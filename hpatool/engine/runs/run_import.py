@@ -47,6 +47,7 @@ def import_run(reg: Registry, folder: Path, *, name: str | None = None) -> Impor
     name in its ``config.json``); see ``hpatool runs import``."""
     folder = Path(folder).expanduser().absolute()
     config, options, rows = _read_run_folder(folder)
+    check_checkpoints(folder, config)
     run_name = check_name(str(name or options.get("name") or folder.name), "run")
     if reg.has_run(run_name):
         raise AlreadyExists(
@@ -114,6 +115,34 @@ def import_run(reg: Registry, folder: Path, *, name: str | None = None) -> Impor
             stacklevel=2,
         )
     return ImportedRun(record, created, result_notes)
+
+
+def check_checkpoints(folder: Path, config: dict[str, Any]) -> None:
+    """Every checkpoint of the folder loads with ``weights_only`` (a pickle that is not a torch
+    checkpoint, or a truncated file, is refused naming it), is an hpatool checkpoint of the
+    run's architecture, and its weights fit the model it describes; a folder with none is
+    refused too: nothing that cannot be scored is registered."""
+    from hpatool.engine.models.checkpoint import build_model_from_checkpoint, load_checkpoint
+    from hpatool.engine.runs.run_dir import BEST, LAST
+
+    found = [folder / name for name in (BEST, LAST) if (folder / name).is_file()]
+    if not found:
+        raise DataError(
+            f"{folder} has no {BEST} nor {LAST}: there is no model to import; copy the run "
+            "folder whole"
+        )
+    want = config.get("timm_name")
+    for path in found:
+        checkpoint = load_checkpoint(path)  # one line naming the file when it does not load
+        if want and checkpoint.get("timm_name") not in (None, want):
+            raise DataError(
+                f"{path}: a checkpoint of {checkpoint.get('timm_name')}, not the run's {want} "
+                f"({CONFIG_FILE}); it belongs to another run"
+            )
+        try:
+            build_model_from_checkpoint(checkpoint)
+        except DataError as exc:
+            raise DataError(f"{path}: {exc}") from None
 
 
 def _read_run_folder(
