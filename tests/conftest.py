@@ -1,12 +1,16 @@
-"""Shared fixtures: a temporary registry home, a CLI runner, the real HPA files in ../shared.
+"""Shared fixtures: a temporary registry home, a CLI runner, the real HPA files in ../shared,
+and a trained run made once per session that each test gets a private copy of.
 
 The real files are fixtures that skip the test, with a one-line reason, when ``../shared`` is
-not beside the checkout (CI has it and runs them all). Helpers that are not fixtures live in
+not beside the checkout (CI has it and runs them all); a module's own fixtures that need them
+are function-scoped, or only the tests that need the files request them, so that a missing
+file skips those tests one by one, never a whole module. Helpers that are not fixtures live in
 ``tests/support.py``.
 """
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +22,18 @@ from typer.testing import CliRunner, Result
 from hpatool.cli import app
 from hpatool.synth import synth_dataset
 from tests.integration.hpa_server import HpaServer
-from tests.support import REPO, SIZE, Invoke
+from tests.support import (
+    REPO,
+    RUN_CROPS,
+    RUN_FOLD,
+    SIZE,
+    TRAIN,
+    Invoke,
+    Workspace,
+    checkpoint_stamps,
+    copy_workspace,
+    run_cli,
+)
 
 SHARED_HPA = REPO.parent / "shared" / "data" / "hpa"
 
@@ -79,6 +94,101 @@ def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
         return made[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def _session_run(
+    tmp_path_factory: pytest.TempPathFactory, synth_data: Callable[..., Path]
+) -> Workspace:
+    """Made once: dataset ``syn`` (24 synthetic 48 px samples of seed 5, 3 folds) and a 2-epoch
+    resnet10t run ``r1`` on it (crop 32, validation fold ``RUN_FOLD``, ``--eval-crops
+    RUN_CROPS``). Never handed to a test: ``trained_run`` gives each test its own copy."""
+    space = Workspace(tmp_path_factory.mktemp("session-run"))
+    shutil.copytree(synth_data(24, SIZE, seed=5), space.data)
+    for args in (
+        ("datasets", "add", "syn", "--labels", space.data / "labels.csv", "--root", space.data),
+        ("split", "syn", "--folds", "3"),
+        (
+            "train", "--dataset", "syn", *TRAIN, "--epochs", "2", "--fold", RUN_FOLD,
+            "--eval-crops", RUN_CROPS, "--workers", "0", "--out", space.runs, "--name", "r1",
+        ),
+    ):  # fmt: skip
+        result = run_cli(space.home, *args)
+        assert result.exit_code == 0, (args, result.output)
+    return space
+
+
+@pytest.fixture(scope="session")
+def _session_full_run(
+    tmp_path_factory: pytest.TempPathFactory, synth_data: Callable[..., Path]
+) -> Workspace:
+    """Made once: dataset ``syn`` (40 synthetic 48 px samples of seed 0, 4 folds) and run
+    ``full``, 2 epochs of ``TRAIN`` never stopped: what the stop-and-resume tests compare their
+    resumed runs to, bit for bit. Never handed to a test: ``full_run`` gives each its copy."""
+    space = Workspace(tmp_path_factory.mktemp("session-full-run"))
+    shutil.copytree(synth_data(40, SIZE, seed=0), space.data)
+    for args in (
+        ("datasets", "add", "syn", "--labels", space.data / "labels.csv", "--root", space.data),
+        ("split", "syn", "--folds", "4"),
+        (
+            "train", "--dataset", "syn", *TRAIN, "--epochs", "2", "--workers", "0",
+            "--out", space.runs, "--name", "full",
+        ),
+    ):  # fmt: skip
+        result = run_cli(space.home, *args)
+        assert result.exit_code == 0, (args, result.output)
+    return space
+
+
+@pytest.fixture
+def workspace_copy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[Path], Path]]:
+    """``workspace_copy(base)``: a private copy of a workspace made once for a session or a
+    module (registry homes, run folders, images: ``copy_workspace``), in a folder of its own
+    (not ``tmp_path``). Whatever the test does to it stays in it; the checkpoints are hard
+    links, and a test that wrote into one in place (instead of replacing it, as hpatool does)
+    fails here."""
+    made: list[tuple[Path, dict[Path, tuple[int, int]]]] = []
+
+    def copy(base: Path) -> Path:
+        made.append((base, checkpoint_stamps(base)))
+        return copy_workspace(base, tmp_path_factory.mktemp("copy") / base.name)
+
+    yield copy
+    for base, stamps in made:
+        assert checkpoint_stamps(base) == stamps, (
+            f"the test wrote into a hard-linked checkpoint of {base}: copy the file first"
+        )
+
+
+@pytest.fixture
+def trained_run(
+    _session_run: Workspace,
+    home: Path,
+    workspace_copy: Callable[[Path], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Workspace:
+    """A private copy (``workspace_copy``) of the session's trained workspace (see
+    ``_session_run``): its registry ``home`` (exported as HPATOOL_HOME in place of the ``home``
+    fixture's, so the ``cli`` fixture uses it), ``runs/r1`` and the images ``data`` of
+    ``syn``."""
+    space = Workspace(workspace_copy(_session_run.base))
+    monkeypatch.setenv("HPATOOL_HOME", str(space.home))
+    return space
+
+
+@pytest.fixture
+def full_run(
+    _session_full_run: Workspace,
+    home: Path,
+    workspace_copy: Callable[[Path], Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Workspace:
+    """A private copy (``workspace_copy``) of the session's uninterrupted 2-epoch run ``full``
+    (``runs/full``), its dataset ``syn`` and registry ``home`` (exported as HPATOOL_HOME, as
+    ``trained_run`` does; see ``_session_full_run``)."""
+    space = Workspace(workspace_copy(_session_full_run.base))
+    monkeypatch.setenv("HPATOOL_HOME", str(space.home))
+    return space
 
 
 @pytest.fixture

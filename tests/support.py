@@ -1,27 +1,39 @@
-"""Helpers shared by several test modules (fixtures live in ``conftest.py``): the CLI runner's
-type, the one-line error check, the quick training recipe, and the download tests' helpers.
-No test module imports another test module; they import this one."""
+"""Helpers shared by several test modules (fixtures live in ``conftest.py``): the CLI runner
+(``run_cli``) and its type, the one-line error check, the quick training recipe, private copies
+of a trained workspace, and the download tests' helpers. No test module imports another test
+module; they import this one."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from typer.testing import Result
+from typer.testing import CliRunner, Result
 
+from hpatool.cli import app
 from hpatool.ids import COLOURS
 
 REPO = Path(__file__).resolve().parents[1]
 
 #: ``cli("datasets", "add", ...)``: run ``hpatool ARGS...`` in-process (the ``cli`` fixture).
 Invoke = Callable[..., Result]
+
+
+def run_cli(home: Path, *args: object, input: str | None = None) -> Result:
+    """``hpatool --home HOME ARGS...`` in-process (stdout and stderr kept apart): the runner for
+    tests with more than one registry home, or a home that is not the ``home`` fixture's. An
+    unexpected exception is the result's exit code 1, as in a real process."""
+    return CliRunner().invoke(app, ["--home", str(home), *map(str, args)], input=input)
 
 
 def one_line_error(result: Result, code: int = 2) -> str:
@@ -40,6 +52,13 @@ SIZE = 48
 TRAIN = ("--arch", ARCH, "--crop", "32", "--batch-size", "8", "--device", "cpu", "--lr", "3e-3")
 
 
+#: The ``trained_run`` fixture's run ``r1``: its validation fold (not the default 0, so that a
+#: wrong default shows) and the windows of its stored view (``--eval-crops``; the mean of a
+#: grid, the defaults). Scoring with ``--crops RUN_CROPS`` gives no view warning.
+RUN_FOLD = 1
+RUN_CROPS = 2
+
+
 def register(cli: Invoke, data: Path, name: str = "syn", folds: int | None = 4) -> None:
     """Register the synthetic dataset in ``data`` as ``name`` and split it into ``folds``."""
     result = cli("datasets", "add", name, "--labels", data / "labels.csv", "--root", data)
@@ -47,6 +66,78 @@ def register(cli: Invoke, data: Path, name: str = "syn", folds: int | None = 4) 
     if folds:
         result = cli("split", name, "--folds", str(folds))
         assert result.exit_code == 0, result.output
+
+
+# ------------------------------------------------------------ private copies of a trained workspace
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A folder holding a registry ``home/``, a ``runs/`` folder and the images ``data/`` of
+    dataset ``syn`` (the ``trained_run`` fixture's: run ``r1``, see ``conftest.py``)."""
+
+    base: Path
+
+    @property
+    def home(self) -> Path:
+        return self.base / "home"
+
+    @property
+    def runs(self) -> Path:
+        return self.base / "runs"
+
+    @property
+    def data(self) -> Path:
+        return self.base / "data"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.runs / "r1"
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Checkpoints (large) are hard-linked: hpatool replaces a file it writes (temporary file
+    and rename), never writes into it. Every other file is copied."""
+    if src.endswith(".pt"):
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
+
+
+def checkpoint_stamps(base: Path) -> dict[Path, tuple[int, int]]:
+    """Size and modification time of each checkpoint under ``base``: a test that wrote into a
+    hard-linked one in place changes the original's."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(base.rglob("*.pt"))}
+
+
+def copy_workspace(src: Path, dst: Path) -> Path:
+    """A private copy of the folder ``src`` (a workspace: registry homes, run folders, images)
+    at ``dst``, with every absolute path under ``src`` rewritten to ``dst``: in the text
+    columns of each ``registry.sqlite`` (run folders, dataset roots and label files, stored
+    options) and in the runs' ``.json`` files. Checkpoints are hard links (``_link_or_copy``):
+    a test that writes into one in place must copy it first."""
+    shutil.copytree(src, dst, copy_function=_link_or_copy)
+    old, new = f"{src}{os.sep}", f"{dst}{os.sep}"  # a path under src, never a longer name
+    for registry in dst.rglob("registry.sqlite"):
+        with closing(sqlite3.connect(registry)) as conn:
+            query = "SELECT name FROM sqlite_master WHERE type = 'table'"
+            for (table,) in conn.execute(query).fetchall():
+                for column in conn.execute(f"PRAGMA table_info({table})").fetchall():
+                    if column[2].upper() == "TEXT":
+                        conn.execute(
+                            f"UPDATE {table} SET {column[1]} = replace({column[1]}, ?, ?) "
+                            f"WHERE instr({column[1]}, ?) > 0",
+                            (old, new, old),
+                        )
+            conn.commit()
+    for doc in dst.rglob("*.json"):
+        text = doc.read_text(encoding="utf-8")
+        if old in text:
+            doc.write_text(text.replace(old, new), encoding="utf-8")
+    return dst
 
 
 # ----------------------------------------------------------------------------- downloads
@@ -142,17 +233,13 @@ def stop_training_after_first_epoch(
     """Register a small synthetic dataset in ``tmp_path/home``, start ``hpatool train`` (run
     ``name`` in ``tmp_path/runs``) in a subprocess, and send it ``sig`` once its first
     ``checkpoint-last.pt`` exists."""
-    from typer.testing import CliRunner
-
-    from hpatool.cli import app
-
     home, runs = tmp_path / "home", tmp_path / "runs"
     data = synth_data(24, SIZE, seed=1)
     for args in (
         ("datasets", "add", "syn", "--labels", data / "labels.csv", "--root", data),
         ("split", "syn", "--folds", "2"),
     ):
-        result = CliRunner().invoke(app, ["--home", str(home), *map(str, args)])
+        result = run_cli(home, *args)
         assert result.exit_code == 0, result.output
     last = runs / name / "checkpoint-last.pt"
     args = ["train", "--dataset", "syn", *TRAIN, "--epochs", "1000", "--workers", "0"]

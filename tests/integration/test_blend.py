@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from hpatool.engine.scoring.blend import read_probability_file
-from tests.support import SIZE, TRAIN, Invoke, one_line_error, register
+from tests.support import SIZE, TRAIN, Invoke, Workspace, one_line_error, register
 
 
 @pytest.fixture(scope="module")
@@ -112,11 +112,9 @@ def test_experiments_and_runs_ensemble_with_weights_and_blend_alike(
 
 
 def test_a_thresholds_file_is_applied_exactly(
-    cli: Invoke, home: Path, synth_dir: Path, tmp_path: Path
+    cli: Invoke, trained_run: Workspace, tmp_path: Path
 ) -> None:
-    register(cli, synth_dir)
-    runs = tmp_path / "runs"
-    _train(cli, runs, "e", 0)
+    # run r1 on dataset 'syn': the session's, copied (``trained_run``; ``cli`` uses its home)
     table = tmp_path / "thresholds.csv"
     rng = np.random.default_rng(0)
     values = rng.uniform(0.2, 0.6, 28)
@@ -125,7 +123,7 @@ def test_a_thresholds_file_is_applied_exactly(
         encoding="utf-8",
     )
     sub, probs = tmp_path / "sub.csv", tmp_path / "probs.csv"
-    result = cli("predict", "--dataset", "syn", "--run", "e-f0", "--workers", "0", "--out", sub,
+    result = cli("predict", "--dataset", "syn", "--run", "r1", "--workers", "0", "--out", sub,
                  "--probs", probs, "--threshold", table, "--min-labels", "0")  # fmt: skip
     assert result.exit_code == 0, result.output
     ids, p = read_probability_file(probs)
@@ -136,18 +134,18 @@ def test_a_thresholds_file_is_applied_exactly(
     # a file naming some classes: the others keep the run's tuned thresholds
     partial = tmp_path / "some.csv"
     partial.write_text("class,threshold\nNucleoplasm,0.99\n", encoding="utf-8")
-    result = cli("predict", "--dataset", "syn", "--run", "e-f0", "--workers", "0", "--out", sub,
+    result = cli("predict", "--dataset", "syn", "--run", "r1", "--workers", "0", "--out", sub,
                  "--threshold", partial, "--min-labels", "0")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert not any("0" in row["Predicted"].split() for row in csv.DictReader(sub.open()))
-    evaluated = cli("evaluate", "--run", "e-f0", "--dataset", "syn", "--fold", "0", "--workers",
+    evaluated = cli("evaluate", "--run", "r1", "--dataset", "syn", "--fold", "0", "--workers",
                     "0", "--threshold", table, "--json")  # fmt: skip
     assert evaluated.exit_code == 0, evaluated.output
     bad = tmp_path / "bad.csv"
     bad.write_text("class,threshold\n3,1.2\n", encoding="utf-8")
-    text = one_line_error(cli("predict", "--dataset", "syn", "--run", "e-f0", "--out", sub,
+    text = one_line_error(cli("predict", "--dataset", "syn", "--run", "r1", "--out", sub,
                               "--threshold", bad), 1)  # fmt: skip
     assert f"{bad}, line 2: threshold '1.2' of class '3' is not a number in [0, 1]" in text
-    text = one_line_error(cli("predict", "--dataset", "syn", "--run", "e-f0", "--out", sub,
+    text = one_line_error(cli("predict", "--dataset", "syn", "--run", "r1", "--out", sub,
                               "--threshold", tmp_path / "absent.csv"))  # fmt: skip
     assert "absent.csv: no such file" in text

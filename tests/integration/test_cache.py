@@ -22,7 +22,7 @@ import torch
 
 from hpatool.data.cache import cache_folder, read_cached
 from hpatool.imaging import read_channel, read_sample
-from tests.support import SIZE, TRAIN, Invoke, one_line_error, register, start_hpatool
+from tests.support import SIZE, TRAIN, Invoke, Workspace, one_line_error, register, start_hpatool
 
 
 def _ids(labels: Path) -> list[str]:
@@ -118,12 +118,21 @@ def test_train_and_predict_say_they_use_the_cache_and_match_the_pngs(
 STALE = "error: the decoded cache of dataset 'syn' is out of date: "
 
 
+@pytest.fixture
+def cached_run(cli: Invoke, trained_run: Workspace) -> Path:
+    """A private copy of the session's run 'r1' and its dataset 'syn' (see ``trained_run``: the
+    24 samples ``copied`` registers, split in 3), cached; the images' folder."""
+    res = cli("datasets", "cache", "syn")
+    assert res.exit_code == 0, res.output
+    assert "Cached 24 of 24 samples of syn (24 decoded now, 0 already cached)" in res.stdout
+    return trained_run.data
+
+
 @pytest.mark.parametrize("change", ["changed", "added", "removed"])
 def test_a_stale_cache_is_refused_by_every_command(
-    cli: Invoke, copied: Path, tmp_path: Path, change: str
+    cli: Invoke, cached_run: Path, tmp_path: Path, change: str
 ) -> None:
-    trained = _train(cli, tmp_path, "r", "--cache", "off")
-    assert trained.exit_code == 0  # type: ignore[attr-defined]
+    copied = cached_run  # trained without the cache: run r1
     ids = _ids(copied / "labels.csv")
     if change == "changed":
         path = copied / f"{ids[3]}_green.png"
@@ -138,7 +147,7 @@ def test_a_stale_cache_is_refused_by_every_command(
         (tmp_path / "held.png").rename(copied / f"{ids[7]}_red.png")
         why = f"sample '{ids[7]}' was added after caching"
     expected = f"{STALE}{why}; rebuild it with 'hpatool datasets cache syn' or pass --cache off"
-    scoring = ("--run", "r", "--dataset", "syn", "--device", "cpu", "--workers", "0")
+    scoring = ("--run", "r1", "--dataset", "syn", "--device", "cpu", "--workers", "0")
     for args in (
         ("train", "--dataset", "syn", *TRAIN, "--epochs", "1", "--out", tmp_path / "runs"),
         ("cv", "--dataset", "syn", "--name", "e", *TRAIN, "--epochs", "1", "--out", tmp_path / "c"),

@@ -11,15 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner, Result
 
-from hpatool.cli import app
 from hpatool.registry import Registry
-from tests.support import SIZE, TRAIN, one_line_error, start_hpatool
-
-
-def run_cli(home: Path, *args: object) -> Result:
-    return CliRunner().invoke(app, ["--home", str(home), *[str(a) for a in args]])
+from tests.support import SIZE, TRAIN, one_line_error, run_cli, start_hpatool
 
 
 def _registered(synth_data: Callable[..., Path], home: Path, folds: int | None) -> Path:

@@ -13,19 +13,13 @@ from typing import Any
 
 import pytest
 import torch
-from typer.testing import CliRunner, Result
 
 from hpatool._io import DiskFull, atomic_path, write_csv
-from hpatool.cli import app
 from hpatool.engine.models import checkpoint as ckpt_mod
 from hpatool.registry import Registry
-from tests.support import SIZE, TRAIN, leftovers, one_line_error
+from tests.support import SIZE, TRAIN, leftovers, one_line_error, run_cli
 
 FULL = os.strerror(errno.ENOSPC)  # "No space left on device"
-
-
-def run_cli(home: Path, *args: object) -> Result:
-    return CliRunner().invoke(app, ["--home", str(home), *[str(a) for a in args]])
 
 
 class FullDiskFile(io.FileIO):

@@ -9,28 +9,24 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from hpatool.cli import app
 from hpatool.engine.runs.oof import summarize_oof
 from hpatool.engine.scoring.score import decide_labels
 from hpatool.registry import Registry
 from hpatool.synth import synth_dataset
-from tests.support import TRAIN
+from tests.support import TRAIN, run_cli
 
 SIZE = 32
 N = 24
 CPU = ("--device", "cpu", "--workers", "0")
 VIEW = "max of 2 crops of 24px"  # the runs' stored view: --crop 24 --eval-crops 2
-
-
-def run_cli(home: Path, *args: object) -> Result:
-    return CliRunner().invoke(app, ["--home", str(home), *[str(a) for a in args]])
 
 
 def read_probs(path: Path) -> tuple[list[str], np.ndarray]:
@@ -51,17 +47,21 @@ def read_labels(path: Path) -> list[list[int]]:
         return [[int(v) for v in r[1].split()] for r in list(csv.reader(fh))[1:]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Setup:
     home: Path
     runs: Path
-    ensemble_probs: np.ndarray | None = None  # --run r0 --run r1, seed 3, once for the module
+
+
+#: The probabilities of ``--run r0 --run r1`` (seed 3), once for the module.
+ENSEMBLE_PROBS: list[np.ndarray] = []
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two 1-epoch resnet10t runs on folds 0 and 1 of a 24-sample synthetic dataset, crop 24,
-    their view 2 crops (max): each writes its oof.csv and OOF-tuned thresholds.json."""
+    their view 2 crops (max): each writes its oof.csv and OOF-tuned thresholds.json. Made once
+    for the module: each test gets a copy (``setup``)."""
     base = tmp_path_factory.mktemp("ensemble")
     home, data, runs = base / "home", base / "syn", base / "runs"
     synth_dataset(data, samples=N, size=SIZE, seed=21)
@@ -79,7 +79,14 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
     for args in steps:
         res = run_cli(home, *args)
         assert res.exit_code == 0, (args, res.output)
-    return Setup(home, runs)
+    return base
+
+
+@pytest.fixture
+def setup(trained: Path, workspace_copy: Callable[[Path], Path]) -> Setup:
+    """A private copy of the module's registry, runs and images."""
+    base = workspace_copy(trained)
+    return Setup(base / "home", base / "runs")
 
 
 def predict(setup: Setup, tmp_path: Path, name: str, *args: object) -> tuple[Result, Path, Path]:
@@ -104,7 +111,7 @@ def test_an_ensemble_is_the_mean_of_its_runs(setup: Setup, tmp_path: Path) -> No
     ids, probs = read_probs(pe)
     assert ids == ids0 == ids1 and len(ids) == N
     np.testing.assert_allclose(probs, (probs0 + probs1) / 2, rtol=0, atol=1e-6)
-    setup.ensemble_probs = probs
+    ENSEMBLE_PROBS[:] = [probs]
     # --threshold auto: tuned on both runs' out-of-fold predictions together
     with Registry.open(setup.home) as reg:
         thresholds = summarize_oof(reg, [reg.run("r0"), reg.run("r1")]).thresholds
@@ -121,22 +128,17 @@ def test_experiment_is_an_ensemble_of_its_runs(
     monkeypatch.setattr(Registry, "experiment_runs", experiment_runs)
     res, _, pe = predict(setup, tmp_path, "exp", "--experiment", "cv1")
     assert "with ensemble of 2 models (r0, r1)" in res.stdout
-    if setup.ensemble_probs is None:  # run on its own
+    if not ENSEMBLE_PROBS:  # run on its own
         _, _, pr = predict(setup, tmp_path, "runs", "--run", "r0", "--run", "r1")
-        setup.ensemble_probs = read_probs(pr)[1]
-    assert read_probs(pe)[1].tolist() == setup.ensemble_probs.tolist()
+        ENSEMBLE_PROBS[:] = [read_probs(pr)[1]]
+    assert read_probs(pe)[1].tolist() == ENSEMBLE_PROBS[0].tolist()
 
 
 def test_a_run_without_oof_uses_the_mean_thresholds_with_a_warning(
     setup: Setup, tmp_path: Path
 ) -> None:
-    oof = setup.runs / "r1" / "oof.csv"
-    kept = tmp_path / "oof.csv"
-    shutil.move(oof, kept)
-    try:
-        res, out, pe = predict(setup, tmp_path, "both", "--run", "r0", "--run", "r1")
-    finally:
-        shutil.move(kept, oof)
+    (setup.runs / "r1" / "oof.csv").unlink()  # of this test's copy
+    res, out, pe = predict(setup, tmp_path, "both", "--run", "r0", "--run", "r1")
     assert warnings_of(res) == [
         "warning: r1 has no oof.csv: the ensemble uses the mean of its models' own thresholds, "
         "not thresholds tuned on out-of-fold predictions ('hpatool train --resume --name RUN' "

@@ -6,28 +6,23 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from typer.testing import CliRunner, Result
 
-from hpatool.cli import app
 from hpatool.engine.scoring import ensemble as ensemble_mod
 from hpatool.registry import Registry
 from hpatool.synth import synth_dataset
-from tests.support import one_line_error
+from tests.support import one_line_error, run_cli
 
 SIZE = 48
 N = 36
 LIMIT = 27
 FOLD = 1
 FAST = ("--crops", "3", "--device", "cpu", "--workers", "0")
-
-
-def run_cli(home: Path, *args: object) -> Result:
-    return CliRunner().invoke(app, ["--home", str(home), *[str(a) for a in args]])
 
 
 @dataclass(frozen=True)
@@ -37,9 +32,9 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 1-epoch resnet10t run 'r1' on the first 27 of 36 synthetic samples (--limit 27),
-    validated on fold 1 of 3."""
+    validated on fold 1 of 3, made once for the module: each test gets a copy (``setup``)."""
     base = tmp_path_factory.mktemp("evaluate")
     home, data = base / "home", base / "syn"
     synth_dataset(data, samples=N, size=SIZE, seed=11)
@@ -80,7 +75,14 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
     ):
         res = run_cli(home, *args)
         assert res.exit_code == 0, (args, res.output)
-    return Setup(home, data)
+    return base
+
+
+@pytest.fixture
+def setup(trained: Path, workspace_copy: Callable[[Path], Path]) -> Setup:
+    """A private copy of the module's registry, run and images."""
+    base = workspace_copy(trained)
+    return Setup(base / "home", base / "syn")
 
 
 def folds_of(home: Path, name: str = "syn") -> tuple[list[str], dict[str, int]]:

@@ -15,18 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from hpatool.cli import app
 from hpatool.labels import NUM_CLASSES
 from hpatool.registry import Registry
-from tests.support import SIZE, TRAIN, one_line_error
+from tests.support import SIZE, TRAIN, one_line_error, run_cli
 
 CV = (*TRAIN, "--epochs", "1", "--workers", "0", "--eval-crops", "2")
-
-
-def run_cli(home: Path, *args: object) -> Result:
-    return CliRunner().invoke(app, ["--home", str(home), *[str(a) for a in args]])
 
 
 @dataclass

@@ -19,7 +19,7 @@ import torch
 from hpatool.engine.views import View
 from hpatool.imaging import read_sample
 from hpatool.labels import CLASS_NAMES
-from tests.support import SIZE, TRAIN, Invoke, one_line_error, register
+from tests.support import RUN_CROPS, Invoke, Workspace, one_line_error
 
 
 def _probs_csv(path: Path) -> dict[str, np.ndarray]:
@@ -54,32 +54,23 @@ def _max_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
-def test_exports_reproduce_predict(
-    cli: Invoke, home: Path, synth_data: Callable[..., Path], tmp_path: Path
-) -> None:
-    data = synth_data(24, SIZE, seed=5)
-    register(cli, data)
-    runs = tmp_path / "runs"
-    trained = cli(
-        "train", "--dataset", "syn", *TRAIN, "--epochs", "1", "--workers", "0", "--out", runs,
-        "--name", "r",
-    )  # fmt: skip
-    assert trained.exit_code == 0, trained.output
+def test_exports_reproduce_predict(cli: Invoke, trained_run: Workspace, tmp_path: Path) -> None:
+    data, runs, home = trained_run.data, trained_run.runs, trained_run.home
     probs_csv = tmp_path / "probs.csv"
     predicted = cli(
-        "predict", "--run", "r", "--dataset", "syn", "--workers", "0", "--device", "cpu",
+        "predict", "--run", "r1", "--dataset", "syn", "--workers", "0", "--device", "cpu",
         "--tta", "grid", "--agg", "mean", "--probs", probs_csv, "--out", tmp_path / "sub.csv",
     )  # fmt: skip
     assert predicted.exit_code == 0, predicted.output
     expected = _probs_csv(probs_csv)
     ids = list(expected)
-    view = View(32, 8, "mean", "grid")
+    view = View(32, RUN_CROPS, "mean", "grid")  # the run's view: what the export records
 
     # TorchScript
     ts = tmp_path / "out" / "model.pt"
-    result = cli("runs", "export", "r", "--format", "torchscript", "--out", ts)
+    result = cli("runs", "export", "r1", "--format", "torchscript", "--out", ts)
     assert result.exit_code == 0, result.output
-    assert "Exported run r's best model (torchscript," in result.stdout
+    assert "Exported run r1's best model (torchscript," in result.stdout
     assert str(ts) in result.stdout and f"{ts}.json" in result.stdout
     loaded = torch.jit.load(str(ts))
 
@@ -90,17 +81,17 @@ def test_exports_reproduce_predict(
     diff_ts = _max_diff(_exported_probs(run_ts, data, ids, view), expected)
     assert diff_ts < 1e-4, diff_ts
     info = json.loads(Path(f"{ts}.json").read_text())
-    _check_info(info, "torchscript", runs / "r")
+    _check_info(info, "torchscript", runs / "r1")
 
     # ONNX, with --json
     onnx_file = tmp_path / "model.onnx"
-    result = cli("runs", "export", "r", "--format", "onnx", "--out", onnx_file, "--json")
+    result = cli("runs", "export", "r1", "--format", "onnx", "--out", onnx_file, "--json")
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout)
     assert shown["file"] == str(onnx_file) and shown["json_file"] == f"{onnx_file}.json"
     assert shown["bytes"] == onnx_file.stat().st_size
     info = json.loads(Path(f"{onnx_file}.json").read_text())
-    _check_info(info, "onnx", runs / "r")
+    _check_info(info, "onnx", runs / "r1")
     assert info["opset"] == 17 and shown["sha256"] == info["sha256"]
     import onnxruntime as ort
 
@@ -114,34 +105,34 @@ def test_exports_reproduce_predict(
     print(f"max abs diff vs predict: torchscript {diff_ts:.3g}, onnx {diff_onnx:.3g}")
 
     # refusals that need a run: the run's own files, the registry, a folder
-    best = runs / "r" / "checkpoint-best.pt"
-    text = one_line_error(cli("runs", "export", "r", "--format", "onnx", "--out", best))
+    best = runs / "r1" / "checkpoint-best.pt"
+    text = one_line_error(cli("runs", "export", "r1", "--format", "onnx", "--out", best))
     assert "is the run's checkpoint-best.pt" in text
     text = one_line_error(
-        cli("runs", "export", "r", "--format", "onnx", "--out", runs / "r" / "thresholds")
+        cli("runs", "export", "r1", "--format", "onnx", "--out", runs / "r1" / "thresholds")
     )
     assert "thresholds.json" in text and "is the run's thresholds.json" in text
     registry = home / "registry.sqlite"
-    text = one_line_error(cli("runs", "export", "r", "--format", "onnx", "--out", registry))
+    text = one_line_error(cli("runs", "export", "r1", "--format", "onnx", "--out", registry))
     assert "hpatool's registry" in text
-    text = one_line_error(cli("runs", "export", "r", "--format", "onnx", "--out", tmp_path))
+    text = one_line_error(cli("runs", "export", "r1", "--format", "onnx", "--out", tmp_path))
     assert "is a folder" in text
     # a run without its best checkpoint
     shutil.move(best, tmp_path / "best.pt")
-    text = one_line_error(cli("runs", "export", "r", "--format", "torchscript", "--out", ts))
-    assert "run 'r' has no checkpoint-best.pt" in text
+    text = one_line_error(cli("runs", "export", "r1", "--format", "torchscript", "--out", ts))
+    assert "run 'r1' has no checkpoint-best.pt" in text
 
 
 def _check_info(info: dict[str, Any], fmt: str, run_dir: Path) -> None:
     thresholds = json.loads((run_dir / "thresholds.json").read_text())
-    assert info["format"] == fmt and info["run"] == "r"
+    assert info["format"] == fmt and info["run"] == "r1"
     assert info["arch"] == "resnet10t" and info["timm_name"] == "resnet10t"
     assert info["input"] == "float32 (N, 4, H, W), pixel values 0..255, channels R, G, B, Y"
     assert info["output"] == "sigmoid probabilities (N, 28)"
     assert info["class_names"] == list(CLASS_NAMES)
     norm = info["normalisation"]
     assert norm["included"] is True and len(norm["mean"]) == len(norm["std"]) == 4
-    assert info["view"] == {"crop": 32, "crops": 8, "agg": "mean", "tta": "grid"}
+    assert info["view"] == {"crop": 32, "crops": RUN_CROPS, "agg": "mean", "tta": "grid"}
     assert info["view"] == thresholds["view"]
     assert info["thresholds"] == thresholds["thresholds"]
     assert info["thresholds_tuned_on"] == "oof"

@@ -3,33 +3,26 @@ and said so in one line."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
 import pytest
 import torch
 
 from hpatool.engine.models.checkpoint import load_checkpoint
-from tests.support import ARCH, SIZE, TRAIN, Invoke, one_line_error, register
+from tests.support import ARCH, TRAIN, Invoke, Workspace, one_line_error
 
 
-@pytest.mark.slow  # two short CPU runs: about 15 s
-def test_fine_tune_from_a_runs_checkpoint(
-    synth_data: Callable[..., Path], cli: Invoke, tmp_path: Path
-) -> None:
-    register(cli, synth_data(40, SIZE, seed=0))
-    out = tmp_path / "runs"
+@pytest.mark.slow  # one short CPU run: about 5 s
+def test_fine_tune_from_a_runs_checkpoint(cli: Invoke, trained_run: Workspace) -> None:
+    out = trained_run.runs  # holds run r1
     common = ("--dataset", "syn", *TRAIN, "--workers", "0", "--out", out)
-    first = cli("train", *common, "--epochs", "1", "--name", "r1")
-    assert first.exit_code == 0, first.output
     best = out / "r1" / "checkpoint-best.pt"
+    epoch = load_checkpoint(best)["epoch"]
     tuned = cli("train", *common, "--epochs", "1", "--max-steps", "1", "--lr", "1e-9",
                 "--pretrained", best, "--name", "r2")  # fmt: skip
     assert tuned.exit_code == 0, tuned.output
     warnings = [line for line in tuned.stderr.splitlines() if line.startswith("note: ")]
     assert warnings == [
         f"note: --pretrained {best}: loaded {len(load_checkpoint(best)['model'])} tensors "
-        f"of an hpatool checkpoint (run 'r1', --arch {ARCH}, epoch 1); its classifier head "
+        f"of an hpatool checkpoint (run 'r1', --arch {ARCH}, epoch {epoch}); its classifier head "
         "was kept (fine-tuning from these weights)"
     ], tuned.stderr
     # one step at a learning rate of 1e-9: the head is still the first run's

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import f1_score
+from typer.testing import Result
 
 from hpatool.data.samples import HpaDataset, dataset_items, targets_array
 from hpatool.data.transforms import normalize
@@ -25,7 +26,7 @@ from hpatool.engine.models.checkpoint import build_model_from_checkpoint, load_c
 from hpatool.engine.runs.oof import OOF_FILE, read_oof, summarize_oof, write_oof
 from hpatool.errors import DataError, NotFound, UsageError
 from hpatool.registry import Registry
-from tests.support import TRAIN, Invoke, one_line_error, register
+from tests.support import TRAIN, Invoke, one_line_error, register, run_cli
 
 VIEW = {"crop": 32, "crops": 3, "agg": "max", "tta": "crops"}
 EVAL = ("--eval-crops", "3", "--eval-agg", "max", "--tta", "crops", "--workers", "0")
@@ -36,21 +37,16 @@ def runs(
     synth_data: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
     """Two one-epoch runs of one dataset: ``f0`` (fold 0, focal loss) and ``f1`` (fold 1)."""
-    from typer.testing import CliRunner
-
-    from hpatool.cli import app
-
     base = tmp_path_factory.mktemp("oof")
     home = base / "home"
-    runner = CliRunner()
 
-    def cli(*args: str | Path) -> object:
-        return runner.invoke(app, ["--home", str(home), *map(str, args)], catch_exceptions=False)
+    def cli(*args: object) -> Result:
+        return run_cli(home, *args)
 
     data = synth_data(40)
     res = cli("datasets", "add", "syn", "--labels", data / "labels.csv", "--root", data)
-    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
-    assert cli("split", "syn", "--folds", "4").exit_code == 0  # type: ignore[attr-defined]
+    assert res.exit_code == 0, res.output
+    assert cli("split", "syn", "--folds", "4").exit_code == 0
     out = base / "runs"
     lines = {}
     for fold, loss in ((0, "focal"), (1, "bce")):
@@ -58,8 +54,8 @@ def runs(
             "train", "--dataset", "syn", *TRAIN, *EVAL, "--epochs", "1", "--fold", str(fold),
             "--loss", loss, "--out", out, "--name", f"f{fold}",
         )  # fmt: skip
-        assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
-        lines[fold] = res.stdout  # type: ignore[attr-defined]
+        assert res.exit_code == 0, res.output
+        lines[fold] = res.stdout
     return {"home": home, "out": out, "data": data, "stdout0": lines[0]}
 
 
@@ -112,41 +108,31 @@ def test_thresholds_json_is_tuned_on_the_oof_view(runs: dict[str, Any]) -> None:
     assert config["class_frequency"] == pytest.approx(targets_array(train).mean(axis=0).tolist())
 
 
-def test_predict_with_the_runs_view_reproduces_oof(
-    runs: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from typer.testing import CliRunner
-
-    from hpatool.cli import app
-
-    monkeypatch.setenv("HPATOOL_HOME", str(runs["home"]))
+def test_predict_with_the_runs_view_reproduces_oof(runs: dict[str, Any], tmp_path: Path) -> None:
     probs_file = tmp_path / "probs.csv"
-    res = CliRunner().invoke(
-        app,
-        [
-            "predict",
-            "--run",
-            "f0",
-            "--dataset",
-            "syn",
-            "--crops",
-            "3",
-            "--agg",
-            "max",
-            "--tta",
-            "crops",
-            "--seed",
-            "0",
-            "--workers",
-            "0",
-            "--device",
-            "cpu",
-            "--out",
-            str(tmp_path / "sub.csv"),
-            "--probs",
-            str(probs_file),
-        ],
-        catch_exceptions=False,
+    res = run_cli(
+        runs["home"],
+        "predict",
+        "--run",
+        "f0",
+        "--dataset",
+        "syn",
+        "--crops",
+        "3",
+        "--agg",
+        "max",
+        "--tta",
+        "crops",
+        "--seed",
+        "0",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "sub.csv"),
+        "--probs",
+        str(probs_file),
     )
     assert res.exit_code == 0, res.output
     ids, oof = read_oof(runs["out"] / "f0" / OOF_FILE)
@@ -155,23 +141,20 @@ def test_predict_with_the_runs_view_reproduces_oof(
     again = np.array([predicted[sid] for sid in ids])
     assert np.abs(again - oof).max() < 1e-6
     # evaluate on the run's fold, with its stored view and thresholds, gives the OOF macro F1
-    res = CliRunner().invoke(
-        app,
-        [
-            "evaluate",
-            "--run",
-            "f0",
-            "--dataset",
-            "syn",
-            "--min-labels",
-            "0",
-            "--workers",
-            "0",
-            "--device",
-            "cpu",
-            "--json",
-        ],
-        catch_exceptions=False,
+    res = run_cli(
+        runs["home"],
+        "evaluate",
+        "--run",
+        "f0",
+        "--dataset",
+        "syn",
+        "--min-labels",
+        "0",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--json",
     )
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)

@@ -8,25 +8,19 @@ import errno
 import hashlib
 import os
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from hpatool import outputs
-from hpatool.cli import app
 from hpatool.engine.scoring import ensemble as ensemble_mod
 from hpatool.registry import REGISTRY_FILE
-from tests.support import SIZE, TRAIN, one_line_error
+from tests.support import RUN_CROPS, TRAIN, Workspace, one_line_error, run_cli
 
-FAST = ("--crops", "1", "--device", "cpu", "--workers", "0")
+FAST = ("--crops", str(RUN_CROPS), "--device", "cpu", "--workers", "0")  # the run's view
 ONE_STEP = ("--epochs", "1", "--max-steps", "1", "--workers", "0")
-
-
-def run_cli(home: Path, *args: object) -> Result:
-    return CliRunner().invoke(app, ["--home", str(home), *[str(a) for a in args]])
 
 
 @dataclass(frozen=True)
@@ -47,22 +41,11 @@ class Setup:
         return self.labels.read_text().splitlines()[1].split(",")[0]
 
 
-@pytest.fixture(scope="module")
-def setup(synth_data: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Setup:
-    """Dataset 'syn' (a private copy of 16 synthetic samples, split in 2 folds) and a
-    one-step run 'r1' on it."""
-    base = tmp_path_factory.mktemp("guards")
-    data = base / "data"
-    shutil.copytree(synth_data(16, SIZE, seed=3), data)
-    home, runs = base / "home", base / "runs"
-    for args in (
-        ("datasets", "add", "syn", "--labels", data / "labels.csv", "--root", data),
-        ("split", "syn", "--folds", "2"),
-        ("train", "--dataset", "syn", *TRAIN, *ONE_STEP, "--out", runs, "--name", "r1"),
-    ):
-        res = run_cli(home, *args)
-        assert res.exit_code == 0, (args, res.output)
-    return Setup(home, data, runs)
+@pytest.fixture
+def setup(trained_run: Workspace) -> Setup:
+    """A private copy of the session's dataset 'syn' (its images too: a refusal that failed
+    would write over this copy only) and its run 'r1' (see ``trained_run``)."""
+    return Setup(trained_run.home, trained_run.data, trained_run.runs)
 
 
 @pytest.fixture

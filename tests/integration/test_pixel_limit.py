@@ -8,27 +8,29 @@ from __future__ import annotations
 import csv
 import re
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner, Result
 
-from hpatool.cli import app
 from hpatool.imaging import MAX_PIXELS
 from hpatool.registry import Registry
-from tests.support import SIZE, TRAIN, claimed_size_png, one_line_error, start_hpatool
+from tests.support import (
+    RUN_CROPS,
+    TRAIN,
+    Workspace,
+    claimed_size_png,
+    one_line_error,
+    run_cli,
+    start_hpatool,
+)
 
 ONE_STEP = ("--epochs", "1", "--max-steps", "1", "--workers", "0")
+N = 16  # the samples of each copy with bombs: below predict's 20 for a class-frequency warning
 BOMB = (
     f"image of more than {2 * MAX_PIXELS:,} pixels is over the limit of {MAX_PIXELS:,} pixels "
     "(a real HPA field has 4-16 million); replace the file"
 )
-
-
-def run_cli(home: Path, *args: object) -> Result:
-    return CliRunner().invoke(app, ["--home", str(home), *[str(a) for a in args]])
 
 
 def read_rows(path: Path) -> list[list[str]]:
@@ -43,40 +45,22 @@ class Setup:
     ids: list[str]
 
 
-@pytest.fixture(scope="module")
-def setup(synth_data: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory) -> Setup:
-    """Dataset 'syn' (16 synthetic samples, 2 folds) and a one-step run 'r1' on it."""
-    base = tmp_path_factory.mktemp("pixels")
-    data = synth_data(16, SIZE, seed=4)
-    home = base / "home"
-    for args in (
-        ("datasets", "add", "syn", "--labels", data / "labels.csv", "--root", data),
-        ("split", "syn", "--folds", "2"),
-        (
-            "train",
-            "--dataset",
-            "syn",
-            *TRAIN,
-            *ONE_STEP,
-            "--eval-crops",
-            "1",
-            "--out",
-            base / "runs",
-            "--name",
-            "r1",
-        ),
-    ):
-        res = run_cli(home, *args)
-        assert res.exit_code == 0, (args, res.output)
+@pytest.fixture
+def setup(trained_run: Workspace) -> Setup:
+    """A private copy of the session's dataset 'syn' (24 synthetic samples, 3 folds) and its
+    run 'r1' (see ``trained_run``)."""
+    data = trained_run.data
     ids = [line.split(",")[0] for line in (data / "labels.csv").read_text().splitlines()[1:]]
-    return Setup(home, data, ids)
+    return Setup(trained_run.home, data, ids[:N])
 
 
 def with_bombs(setup: Setup, tmp_path: Path, name: str, bombs: dict[str, tuple[int, int]]) -> Path:
     """A copy of the images with ``{"<id>_<colour>": (width, height)}`` replaced by PNG headers
-    claiming that size, registered (and split) as ``name``."""
+    claiming that size, registered (and split) as ``name`` with its first ``N`` samples."""
     folder = tmp_path / name
     shutil.copytree(setup.data, folder)
+    labels = folder / "labels.csv"
+    labels.write_text("\n".join(labels.read_text().splitlines()[: N + 1]) + "\n")
     for stem, (width, height) in bombs.items():
         claimed_size_png(folder / f"{stem}.png", width, height)
     for args in (
@@ -94,15 +78,15 @@ def test_predict_names_the_image_and_writes_the_others(setup: Setup, tmp_path: P
     out = tmp_path / "out" / "submission.csv"
     res = run_cli(
         setup.home, "predict", "--run", "r1", "--dataset", "bomb-predict", "--out", out,
-        "--crops", "1", "--device", "cpu", "--workers", "0",
+        "--crops", RUN_CROPS, "--device", "cpu", "--workers", "0",
     )  # fmt: skip
     partial, failures = (
         out.with_name("submission.partial.csv"),
         out.with_name("submission.failures.csv"),
     )
     assert one_line_error(res, 1) == (
-        f"error: 1 of 16 images could not be scored ({bad}: {folder}/{bad}_green.png: {BOMB}; "
-        f"all listed in {failures}); the other 15 are in {partial}, and {out} was not written"
+        f"error: 1 of {N} images could not be scored ({bad}: {folder}/{bad}_green.png: {BOMB}; "
+        f"all listed in {failures}); the other {N - 1} are in {partial}, and {out} was not written"
     )
     assert [r[0] for r in read_rows(partial)[1:]] == [i for i in setup.ids if i != bad]
     assert read_rows(failures) == [["Id", "error"], [bad, f"{folder}/{bad}_green.png: {BOMB}"]]
@@ -137,7 +121,7 @@ def test_verify_lists_it_without_a_pillow_warning(setup: Setup, tmp_path: Path) 
     assert proc.returncode == 1, (stdout, stderr)
     assert "Warning" not in stderr and "Warning" not in stdout
     assert stderr.strip() == (
-        f"error: 1 of 16 samples of dataset 'bomb-verify' failed verification; the failures "
+        f"error: 1 of {N} samples of dataset 'bomb-verify' failed verification; the failures "
         f"are listed in {failures}"
     )
     reason = (

@@ -1,4 +1,5 @@
-"""``hpatool predict`` / ``evaluate`` end to end on a small trained run."""
+"""``hpatool predict`` / ``evaluate`` end to end on a small trained run (the session's, see
+``trained_run``), and on a test set of real sample_submission.csv ids."""
 
 from __future__ import annotations
 
@@ -7,34 +8,32 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from hpatool.cli import app
 from hpatool.imaging import save_png
-from hpatool.synth import generate_sample, sample_targets, synth_dataset
-from tests.support import REPO
+from hpatool.synth import generate_sample, sample_targets
+from tests.support import REPO, RUN_FOLD, SIZE, Workspace, run_cli
 
-SIZE = 64
 N_TEST = 20
+N = 24  # the samples of the session's dataset 'syn'
 
 
-def run_cli(home: Path, *args: object) -> object:
-    return CliRunner().invoke(app, ["--home", str(home), *[str(a) for a in args]])
+@dataclass(frozen=True)
+class SampleSet:
+    sub: Path  # the first rows of the real sample_submission.csv, in that file's order
+    test_dir: Path
 
 
 @pytest.fixture(scope="module")
-def trained(submission_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A registry with a 1-epoch resnet18 run on synthetic data and a test set whose ids are the
-    first rows of the real sample_submission.csv, in that file's order."""
+def sample_set(submission_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> SampleSet:
+    """Synthetic images of the first ids of the real sample_submission.csv, made once for the
+    module: tests must not modify them."""
     base = tmp_path_factory.mktemp("predict")
-    home = base / "home"
-    train_dir = base / "train"
-    synth_dataset(train_dir, samples=48, size=SIZE, seed=3)
     test_dir = base / "test"
     test_dir.mkdir()
     lines = submission_csv.read_text().splitlines()[: N_TEST + 1]
@@ -45,33 +44,19 @@ def trained(submission_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> d
         arr = generate_sample(labels, SIZE, rng)
         for ch, colour in zip(arr, ("red", "green", "blue", "yellow"), strict=True):
             save_png(ch, test_dir / f"{line.split(',')[0]}_{colour}.png")
-    for args in (
-        ("datasets", "add", "tr", "--labels", train_dir / "labels.csv", "--root", train_dir),
-        ("datasets", "add", "te", "--labels", sub, "--root", test_dir),
-        ("split", "tr", "--folds", "3"),
-        (
-            "train",
-            "--dataset",
-            "tr",
-            "--arch",
-            "resnet18",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "8",
-            "--crop",
-            "48",
-            "--out",
-            base / "runs",
-            "--name",
-            "r1",
-            "--workers",
-            "0",
-        ),
-    ):
-        res = run_cli(home, *args)
-        assert res.exit_code == 0, (args, res.output)  # type: ignore[attr-defined]
-    return {"home": home, "base": base, "sub": sub, "test_dir": test_dir}
+    return SampleSet(sub, test_dir)
+
+
+@pytest.fixture
+def trained(trained_run: Workspace, sample_set: SampleSet) -> dict[str, Path]:
+    """A private copy of the session's run 'r1' (resnet10t, on the 24 samples of 'syn') with
+    the test set registered as 'te'."""
+    res = run_cli(
+        trained_run.home, "datasets", "add", "te", "--labels", sample_set.sub,
+        "--root", sample_set.test_dir,
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    return {"home": trained_run.home, "sub": sample_set.sub, "test_dir": sample_set.test_dir}
 
 
 def read_rows(path: Path) -> list[list[str]]:
@@ -95,7 +80,7 @@ def test_submission_format_and_order(trained: dict[str, Path], tmp_path: Path) -
         "--crops",
         "4",
     )
-    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    assert res.exit_code == 0, res.output
     rows = read_rows(out)
     assert rows[0] == ["Id", "Predicted"]
     expected_ids = [line.split(",")[0] for line in trained["sub"].read_text().splitlines()[1:]]
@@ -110,16 +95,16 @@ def test_submission_format_and_order(trained: dict[str, Path], tmp_path: Path) -
     assert values.shape == (N_TEST, 28) and ((values >= 0) & (values <= 1)).all()
 
 
-def test_max_is_at_least_mean_and_seeds_repeat(trained: dict[str, Path], tmp_path: Path) -> None:
+def test_max_is_at_least_mean_and_seeds_repeat(trained_run: Workspace, tmp_path: Path) -> None:
     def probs(agg: str, seed: int, name: str) -> np.ndarray:
         p = tmp_path / name
         res = run_cli(
-            trained["home"],
+            trained_run.home,
             "predict",
             "--run",
             "r1",
             "--dataset",
-            "te",
+            "syn",
             "--agg",
             agg,
             "--seed",
@@ -135,7 +120,7 @@ def test_max_is_at_least_mean_and_seeds_repeat(trained: dict[str, Path], tmp_pat
             "--crop-size",
             "32",
         )
-        assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+        assert res.exit_code == 0, res.output
         return np.array([[float(v) for v in r[1:]] for r in read_rows(p)[1:]])
 
     p_max, p_mean = probs("max", 0, "max.csv"), probs("mean", 0, "mean.csv")
@@ -149,23 +134,23 @@ def test_max_is_at_least_mean_and_seeds_repeat(trained: dict[str, Path], tmp_pat
     assert not np.array_equal(other, p_max)
 
 
-def test_min_labels(trained: dict[str, Path], tmp_path: Path) -> None:
+def test_min_labels(trained_run: Workspace, tmp_path: Path) -> None:
     def labels(*extra: object) -> list[list[int]]:
         out = tmp_path / "s.csv"
         res = run_cli(
-            trained["home"],
+            trained_run.home,
             "predict",
             "--run",
             "r1",
             "--dataset",
-            "te",
+            "syn",
             "--out",
             out,
             "--crops",
             "2",
             *extra,
         )
-        assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+        assert res.exit_code == 0, res.output
         return [[int(v) for v in r[1].split()] for r in read_rows(out)[1:]]
 
     assert all(len(lab) == 0 for lab in labels("--threshold", "0.999", "--min-labels", "0"))
@@ -177,10 +162,10 @@ def test_bad_input(submission_csv: Path, trained: dict[str, Path], tmp_path: Pat
     home = trained["home"]
     res = run_cli(home, "predict", "--run", "nope", "--dataset", "te")
     assert res.exit_code == 2
-    assert "unknown run 'nope'" in res.stderr and "(known: r1)" in res.stderr  # type: ignore
+    assert "unknown run 'nope'" in res.stderr and "(known: r1)" in res.stderr
     run_cli(home, "datasets", "add", "labels-only", "--labels", submission_csv)
     res = run_cli(home, "predict", "--run", "r1", "--dataset", "labels-only")
-    assert res.exit_code == 2 and "has no image folder" in res.stderr  # type: ignore
+    assert res.exit_code == 2 and "has no image folder" in res.stderr
     res = run_cli(
         home,
         "predict",
@@ -189,18 +174,18 @@ def test_bad_input(submission_csv: Path, trained: dict[str, Path], tmp_path: Pat
         "--dataset",
         "te",
         "--crop-size",
-        "65",
+        "49",
         "--out",
         tmp_path / "x.csv",
     )
     assert res.exit_code == 2
-    assert "--crop-size 65 is larger than the 64x64 images" in res.stderr  # type: ignore
+    assert "--crop-size 49 is larger than the 48x48 images" in res.stderr
     res = run_cli(home, "predict", "--dataset", "te")
     assert res.exit_code == 2 and "give --run RUN or --experiment EXP (repeat them" in res.stderr
     res = run_cli(home, "predict", "--run", "r1", "--dataset", "te", "--threshold", "abc")
-    assert res.exit_code == 2 and "--threshold 'abc' is invalid" in res.stderr  # type: ignore
+    assert res.exit_code == 2 and "--threshold 'abc' is invalid" in res.stderr
     res = run_cli(home, "predict", "--checkpoint", tmp_path / "none.pt", "--dataset", "te")
-    assert res.exit_code == 2 and "no such checkpoint file" in res.stderr  # type: ignore
+    assert res.exit_code == 2 and "no such checkpoint file" in res.stderr
     assert not (tmp_path / "x.csv").exists()
 
 
@@ -218,94 +203,92 @@ def test_corrupt_image_gives_partial_file(trained: dict[str, Path], tmp_path: Pa
             home, "datasets", "add", "broken", "--labels", trained["sub"], "--root", broken
         ).exit_code
         == 0
-    )  # type: ignore[attr-defined]
+    )
     out = tmp_path / "submission.csv"
     res = run_cli(
         home, "predict", "--run", "r1", "--dataset", "broken", "--out", out, "--crops", "2"
     )
     assert res.exit_code == 1
-    assert bad_id in res.stderr and "submission.partial.csv" in res.stderr  # type: ignore
+    assert bad_id in res.stderr and "submission.partial.csv" in res.stderr
     assert not out.exists()
     rows = read_rows(tmp_path / "submission.partial.csv")
     assert len(rows) == N_TEST and bad_id not in [r[0] for r in rows]
     (tmp_path / "submission.partial.csv").unlink()
     res = run_cli(home, "predict", "--run", "r1", "--dataset", "broken", "--out", out, "--strict")
-    assert res.exit_code == 1 and bad_id in res.stderr  # type: ignore[attr-defined]
+    assert res.exit_code == 1 and bad_id in res.stderr
     assert not out.exists() and not (tmp_path / "submission.partial.csv").exists()
 
 
-def test_evaluate_matches_sklearn(trained: dict[str, Path], tmp_path: Path) -> None:
+def test_evaluate_matches_sklearn(trained_run: Workspace, tmp_path: Path) -> None:
     from sklearn.metrics import f1_score
 
     from hpatool.engine.config import PredictConfig
     from hpatool.engine.scoring.evaluate import evaluate_run
     from hpatool.registry import Registry
 
-    with Registry.open(trained["home"]) as reg:
+    with Registry.open(trained_run.home) as reg:
         for agg in ("max", "mean"):
-            config = PredictConfig(dataset="tr", run=["r1"], crops=3, agg=agg)
+            config = PredictConfig(dataset="syn", run=["r1"], crops=3, agg=agg)
             result = evaluate_run(reg, config)
-            assert result.fold == 0  # the run's validation fold by default
+            assert result.fold == RUN_FOLD  # the run's validation fold by default
             assert result.y_true is not None and result.y_pred is not None
             expected = f1_score(result.y_true, result.y_pred, average="macro", zero_division=0)
             assert result.macro_f1 == pytest.approx(expected, abs=1e-12)
     plot = tmp_path / "f1.png"
     res = run_cli(
-        trained["home"],
+        trained_run.home,
         "evaluate",
         "--run",
         "r1",
         "--dataset",
-        "tr",
+        "syn",
         "--json",
         "--plot",
         plot,
         "--agg",
         "mean",
     )
-    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
-    doc = json.loads(res.stdout)  # type: ignore[attr-defined]
-    assert doc["agg"] == "mean" and doc["fold"] == 0 and len(doc["classes"]) == 28
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["agg"] == "mean" and doc["fold"] == RUN_FOLD and len(doc["classes"]) == 28
     assert set(doc["classes"][0]) == {"index", "name", "precision", "recall", "f1", "support"}
     assert doc["macro_f1"] == pytest.approx(np.mean([c["f1"] for c in doc["classes"]]))
     with Image.open(plot) as img:
         assert img.format == "PNG"
 
 
-def test_config_file_and_flags_that_win(trained: dict[str, Path], tmp_path: Path) -> None:
-    home = trained["home"]
+def test_config_file_and_flags_that_win(trained_run: Workspace, tmp_path: Path) -> None:
+    home = trained_run.home
     from_file, from_flag = tmp_path / "from-file.csv", tmp_path / "from-flag.csv"
     toml = tmp_path / "scoring.toml"
     toml.write_text(
         "[predict]\n"
-        'run = "r1"\ndataset = "te"\ncrops = 2\nthreshold = 0.999\nmin-labels = 0\n'
+        'run = "r1"\ndataset = "syn"\ncrops = 2\nthreshold = 0.999\nmin-labels = 0\n'
         f"out = {json.dumps(str(from_file))}\n"
-        '[evaluate]\nrun = "r1"\ndataset = "tr"\ncrops = 2\nagg = "mean"\n'
+        '[evaluate]\nrun = "r1"\ndataset = "syn"\ncrops = 2\nagg = "mean"\n'
     )
     res = run_cli(home, "predict", "--config", toml)
-    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    assert res.exit_code == 0, res.output
     rows = read_rows(from_file)
-    assert len(rows) == N_TEST + 1 and all(r[1] == "" for r in rows[1:])  # 0.999, 0 labels
+    assert len(rows) == N + 1 and all(r[1] == "" for r in rows[1:])  # 0.999, 0 labels
     from_file.unlink()
     res = run_cli(home, "predict", "--config", toml, "--out", from_flag, "--min-labels", "2")
-    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    assert res.exit_code == 0, res.output
     assert not from_file.exists()
     assert all(len(r[1].split()) == 2 for r in read_rows(from_flag)[1:])
     res = run_cli(home, "evaluate", "--config", toml, "--json")
-    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
-    doc = json.loads(res.stdout)  # type: ignore[attr-defined]
-    assert (doc["dataset"], doc["agg"], doc["crops"], doc["fold"]) == ("tr", "mean", 2, 0)
-    res = run_cli(home, "evaluate", "--config", toml, "--json", "--agg", "max", "--fold", "1")
-    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
-    doc = json.loads(res.stdout)  # type: ignore[attr-defined]
-    assert (doc["agg"], doc["fold"]) == ("max", 1)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert (doc["dataset"], doc["agg"], doc["crops"], doc["fold"]) == ("syn", "mean", 2, RUN_FOLD)
+    res = run_cli(home, "evaluate", "--config", toml, "--json", "--agg", "max", "--fold", "0")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert (doc["agg"], doc["fold"]) == ("max", 0)
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_give_the_same_file(
-    trained: dict[str, Path], tmp_path: Path
-) -> None:
-    home = trained["home"]
+def test_torchrun_two_processes_give_the_same_file(trained_run: Workspace, tmp_path: Path) -> None:
+    home = trained_run.home
     single = tmp_path / "single.csv"
     res = run_cli(
         home,
@@ -313,7 +296,7 @@ def test_torchrun_two_processes_give_the_same_file(
         "--run-name",
         "r1",
         "--dataset",
-        "te",
+        "syn",
         "--out",
         single,
         "--probs",
@@ -323,7 +306,7 @@ def test_torchrun_two_processes_give_the_same_file(
         "--batch-size",
         "4",
     )
-    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    assert res.exit_code == 0, res.output
     env = {**os.environ, "HPATOOL_HOME": str(home), "OMP_NUM_THREADS": "1"}
     double = tmp_path / "double.csv"
     cmd = [
@@ -339,7 +322,7 @@ def test_torchrun_two_processes_give_the_same_file(
         "--run-name",
         "r1",
         "--dataset",
-        "te",
+        "syn",
         "--out",
         str(double),
         "--probs",

@@ -15,9 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner, Result
 
-from hpatool.cli import app
 from hpatool.engine.models.checkpoint import load_checkpoint, save_checkpoint
 from hpatool.engine.scoring import ensemble as ensemble_mod
 from hpatool.engine.scoring.model_source import ModelSource, resolve_source, resolve_thresholds
@@ -25,23 +23,33 @@ from hpatool.engine.scoring.score import decide_labels
 from hpatool.errors import DataError
 from hpatool.imaging import save_png
 from hpatool.registry import Registry
-from hpatool.synth import generate_sample, sample_targets, synth_dataset
-from tests.support import Invoke, one_line_error
+from hpatool.synth import generate_sample, sample_targets
+from tests.support import (
+    RUN_CROPS,
+    RUN_FOLD,
+    SIZE,
+    Invoke,
+    Workspace,
+    one_line_error,
+    run_cli,
+)
 
-SIZE = 48
 N_TEST = 10
-FOLD = 1  # the run's validation fold; not the default 0, so a wrong default shows
+FOLD = RUN_FOLD  # the run's validation fold; not the default 0, so a wrong default shows
 COLOURS = ("red", "green", "blue", "yellow")
-FAST = ("--crops", "2", "--device", "cpu", "--workers", "0")
-
-
-def run_cli(home: Path, *args: object) -> Result:
-    return CliRunner().invoke(app, ["--home", str(home), *[str(a) for a in args]])
+FAST = ("--crops", str(RUN_CROPS), "--device", "cpu", "--workers", "0")  # the run's view
 
 
 def read_rows(path: Path) -> list[list[str]]:
     with path.open(newline="") as fh:
         return list(csv.reader(fh))
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    ids: list[str]  # the test set's ids, in its (shuffled) file order
+    sub: Path
+    test_dir: Path
 
 
 @dataclass(frozen=True)
@@ -54,13 +62,10 @@ class Trained:
 
 
 @pytest.fixture(scope="module")
-def trained(submission_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    """A registry with a 2-epoch resnet10t run (validation fold 1) on 24 synthetic samples, and
-    a test set 'te' of real sample_submission.csv ids in a shuffled order."""
+def sample_set(submission_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> SampleSet:
+    """Synthetic images of real sample_submission.csv ids in a shuffled order, made once for
+    the module: tests must not modify them (``copy_dataset`` copies them)."""
     base = tmp_path_factory.mktemp("predict-errors")
-    home = base / "home"
-    train_dir = base / "train"
-    synth_dataset(train_dir, samples=24, size=SIZE, seed=5)
     rng = np.random.default_rng(7)
     real = submission_csv.read_text().splitlines()
     picked = [real[1 + int(i)] for i in rng.choice(len(real) - 1, size=N_TEST, replace=False)]
@@ -74,42 +79,21 @@ def trained(submission_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> T
         arr = generate_sample(labels, SIZE, rng)
         for ch, colour in zip(arr, COLOURS, strict=True):
             save_png(ch, test_dir / f"{sample_id}_{colour}.png")
-    runs = base / "runs"
-    for args in (
-        ("datasets", "add", "tr", "--labels", train_dir / "labels.csv", "--root", train_dir),
-        ("datasets", "add", "te", "--labels", sub, "--root", test_dir),
-        ("split", "tr", "--folds", "3"),
-        (
-            "train",
-            "--dataset",
-            "tr",
-            "--arch",
-            "resnet10t",
-            "--fold",
-            FOLD,
-            "--epochs",
-            "2",
-            "--batch-size",
-            "8",
-            "--crop",
-            "32",
-            "--eval-crops",  # the run's stored view: the --crops 2 of FAST, so no view warning
-            "2",
-            "--lr",
-            "3e-3",
-            "--device",
-            "cpu",
-            "--workers",
-            "0",
-            "--out",
-            runs,
-            "--name",
-            "r1",
-        ),
-    ):
-        res = run_cli(home, *args)
-        assert res.exit_code == 0, (args, res.output)
-    return Trained(home, ids, sub, test_dir, runs / "r1")
+    return SampleSet(ids, sub, test_dir)
+
+
+@pytest.fixture
+def trained(trained_run: Workspace, sample_set: SampleSet) -> Trained:
+    """A private copy of the session's run (a 2-epoch resnet10t run 'r1', validation fold 1,
+    on 24 synthetic samples 'syn'; see ``trained_run``) with the test set registered as 'te'."""
+    res = run_cli(
+        trained_run.home, "datasets", "add", "te", "--labels", sample_set.sub,
+        "--root", sample_set.test_dir,
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    return Trained(
+        trained_run.home, sample_set.ids, sample_set.sub, sample_set.test_dir, trained_run.run_dir
+    )
 
 
 def copy_dataset(trained: Trained, tmp_path: Path, name: str) -> Path:
@@ -277,10 +261,10 @@ def test_complete_rerun_removes_stale_partial_files(trained: Trained, tmp_path: 
 
 
 def test_bad_output_paths_fail_before_scoring(
-    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    trained_run: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     no_scoring(monkeypatch)
-    home = trained.home
+    home = trained_run.home
     folder = tmp_path / "existing"
     folder.mkdir()
     a_file = tmp_path / "f.csv"
@@ -289,7 +273,7 @@ def test_bad_output_paths_fail_before_scoring(
     before = sorted(p.name for p in tmp_path.iterdir())
 
     def predict(*extra: object) -> str:
-        res = run_cli(home, "predict", "--run", "r1", "--dataset", "te", *extra)
+        res = run_cli(home, "predict", "--run", "r1", "--dataset", "syn", *extra)
         return one_line_error(res, 2)
 
     assert "is a folder" in predict("--out", folder)
@@ -307,16 +291,16 @@ def test_bad_output_paths_fail_before_scoring(
 
 @pytest.mark.parametrize("name", ["f1.txt", "f1"])
 def test_evaluate_plot_needs_a_picture_extension(
-    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+    trained_run: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
     no_scoring(monkeypatch)
     res = run_cli(
-        trained.home,
+        trained_run.home,
         "evaluate",
         "--run",
         "r1",
         "--dataset",
-        "tr",
+        "syn",
         "--plot",
         tmp_path / name,
     )
@@ -325,15 +309,15 @@ def test_evaluate_plot_needs_a_picture_extension(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_evaluate_plot_png_and_svg(trained: Trained, tmp_path: Path) -> None:
+def test_evaluate_plot_png_and_svg(trained_run: Workspace, tmp_path: Path) -> None:
     for name in ("f1.png", "f1.svg"):
         res = run_cli(
-            trained.home,
+            trained_run.home,
             "evaluate",
             "--run",
             "r1",
             "--dataset",
-            "tr",
+            "syn",
             "--plot",
             tmp_path / name,
             *FAST,
@@ -345,8 +329,10 @@ def test_evaluate_plot_png_and_svg(trained: Trained, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["x.txt", "x"])
-def test_stats_plot_needs_a_picture_extension(trained: Trained, tmp_path: Path, name: str) -> None:
-    res = run_cli(trained.home, "stats", "tr", "--plot", tmp_path / name)
+def test_stats_plot_needs_a_picture_extension(
+    trained_run: Workspace, tmp_path: Path, name: str
+) -> None:
+    res = run_cli(trained_run.home, "stats", "syn", "--plot", tmp_path / name)
     assert "unknown picture format" in one_line_error(res, 2)
     assert list(tmp_path.iterdir()) == []
 
@@ -354,15 +340,15 @@ def test_stats_plot_needs_a_picture_extension(trained: Trained, tmp_path: Path, 
 # ------------------------------------------------------------------------ threshold source
 
 
-def test_last_checkpoint_uses_its_own_thresholds(trained: Trained, tmp_path: Path) -> None:
-    run_dir = trained.run_dir
+def test_last_checkpoint_uses_its_own_thresholds(trained_run: Workspace, tmp_path: Path) -> None:
+    run_dir = trained_run.run_dir
     best = load_checkpoint(run_dir / "checkpoint-best.pt")
     last = load_checkpoint(run_dir / "checkpoint-last.pt")
     doc = json.loads((run_dir / "thresholds.json").read_text())
     # the best epoch's centre-crop thresholds; "thresholds" are tuned on the OOF view
     assert doc["tuned_on"] == "oof"
     assert doc["validation_thresholds"] == pytest.approx(best["thresholds"])
-    with Registry.open(trained.home) as reg:
+    with Registry.open(trained_run.home) as reg:
         src_last = resolve_source(reg, None, run_dir / "checkpoint-last.pt")
         src_run = resolve_source(reg, "r1", None)
     assert src_last.thresholds_file == run_dir / "thresholds.json"
@@ -389,12 +375,12 @@ def test_last_checkpoint_uses_its_own_thresholds(trained: Trained, tmp_path: Pat
     (copy / "thresholds.json").write_text(json.dumps({"thresholds": [0.999] * 28}))
     out, probs = tmp_path / "s.csv", tmp_path / "p.csv"
     res = run_cli(
-        trained.home,
+        trained_run.home,
         "predict",
         "--checkpoint",
         copy / "checkpoint-last.pt",
         "--dataset",
-        "te",
+        "syn",
         "--out",
         out,
         "--probs",
@@ -416,9 +402,9 @@ def test_last_checkpoint_uses_its_own_thresholds(trained: Trained, tmp_path: Pat
     "values", [[1.5] + [0.5] * 27, [-0.1] + [0.5] * 27, [math.nan] * 28, [math.inf] * 28]
 )
 def test_bad_thresholds_json_is_a_data_error(
-    trained: Trained, tmp_path: Path, values: list[float]
+    trained_run: Workspace, tmp_path: Path, values: list[float]
 ) -> None:
-    run_dir = trained.run_dir
+    run_dir = trained_run.run_dir
     doc = load_checkpoint(run_dir / "checkpoint-best.pt")
     del doc["thresholds"]
     ck_dir = tmp_path / "ck"
@@ -430,12 +416,12 @@ def test_bad_thresholds_json_is_a_data_error(
         resolve_thresholds("auto", src, doc)
     out = tmp_path / "s.csv"
     res = run_cli(
-        trained.home,
+        trained_run.home,
         "predict",
         "--checkpoint",
         ck_dir / "model.pt",
         "--dataset",
-        "te",
+        "syn",
         "--out",
         out,
         *FAST,
@@ -445,18 +431,18 @@ def test_bad_thresholds_json_is_a_data_error(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
 
 
-def test_no_thresholds_anywhere_asks_for_a_number(trained: Trained, tmp_path: Path) -> None:
-    run_dir = trained.run_dir
+def test_no_thresholds_anywhere_asks_for_a_number(trained_run: Workspace, tmp_path: Path) -> None:
+    run_dir = trained_run.run_dir
     doc = load_checkpoint(run_dir / "checkpoint-best.pt")
     del doc["thresholds"]
     save_checkpoint(tmp_path / "model.pt", doc)
     res = run_cli(
-        trained.home,
+        trained_run.home,
         "predict",
         "--checkpoint",
         tmp_path / "model.pt",
         "--dataset",
-        "te",
+        "syn",
         "--out",
         tmp_path / "s.csv",
         *FAST,
@@ -468,23 +454,25 @@ def test_no_thresholds_anywhere_asks_for_a_number(trained: Trained, tmp_path: Pa
 # --------------------------------------------------------------- evaluate's default fold
 
 
-def test_evaluate_checkpoint_defaults_to_the_runs_fold(trained: Trained, tmp_path: Path) -> None:
-    run_dir = trained.run_dir
-    with Registry.open(trained.home) as reg:
-        folds = reg.folds("tr")
-        n_all = len(reg.samples("tr"))
+def test_evaluate_checkpoint_defaults_to_the_runs_fold(
+    trained_run: Workspace, tmp_path: Path
+) -> None:
+    run_dir = trained_run.run_dir
+    with Registry.open(trained_run.home) as reg:
+        folds = reg.folds("syn")
+        n_all = len(reg.samples("syn"))
     fold_size = sum(1 for f in folds.values() if f == FOLD)
     assert 0 < fold_size < n_all
     assert json.loads((run_dir / "config.json").read_text())["options"]["fold"] == FOLD
 
     def evaluate(checkpoint: Path) -> dict[str, object]:
         res = run_cli(
-            trained.home,
+            trained_run.home,
             "evaluate",
             "--checkpoint",
             checkpoint,
             "--dataset",
-            "tr",
+            "syn",
             "--json",
             *FAST,
         )
@@ -547,20 +535,20 @@ def _foreign_pickle(path: Path, run_dir: Path) -> None:
 
 @pytest.mark.parametrize("make", [_garbage, _empty, _truncated, _foreign_pickle])
 def test_unreadable_checkpoint_is_one_line_without_weights_only_advice(
-    trained: Trained, tmp_path: Path, make: Callable[[Path, Path], None]
+    trained_run: Workspace, tmp_path: Path, make: Callable[[Path, Path], None]
 ) -> None:
     ck = tmp_path / "bad.pt"
-    make(ck, trained.run_dir)
+    make(ck, trained_run.run_dir)
     out = tmp_path / "s.csv"
     for command in ("predict", "evaluate"):
         extra = ("--out", out) if command == "predict" else ()
         res = run_cli(
-            trained.home,
+            trained_run.home,
             command,
             "--checkpoint",
             ck,
             "--dataset",
-            "te" if command == "predict" else "tr",
+            "syn",
             *extra,
             *FAST,
         )

@@ -17,7 +17,7 @@ import torch
 
 from hpatool.engine.models.checkpoint import load_checkpoint
 from hpatool.registry import Registry
-from tests.support import SIZE, TRAIN, Invoke, one_line_error, register
+from tests.support import SIZE, TRAIN, Invoke, Workspace, one_line_error, register
 
 
 @pytest.fixture(scope="module")
@@ -204,17 +204,15 @@ def _assert_batchnorm_recomputed(home: Path, averaged: dict, folder: Path) -> No
 
 
 def test_prior_thresholds_match_the_training_shares_on_the_scored_images(
-    cli: Invoke, home: Path, synth_dir: Path, tmp_path: Path
+    cli: Invoke, trained_run: Workspace, tmp_path: Path
 ) -> None:
-    register(cli, synth_dir)
-    out = tmp_path / "runs"
-    _train(cli, out, "r")
+    out = trained_run.runs  # run r1 on the 24 samples of 'syn': shares 0.5 and 0.25 are whole
     sub = tmp_path / "sub.csv"
-    result = cli("predict", "--run", "r", "--dataset", "syn", "--workers", "0", "--out", sub,
+    result = cli("predict", "--run", "r1", "--dataset", "syn", "--workers", "0", "--out", sub,
                  "--threshold", "prior")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "Thresholds matched to the class shares of the training data" in result.stdout
-    frequency = np.array(json.loads((out / "r" / "config.json").read_text())["class_frequency"])
+    frequency = np.array(json.loads((out / "r1" / "config.json").read_text())["class_frequency"])
     rows = list(csv.DictReader(sub.open()))
     counts = np.zeros(28)
     for row in rows:
@@ -224,21 +222,24 @@ def test_prior_thresholds_match_the_training_shares_on_the_scored_images(
     assert any(not row["Predicted"] for row in rows) or counts.sum() > 0  # no top-up forced
 
     shares = tmp_path / "shares.csv"
-    shares.write_text("class,share\nNucleoplasm,0.5\n25,0.1\n", encoding="utf-8")
-    result = cli("predict", "--run", "r", "--dataset", "syn", "--workers", "0", "--out", sub,
+    shares.write_text("class,share\nNucleoplasm,0.5\n25,0.25\n", encoding="utf-8")
+    result = cli("predict", "--run", "r1", "--dataset", "syn", "--workers", "0", "--out", sub,
                  "--threshold", f"prior={shares}")  # fmt: skip
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(sub.open()))
-    assert sum("0" in row["Predicted"].split() for row in rows) == 20
-    assert sum("25" in row["Predicted"].split() for row in rows) == 4
+    assert len(rows) == 24
+    assert sum("0" in row["Predicted"].split() for row in rows) == 12
+    assert sum("25" in row["Predicted"].split() for row in rows) == 6
 
-    text = one_line_error(cli("predict", "--run", "r", "--dataset", "syn", "--out", sub,
+    text = one_line_error(cli("predict", "--run", "r1", "--dataset", "syn", "--out", sub,
                               "--threshold", "prior", "--min-labels", "1"))  # fmt: skip
     assert "--min-labels 1 would add labels beyond the class shares" in text
-    text = one_line_error(cli("evaluate", "--run", "r", "--dataset", "syn", "--threshold", "prior"))
+    text = one_line_error(
+        cli("evaluate", "--run", "r1", "--dataset", "syn", "--threshold", "prior")
+    )
     assert "evaluate scores with tuned thresholds" in text
     shares.write_text("class,share\n0,2\n", encoding="utf-8")
-    text = one_line_error(cli("predict", "--run", "r", "--dataset", "syn", "--workers", "0",
+    text = one_line_error(cli("predict", "--run", "r1", "--dataset", "syn", "--workers", "0",
                               "--out", sub, "--threshold", f"prior={shares}"), code=1)  # fmt: skip
     assert f"{shares}, line 2: share '2' of class '0'" in text
 

@@ -4,7 +4,6 @@ from the registry and each run's ``metrics.csv``, and their curves in one figure
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from PIL import Image
 
 from hpatool.engine.runs.run_dir import write_metrics_csv
 from hpatool.registry import Registry
-from tests.support import SIZE, TRAIN, Invoke, one_line_error, register
+from tests.support import TRAIN, Invoke, Workspace, one_line_error
 
 
 def _row(epoch: int, f1: float, f1_05: float, val_loss: float, **extra: Any) -> dict[str, Any]:
@@ -104,19 +103,16 @@ def test_runs_compare_plot_never_overwrites_a_run_file(cli: Invoke, runs: Path) 
 
 
 @pytest.mark.slow
-def test_runs_compare_on_trained_runs(
-    cli: Invoke, home: Path, synth_data: Callable[..., Path], tmp_path: Path
-) -> None:
-    register(cli, synth_data(24, SIZE, seed=1), folds=2)
-    args = ("train", "--dataset", "syn", *TRAIN, "--workers", "0", "--out", tmp_path / "runs")
-    assert cli(*args, "--epochs", "2", "--name", "two").exit_code == 0
+def test_runs_compare_on_trained_runs(cli: Invoke, trained_run: Workspace, tmp_path: Path) -> None:
+    runs = trained_run.runs  # holds r1, two epochs
+    args = ("train", "--dataset", "syn", *TRAIN, "--workers", "0", "--out", runs)
     part = ("--epochs", "2", "--batch-size", "4", "--max-steps", "1", "--name", "part")
-    assert cli(*args, *part).exit_code == 0  # 3 steps an epoch: stopped in epoch 1
+    assert cli(*args, *part).exit_code == 0  # 4 steps an epoch: stopped in epoch 1
     plot = tmp_path / "compare.png"
-    res = cli("runs", "compare", "two", "part", "--json", "--plot", plot)
+    res = cli("runs", "compare", "r1", "part", "--json", "--plot", plot)
     assert res.exit_code == 0, res.output
     two, part = json.loads(res.stdout)
-    with Registry.open(home) as reg:
+    with Registry.open(trained_run.home) as reg:
         for doc in (two, part):
             record = reg.run(doc["name"])
             assert doc["best_f1"] == pytest.approx(record.best_f1, abs=1e-6)
@@ -126,15 +122,15 @@ def test_runs_compare_on_trained_runs(
     assert plot.is_file()
     # each run's out-of-fold step: its view and the macro F1 of thresholds tuned on it
     for doc in (two, part):
-        stored = json.loads((tmp_path / "runs" / doc["name"] / "thresholds.json").read_text())
+        stored = json.loads((runs / doc["name"] / "thresholds.json").read_text())
         assert stored["tuned_on"] == "oof"
         assert doc["oof_macro_f1"] == stored["oof_macro_f1"] and doc["oof_view"] == stored["view"]
         # the held-out figure: thresholds tuned on one half of oof.csv, scored on the other
         assert doc["oof_macro_f1_heldout"] == stored["oof_macro_f1_heldout"]
         assert 0 <= doc["oof_macro_f1_heldout"] <= 1
-    shown = json.loads(cli("runs", "show", "two", "--json").stdout)
+    shown = json.loads(cli("runs", "show", "r1", "--json").stdout)
     assert shown["oof_macro_f1"] == two["oof_macro_f1"]
     assert shown["oof_macro_f1_heldout"] == two["oof_macro_f1_heldout"]
-    table = cli("runs", "compare", "two", "part").stdout
+    table = cli("runs", "compare", "r1", "part").stdout
     assert f"{two['oof_macro_f1_heldout']:.4f} (mean grid)" in table
     assert f"{two['oof_macro_f1']:.4f}" in table

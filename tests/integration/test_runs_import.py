@@ -9,15 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner, Result
 
-from hpatool.cli import app
 from hpatool.registry import Registry
-from tests.support import SIZE, TRAIN, one_line_error
-
-
-def run_cli(home: Path, *args: object) -> Result:
-    return CliRunner().invoke(app, ["--home", str(home), *[str(a) for a in args]])
+from tests.support import SIZE, TRAIN, one_line_error, run_cli
 
 
 def _add(home: Path, data: Path, folds: int | None = 2, seed: int = 0) -> None:

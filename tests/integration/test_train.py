@@ -18,7 +18,7 @@ from hpatool.engine.metrics import constant_baseline_macro_f1, macro_f1
 from hpatool.engine.models.checkpoint import build_model_from_checkpoint, load_checkpoint
 from hpatool.registry import Registry
 from hpatool.synth import synth_dataset
-from tests.support import ARCH, SIZE, TRAIN, Invoke, one_line_error, register
+from tests.support import ARCH, SIZE, TRAIN, Invoke, Workspace, one_line_error, register
 
 
 @pytest.fixture(scope="module")
@@ -133,14 +133,10 @@ def _assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -
         assert torch.equal(a[key], b[key]), key
 
 
-def test_resume_ends_with_the_same_weights(
-    cli: Invoke, home: Path, synth_dir: Path, tmp_path: Path
-) -> None:
-    register(cli, synth_dir)
-    out = tmp_path / "runs"
+def test_resume_ends_with_the_same_weights(cli: Invoke, full_run: Workspace) -> None:
+    # "full": the same two epochs never stopped, trained once for the session (``full_run``)
+    home, out = full_run.home, full_run.runs
     common = ("--dataset", "syn", *TRAIN, "--epochs", "2", "--out", out)
-    full = cli("train", *common, "--workers", "0", "--name", "full")
-    assert full.exit_code == 0, full.output
 
     # stopped after epoch 1 (3 steps), with worker processes; resumed in the main process
     first = cli("train", *common, "--workers", "2", "--max-steps", "3", "--name", "split")

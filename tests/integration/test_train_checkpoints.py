@@ -16,7 +16,7 @@ import torch
 import hpatool.engine.training.epochs as train_mod
 from hpatool.engine.models.checkpoint import load_checkpoint
 from hpatool.registry import Registry
-from tests.support import SIZE, TRAIN, Invoke, one_line_error, register, start_hpatool
+from tests.support import SIZE, TRAIN, Invoke, Workspace, one_line_error, register, start_hpatool
 
 KEEP = ("epoch", "step", "train_loss", "val_loss", "macro_f1", "macro_f1_at_0.5", "lr")
 
@@ -43,13 +43,11 @@ def _assert_same_run(a_dir: Path, b_dir: Path) -> None:
 
 
 def test_a_run_stopped_after_a_step_checkpoint_resumes_exactly(
-    cli: Invoke, home: Path, synth_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cli: Invoke, full_run: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    register(cli, synth_dir)
-    out = tmp_path / "runs"
+    # "full": the same two epochs never stopped, trained once for the session (``full_run``)
+    home, out = full_run.home, full_run.runs
     common = ("--dataset", "syn", *TRAIN, "--epochs", "2", "--out", out, "--workers", "0")
-    full = cli("train", *common, "--name", "full")
-    assert full.exit_code == 0, full.output
 
     saved: list[dict[str, Any]] = []
     real_save = train_mod.save_checkpoint
@@ -93,13 +91,11 @@ def test_checkpoint_every_is_checked(cli: Invoke, home: Path, synth_dir: Path) -
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_exactly_from_its_step_checkpoint(
-    cli: Invoke, home: Path, synth_dir: Path, tmp_path: Path
+    cli: Invoke, full_run: Workspace
 ) -> None:
-    register(cli, synth_dir)
-    out = tmp_path / "runs"
+    # "full": the same two epochs never stopped, trained once for the session (``full_run``)
+    home, out = full_run.home, full_run.runs
     common = ["--dataset", "syn", *TRAIN, "--epochs", "2", "--out", str(out), "--workers", "0"]
-    full = cli("train", *common, "--name", "full")
-    assert full.exit_code == 0, full.output
 
     proc = start_hpatool(["train", *common, "--checkpoint-every", "1", "--name", "k"], home)
     last = out / "k" / "checkpoint-last.pt"

@@ -11,19 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner, Result
 
-from hpatool.cli import app
 from hpatool.engine.models.checkpoint import load_checkpoint
 from hpatool.engine.training.events import TrainEvent
 from hpatool.engine.training.fit import fit
 from hpatool.errors import HpaToolError
 from hpatool.registry import Registry
-from tests.support import ARCH, SIZE, TRAIN, Invoke, leftovers, register, start_hpatool
-
-
-def run_cli(home: Path, *args: object) -> Result:
-    return CliRunner().invoke(app, ["--home", str(home), *[str(a) for a in args]])
+from tests.support import ARCH, SIZE, TRAIN, Invoke, leftovers, register, run_cli, start_hpatool
 
 
 @pytest.mark.slow
