@@ -77,12 +77,13 @@ def test_a_run_that_died_before_its_first_checkpoint_can_be_started_again(
 
 
 def test_an_error_in_a_dataloader_worker_is_one_clean_line(
-    tmp_path: Path, synth_dir: Path, home: Path
+    cli: Invoke, tmp_path: Path, synth_dir: Path, home: Path
 ) -> None:
     import subprocess
     import sys
 
     data = _copy(synth_dir, tmp_path / "data")
+    register(cli, data)  # in-process: only the training needs a process of its own
     env = {**__import__("os").environ, "HPATOOL_HOME": str(home)}
 
     def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -94,11 +95,6 @@ def test_an_error_in_a_dataloader_worker_is_one_clean_line(
             timeout=300,
         )
 
-    assert (
-        run("datasets", "add", "syn", "--labels", data / "labels.csv", "--root", data).returncode
-        == 0
-    )
-    assert run("split", "syn", "--folds", "4").returncode == 0
     victim = sorted(data.glob("*_green.png"))[3]
     victim.write_bytes(b"not a png")
     proc = run(
