@@ -87,7 +87,7 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(
-            prefix=f".tmp-{target.name}.",
+            prefix=f".tmp-{_printable(target.name)}.",
             suffix=suffix if suffix is not None else target.suffix,
             dir=target.parent,
         )
@@ -109,6 +109,16 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         raise
 
 
+def _printable(name: str) -> str:
+    """``name`` if it is UTF-8 text, else ``out``: a temporary name that libraries taking
+    ``str`` paths (TorchScript's writer) can encode whatever the final name holds."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "out"
+    return name
+
+
 @functools.cache
 def _umask() -> int:
     mask = os.umask(0o022)
@@ -116,10 +126,41 @@ def _umask() -> int:
     return mask
 
 
+def is_link_loop(path: Path) -> bool:
+    """Whether ``path`` is a symbolic link that leads, through other links, back to itself."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
+
+
+def path_problem(path: str | Path, want: str = "file") -> str:
+    """Why ``path`` is not the existing ``want`` (``"file"`` or ``"folder"``) a command reads:
+    the words that follow the path in its error line ("no such file", "is a folder, not a
+    file", "is a loop of symbolic links", ...)."""
+    p = Path(path)
+    if is_link_loop(p):
+        return "is a loop of symbolic links (it leads back to itself); point it at a real " + want
+    if p.is_symlink() and not p.exists():
+        return f"is a broken symbolic link (to {os.readlink(p)}, which is not there)"
+    if not p.exists():
+        return f"no such {want}"
+    if want == "file" and p.is_dir():
+        return "is a folder, not a file"
+    if want == "folder" and not p.is_dir():
+        return "is a file, not a folder"
+    if want == "file" and not p.is_file():
+        return "is not a regular file (a pipe, socket or device)"
+    return f"cannot be read as a {want}"
+
+
 def check_output_file(path: str | Path, option: str) -> Path:
     """Refuse, before any work is done, an output path that cannot be written as a file: an
-    existing folder, or a path below an existing file."""
+    existing folder, a path below an existing file, a loop of symbolic links."""
     target = Path(path).expanduser()
+    if is_link_loop(target):
+        raise UsageError(f"{option} {target} {path_problem(target)}")
     if target.is_dir():
         raise UsageError(
             f"{option} {target} is a folder; give a file name such as {target}/out.csv"
@@ -165,7 +206,10 @@ def describe_load_error(exc: BaseException) -> str:
     if "WeightsUnpickler error:" in text:
         reason = _first_sentence(text.split("WeightsUnpickler error:", 1)[1])
         return f"not a plain tensor file ({reason})"
-    if type(exc).__name__ in ("UnpicklingError", "KeyError", "EOFError", "ValueError"):
+    foreign = ("UnpicklingError", "KeyError", "EOFError", "ValueError", "IndexError")
+    if "PytorchStreamReader failed" in text:
+        return "a truncated or damaged PyTorch file (its zip archive cannot be read)"
+    if type(exc).__name__ in foreign or "magic number" in text:
         return "not a PyTorch file (or a truncated one)"
     return f"{type(exc).__name__}: {_first_sentence(text)}"
 

@@ -137,7 +137,7 @@ def load_run(
     PredictConfig(dataset="-", run=[run], threshold=str(threshold)).validate()
     thresholds = with_threshold_file(threshold, resolve_thresholds(threshold, source, checkpoint))
     dev = resolve_device(device, DistContext())
-    module, spec = ckpt_mod.build_model_from_checkpoint(checkpoint, device=dev)
+    module, spec = ckpt_mod.build_model_from_checkpoint(checkpoint, dev, source.checkpoint)
     view = resolve_view(spec.crop, None, None, None, source.stored_view())
     amp = scoring_dtype(ckpt_mod.trained_amp(checkpoint), dev)
     return Model(run, module, spec, view, thresholds, dev, amp)

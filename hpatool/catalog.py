@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpatool._io import ProgressFn, write_csv
+from hpatool._io import ProgressFn, path_problem, write_csv
 from hpatool.errors import DataError, NotFound, UsageError, WorkFailed
 from hpatool.ids import COLOURS, channel_path, id_problem
 from hpatool.labels import format_target, load_label_csv
@@ -28,7 +28,10 @@ def scan_folder(root: Path) -> list[str]:
     Unsafe names are an error naming the file.
     """
     if not root.is_dir():
-        raise NotFound(f"{root}: no such folder; give the folder holding <Id>_<colour>.png files")
+        raise NotFound(
+            f"{root}: {path_problem(root, 'folder')}; give the folder holding <Id>_<colour>.png "
+            "files"
+        )
     ids: set[str] = set()
     for entry in os.scandir(root):
         m = _CHANNEL_FILE.match(entry.name)

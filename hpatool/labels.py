@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hpatool._io import path_problem
 from hpatool.errors import DataError, NotFound, UsageError
 from hpatool.ids import id_problem
 
@@ -228,7 +229,9 @@ def _read_csv_bytes(path: Path) -> bytes:
     ``<(command)`` pipe would hang, or be read empty when hashed a second time)."""
     name = str(path)
     if not path.exists():
-        raise NotFound(f"{name}: no such file; give the path of a label CSV with an Id column")
+        raise NotFound(
+            f"{name}: {path_problem(path)}; give the path of a label CSV with an Id column"
+        )
     if path.is_dir():
         raise NotFound(f"{name}: is a folder, not a CSV file; give the path of a label CSV")
     try:

@@ -34,15 +34,25 @@ REGISTRY_COMPANIONS = ("", "-wal", "-shm", "-journal")
 _CHANNEL_NAME = re.compile(r"^.+_(red|green|blue|yellow)\.(png|jpg|jpeg|tif|tiff)$", re.I)
 
 #: ``(path, what it is)``: a command's own input files, e.g. ``(config, "the --config file")``.
+#: The files a run folder holds that hpatool must never write over from another command: its
+#: checkpoints, JSON files (config.json, thresholds.json), metrics.csv, oof.csv and curves.png
+#: (``engine.runs.run_dir.RUN_FILES``; tests/unit/test_outdir_checks.py keeps the two in step).
+RUN_FILE_NAME = re.compile(r"^(.+\.pt|.+\.json|metrics\.csv|oof\.csv|curves\.png)$")
+
 Inputs = Iterable[tuple[str | Path | None, str]]
 
 
 def check_output(
-    path: str | Path, option: str, reg: Registry | None = None, inputs: Inputs = ()
+    path: str | Path,
+    option: str,
+    reg: Registry | None = None,
+    inputs: Inputs = (),
+    own_run: str | None = None,
 ) -> Path:
-    """``path`` (``~`` expanded) if ``option`` may write it; else a one-line ``UsageError``."""
+    """``path`` (``~`` expanded) if ``option`` may write it; else a one-line ``UsageError``.
+    ``own_run``: the run whose own files the command writes (train), not refused."""
     target = check_output_file(path, option)
-    _check_not_protected(target, option, reg, inputs)
+    _check_not_protected(target, option, reg, inputs, own_run)
     check_writable(target, option)
     return target
 
@@ -79,7 +89,9 @@ def _probe(folder: Path) -> None:
     os.unlink(name)
 
 
-def _check_not_protected(target: Path, option: str, reg: Registry | None, inputs: Inputs) -> None:
+def _check_not_protected(
+    target: Path, option: str, reg: Registry | None, inputs: Inputs, own_run: str | None = None
+) -> None:
     for path, what in inputs:
         if path is not None and _same_file(target, Path(path).expanduser()):
             raise UsageError(f"{option} {target} is {what}; write the output to another file")
@@ -102,6 +114,14 @@ def _check_not_protected(target: Path, option: str, reg: Registry | None, inputs
                 f"{option} {target} is an image of dataset {record.name!r} (a channel file in "
                 f"its folder {record.root}); write the output to another file"
             )
+    if RUN_FILE_NAME.match(target.name):
+        folder = _resolved(target).parent
+        for run in reg.runs():
+            if run.name != own_run and _resolved(run.out_dir) == folder:
+                raise UsageError(
+                    f"{option} {target} is a file of run {run.name!r} (its folder "
+                    f"{run.out_dir}); write the output to another file"
+                )
 
 
 def _resolved(path: Path) -> Path:

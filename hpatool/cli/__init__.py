@@ -75,6 +75,7 @@ class _Group(HelpGroup):
                 raise typer.Exit(2) from None
 
     def invoke(self, ctx: Any) -> Any:  # a click Context (Typer vendors click)
+        _escape_unprintable()
         with _quiet_broken_pipe(), _own_warnings():
             return self._invoke(ctx)
 
@@ -86,7 +87,9 @@ class _Group(HelpGroup):
         except HpaToolError as exc:
             if _debug(ctx):
                 raise
-            print_error(_from_worker(exc))
+            from hpatool.cli._failures import worker_text
+
+            print_error(worker_text(exc))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             if _debug(ctx):
@@ -109,31 +112,36 @@ class _Group(HelpGroup):
             # reaching a file, the registry or the terminal: the thing, shown escaped
             if _debug(ctx):
                 raise
-            print_error(_not_utf8(exc))
+            from hpatool.cli._failures import not_utf8_line
+
+            print_error(not_utf8_line(exc))
             raise typer.Exit(2) from None
         except Exception as exc:
             if _debug(ctx):
                 raise
-            text = _from_worker(exc) or type(exc).__name__
+            from hpatool.cli._failures import link_loop_line, os_error_line, worker_text
+
+            # an OSError naming its file (exit 1: the work failed), a loop of symbolic links
+            # (exit 2: a path to fix); else the exception's own words
+            if isinstance(exc, OSError) and (line := os_error_line(exc)):
+                print_error(line)
+                raise typer.Exit(1) from None
+            if isinstance(exc, RuntimeError) and (line := link_loop_line(exc)):
+                print_error(line)
+                raise typer.Exit(2) from None
+            text = worker_text(exc) or type(exc).__name__
             print_error(f"unexpected {type(exc).__name__}: {text} (rerun with --debug for details)")
             raise typer.Exit(1) from None
 
 
-def _not_utf8(exc: UnicodeError) -> str:
-    """The one line for a value that is not UTF-8 text: the value (its bad bytes escaped, as
-    ``\\xff``) and the fix."""
-    value = getattr(exc, "object", None)
-    if isinstance(value, bytes):
-        shown = value.decode("utf-8", "backslashreplace")
-    elif isinstance(value, str):
-        shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    else:
-        shown = str(exc)
-    return (
-        f"'{shown}' is not valid UTF-8 text (a file or folder name, an id or a value with "
-        "bytes of another encoding); rename it, or save the file as UTF-8, and run the command "
-        "again"
-    )
+def _escape_unprintable() -> None:
+    """Text that stdout or stderr cannot encode (a file name with bytes that are not UTF-8,
+    held by Python as surrogates) is written escaped (``\\udcff``) instead of failing after the
+    work is done."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            if stream.errors == "strict":
+                stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
 
 
 @contextlib.contextmanager
@@ -159,11 +167,11 @@ def _own_warnings() -> Iterator[None]:
 
         def show(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
             if category.__module__.startswith("hpatool."):
-                from hpatool.cli._console import err
+                from hpatool.cli._console import err, one_line
                 from hpatool.errors import Note
 
                 kind = "note" if issubclass(category, Note) else "warning"
-                line = f"{kind}: {message}"
+                line = f"{kind}: {one_line(str(message))}"
                 if line not in printed:
                     printed.add(line)
                     console = err()  # on a terminal wrapped between words, else one line
@@ -196,20 +204,6 @@ def _usage_line(exc: Any) -> None:
     where = exc.ctx.command_path if exc.ctx is not None else "hpatool"
     message = " ".join(exc.format_message().split())
     print_error(f"{message} (see '{where} -h')")
-
-
-def _from_worker(exc: BaseException) -> str:
-    """The text of ``exc`` on one line; for an error that torch re-raised from a DataLoader
-    worker ("Caught X in DataLoader worker process N. Original Traceback ... X: <text>"), just
-    the original ``<text>``."""
-    text = str(exc)
-    marker = "Original Traceback"
-    if marker in text:
-        head = f"{type(exc).__name__}: "
-        at = text.rfind(head)
-        if at > text.find(marker):
-            text = text[at + len(head) :]
-    return " ".join(text.split())
 
 
 def _debug_first(args: list[str]) -> list[str]:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console, RenderableType
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -65,15 +66,28 @@ def err() -> Console:
     return _Console(file=sys.stderr, highlight=False)
 
 
+def one_line(text: str) -> str:
+    """``text`` with control characters (a NUL or escape byte read from a hostile file, a line
+    break) shown escaped (``\\x00``, ``\\n``), so that it stays one line and cannot drive the
+    terminal."""
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )
+
+
 def print_error(message: str) -> None:
     """One line on stderr: ``error: <message>``, red on a terminal, never wrapped. Under
     torchrun the lines of ranks other than 0 say which rank they come from."""
     rank, world_size = env_rank()
+    message = one_line(message)
     if rank != 0 and world_size > 1:
         message = f"[rank {rank}] {message}"
     console = err()
     if console.is_terminal:
-        console.print(f"[bold red]error:[/] {message}", soft_wrap=True, emoji=False)
+        console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, emoji=False)
     else:
         print(f"error: {message}", file=sys.stderr)
 

@@ -187,12 +187,52 @@ def use_cache(reg: Registry, name: str, mode: str = "auto") -> CacheView | None:
             raise stale_error(name, f"{exc.filename} is gone") from None
         if now != row[0]:
             raise stale_error(name, f"the files of sample {sid!r} changed after caching")
+        problem = array_problem(folder / array_name(sid), row[1], row[2])
+        if problem:
+            raise DataError(
+                f"{folder / array_name(sid)}: unreadable cache file of sample {sid!r} "
+                f"({problem}); rebuild the cache with 'hpatool datasets cache {name}' or pass "
+                "--cache off"
+            )
     return CacheView(name, folder, {sid: (h, w) for sid, (_, h, w) in rows.items()})
 
 
 _NPY_HEADER = re.compile(
     r"\{'descr': '\|u1', 'fortran_order': False, 'shape': \((\d+), (\d+), (\d+)\), \}"
 )
+
+
+def _header_shape(head: bytes) -> tuple[tuple[int, ...], int] | str:
+    """The ``(4, H, W)`` shape and data offset of a cache ``.npy`` file from its first bytes,
+    or why it is not one."""
+    if head[:8] != b"\x93NUMPY\x01\x00" or len(head) < 10:
+        return "not a .npy file of the cache"
+    (header_len,) = struct.unpack("<H", head[8:10])
+    match = _NPY_HEADER.match(head[10 : 10 + header_len].decode("latin-1"))
+    shape = tuple(int(v) for v in match.groups()) if match else ()
+    if len(shape) != 3 or shape[0] != len(COLOURS):
+        return "not a (4, H, W) uint8 array"
+    return shape, 10 + header_len
+
+
+def array_problem(path: Path, height: int, width: int) -> str | None:
+    """Why ``path`` is not the cache file of a ``height`` x ``width`` sample (missing, another
+    file, another shape, truncated), from its header and size alone; ``None`` if it is."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(256)
+            size = os.fstat(fh.fileno()).st_size
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    parsed = _header_shape(head)
+    if isinstance(parsed, str):
+        return parsed
+    shape, offset = parsed
+    if shape[1:] != (height, width):
+        return f"{shape[1]}x{shape[2]} pixels where the index says {height}x{width}"
+    if size - offset != shape[0] * shape[1] * shape[2]:
+        return "truncated"
+    return None
 
 
 def read_cached(path: Path, sample_id: str) -> np.ndarray:
@@ -212,14 +252,10 @@ def read_cached(path: Path, sample_id: str) -> np.ndarray:
             data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError) as exc:
         raise bad(str(getattr(exc, "strerror", None) or exc)) from None
-    if data[:8] != b"\x93NUMPY\x01\x00" or len(data) < 10:
-        raise bad("not a .npy file of the cache")
-    (header_len,) = struct.unpack("<H", data[8:10])
-    match = _NPY_HEADER.match(data[10 : 10 + header_len].decode("latin-1"))
-    shape = tuple(int(v) for v in match.groups()) if match else ()
-    if len(shape) != 3 or shape[0] != len(COLOURS):
-        raise bad("not a (4, H, W) uint8 array")
-    offset = 10 + header_len
+    parsed = _header_shape(data[:256])
+    if isinstance(parsed, str):
+        raise bad(parsed)
+    shape, offset = parsed
     if len(data) - offset != shape[0] * shape[1] * shape[2]:
         raise bad("truncated")
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)

@@ -18,11 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from hpatool._io import DISK_FULL_ERRNOS, DiskFull
 from hpatool.data.cache import (
     FORMAT,
     ProgressFn,
     Stamp,
     array_name,
+    array_problem,
     cache_folder,
     folder_bytes,
     index_rows,
@@ -91,6 +93,13 @@ def decode_one(root: str, sample_id: str, target: str) -> tuple[str, Stamp | Non
     except FileNotFoundError as exc:
         return sample_id, None, 0, 0, f"{exc.filename}: missing channel file"
     except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:  # every other sample would fail alike: stop
+            raise DiskFull(
+                target,
+                exc.strerror or "no space left",
+                exc.errno,
+                "run 'hpatool datasets cache' again: the samples cached so far are kept",
+            ) from None
         return sample_id, None, 0, 0, f"cannot write {target}: {exc.strerror or exc}"
     return sample_id, before, int(img.shape[1]), int(img.shape[2]), ""
 
@@ -136,7 +145,7 @@ def build_cache(
                 fresh = row is not None and row[0] == sample_stamp(root, sid)
             except FileNotFoundError:
                 fresh = False
-            if fresh and (folder / array_name(sid)).is_file():
+            if fresh and row and array_problem(folder / array_name(sid), row[1], row[2]) is None:
                 result.reused += 1
             else:
                 todo.append(sid)
@@ -194,6 +203,9 @@ def _run_jobs(
                     record(decode_one(*job))
             else:
                 _in_processes(jobs, workers, record)
+    except DiskFull:
+        flush()  # what was cached is kept, and the cache is not marked complete
+        raise
     except (KeyboardInterrupt, Interrupted) as exc:
         flush()
         code = exc.exit_code if isinstance(exc, Interrupted) else 130

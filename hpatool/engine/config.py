@@ -163,9 +163,11 @@ class TrainConfig:
             and self.pretrained.lower() != "imagenet"
             and not Path(self.pretrained).expanduser().is_file()
         ):
+            from hpatool._io import path_problem
+
             raise NotFound(
-                f"--pretrained {self.pretrained}: no such file; give a local state dict, "
-                "'imagenet' or 'none'"
+                f"--pretrained {self.pretrained}: {path_problem(self.pretrained)}; give a local "
+                "state dict, 'imagenet' or 'none'"
             )
 
 

@@ -15,6 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from hpatool._io import path_problem
 from hpatool.errors import NotFound, UsageError
 
 
@@ -47,7 +48,7 @@ def read_config_file(path: str | Path, cls: type, section: str | tuple[str, ...]
     """
     file = Path(path).expanduser()
     if not file.is_file():
-        raise NotFound(f"--config {file}: no such file")
+        raise NotFound(f"--config {file}: {path_problem(file)}")
     try:
         text = file.read_text(encoding="utf-8")
         doc: Any = json.loads(text) if file.suffix.lower() == ".json" else tomllib.loads(text)

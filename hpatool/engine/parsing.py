@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpatool._io import path_problem
 from hpatool.errors import DataError, NotFound, UsageError
 from hpatool.labels import CLASS_NAMES, NUM_CLASSES
 
@@ -74,7 +75,9 @@ def read_shares(path: Path) -> np.ndarray:
     """The ``(28,)`` target shares of ``prior=FILE.csv`` (NaN where the file names no class);
     a file that is not one is a one-line error naming the row."""
     if not path.is_file():
-        raise NotFound(f"--threshold prior={path}: no such file (a CSV with columns class, share)")
+        raise NotFound(
+            f"--threshold prior={path}: {path_problem(path)} (a CSV with columns class, share)"
+        )
     return read_class_values(path, "share")
 
 
@@ -82,7 +85,9 @@ def read_thresholds_file(path: Path) -> np.ndarray:
     """The ``(28,)`` thresholds of ``--threshold FILE.csv`` (columns ``class``, ``threshold``;
     NaN where the file names no class: the tuned threshold stays)."""
     if not path.is_file():
-        raise NotFound(f"--threshold {path}: no such file (a CSV with columns class, threshold)")
+        raise NotFound(
+            f"--threshold {path}: {path_problem(path)} (a CSV with columns class, threshold)"
+        )
     return read_class_values(path, "threshold")
 
 
@@ -94,7 +99,7 @@ def read_class_values(path: Path, column: str) -> np.ndarray:
     shares = np.full(NUM_CLASSES, np.nan)
     lowered = {name.lower(): i for i, name in enumerate(CLASS_NAMES)}
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             fields = [(f or "").strip().lower() for f in reader.fieldnames or []]
             if "class" not in fields or column not in fields:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpatool._io import ProgressFn
+from hpatool._io import ProgressFn, path_problem
 from hpatool.convert.lock import output_lock
 from hpatool.convert.outdir import (
     FAILURES_CSV,
@@ -204,11 +204,12 @@ def _convert_sources(
 
 def _check_folders(src_dir: Path, out_dir: Path) -> tuple[Path, Path]:
     """The source folder and the output folder, resolved (the output not created yet)."""
-    src = src_dir.expanduser().resolve()
-    if not src.is_dir():
+    if not src_dir.expanduser().is_dir():
         raise NotFound(
-            f"{src_dir}: no such folder; give the folder holding <Id>_<colour>.jpg/.png/.tif files"
+            f"{src_dir}: {path_problem(src_dir.expanduser(), 'folder')}; give the folder holding "
+            "<Id>_<colour>.jpg/.png/.tif files"
         )
+    src = src_dir.expanduser().resolve()
     out = out_dir.expanduser().resolve()
     if out == src:
         raise UsageError(

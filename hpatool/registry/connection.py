@@ -75,8 +75,16 @@ def _read_only_reason(home: Path, path: Path) -> str | None:
     return None
 
 
+def registry_text(value: bytes) -> str:
+    """A TEXT value as read: UTF-8, with bytes that are not (a hand edit, a folder name of
+    another encoding) kept as surrogates, as Python keeps such file names (``os.fsdecode``);
+    the path still opens, and printing or storing it again says it is not UTF-8 text."""
+    return value.decode("utf-8", "surrogateescape")
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    conn.text_factory = registry_text
     try:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA foreign_keys=ON")
@@ -93,6 +101,7 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
     can be writing it, and SQLite reads it as an immutable file."""
     uri = f"file:{quote(str(path.resolve()))}?mode=ro"
     conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    conn.text_factory = registry_text
     try:
         conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
         return conn
@@ -105,6 +114,7 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
             "open it once where its folder is writable (any 'hpatool datasets list' does it)"
         )
     conn = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)
+    conn.text_factory = registry_text
     try:
         conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
     except BaseException:

@@ -50,11 +50,28 @@ class DatasetQueries(RegistryConnection):
                 str(exc),
                 f"repair the value, or 'hpatool datasets remove {row[1]}' and add it again",
             )
+        kind, root = row[2], row[3]
+        for column, value, ok, why in (
+            ("kind", kind, kind in KINDS, f"not one of {', '.join(KINDS)}"),
+            ("root", root, root is None or isinstance(root, str), "not a folder path"),
+        ):
+            if not ok:
+                problem = problem or bad_row(
+                    self.path,
+                    "datasets",
+                    f"dataset {row[1]!r}",
+                    column,
+                    value,
+                    why,
+                    f"repair the value, or 'hpatool datasets remove {row[1]}' and add it again",
+                )
+        kind = kind if kind in KINDS else "external"
+        root = root if isinstance(root, str) else None
         return DatasetRecord(
             id=row[0],
             name=row[1],
-            kind=row[2],
-            root=Path(row[3]) if row[3] else None,
+            kind=kind,
+            root=Path(root) if root else None,
             labels_path=row[4],
             labels_sha256=row[5],
             parent=row[6],

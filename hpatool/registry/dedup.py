@@ -65,6 +65,9 @@ class DedupQueries(RegistryConnection):
         out: dict[str, StoredHash] = {}
         for sample_id, sig, method, green, blue in rows:
             words = None
+            if not (isinstance(sig, str) and all(isinstance(v, int | None) for v in (green, blue))):
+                continue  # a damaged (hand-edited) row: the sample counts as not hashed yet,
+                # so dedup hashes it again and store_hashes replaces the row
             if green is not None and blue is not None:
                 words = (_from_sql(green) or 0, _from_sql(blue) or 0)
             out[sample_id] = StoredHash(sig, method, words)

@@ -72,7 +72,24 @@ class FoldQueries(RegistryConnection):
         ).fetchone()
         if row is None:
             return None
-        return {"folds": row[0], "seed": row[1], "created_at": row[2]}
+        folds, seed = row[0], row[1]
+        for column, value, ok in (
+            ("folds", folds, isinstance(folds, int) and 2 <= folds <= 1000),
+            ("seed", seed, isinstance(seed, int) and seed >= 0),
+        ):
+            if not ok:
+                raise DataError(
+                    bad_row(
+                        self.path,
+                        "splits",
+                        f"dataset {name!r}",
+                        column,
+                        value,
+                        "not a number of folds" if column == "folds" else "not a seed",
+                        f"split the dataset again: 'hpatool split {name} --force'",
+                    )
+                )
+        return {"folds": folds, "seed": seed, "created_at": row[2]}
 
     def folds(self, name: str) -> dict[str, int]:
         """Fold of each sample id (empty if the dataset is not split).

@@ -12,6 +12,30 @@ from hpatool.registry.records import RunRecord, RunStatus, _json_value, bad_row,
 from hpatool.registry.transaction import RegistryConnection
 
 
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+#: The run columns whose type a hand edit can break (SQLite keeps any value in any column):
+#: (column, index in ``_RUN_COLUMNS``, check, the value a damaged row is listed with).
+_TYPED_RUN_COLUMNS = (
+    ("fold", 3, lambda v: v is None or _count(v), None),
+    ("best_f1", 5, lambda v: v is None or (isinstance(v, int | float) and 0 <= v <= 1), None),
+    ("best_epoch", 6, lambda v: v is None or _count(v), None),
+    ("epochs_done", 7, _count, 0),
+    ("out_dir", 8, lambda v: isinstance(v, str) and v != "", "."),
+    ("status", 9, lambda v: v in tuple(RunStatus), RunStatus.FAILED),
+)
+_TYPED_WHY = {
+    "fold": "not a fold number",
+    "best_f1": "not an F1 between 0 and 1",
+    "best_epoch": "not an epoch number",
+    "epochs_done": "not a count of epochs",
+    "out_dir": "not a folder path",
+    "status": f"not one of {', '.join(RunStatus)}",
+}
+
+
 class RunQueries(RegistryConnection):
     """The ``runs`` table (a mixin of ``Registry``)."""
 
@@ -45,17 +69,26 @@ class RunQueries(RegistryConnection):
                 problem = problem or bad_row(
                     self.path, "runs", where, column, row[i], str(exc), fix
                 )
+        kept = list(row)
+        for column, i, ok, default in _TYPED_RUN_COLUMNS:
+            if not ok(row[i]):
+                kept[i] = default
+                why = _TYPED_WHY[column]
+                fix = "repair the value with an SQLite editor, or 'hpatool runs remove' the run"
+                problem = problem or bad_row(
+                    self.path, "runs", f"run {row[0]!r}", column, row[i], why, fix
+                )
         return RunRecord(
             name=row[0],
             arch=row[1],
             datasets=values["datasets"],
-            fold=row[3],
+            fold=kept[3],
             config=values["config"],
-            best_f1=row[5],
-            best_epoch=row[6],
-            epochs_done=row[7],
-            out_dir=Path(row[8]),
-            status=row[9],
+            best_f1=kept[5],
+            best_epoch=kept[6],
+            epochs_done=kept[7],
+            out_dir=Path(kept[8]),
+            status=kept[9],
             created_at=row[10],
             updated_at=row[11],
             problem=problem,

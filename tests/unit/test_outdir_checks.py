@@ -61,3 +61,15 @@ def test_output_lock(tmp_path: Path) -> None:
             pass
     with output_lock(tmp_path, "again"):  # released: taken again
         assert FolderBusy("x").exit_code == 1
+
+
+def test_every_run_file_is_protected_from_other_outputs() -> None:
+    """``outputs.RUN_FILE_NAME`` names every file a run folder holds (kept in step with
+    ``run_dir.RUN_FILES``): no command's output may write over one of a registered run."""
+    from hpatool.engine.runs.run_dir import EPOCH_CHECKPOINT, RUN_FILES
+    from hpatool.outputs import RUN_FILE_NAME
+
+    for name in (*RUN_FILES, EPOCH_CHECKPOINT.format(7), "r1.json"):
+        assert RUN_FILE_NAME.match(name), name
+    for name in ("submission.csv", "probs.csv", "f1.png", "oof.csv.bak"):
+        assert not RUN_FILE_NAME.match(name), name

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hpatool._io import atomic_path, describe_load_error
+from hpatool._io import atomic_path, describe_load_error, path_problem
 from hpatool.errors import DataError, HpaToolError, NotFound
 
 if TYPE_CHECKING:
@@ -56,7 +56,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
     p = Path(path)
     if not p.is_file():
-        raise NotFound(f"{p}: no such checkpoint file")
+        problem = path_problem(p).replace("no such file", "no such checkpoint file")
+        raise NotFound(f"{p}: {problem}")
     try:
         doc = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # any unpickling error means a bad file
@@ -179,22 +180,66 @@ def model_spec(checkpoint: dict[str, Any]) -> ModelSpec:
 
 
 def build_model_from_checkpoint(
-    source: str | Path | dict[str, Any], device: str | torch.device = "cpu"
+    source: str | Path | dict[str, Any],
+    device: str | torch.device = "cpu",
+    where: str | Path | None = None,
 ) -> tuple[nn.Module, ModelSpec]:
-    """Rebuild the trained model (in eval mode, on ``device``) from a checkpoint file or dict."""
+    """Rebuild the trained model (in eval mode, on ``device``) from a checkpoint file or dict
+    (``where``: the file a dict was read from, named in errors)."""
     from hpatool.engine.models.factory import create_model
 
     ckpt = load_checkpoint(source) if not isinstance(source, dict) else source
-    spec = model_spec(ckpt)
-    model = create_model(spec.timm_name, in_chans=spec.in_chans, num_classes=spec.num_classes)
+    if where is None:
+        where = "checkpoint" if isinstance(source, dict) else str(source)
     try:
-        model.load_state_dict(ckpt["model"])
-    except (RuntimeError, KeyError) as exc:
+        spec = model_spec(ckpt)
+    except DataError as exc:
+        raise DataError(f"{where}: {exc}") from None
+    model = create_model(spec.timm_name, in_chans=spec.in_chans, num_classes=spec.num_classes)
+    weights = ckpt.get("model")
+    problem = (
+        weights_mismatch(model.state_dict(), weights)
+        if isinstance(weights, dict)
+        else "it holds no weights"
+    )
+    if problem or not isinstance(weights, dict):
+        raise DataError(
+            f"{where}: its weights are not those of {spec.timm_name} ({spec.in_chans} channels, "
+            f"{spec.num_classes} classes), the model its model_spec names: {problem}; pass a "
+            "checkpoint written by 'hpatool train' for this model"
+        )
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, KeyError, TypeError) as exc:
         text = " ".join(str(exc).split())[:200]
-        raise DataError(f"checkpoint weights do not fit {spec.timm_name}: {text}") from None
+        raise DataError(f"{where}: weights do not fit {spec.timm_name}: {text}") from None
     model.to(device)
     model.eval()
     return model, spec
+
+
+def weights_mismatch(expected: dict[str, Any], given: dict[str, Any]) -> str | None:
+    """How the state dict ``given`` differs from a model's ``expected`` one (missing names,
+    names the model does not have, tensors of other shapes: how many, and the first), or
+    ``None`` when every name and shape matches."""
+    missing = [k for k in expected if k not in given]
+    extra = [k for k in given if k not in expected]
+    shapes = [
+        k
+        for k, v in expected.items()
+        if k in given and tuple(getattr(given[k], "shape", ())) != tuple(v.shape)
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} weights missing (the first: {missing[0]!r})")
+    if extra:
+        parts.append(f"{len(extra)} weights the model does not have (the first: {extra[0]!r})")
+    if shapes:
+        k = shapes[0]
+        have = "x".join(map(str, getattr(given[k], "shape", ()))) or "no tensor"
+        want = "x".join(map(str, expected[k].shape))
+        parts.append(f"{len(shapes)} of another shape ({k!r}: {have}, the model's {want})")
+    return "; ".join(parts) or None
 
 
 def trained_amp(checkpoint: dict[str, Any]) -> str | None:

@@ -34,7 +34,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hpatool._io import describe_load_error
+from hpatool._io import describe_load_error, path_problem
 from hpatool.errors import DataError, Note, NotFound, UsageError
 from hpatool.labels import NUM_CLASSES
 
@@ -145,7 +145,9 @@ def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     import torch
 
     if not path.is_file():
-        raise NotFound(f"--pretrained {path}: no such file; give a local .pth/.pt state dict")
+        raise NotFound(
+            f"--pretrained {path}: {path_problem(path)}; give a local .pth/.pt state dict"
+        )
     obj: Any
     if path.suffix.lower() == ".safetensors":
         from safetensors.torch import load_file

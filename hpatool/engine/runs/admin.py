@@ -75,8 +75,7 @@ def _check_run_folder(folder: Path, name: str) -> None:
 
 def _delete_run_files(removed: RemovedRun) -> None:
     folder = removed.out_dir
-    from hpatool.engine.runs.run_dir import is_epoch_checkpoint
-    from hpatool.engine.runs.run_dir import TENSORBOARD_DIR, is_event_file
+    from hpatool.engine.runs.run_dir import TENSORBOARD_DIR, is_epoch_checkpoint, is_event_file
 
     for path in sorted(folder.iterdir()):
         ours = (

@@ -8,7 +8,8 @@ with the run's registration; ``fold_run_name`` names fold k's run ``EXP-f<k>``;
 (``engine.runs.oof.summarize_oof``) for ``experiments show``; ``oof_json`` is the out-of-fold part
 of its JSON and of ``cv``'s.
 
-``cv``'s plan and fold loop are in ``engine.training.cv``; ``runs import`` is ``engine.runs.run_import``.
+``cv``'s plan and fold loop are in ``engine.training.cv``; ``runs import`` is
+``engine.runs.run_import``.
 """
 
 from __future__ import annotations

@@ -140,7 +140,7 @@ def export_run(reg: Registry, run: str, fmt: str, out: str | Path) -> Exported:
         )
     target, info_path = _check_outputs(Path(out), reg, run_dir)
     checkpoint = load_checkpoint(run_dir.best)
-    model, spec = build_model_from_checkpoint(checkpoint)
+    model, spec = build_model_from_checkpoint(checkpoint, where=run_dir.best)
     wrapped = PixelModel(model, spec.mean, spec.std).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's deprecation and tracer warnings

@@ -21,7 +21,6 @@ Light to import: numpy and the standard library only.
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +66,7 @@ def read_oof(
     ids: list[str] = []
     rows: list[list[float]] = []
     try:
-        with Path(path).open(newline="", encoding="utf-8") as fh:
+        with Path(path).open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
             header = next(reader, None)
             if header is None or tuple(h.strip() for h in header) != OOF_HEADER:
@@ -158,9 +157,7 @@ def mean_prediction(parts: list[tuple[float, np.ndarray]]) -> np.ndarray:
 
 def _collect(
     runs: Sequence[RunRecord], weights: Sequence[float] | None
-) -> tuple[
-    dict[str, list[tuple[float, np.ndarray]]], dict[str, int], dict[str, View], list[str]
-]:
+) -> tuple[dict[str, list[tuple[float, np.ndarray]]], dict[str, int], dict[str, View], list[str]]:
     """The runs' ``oof.csv`` rows by id (each with its run's weight), the fold of each id (its
     first run's validation fold), each run's view, and the runs without the file."""
     parts: dict[str, list[tuple[float, np.ndarray]]] = {}

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpatool._io import path_problem
 from hpatool.engine.config import TrainConfig, train_config, with_legacy
 from hpatool.engine.runs.experiments import check_experiment_run, ensure_experiment
 from hpatool.engine.runs.run_dir import (
@@ -151,7 +152,7 @@ def _read_run_folder(
     """A run folder's ``config.json`` (and its ``"options"``) and ``metrics.csv`` rows; a folder
     that is not a run's, or files that are not a run's, is a one-line error."""
     if not folder.is_dir():
-        raise NotFound(f"{folder}: no such folder (give a run folder, OUT/NAME)")
+        raise NotFound(f"{folder}: {path_problem(folder, 'folder')} (give a run folder, OUT/NAME)")
     config_path = folder / CONFIG_FILE
     if not config_path.is_file():
         raise UsageError(f"{folder} is not a run folder: it has no {CONFIG_FILE}")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpatool._io import path_problem
 from hpatool.errors import DataError, NotFound, UsageError
 from hpatool.labels import NUM_CLASSES
 from hpatool.registry import Registry
@@ -61,7 +62,7 @@ def read_probability_file(path: Path) -> tuple[list[str], np.ndarray]:
     from hpatool.engine.runs.oof import read_oof
 
     if not path.is_file():
-        raise NotFound(f"{path}: no such probability file (written by 'predict --probs')")
+        raise NotFound(f"{path}: {path_problem(path)} (a probability file of 'predict --probs')")
     return read_oof(path, "a probability file", "'hpatool predict --probs'")
 
 
@@ -152,9 +153,11 @@ def _oof_files(reg: Registry, source: str) -> list[tuple[Path, str | None]]:
     elif reg.has_run(source):
         runs = [reg.run(source)]
     else:
+        problem = path_problem(path)
+        problem = "no such file, run or experiment" if problem == "no such file" else problem
         raise NotFound(
-            f"--oof {source}: no such file, run or experiment (give an oof.csv file, a run or "
-            "an experiment of the registry)"
+            f"--oof {source}: {problem} (give an oof.csv file, a run or an experiment of the "
+            "registry)"
         )
     from hpatool.engine.runs.oof import OOF_FILE
 

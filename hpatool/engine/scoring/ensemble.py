@@ -275,7 +275,7 @@ class _Scoring:
 
         config, dev, ctx, models = self.config, self.dev, self.ctx, len(ckpts)
         built = ckpts[k] if models == 1 else source.checkpoint
-        model, _ = ckpt_mod.build_model_from_checkpoint(built, device=dev)
+        model, _ = ckpt_mod.build_model_from_checkpoint(built, dev, source.checkpoint)
         # channels_last is faster on CUDA and, through oneDNN, on the CPU too (resnet50 at
         # 256: 7.6-7.9 vs 6.4-6.6 crops/s on the 2-core development machine).
         model = model.to(memory_format=torch.channels_last)

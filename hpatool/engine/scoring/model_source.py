@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from hpatool._io import path_problem
 from hpatool.engine.config import PredictConfig, parse_threshold
 from hpatool.engine.runs.run_dir import BEST, CONFIG_FILE, LAST, THRESHOLDS_FILE
 from hpatool.engine.views import View
@@ -188,7 +189,8 @@ def resolve_source(reg: Registry, run: str | None, checkpoint: Path | None) -> M
         )
     assert checkpoint is not None
     if not checkpoint.is_file():
-        raise NotFound(f"{checkpoint}: no such checkpoint file")
+        problem = path_problem(checkpoint).replace("no such file", "no such checkpoint file")
+        raise NotFound(f"{checkpoint}: {problem}")
     thresholds = checkpoint.parent / THRESHOLDS_FILE
     return ModelSource(checkpoint, None, thresholds if thresholds.is_file() else None)
 

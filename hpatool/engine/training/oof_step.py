@@ -141,7 +141,7 @@ def write_oof_step(run: EpochRun) -> OofResult:
         run.events("oof", epoch, step, val_done=done, val_total=total, info={"view": text})
 
     checkpoint = load_checkpoint(run_dir.best, map_location=trainer.device)
-    model, _ = build_model_from_checkpoint(checkpoint, device=trainer.device)
+    model, _ = build_model_from_checkpoint(checkpoint, trainer.device, run_dir.best)
     del checkpoint
     model = model.to(memory_format=torch.channels_last)
     name = f"run {run.target.name} ({run_dir.best.name})"

@@ -58,7 +58,7 @@ def resolve_run(given: dict[str, Any], resume: bool, ctx: DistContext, reg: Regi
     folder's files are checked as outputs (``hpatool.outputs``) before any work."""
     target = _resumed_run(given, reg) if resume else _new_run(given, ctx, reg)
     for name in RUN_FILES:
-        check_output(target.run_dir.path / name, "--out", reg)
+        check_output(target.run_dir.path / name, "--out", reg, own_run=target.name)
     return target
 
 
