@@ -10,6 +10,15 @@ file skips those tests one by one, never a whole module. Helpers that are not fi
 
 from __future__ import annotations
 
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist (the default: -n auto) each worker process, and the hpatool and
+    # torchrun processes tests start, uses one CPU thread: the workers already use every core,
+    # and torch's own threads would only contend with them. Set before torch is imported.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 import shutil
 import sqlite3
 from collections.abc import Callable, Iterator

@@ -112,9 +112,24 @@ class DistContext:
             self.initialised = False
             if _kept:
                 return
-            import torch.distributed as dist
+            _leave_group()
 
-            dist.destroy_process_group()
+
+def _leave_group() -> None:
+    """Destroy the process group once every rank has come here (gloo: waiting at most 60 s,
+    so a rank that failed does not hold the others). Ranks that destroy it at different times
+    can end the later one with a C++ ``terminate`` (exit -6) while gloo still talks to the
+    earlier one."""
+    import datetime
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_backend() == "gloo":
+        with contextlib.suppress(Exception):
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+    dist.destroy_process_group()
 
 
 @contextlib.contextmanager
@@ -129,10 +144,7 @@ def keep_process_group(ctx: DistContext, device: torch.device) -> Iterator[DistC
     finally:
         _kept -= 1
         if _kept == 0 and ctx.distributed:
-            import torch.distributed as dist
-
-            if dist.is_available() and dist.is_initialized():
-                dist.destroy_process_group()
+            _leave_group()
         ctx.initialised = False
 
 
