@@ -8,6 +8,7 @@ import errno
 import functools
 import io
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -65,6 +66,11 @@ def disk_full_cause(exc: BaseException) -> OSError | None:
     return None
 
 
+#: Below this many free bytes, a write that failed in native code (torch's or ONNX's own file
+#: writer, which reports no errno) is taken for a full disk.
+NEARLY_FULL_BYTES = 64 * 2**20
+
+
 def _raise_if_disk_full(exc: BaseException, target: Path) -> None:
     if isinstance(exc, DiskFull):
         return
@@ -72,6 +78,19 @@ def _raise_if_disk_full(exc: BaseException, target: Path) -> None:
     if cause is not None:
         code = cause.errno if cause.errno is not None else errno.ENOSPC
         raise DiskFull(target, cause.strerror or os.strerror(code), code) from None
+    text = " ".join(str(exc).split())
+    if isinstance(exc, RuntimeError) and ("write failed" in text or "failed writing" in text):
+        # torch.jit.save / torch.onnx.export write through C++: no OSError to look at
+        try:
+            free: int | None = shutil.disk_usage(target.parent).free
+        except OSError:
+            free = None
+        if free is not None and free < NEARLY_FULL_BYTES:
+            raise DiskFull(target, f"{free // 2**20} MiB left on its disk") from None
+        raise WorkFailed(
+            f"could not write {target} ({_first_sentence(text)}); check the folder's free space "
+            "and permissions, and run the command again"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -357,3 +357,66 @@ def test_a_full_disk_stops_the_cache_build_with_one_line_and_keeps_it_unused(
 
     summary = cache_summary(space.home, "syn")
     assert summary is not None and not summary["complete"] and summary["samples"] == 5
+
+
+def test_runs_average_killed_midway_leaves_no_run_and_a_rerun_makes_it(
+    cli: Invoke, space: Workspace
+) -> None:
+    """SIGKILL while the averaged run's files are written (its hidden staging folder is
+    there): no registry row, no run folder; the same command again makes the run."""
+    import signal
+    import time
+
+    from tests.support import start_hpatool
+
+    args = ["runs", "average", "k2", "--last", "2", "--name", "k2-swa", *QUICK]
+    proc = start_hpatool(args, space.home)
+    deadline = time.monotonic() + 120
+    while not list(space.runs.glob(".k2-swa.partial-*")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no staging folder in 120 s"
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGSTOP)  # stopped while it writes, then killed
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert ("k2-swa", "done") not in runs_of(space)
+    assert not (space.runs / "k2-swa").exists()
+    assert cli(*args).exit_code == 0
+    assert ("k2-swa", "done") in runs_of(space)
+    assert (space.runs / "k2-swa" / "checkpoint-best.pt").is_file()
+
+
+def test_runs_export_on_a_full_disk_is_one_line_and_writes_nothing(
+    cli: Invoke, space: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch writes the file in C++ and reports a full disk as a RuntimeError with no errno:
+    with the disk nearly full that is the disk-full line, naming the file; nothing is left."""
+    import shutil as shutil_mod
+
+    from hpatool import _io
+    from hpatool.engine.runs import export
+
+    def full(model: Any, path: Path, example: Any) -> None:
+        path.write_bytes(b"PK\x03\x04 half")  # what the writer got out before the disk filled
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing "
+            "file data/0: file write failed"
+        )
+
+    usage = shutil_mod.disk_usage(space.base)
+    monkeypatch.setitem(export._WRITERS, "torchscript", full)
+    monkeypatch.setattr(_io.shutil, "disk_usage", lambda p: usage._replace(free=1 << 20))
+    out = space.base / "m.pt"
+    line = one_line_error(cli("runs", "export", "r1", "--format", "torchscript", "--out", out), 1)
+    assert line == (
+        f"error: disk full: could not write {out} (1 MiB left on its disk); nothing was "
+        "replaced: free some space, then run the command again"
+    )
+    assert not out.exists() and not out.with_suffix(".pt.json").exists()
+    no_leftovers(space.base)
+    # with room on the disk the same failure is not called a full disk
+    monkeypatch.setattr(_io.shutil, "disk_usage", lambda p: usage._replace(free=1 << 40))
+    line = one_line_error(cli("runs", "export", "r1", "--format", "torchscript", "--out", out), 1)
+    assert line.startswith(f"error: could not write {out} ([enforce fail"), line
+    assert line.endswith("check the folder's free space and permissions, and run the command again")
+    assert not out.exists()
