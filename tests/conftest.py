@@ -112,7 +112,37 @@ def _session_run(
     """Made once: dataset ``syn`` (24 synthetic 48 px samples of seed 5, 3 folds) and a 2-epoch
     resnet10t run ``r1`` on it (crop 32, validation fold ``RUN_FOLD``, ``--eval-crops
     RUN_CROPS``). Never handed to a test: ``trained_run`` gives each test its own copy."""
-    space = Workspace(tmp_path_factory.mktemp("session-run"))
+
+    def build(space: Workspace) -> None:
+        _session_run_in(space, synth_data)
+
+    return Workspace(_built_once(tmp_path_factory, "session-run", build))
+
+
+def _built_once(
+    factory: pytest.TempPathFactory, name: str, build: Callable[[Workspace], None]
+) -> Path:
+    """A folder ``name`` made by ``build`` once for the whole test run: under pytest-xdist the
+    first worker to ask builds it (holding a file lock) in the folder the workers share, and
+    the others wait for it and use it; without xdist, in this process's temporary folder."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = factory.mktemp(name)
+        build(Workspace(folder))
+        return folder
+    from filelock import FileLock
+
+    shared = factory.getbasetemp().parent  # one per test run, shared by its workers
+    folder, built = shared / name, shared / f"{name}.built"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not built.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(Workspace(folder))
+            built.touch()
+    return folder
+
+
+def _session_run_in(space: Workspace, synth_data: Callable[..., Path]) -> None:
     shutil.copytree(synth_data(24, SIZE, seed=5), space.data)
     for args in (
         ("datasets", "add", "syn", "--labels", space.data / "labels.csv", "--root", space.data),
@@ -124,7 +154,6 @@ def _session_run(
     ):  # fmt: skip
         result = run_cli(space.home, *args)
         assert result.exit_code == 0, (args, result.output)
-    return space
 
 
 @pytest.fixture(scope="session")
@@ -134,7 +163,14 @@ def _session_full_run(
     """Made once: dataset ``syn`` (40 synthetic 48 px samples of seed 0, 4 folds) and run
     ``full``, 2 epochs of ``TRAIN`` never stopped: what the stop-and-resume tests compare their
     resumed runs to, bit for bit. Never handed to a test: ``full_run`` gives each its copy."""
-    space = Workspace(tmp_path_factory.mktemp("session-full-run"))
+
+    def build(space: Workspace) -> None:
+        _session_full_run_in(space, synth_data)
+
+    return Workspace(_built_once(tmp_path_factory, "session-full-run", build))
+
+
+def _session_full_run_in(space: Workspace, synth_data: Callable[..., Path]) -> None:
     shutil.copytree(synth_data(40, SIZE, seed=0), space.data)
     for args in (
         ("datasets", "add", "syn", "--labels", space.data / "labels.csv", "--root", space.data),
@@ -146,7 +182,6 @@ def _session_full_run(
     ):  # fmt: skip
         result = run_cli(space.home, *args)
         assert result.exit_code == 0, (args, result.output)
-    return space
 
 
 @pytest.fixture
