@@ -238,7 +238,7 @@ def flag(name: str) -> str:
 
 
 def _plot(report: ExperimentReport, path: Path) -> None:
-    from hpatool.plots import plot_experiment
+    from hpatool.run_plots import plot_experiment
 
     oof = report.oof
     assert oof is not None

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from hpatool import plots
+from hpatool import run_plots
 from hpatool.labels import NUM_CLASSES
 
 
@@ -21,14 +21,14 @@ def test_no_positives_is_marked_not_drawn_as_zero(
     scores_max = [(0.5, 0.4, 0.7)] * NUM_CLASSES
     scores_mean = [(0.0, 0.0, 0.0)] * NUM_CLASSES  # a real 0: drawn, as a bar of height 0
     figures: list[Any] = []
-    save = plots.save_figure
+    save = run_plots.save_figure
 
     def keep(fig: Any, path: Path, **kwargs: Any) -> Path:
         figures.append(fig)
         return save(fig, path, **kwargs)
 
-    monkeypatch.setattr(plots, "save_figure", keep)
-    path = plots.plot_evaluation(
+    monkeypatch.setattr(run_plots, "save_figure", keep)
+    path = run_plots.plot_evaluation(
         [("max: macro F1 0.464", scores_max), ("mean: macro F1 0.000", scores_mean)],
         support,
         "syn fold 0",

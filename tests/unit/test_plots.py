@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from hpatool import plots
+from hpatool import plots, run_plots
 from hpatool.engine.runs.run_dir import best_row, read_metrics_csv, write_metrics_csv
 from hpatool.errors import DataError
 
@@ -33,7 +33,8 @@ def drawn(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
         figures.append(fig)
         return save(fig, path, dpi=dpi)
 
-    monkeypatch.setattr(plots, "save_figure", keep)
+    for module in (plots, run_plots):
+        monkeypatch.setattr(module, "save_figure", keep)
     return figures
 
 
@@ -125,7 +126,7 @@ def test_curves_mark_the_best_epoch_and_plot_the_learning_rate(
     drawn: list[Any], tmp_path: Path
 ) -> None:
     rows = [_row(1, 0.2, lr=3e-3), _row(2, 0.5, lr=2e-3), _row(3, 0.4, partial=1, lr=1e-4)]
-    plots.plot_curves(rows, tmp_path / "curves.png", best_row(rows))
+    run_plots.plot_curves(rows, tmp_path / "curves.png", best_row(rows))
     (fig,) = drawn
     ax_loss, ax_f1, ax_lr = fig.axes
     for ax in (ax_loss, ax_f1, ax_lr):
@@ -146,7 +147,7 @@ def test_curves_mark_the_best_epoch_and_plot_the_learning_rate(
 def test_curves_of_one_partial_epoch_have_one_whole_epoch_tick(
     drawn: list[Any], tmp_path: Path
 ) -> None:
-    plots.plot_curves([_row(1, 0.1, partial=1)], tmp_path / "curves.png")
+    run_plots.plot_curves([_row(1, 0.1, partial=1)], tmp_path / "curves.png")
     for ax in drawn[0].axes:
         assert list(ax.get_xticks()) == [1]
         assert ax.get_xlim() == (0.5, 1.5)
@@ -155,7 +156,9 @@ def test_curves_of_one_partial_epoch_have_one_whole_epoch_tick(
 def test_run_comparison_draws_each_run_and_its_best(drawn: list[Any], tmp_path: Path) -> None:
     a = [_row(1, 0.2), _row(2, 0.6), _row(3, 0.5)]
     b = [_row(1, 0.3, partial=1)]
-    plots.plot_run_comparison([("a", a, best_row(a)), ("b", b, best_row(b))], tmp_path / "cmp.png")
+    run_plots.plot_run_comparison(
+        [("a", a, best_row(a)), ("b", b, best_row(b))], tmp_path / "cmp.png"
+    )
     ax_f1, ax_loss = drawn[0].axes
     stars = [(line.get_xdata()[0], line.get_ydata()[0]) for line in ax_f1.get_lines()
              if line.get_marker() == "*"]  # fmt: skip

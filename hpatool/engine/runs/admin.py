@@ -223,7 +223,7 @@ def compare_runs(
             raise DataError(
                 "none of the runs has finished an epoch (no metrics.csv): nothing to plot"
             )
-        from hpatool.plots import plot_run_comparison
+        from hpatool.run_plots import plot_run_comparison
 
         plot_run_comparison(drawn, target)
     return summaries

@@ -37,7 +37,7 @@ from hpatool._io import write_csv, write_text_atomic
 from hpatool.engine.views import View
 from hpatool.errors import DataError
 from hpatool.labels import CLASS_NAMES
-from hpatool.plots import plot_curves
+from hpatool.run_plots import plot_curves
 
 LAST = "checkpoint-last.pt"
 OOF_FILE = "oof.csv"  # the out-of-fold predictions (``engine.runs.oof``)

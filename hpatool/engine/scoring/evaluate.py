@@ -339,10 +339,10 @@ def _left_out_while_scoring(cands: Candidates, scores: Scores) -> str:
 
 
 def plot_evaluation(report: EvaluationReport, path: Path) -> Path:
-    """One figure (drawn by ``hpatool.plots.plot_evaluation``): per-class F1, precision and
+    """One figure (drawn by ``hpatool.run_plots.plot_evaluation``): per-class F1, precision and
     recall under both aggregations of the same crops, with each class's support; a class
     with no positives is marked so rather than drawn as F1 = 0."""
-    from hpatool.plots import plot_evaluation as draw
+    from hpatool.run_plots import plot_evaluation as draw
 
     where = f" fold {report.fold}" if report.fold is not None else ""
     limit = f" (the run's --limit {report.limit})" if report.limit is not None else ""
