@@ -33,12 +33,12 @@ REGISTRY_COMPANIONS = ("", "-wal", "-shm", "-journal")
 
 _CHANNEL_NAME = re.compile(r"^.+_(red|green|blue|yellow)\.(png|jpg|jpeg|tif|tiff)$", re.I)
 
-#: ``(path, what it is)``: a command's own input files, e.g. ``(config, "the --config file")``.
 #: The files a run folder holds that hpatool must never write over from another command: its
 #: checkpoints, JSON files (config.json, thresholds.json), metrics.csv, oof.csv and curves.png
 #: (``engine.runs.run_dir.RUN_FILES``; tests/unit/test_outdir_checks.py keeps the two in step).
 RUN_FILE_NAME = re.compile(r"^(.+\.pt|.+\.json|metrics\.csv|oof\.csv|curves\.png)$")
 
+#: ``(path, what it is)``: a command's own input files, e.g. ``(config, "the --config file")``.
 Inputs = Iterable[tuple[str | Path | None, str]]
 
 

@@ -63,12 +63,7 @@ def not_utf8_line(exc: UnicodeError) -> str:
     """The one line for a value that is not UTF-8 text: the value (its bad bytes escaped, as
     ``\\xff``) and the fix."""
     value = getattr(exc, "object", None)
-    if isinstance(value, bytes):
-        shown = value.decode("utf-8", "backslashreplace")
-    elif isinstance(value, str):
-        shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    else:
-        shown = str(exc)
+    shown = shown_path(value) if isinstance(value, bytes | str) else str(exc)
     return (
         f"'{shown}' is not valid UTF-8 text (a file or folder name, an id or a value with "
         "bytes of another encoding); rename it, or save the file as UTF-8, and run the command "

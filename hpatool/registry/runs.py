@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +17,28 @@ def _count(value: Any) -> bool:
 
 
 #: The run columns whose type a hand edit can break (SQLite keeps any value in any column):
-#: (column, index in ``_RUN_COLUMNS``, check, the value a damaged row is listed with).
-_TYPED_RUN_COLUMNS = (
-    ("fold", 3, lambda v: v is None or _count(v), None),
-    ("best_f1", 5, lambda v: v is None or (isinstance(v, int | float) and 0 <= v <= 1), None),
-    ("best_epoch", 6, lambda v: v is None or _count(v), None),
-    ("epochs_done", 7, _count, 0),
-    ("out_dir", 8, lambda v: isinstance(v, str) and v != "", "."),
-    ("status", 9, lambda v: v in tuple(RunStatus), RunStatus.FAILED),
+#: (column, index in ``_RUN_COLUMNS``, check, what a bad value is not, the value a damaged
+#: row is listed with).
+_TYPED_RUN_COLUMNS: tuple[tuple[str, int, Callable[[Any], bool], str, Any], ...] = (
+    ("fold", 3, lambda v: v is None or _count(v), "not a fold number", None),
+    (
+        "best_f1",
+        5,
+        lambda v: v is None or (isinstance(v, int | float) and 0 <= v <= 1),
+        "not an F1 between 0 and 1",
+        None,
+    ),
+    ("best_epoch", 6, lambda v: v is None or _count(v), "not an epoch number", None),
+    ("epochs_done", 7, _count, "not a count of epochs", 0),
+    ("out_dir", 8, lambda v: isinstance(v, str) and v != "", "not a folder path", "."),
+    (
+        "status",
+        9,
+        lambda v: v in tuple(RunStatus),
+        f"not one of {', '.join(RunStatus)}",
+        RunStatus.FAILED,
+    ),
 )
-_TYPED_WHY = {
-    "fold": "not a fold number",
-    "best_f1": "not an F1 between 0 and 1",
-    "best_epoch": "not an epoch number",
-    "epochs_done": "not a count of epochs",
-    "out_dir": "not a folder path",
-    "status": f"not one of {', '.join(RunStatus)}",
-}
 
 
 class RunQueries(RegistryConnection):
@@ -70,10 +75,9 @@ class RunQueries(RegistryConnection):
                     self.path, "runs", where, column, row[i], str(exc), fix
                 )
         kept = list(row)
-        for column, i, ok, default in _TYPED_RUN_COLUMNS:
+        for column, i, ok, why, default in _TYPED_RUN_COLUMNS:
             if not ok(row[i]):
                 kept[i] = default
-                why = _TYPED_WHY[column]
                 fix = "repair the value with an SQLite editor, or 'hpatool runs remove' the run"
                 problem = problem or bad_row(
                     self.path, "runs", f"run {row[0]!r}", column, row[i], why, fix
