@@ -174,6 +174,20 @@ def path_problem(path: str | Path, want: str = "file") -> str:
     return f"cannot be read as a {want}"
 
 
+def not_utf8_where(path: Path) -> str:
+    """Where a text file stops being UTF-8: ``line N: byte 0xe9 is not UTF-8 text`` (for the
+    error line of a reader that met a ``UnicodeDecodeError``)."""
+    try:
+        data = path.read_bytes()
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        return f"line {line}: byte 0x{data[exc.start]:02x} is not UTF-8 text"
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return "not UTF-8 text"
+
+
 def check_output_file(path: str | Path, option: str) -> Path:
     """Refuse, before any work is done, an output path that cannot be written as a file: an
     existing folder, a path below an existing file, a loop of symbolic links."""

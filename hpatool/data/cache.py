@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from hpatool._io import path_problem
 from hpatool.errors import DataError, UsageError
 from hpatool.ids import COLOURS, channel_path, id_problem
 from hpatool.registry import Registry
@@ -156,8 +157,14 @@ def use_cache(reg: Registry, name: str, mode: str = "auto") -> CacheView | None:
     if mode not in CACHE_MODES:
         raise UsageError(f"--cache {mode} is invalid; use auto or off")
     folder = cache_folder(reg.path.parent, name)
-    if mode == "off" or not (folder / INDEX_FILE).is_file():
+    index = folder / INDEX_FILE
+    if mode == "off" or not (index.exists() or index.is_symlink()):
         return None
+    if not index.is_file():
+        raise DataError(
+            f"{index}: not a readable cache index ({path_problem(index)}); remove the cache with "
+            f"'hpatool datasets cache {name} --drop' and build it again, or pass --cache off"
+        )
     with open_index(folder, create=False) as conn:
         complete = index_meta(conn, "complete")
         rows = index_rows(conn) if complete else {}
@@ -287,8 +294,12 @@ def drop_cache(home: Path, name: str) -> int:
         return 0
     size = folder_bytes(folder)
     for p in folder.iterdir():
-        if p.is_file() and (p.suffix == ".npy" or p.name.startswith((INDEX_FILE, ".tmp-"))):
+        ours = p.suffix == ".npy" or p.name.startswith((INDEX_FILE, ".tmp-"))
+        if ours and (p.is_file() or p.is_symlink()):
             p.unlink()
+        elif ours and p.is_dir():
+            with suppress(OSError):  # an empty folder in a file's place; anything in it stays
+                p.rmdir()
     with suppress(OSError):  # something else was put there: left alone
         folder.rmdir()
     return size

@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from hpatool._io import path_problem
+from hpatool._io import not_utf8_where, path_problem
 from hpatool.errors import NotFound, UsageError
 
 
@@ -52,7 +52,10 @@ def read_config_file(path: str | Path, cls: type, section: str | tuple[str, ...]
     try:
         text = file.read_text(encoding="utf-8")
         doc: Any = json.loads(text) if file.suffix.lower() == ".json" else tomllib.loads(text)
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        where = not_utf8_where(file)
+        raise UsageError(f"--config {file}, {where}; save the file as UTF-8") from None
+    except OSError as exc:
         raise UsageError(f"--config {file}: cannot read it ({exc})") from None
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         kind = "JSON" if file.suffix.lower() == ".json" else "TOML"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpatool._io import path_problem
+from hpatool._io import not_utf8_where, path_problem
 from hpatool.errors import DataError, NotFound, UsageError
 from hpatool.labels import CLASS_NAMES, NUM_CLASSES
 
@@ -127,7 +127,10 @@ def read_class_values(path: Path, column: str) -> np.ndarray:
                 if not np.isnan(shares[index]):
                     raise DataError(f"{path}, line {line}: class {key!r} is given twice")
                 shares[index] = share
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError:
+        where = not_utf8_where(path)
+        raise DataError(f"{path}, {where}; save the CSV as UTF-8") from None
+    except (OSError, csv.Error) as exc:
         raise DataError(f"{path}: not a readable CSV of class {column}s ({exc})") from None
     if np.isnan(shares).all():
         raise DataError(f"{path}: names no class; give one row per class: class,{column}")

@@ -420,3 +420,56 @@ def test_runs_export_on_a_full_disk_is_one_line_and_writes_nothing(
     assert line.startswith(f"error: could not write {out} ([enforce fail"), line
     assert line.endswith("check the folder's free space and permissions, and run the command again")
     assert not out.exists()
+
+
+def test_a_cache_index_that_is_a_folder_is_named_and_drop_clears_it(
+    cli: Invoke, space: Workspace
+) -> None:
+    index = space.home / "cache" / "syn" / "index.sqlite"
+    index.mkdir(parents=True)
+    args = ("train", "--dataset", "syn", *TRAIN, "--epochs", "1", "--max-steps", "1", *QUICK)
+    before = runs_of(space)
+    line = one_line_error(cli(*args, "--out", space.runs, "--name", "t"), 1)
+    assert line == (
+        f"error: {index}: not a readable cache index (is a folder, not a file); remove the "
+        "cache with 'hpatool datasets cache syn --drop' and build it again, or pass --cache off"
+    )
+    assert runs_of(space) == before
+    assert cli("datasets", "cache", "syn", "--drop").exit_code == 0
+    assert not index.exists()
+
+
+@pytest.mark.parametrize("reader", ["--threshold", "prior=", "--config", "--oof"])
+def test_a_file_in_another_encoding_is_named_by_line_and_byte(
+    cli: Invoke, space: Workspace, reader: str
+) -> None:
+    """A file saved as Latin-1 (a spreadsheet's default on some systems): the line and the
+    byte that is not UTF-8, not Python's codec message."""
+    probs = space.base / "probs.csv"
+    path = space.base / ("c.toml" if reader == "--config" else "latin1.csv")
+    text = {
+        "--threshold": "class,threshold\n0,0.3\nLysosomes caf\xe9,0.2\n",
+        "prior=": "class,share\n0,0.3\nLysosomes caf\xe9,0.2\n",
+        "--config": "# options\ncrops = 2  # caf\xe9\n",
+        "--oof": probs.read_text().replace("\n", "\xe9\n", 2).replace("\xe9", "", 1),
+    }[reader]
+    path.write_bytes(text.encode("latin-1"))
+    out = space.base / "o.csv"
+    if reader == "--config":
+        result = cli("predict", "--config", path, "--run", "r1", "--dataset", "syn", "--out", out)
+        assert one_line_error(result, 2) == (
+            f"error: --config {path}, line 2: byte 0xe9 is not UTF-8 text; save the file as UTF-8"
+        )
+        return
+    if reader == "--oof":
+        result = cli("blend", probs, "--oof", path, "--dataset", "syn", "--out", out)
+        assert one_line_error(result, 1) == (
+            f"error: {path}, line 2: byte 0xe9 is not UTF-8 text: not an oof.csv"
+        )
+        return
+    option = f"prior={path}" if reader == "prior=" else str(path)
+    result = cli("blend", probs, "--threshold", option, "--out", out)
+    assert one_line_error(result, 1) == (
+        f"error: {path}, line 3: byte 0xe9 is not UTF-8 text; save the CSV as UTF-8"
+    )
+    assert not out.exists()

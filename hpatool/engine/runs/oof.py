@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hpatool._io import write_csv
+from hpatool._io import not_utf8_where, write_csv
 from hpatool.engine.metrics import (
     ClassReport,
     crossfit,
@@ -97,7 +97,9 @@ def read_oof(
                 rows.append(values)
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except (UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError:
+        raise DataError(f"{path}, {not_utf8_where(Path(path))}: not {what}") from None
+    except csv.Error as exc:
         raise DataError(f"{path}: not {what} ({exc})") from None
     seen: set[str] = set()
     for i, sid in enumerate(ids):
