@@ -8,6 +8,7 @@ half-written or registered."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import sqlite3
 from collections.abc import Callable
@@ -473,3 +474,35 @@ def test_a_file_in_another_encoding_is_named_by_line_and_byte(
         f"error: {path}, line 3: byte 0xe9 is not UTF-8 text; save the CSV as UTF-8"
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "a JSON list", "a threshold of 2"])
+def test_a_damaged_thresholds_json_is_refused_not_replaced_by_other_thresholds(
+    cli: Invoke, space: Workspace, damage: str
+) -> None:
+    """``--threshold auto`` reads the run's thresholds.json (tuned on its view); a damaged one
+    used to fall back silently to the checkpoint's own thresholds (tuned on another view), and
+    ``runs export`` wrote ``"thresholds": null``. Now each names the file; an explicit number
+    still scores."""
+    path = space.runs / "r1" / "thresholds.json"
+    doc = json.loads(path.read_text())
+    path.unlink()
+    if damage == "random bytes":
+        path.write_bytes(os.urandom(600))
+    elif damage == "a JSON list":
+        path.write_text("[0.5]")
+    else:
+        doc["thresholds"][3] = 2
+        path.write_text(json.dumps(doc))
+    out = space.base / "o.csv"
+    score = ("--run", "r1", "--dataset", "syn", *QUICK)
+    for args in (("predict", *score, "--out", out), ("evaluate", *score)):
+        line = one_line_error(cli(*args), 1)
+        assert line.startswith(f"error: {path}: "), line
+        assert not out.exists()
+    model = space.base / "m.pt"
+    line = one_line_error(cli("runs", "export", "r1", "--format", "torchscript", "--out", model), 1)
+    assert line.startswith(f"error: {path}: unreadable thresholds ("), line
+    assert line.endswith("restore the file, or train the run again"), line
+    assert not model.exists() and not Path(f"{model}.json").exists()
+    assert cli("predict", *score, "--threshold", "0.5", "--out", out).exit_code == 0

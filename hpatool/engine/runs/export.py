@@ -45,7 +45,8 @@ from hpatool._io import atomic_path, sha256_of, write_text_atomic
 from hpatool.engine.models.checkpoint import ModelSpec, build_model_from_checkpoint, load_checkpoint
 from hpatool.engine.runs.run_dir import BEST, RUN_FILES, RunDir, run_view
 from hpatool.engine.views import View
-from hpatool.errors import HpaToolError, NotFound, UsageError, WorkFailed
+from hpatool.errors import DataError, HpaToolError, NotFound, UsageError, WorkFailed
+from hpatool.labels import NUM_CLASSES
 from hpatool.outputs import check_output
 from hpatool.registry import Registry
 
@@ -139,6 +140,7 @@ def export_run(reg: Registry, run: str, fmt: str, out: str | Path) -> Exported:
             f"first epoch; finish one ('hpatool train --resume --name {run}')"
         )
     target, info_path = _check_outputs(Path(out), reg, run_dir)
+    _thresholds(run_dir)  # a damaged thresholds.json is refused before anything is written
     checkpoint = load_checkpoint(run_dir.best)
     model, spec = build_model_from_checkpoint(checkpoint, where=run_dir.best)
     wrapped = PixelModel(model, spec.mean, spec.std).eval()
@@ -320,14 +322,30 @@ def _view_doc(view: View | None, spec: ModelSpec) -> dict[str, Any]:
 
 
 def _thresholds(run_dir: RunDir) -> dict[str, Any]:
-    """``thresholds.json`` (``{}`` when the run has none or it cannot be read)."""
+    """``thresholds.json``'s thresholds and what they were tuned on (``{}`` when the run has
+    none); one that cannot be read, or whose thresholds are not 28 numbers in [0, 1], is a
+    ``DataError`` (FILE.json would otherwise say the model has no thresholds)."""
+    path = run_dir.thresholds
+    if not path.exists():
+        return {}
+
+    def bad(why: str) -> DataError:
+        return DataError(
+            f"{path}: unreadable thresholds ({why}); restore the file, or train the run again"
+        )
+
     try:
-        doc = json.loads(run_dir.thresholds.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(doc, dict) or not isinstance(doc.get("thresholds"), list):
-        return {}
-    return {"thresholds": [float(t) for t in doc["thresholds"]], "tuned_on": doc.get("tuned_on")}
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise bad(" ".join(str(exc).split())[:120]) from None
+    values = doc.get("thresholds") if isinstance(doc, dict) else None
+    if not isinstance(values, list) or len(values) != NUM_CLASSES:
+        raise bad(f"no list of {NUM_CLASSES} thresholds")
+    if not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1 for v in values
+    ):
+        raise bad("a threshold that is not a number in [0, 1]")
+    return {"thresholds": [float(t) for t in values], "tuned_on": doc.get("tuned_on")}
 
 
 def _versions(fmt: str) -> dict[str, str]:

@@ -41,14 +41,25 @@ class ModelSource:
         return self.run if self.run is not None else str(self.checkpoint)
 
     def thresholds_doc(self) -> dict[str, Any]:
-        """``thresholds.json`` beside the checkpoint (``{}`` if none or unreadable)."""
+        """``thresholds.json`` beside the checkpoint (``{}`` if there is none). One that cannot
+        be read is a ``DataError``: falling back to the checkpoint's own thresholds, tuned on
+        another view, would change the submission without a word."""
         if self.thresholds_file is None:
             return {}
         try:
             doc = json.loads(self.thresholds_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return doc if isinstance(doc, dict) else {}
+        except (OSError, ValueError) as exc:
+            why = " ".join(str(exc).split())[:120]
+            raise DataError(
+                f"{self.thresholds_file}: unreadable thresholds ({why}); restore the file, or "
+                "pass --threshold with a number or a CSV of per-class thresholds"
+            ) from None
+        if not isinstance(doc, dict):
+            raise DataError(
+                f"{self.thresholds_file}: not a thresholds file (a JSON {type(doc).__name__}, "
+                "not an object); restore it, or pass --threshold with a number or a CSV"
+            )
+        return doc
 
     def tuned_view(self) -> View | None:
         """The view ``thresholds.json``'s thresholds were tuned on, when they were tuned on
