@@ -506,3 +506,20 @@ def test_a_damaged_thresholds_json_is_refused_not_replaced_by_other_thresholds(
     assert line.endswith("restore the file, or train the run again"), line
     assert not model.exists() and not Path(f"{model}.json").exists()
     assert cli("predict", *score, "--threshold", "0.5", "--out", out).exit_code == 0
+
+
+def test_two_runs_average_of_one_name_at_once_make_one_run(space: Workspace) -> None:
+    """Two processes average into the same --name at once: one makes the run, the other ends
+    with one line (exit 2) and leaves no folder of its own, whichever got there first."""
+    from tests.support import start_hpatool
+
+    args = ["runs", "average", "k2", "--last", "2", "--name", "k2-swa", *QUICK]
+    procs = [start_hpatool(args, space.home) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], outs
+    err = next(o[1] for p, o in zip(procs, outs, strict=True) if p.returncode == 2).strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert "choose another --name" in err, err
+    assert [r for r in runs_of(space) if r[0] == "k2-swa"] == [("k2-swa", "done")]
+    assert sorted(p.name for p in space.runs.iterdir() if "k2-swa" in p.name) == ["k2-swa"]

@@ -200,7 +200,15 @@ def _publish(
         oof = _write_files(
             RunDir(staging), checkpoint, row, thresholds, run_config, model, data, loading, progress
         )
-        staging.rename(dest)
+        try:
+            staging.rename(dest)
+        except OSError:
+            if not dest.exists():
+                raise
+            raise AlreadyExists(
+                f"{dest} was made while this average ran (another 'runs average --name "
+                f"{name}'?); nothing was registered: choose another --name"
+            ) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
