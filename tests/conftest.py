@@ -110,7 +110,7 @@ def _session_run(
     tmp_path_factory: pytest.TempPathFactory, synth_data: Callable[..., Path]
 ) -> Workspace:
     """Made once: dataset ``syn`` (24 synthetic 48 px samples of seed 5, 3 folds) and a 2-epoch
-    resnet10t run ``r1`` on it (crop 32, validation fold ``RUN_FOLD``, ``--eval-crops
+    ``ARCH`` run ``r1`` on it (crop 32, validation fold ``RUN_FOLD``, ``--eval-crops
     RUN_CROPS``). Never handed to a test: ``trained_run`` gives each test its own copy."""
 
     def build(space: Workspace) -> None:

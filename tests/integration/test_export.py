@@ -19,7 +19,7 @@ import torch
 from hpatool.engine.views import View
 from hpatool.imaging import read_sample
 from hpatool.labels import CLASS_NAMES
-from tests.support import RUN_CROPS, Invoke, Workspace, one_line_error
+from tests.support import ARCH, RUN_CROPS, Invoke, Workspace, one_line_error
 
 
 def _probs_csv(path: Path) -> dict[str, np.ndarray]:
@@ -126,7 +126,7 @@ def test_exports_reproduce_predict(cli: Invoke, trained_run: Workspace, tmp_path
 def _check_info(info: dict[str, Any], fmt: str, run_dir: Path) -> None:
     thresholds = json.loads((run_dir / "thresholds.json").read_text())
     assert info["format"] == fmt and info["run"] == "r1"
-    assert info["arch"] == "resnet10t" and info["timm_name"] == "resnet10t"
+    assert info["arch"] == ARCH and info["timm_name"] == ARCH
     assert info["input"] == "float32 (N, 4, H, W), pixel values 0..255, channels R, G, B, Y"
     assert info["output"] == "sigmoid probabilities (N, 28)"
     assert info["class_names"] == list(CLASS_NAMES)

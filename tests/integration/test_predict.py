@@ -49,7 +49,7 @@ def sample_set(submission_csv: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture
 def trained(trained_run: Workspace, sample_set: SampleSet) -> dict[str, Path]:
-    """A private copy of the session's run 'r1' (resnet10t, on the 24 samples of 'syn') with
+    """A private copy of the session's run 'r1' (``ARCH``, on the 24 samples of 'syn') with
     the test set registered as 'te'."""
     res = run_cli(
         trained_run.home, "datasets", "add", "te", "--labels", sample_set.sub,

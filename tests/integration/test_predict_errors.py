@@ -84,7 +84,7 @@ def sample_set(submission_csv: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture
 def trained(trained_run: Workspace, sample_set: SampleSet) -> Trained:
-    """A private copy of the session's run (a 2-epoch resnet10t run 'r1', validation fold 1,
+    """A private copy of the session's run (a 2-epoch ``ARCH`` run 'r1', validation fold 1,
     on 24 synthetic samples 'syn'; see ``trained_run``) with the test set registered as 'te'."""
     res = run_cli(
         trained_run.home, "datasets", "add", "te", "--labels", sample_set.sub,

@@ -16,11 +16,25 @@ import torch
 
 from hpatool.engine.models.checkpoint import load_checkpoint
 from hpatool.engine.models.factory import adapt_first_conv
-from tests.support import ARCH, REPO, SIZE, TRAIN, Invoke, register
+from tests.support import REPO, SIZE, TRAIN, Invoke, register
 
+#: A real timm architecture with ImageNet weights (the suite's quick ``ARCH`` has none).
+ARCH = "resnet10t"
 TAG = f"{ARCH}.c3_in1k"  # timm's default pretrained tag of resnet10t
 URL = f"https://huggingface.co/timm/{TAG}/resolve/main/model.safetensors"
-FAST = (*TRAIN, "--epochs", "1", "--max-steps", "1", "--lr", "1e-9", "--workers", "0")
+FAST = (
+    *TRAIN,
+    "--arch",
+    ARCH,
+    "--epochs",
+    "1",
+    "--max-steps",
+    "1",
+    "--lr",
+    "1e-9",
+    "--workers",
+    "0",
+)
 
 
 def _train(

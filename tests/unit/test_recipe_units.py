@@ -198,7 +198,9 @@ def test_the_shares_file_is_read_by_index_or_name_and_checked(tmp_path: Path) ->
             read_shares(bad)
     binary = tmp_path / "bin.csv"
     binary.write_bytes(b"\xff\xfe\x00garbage")
-    with pytest.raises(DataError, match="line 1: byte 0xff is not UTF-8 text; save the CSV as UTF-8"):
+    with pytest.raises(
+        DataError, match="line 1: byte 0xff is not UTF-8 text; save the CSV as UTF-8"
+    ):
         read_shares(binary)
     with pytest.raises(NotFound, match="no such file"):
         read_shares(tmp_path / "absent.csv")
