@@ -194,10 +194,11 @@ def use_cache(reg: Registry, name: str, mode: str = "auto") -> CacheView | None:
             raise stale_error(name, f"{exc.filename} is gone") from None
         if now != row[0]:
             raise stale_error(name, f"the files of sample {sid!r} changed after caching")
-        problem = array_problem(folder / array_name(sid), row[1], row[2])
+        array = folder / array_name(sid)
+        problem = array_problem(array, row[1], row[2])
         if problem:
             raise DataError(
-                f"{folder / array_name(sid)}: unreadable cache file of sample {sid!r} "
+                f"{array}: unreadable cache file of sample {sid!r} "
                 f"({problem}); rebuild the cache with 'hpatool datasets cache {name}' or pass "
                 "--cache off"
             )

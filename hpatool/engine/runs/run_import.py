@@ -140,10 +140,7 @@ def check_checkpoints(folder: Path, config: dict[str, Any]) -> None:
                 f"{path}: a checkpoint of {checkpoint.get('timm_name')}, not the run's {want} "
                 f"({CONFIG_FILE}); it belongs to another run"
             )
-        try:
-            build_model_from_checkpoint(checkpoint)
-        except DataError as exc:
-            raise DataError(f"{path}: {exc}") from None
+        build_model_from_checkpoint(checkpoint, where=path)  # its weights fit its model
 
 
 def _read_run_folder(
